@@ -1,0 +1,225 @@
+//! The ABI shared by lbtrace's kernel programs (`lbtrace-ebpf`) and its userspace controller.
+//!
+//! Everything that crosses the kernel/userspace boundary is defined here once: the fixed-size
+//! [`Event`] record written to the ring buffers, the key and value types of the maps, the indices of
+//! the per-CPU counters and the names of maps, programs and globals. Records use fixed-width
+//! integers and explicit padding only (no `bool`, no Rust enums), so their layout is the same on both
+//! sides; the size asserts below break the build if it drifts.
+#![no_std]
+
+/// Event kinds (`Event::kind`).
+pub mod kind {
+    /// A TCP control packet (SYN, SYN-ACK, RST, FIN) of a watched tuple seen by a TC or XDP hook.
+    pub const PACKET: u8 = 1;
+    /// An ICMP / ICMPv6 error whose quoted packet is TCP of a watched tuple.
+    pub const ICMP: u8 = 2;
+    /// A packet of a watched tuple freed by the kernel with a drop reason (`skb:kfree_skb`).
+    pub const DROP: u8 = 3;
+}
+
+/// Where an event was seen (`Event::hook`).
+pub mod hook {
+    pub const TC_INGRESS: u8 = 1;
+    pub const TC_EGRESS: u8 = 2;
+    pub const XDP_INGRESS: u8 = 3;
+    /// The `skb:kfree_skb` tracepoint: no direction, the interface is the skb's device (0 if none).
+    pub const KFREE_SKB: u8 = 4;
+}
+
+/// TCP header flag bits as they appear in byte 13 of the TCP header (`Event::tcp_flags`).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+    /// The flags that make a packet a control packet worth an event.
+    pub const CONTROL: u8 = SYN | FIN | RST;
+}
+
+/// Address family tags (`Event::family`, `EndpointKey::family`).
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// One kernel event: 104 bytes, fixed size, the same record for every kind.
+///
+/// Addresses are in network byte order; IPv4 addresses use the first 4 bytes of the 16. Ports,
+/// sequence numbers and the drop reason are in host byte order.
+///
+/// * `PACKET`: the tuple, flags, seq and ack of the packet; `ifindex` and `hook` say where.
+/// * `ICMP`: the tuple, flags (0) and seq of the *quoted* TCP header; `outer_src` / `outer_dst`
+///   are the addresses of the ICMP packet itself; `icmp_type` / `icmp_code` its type and code.
+/// * `DROP`: the tuple, flags, seq and ack of the dropped packet; `reason` is the kernel's
+///   `enum skb_drop_reason` value (names come from the running kernel's BTF); `ifindex` is the
+///   skb's device, 0 when it had none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in nanoseconds.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub kind: u8,
+    pub hook: u8,
+    pub family: u8,
+    pub tcp_flags: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// Drop reason for `DROP` events, 0 otherwise.
+    pub reason: u32,
+    pub outer_src: [u8; 16],
+    pub outer_dst: [u8; 16],
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// Bytes of TCP payload in the packet (PACKET and DROP), as far as the headers tell.
+    pub payload_len: u16,
+    pub _pad: [u8; 4],
+}
+
+pub const EVENT_SIZE: usize = 104;
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+// RingBuf::reserve requires an alignment that divides 8.
+const _: () = assert!(8 % core::mem::align_of::<Event>() == 0);
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            ifindex: 0,
+            kind: 0,
+            hook: 0,
+            family: 0,
+            tcp_flags: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            seq: 0,
+            ack: 0,
+            reason: 0,
+            outer_src: [0; 16],
+            outer_dst: [0; 16],
+            icmp_type: 0,
+            icmp_code: 0,
+            payload_len: 0,
+            _pad: [0; 4],
+        }
+    }
+}
+
+/// Key of the `ENDPOINTS` hash map: a watched address and port. Port 0 watches every port of the
+/// address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Network byte order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// Host byte order; 0 = any port.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+
+/// Per-endpoint control-packet counters (`ENDPOINT_STATS`, per-CPU, indexed by the endpoint's id,
+/// the value stored in `ENDPOINTS`). They are counted before the ring buffer is touched, so they
+/// stay right when events are lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub syn: u64,
+    pub syn_ack: u64,
+    pub rst: u64,
+    pub fin: u64,
+    pub icmp: u64,
+    pub drops: u64,
+}
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 48);
+
+/// Indices of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events written to the `EVENTS` ring (packet events).
+    pub const EVENTS_EMITTED: u32 = 0;
+    /// Packet events lost: `bpf_ringbuf_reserve` on `EVENTS` failed (ring full).
+    pub const EVENTS_LOST: u32 = 1;
+    /// Events written to the `PRIORITY_EVENTS` ring (ICMP errors and drops).
+    pub const PRIORITY_EMITTED: u32 = 2;
+    /// ICMP and drop events lost: the `PRIORITY_EVENTS` ring was full.
+    pub const PRIORITY_LOST: u32 = 3;
+    /// Packets the TC / XDP programs looked at.
+    pub const PACKETS: u32 = 4;
+    /// Packets whose headers could not be parsed (truncated, malformed).
+    pub const PARSE_ERRORS: u32 = 5;
+    /// Drops of watched data packets (no SYN/FIN/RST): counted, never one event each.
+    pub const DATA_DROPS: u32 = 6;
+    /// `kfree_skb` hits in another network namespace, ignored.
+    pub const DROPS_OTHER_NETNS: u32 = 7;
+    /// `kfree_skb` hits with a reason listed as teardown noise (e.g. QUEUE_PURGE), ignored.
+    pub const DROPS_NOISE: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Kernel struct offsets the drop tracer needs, read from /sys/kernel/btf/vmlinux by userspace and
+/// written into the `OFFSETS` global before load (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net` (possible_net_t holds one pointer).
+    pub dev_nd_net: u32,
+    /// `sock.__sk_common.skc_net.net`.
+    pub sk_net: u32,
+    /// `net.ns.inum`: the namespace's inode number, what `stat /proc/self/ns/net` shows.
+    pub net_inum: u32,
+}
+
+/// Maximum number of watched endpoints (size of `ENDPOINTS` and `ENDPOINT_STATS`).
+pub const MAX_ENDPOINTS: u32 = 1024;
+/// Size of the per-CPU `DATA_DROP_REASONS` array: data-packet drops counted by reason value.
+pub const MAX_DROP_REASONS: u32 = 1024;
+
+/// Map, program and global names, so userspace never spells them twice.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const PRIORITY_EVENTS: &str = "PRIORITY_EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
+    pub const DATA_DROP_REASONS: &str = "DATA_DROP_REASONS";
+    pub const NOISE_REASONS: &str = "NOISE_REASONS";
+
+    pub const PROG_TC_INGRESS: &str = "tc_ingress";
+    pub const PROG_TC_EGRESS: &str = "tc_egress";
+    pub const PROG_XDP_INGRESS: &str = "xdp_ingress";
+    pub const PROG_KFREE_SKB: &str = "tp_kfree_skb";
+
+    /// `KernelOffsets` for the drop tracer.
+    pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+    /// `u32`: the inode number of the traced network namespace.
+    pub const GLOBAL_NETNS_INUM: &str = "NETNS_INUM";
+    /// `u8`: 1 when some endpoint watches all ports (port 0), so lookups try the wildcard too.
+    pub const GLOBAL_HAS_WILDCARD: &str = "HAS_WILDCARD";
+    /// `u64`: bytes of unread data in `EVENTS` above which a submit wakes the reader up.
+    pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::EndpointStats {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,460 @@
+//! lbtrace's kernel programs.
+//!
+//! * `tc_ingress` / `tc_egress` (TCX) and `xdp_ingress` (XDP, opt-in): parse Ethernet (up to two
+//!   VLAN tags), IPv4 (with options) / IPv6, TCP and ICMP / ICMPv6 errors; turn the control packets
+//!   (SYN, SYN-ACK, RST, FIN) of watched tuples and ICMP errors quoting a watched TCP tuple into
+//!   events. Any other packet costs a few header loads and one counter.
+//! * `tp_kfree_skb` (raw tracepoint `skb:kfree_skb`): drops of watched tuples in the traced network
+//!   namespace, with the kernel's drop reason; data-packet drops are only counted.
+//!
+//! Every program fails open: TC programs always return `TCX_NEXT` (TC_ACT_UNSPEC) so programs
+//! attached after lbtrace still run, XDP always returns `XDP_PASS`, and no packet is ever written.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use core::{ffi::c_void, ptr::addr_of};
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_ringbuf_query},
+    macros::{classifier, map, raw_tracepoint, xdp},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TcContext, XdpContext},
+};
+use lbtrace_common::{
+    EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS, counter,
+    family, hook, kind, tcp_flag,
+};
+use parse::{
+    Bounds, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, be16, be32, copy4,
+    copy16,
+};
+
+/// Packet events (SYN, SYN-ACK, RST, FIN). Userspace sizes it before load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+/// ICMP-error and drop events, in a ring of their own so that a SYN flood filling `EVENTS` cannot
+/// starve them.
+#[map]
+static PRIORITY_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[map]
+static ENDPOINT_STATS: PerCpuArray<EndpointStats> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
+#[map]
+static DATA_DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_DROP_REASONS, 0);
+/// Drop reasons that are normal teardown (QUEUE_PURGE, ...): 1 = ignore. Filled by userspace from
+/// the running kernel's `enum skb_drop_reason`.
+#[map]
+static NOISE_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
+
+#[unsafe(no_mangle)]
+static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_dev: 0,
+    skb_sk: 0,
+    dev_ifindex: 0,
+    dev_nd_net: 0,
+    sk_net: 0,
+    net_inum: 0,
+});
+#[unsafe(no_mangle)]
+static NETNS_INUM: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static HAS_WILDCARD: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(1 << 20);
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// The id of a watched endpoint `addr:port`, trying the all-ports entry when there is one.
+#[inline(always)]
+fn endpoint(fam: u8, addr: [u8; 16], port: u16) -> Option<u32> {
+    let mut key = EndpointKey { addr, port, family: fam, _pad: 0 };
+    if let Some(id) = ENDPOINTS.get_ptr(&key) {
+        return Some(unsafe { *id });
+    }
+    if HAS_WILDCARD.load() != 0 {
+        key.port = 0;
+        if let Some(id) = ENDPOINTS.get_ptr(&key) {
+            return Some(unsafe { *id });
+        }
+    }
+    None
+}
+
+/// The watched endpoint of a tuple: the destination first (packets to the VIP or a backend), then
+/// the source (their replies).
+#[inline(always)]
+fn watched(fam: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16) -> Option<u32> {
+    endpoint(fam, daddr, dport).or_else(|| endpoint(fam, saddr, sport))
+}
+
+#[inline(always)]
+fn stats(id: u32) -> Option<*mut EndpointStats> {
+    ENDPOINT_STATS.get_ptr_mut(id)
+}
+
+#[inline(always)]
+fn count_flags(id: u32, flags: u8) {
+    if let Some(s) = stats(id) {
+        let s = unsafe { &mut *s };
+        if flags & tcp_flag::SYN != 0 {
+            if flags & tcp_flag::ACK != 0 {
+                s.syn_ack += 1;
+            } else {
+                s.syn += 1;
+            }
+        }
+        if flags & tcp_flag::RST != 0 {
+            s.rst += 1;
+        }
+        if flags & tcp_flag::FIN != 0 {
+            s.fin += 1;
+        }
+    }
+}
+
+/// Writes `ev` to `ring`, counting it as emitted or lost. The reader is only woken up when the
+/// unread data passes `WAKEUP_BYTES`; otherwise it finds the events on its next timer tick, so a
+/// burst costs no wakeup per event.
+#[inline(always)]
+fn emit(ring: &RingBuf, ev: &Event, emitted: u32, lost: u32) {
+    match ring.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            let avail = unsafe { bpf_ringbuf_query(addr_of!(*ring) as *mut c_void, BPF_RB_AVAIL_DATA as u64) };
+            let flags = if avail >= WAKEUP_BYTES.load() { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+            entry.submit(flags as u64);
+            count(emitted);
+        }
+        None => count(lost),
+    }
+}
+
+/// Where a TCP header or ICMP error sits once L3 is parsed.
+struct L3 {
+    fam: u8,
+    /// Offset of the L4 header.
+    l4: usize,
+    proto: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    /// L4 bytes (header and payload) as the IP header tells.
+    l4_len: u16,
+}
+
+#[inline(always)]
+fn ipv4(b: &Bounds, off: usize) -> Result<Option<L3>, ()> {
+    let p = b.at::<20>(off).ok_or(())?;
+    let vihl = unsafe { *p };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(());
+    }
+    let proto = unsafe { *p.add(9) };
+    // Only the first fragment carries the L4 header.
+    if be16(unsafe { p.add(6) }) & 0x1fff != 0 {
+        return Ok(None);
+    }
+    let tot = be16(unsafe { p.add(2) });
+    Ok(Some(L3 {
+        fam: family::V4,
+        l4: off + ihl,
+        proto,
+        saddr: copy4(unsafe { p.add(12) }),
+        daddr: copy4(unsafe { p.add(16) }),
+        l4_len: tot.saturating_sub(ihl as u16),
+    }))
+}
+
+#[inline(always)]
+fn ipv6(b: &Bounds, off: usize) -> Result<Option<L3>, ()> {
+    let p = b.at::<40>(off).ok_or(())?;
+    if unsafe { *p } >> 4 != 6 {
+        return Err(());
+    }
+    // Extension headers are not followed: TCP and ICMPv6 directly after the fixed header only.
+    Ok(Some(L3 {
+        fam: family::V6,
+        l4: off + 40,
+        proto: unsafe { *p.add(6) },
+        saddr: copy16(unsafe { p.add(8) }),
+        daddr: copy16(unsafe { p.add(24) }),
+        l4_len: be16(unsafe { p.add(4) }),
+    }))
+}
+
+/// The shared body of the TC and XDP programs.
+#[inline(always)]
+fn handle(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
+    count(counter::PACKETS);
+    let (l3off, ethertype) = parse::l2(b).ok_or(())?;
+    let l3 = match ethertype {
+        ETH_P_IP => ipv4(b, l3off)?,
+        ETH_P_IPV6 => ipv6(b, l3off)?,
+        _ => return Ok(()),
+    };
+    let Some(l3) = l3 else { return Ok(()) };
+    match l3.proto {
+        IPPROTO_TCP => tcp(b, &l3, ifindex, hook),
+        IPPROTO_ICMP if l3.fam == family::V4 => icmp(b, &l3, ifindex, hook),
+        IPPROTO_ICMPV6 if l3.fam == family::V6 => icmp(b, &l3, ifindex, hook),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn tcp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
+    let t = b.at::<20>(l3.l4).ok_or(())?;
+    let flags = unsafe { *t.add(13) };
+    // The fast path: data and pure ACKs stop here, before any map lookup.
+    if flags & tcp_flag::CONTROL == 0 {
+        return Ok(());
+    }
+    let sport = be16(t);
+    let dport = be16(unsafe { t.add(2) });
+    let Some(id) = watched(l3.fam, l3.saddr, sport, l3.daddr, dport) else {
+        return Ok(());
+    };
+    count_flags(id, flags);
+    let doff = ((unsafe { *t.add(12) } >> 4) as u16) * 4;
+    let mut ev = Event::zeroed();
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ifindex = ifindex;
+    ev.kind = kind::PACKET;
+    ev.hook = hook;
+    ev.family = l3.fam;
+    ev.tcp_flags = flags;
+    ev.saddr = l3.saddr;
+    ev.daddr = l3.daddr;
+    ev.sport = sport;
+    ev.dport = dport;
+    ev.seq = be32(unsafe { t.add(4) });
+    ev.ack = be32(unsafe { t.add(8) });
+    ev.payload_len = l3.l4_len.saturating_sub(doff);
+    emit(&EVENTS, &ev, counter::EVENTS_EMITTED, counter::EVENTS_LOST);
+    Ok(())
+}
+
+/// ICMP destination unreachable / time exceeded (and ICMPv6 packet too big) quoting TCP.
+#[inline(always)]
+fn icmp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
+    let h = b.at::<8>(l3.l4).ok_or(())?;
+    let ty = unsafe { *h };
+    let is_error = if l3.fam == family::V4 {
+        ty == 3 || ty == 11
+    } else {
+        ty == 1 || ty == 2 || ty == 3
+    };
+    if !is_error {
+        return Ok(());
+    }
+    let inner = l3.l4 + 8;
+    let q = if l3.fam == family::V4 { ipv4(b, inner)? } else { ipv6(b, inner)? };
+    let Some(q) = q else { return Ok(()) };
+    if q.proto != IPPROTO_TCP {
+        return Ok(());
+    }
+    // RFC 792 guarantees 8 bytes of the quoted L4 header: ports and sequence number.
+    let t = b.at::<8>(q.l4).ok_or(())?;
+    let sport = be16(t);
+    let dport = be16(unsafe { t.add(2) });
+    let Some(id) = watched(q.fam, q.saddr, sport, q.daddr, dport) else {
+        return Ok(());
+    };
+    if let Some(s) = stats(id) {
+        unsafe { (*s).icmp += 1 };
+    }
+    let mut ev = Event::zeroed();
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ifindex = ifindex;
+    ev.kind = kind::ICMP;
+    ev.hook = hook;
+    ev.family = q.fam;
+    ev.saddr = q.saddr;
+    ev.daddr = q.daddr;
+    ev.sport = sport;
+    ev.dport = dport;
+    ev.seq = be32(unsafe { t.add(4) });
+    ev.outer_src = l3.saddr;
+    ev.outer_dst = l3.daddr;
+    ev.icmp_type = ty;
+    ev.icmp_code = unsafe { *h.add(1) };
+    emit(&PRIORITY_EVENTS, &ev, counter::PRIORITY_EMITTED, counter::PRIORITY_LOST);
+    Ok(())
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, hook: u8) -> i32 {
+    let b = Bounds { start: ctx.data(), end: ctx.data_end() };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if handle(&b, ifindex, hook).is_err() {
+        count(counter::PARSE_ERRORS);
+    }
+    // TCX_NEXT: never end the chain, whatever happened.
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    tc(&ctx, hook::TC_INGRESS)
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    tc(&ctx, hook::TC_EGRESS)
+}
+
+/// Frags-aware (`xdp.frags`): attaching it does not cap the interface's MTU. Headers are read from
+/// the first buffer only, which always holds them.
+#[xdp(frags)]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    let b = Bounds { start: ctx.data(), end: ctx.data_end() };
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    if handle(&b, ifindex, hook::XDP_INGRESS).is_err() {
+        count(counter::PARSE_ERRORS);
+    }
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Option<T> {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// `skb:kfree_skb(skb, location, reason, rx_sk)`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn tp_kfree_skb(ctx: RawTracePointContext) -> i32 {
+    let _ = kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
+    let skb: u64 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    let reason = reason as u32;
+    let off = OFFSETS.load();
+
+    // The tracepoint fires for every namespace: keep only drops in the traced one, told by the
+    // device's namespace, or the socket's when the skb has no device.
+    let dev: u64 = read(skb, off.skb_dev)?;
+    let net: u64 = if dev != 0 {
+        read(dev, off.dev_nd_net)?
+    } else {
+        let sk: u64 = read(skb, off.skb_sk)?;
+        if sk == 0 {
+            return None;
+        }
+        read(sk, off.sk_net)?
+    };
+    if net == 0 {
+        return None;
+    }
+    let inum: u32 = read(net, off.net_inum)?;
+    if inum != NETNS_INUM.load() {
+        count(counter::DROPS_OTHER_NETNS);
+        return None;
+    }
+    let ridx = if reason < MAX_DROP_REASONS { reason } else { MAX_DROP_REASONS - 1 };
+    if let Some(noise) = NOISE_REASONS.get_ptr(ridx) {
+        if unsafe { *noise } != 0 {
+            count(counter::DROPS_NOISE);
+            return None;
+        }
+    }
+
+    let head: u64 = read(skb, off.skb_head)?;
+    let nh: u16 = read(skb, off.skb_network_header)?;
+    if nh == 0xffff {
+        return None;
+    }
+    let ip = head + nh as u64;
+    let mut hdr = [0u8; 40];
+    unsafe { bpf_probe_read_kernel_buf(ip as *const u8, &mut hdr).ok()? };
+    let (fam, saddr, daddr, tcp_at, l4_len) = match hdr[0] >> 4 {
+        4 => {
+            let ihl = ((hdr[0] & 0x0f) as u64) * 4;
+            if hdr[9] != IPPROTO_TCP || ihl < 20 {
+                return None;
+            }
+            let tot = u16::from_be_bytes([hdr[2], hdr[3]]);
+            (
+                family::V4,
+                copy4(hdr[12..].as_ptr()),
+                copy4(hdr[16..].as_ptr()),
+                ip + ihl,
+                tot.saturating_sub(ihl as u16),
+            )
+        }
+        6 => {
+            if hdr[6] != IPPROTO_TCP {
+                return None;
+            }
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&hdr[8..24]);
+            d.copy_from_slice(&hdr[24..40]);
+            (family::V6, s, d, ip + 40, u16::from_be_bytes([hdr[4], hdr[5]]))
+        }
+        _ => return None,
+    };
+    let mut t = [0u8; 20];
+    unsafe { bpf_probe_read_kernel_buf(tcp_at as *const u8, &mut t).ok()? };
+    let sport = u16::from_be_bytes([t[0], t[1]]);
+    let dport = u16::from_be_bytes([t[2], t[3]]);
+    let id = watched(fam, saddr, sport, daddr, dport)?;
+    if let Some(s) = stats(id) {
+        unsafe { (*s).drops += 1 };
+    }
+    let flags = t[13];
+    if flags & tcp_flag::CONTROL == 0 {
+        // Data packets are aggregated by reason, never one event each.
+        count(counter::DATA_DROPS);
+        if let Some(c) = DATA_DROP_REASONS.get_ptr_mut(ridx) {
+            unsafe { *c += 1 };
+        }
+        return Some(());
+    }
+    let ifindex: u32 = if dev != 0 { read(dev, off.dev_ifindex).unwrap_or(0) } else { 0 };
+    let doff = ((t[12] >> 4) as u16) * 4;
+    let mut ev = Event::zeroed();
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ifindex = ifindex;
+    ev.kind = kind::DROP;
+    ev.hook = hook::KFREE_SKB;
+    ev.family = fam;
+    ev.tcp_flags = flags;
+    ev.saddr = saddr;
+    ev.daddr = daddr;
+    ev.sport = sport;
+    ev.dport = dport;
+    ev.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    ev.ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+    ev.reason = reason;
+    ev.payload_len = l4_len.saturating_sub(doff);
+    emit(&PRIORITY_EVENTS, &ev, counter::PRIORITY_EMITTED, counter::PRIORITY_LOST);
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,161 @@
+//! `lbtrace doctor`: what this kernel and host support, each with pass / warn / fail and what it
+//! means for lbtrace. Exit 0 when lbtrace can run here, 1 when something it needs is missing.
+
+use aya::{
+    EbpfLoader,
+    maps::MapType,
+    programs::{ProgramType, RawTracePoint},
+    sys::{is_map_supported, is_program_supported},
+    util::KernelVersion,
+};
+use serde_json::json;
+
+use crate::{
+    cli::DoctorArgs,
+    kernel::{self, btf::KernelBtf, preflight},
+    netif,
+    render::Format,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// What it means for lbtrace.
+    pub meaning: String,
+}
+
+fn check(name: &'static str, status: Status, detail: impl Into<String>, meaning: impl Into<String>) -> Check {
+    Check { name, status, detail: detail.into(), meaning: meaning.into() }
+}
+
+/// Runs every check. Nothing is left attached.
+pub fn checks() -> Vec<Check> {
+    let mut out = Vec::new();
+    let missing = preflight::missing_caps();
+    let privileged = missing.is_empty();
+    out.push(if privileged {
+        check("privileges", Status::Pass, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON (or root)", "lbtrace can load and attach its programs")
+    } else {
+        check("privileges", Status::Fail, format!("missing {}", missing.join(", ")), "run lbtrace with sudo (or grant those capabilities)")
+    });
+
+    let version = preflight::kernel_version().ok();
+    let vs = version.map_or_else(|| "unknown".to_owned(), preflight::fmt_version);
+    let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
+    out.push(check(
+        "kernel",
+        if at_least(6, 6) { Status::Pass } else { Status::Fail },
+        vs.clone(),
+        if at_least(6, 6) { "new enough for every lbtrace feature (ring buffer 5.8, TCX 6.6)".to_owned() } else { format!("kernel {vs}: lbtrace needs 6.6 or newer for TCX links") },
+    ));
+
+    let btf = KernelBtf::load();
+    match &btf {
+        Ok(b) => {
+            let offsets = b.offsets();
+            out.push(match offsets {
+                Ok(_) => check("btf", Status::Pass, kernel::btf::VMLINUX_BTF, "struct offsets for the drop tracer resolved"),
+                Err(e) => check("btf", Status::Fail, e.to_string(), "the drop tracer cannot read this kernel's sk_buff"),
+            });
+            out.push(match b.drop_reasons() {
+                Ok(r) => check("drop-reasons", Status::Pass, format!("{} reasons in enum skb_drop_reason", r.len()), "kernel drops are reported with their reason"),
+                Err(e) => check("drop-reasons", Status::Warn, e.to_string(), "drops are reported without a reason name"),
+            });
+        }
+        Err(e) => out.push(check("btf", Status::Fail, e.to_string(), "lbtrace cannot run without kernel BTF")),
+    }
+
+    let rb = is_map_supported(MapType::RingBuf).unwrap_or(false);
+    out.push(check(
+        "ring-buffer",
+        if rb { Status::Pass } else { Status::Fail },
+        if rb { "BPF_MAP_TYPE_RINGBUF supported" } else { "BPF_MAP_TYPE_RINGBUF not supported" },
+        if rb { "events reach lbtrace through a shared ring buffer" } else { "lbtrace needs BPF ring buffers (5.8+)" },
+    ));
+    let tcx = at_least(6, 6) && is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
+    out.push(check(
+        "tcx",
+        if tcx { Status::Pass } else { Status::Fail },
+        if tcx { "TCX bpf_links (6.6+)" } else { "no TCX" },
+        "the default, low-impact hook; its links vanish when lbtrace exits",
+    ));
+    let xdp = is_program_supported(ProgramType::Xdp).unwrap_or(false);
+    out.push(check(
+        "xdp",
+        if xdp { Status::Pass } else { Status::Warn },
+        if xdp { "XDP programs supported" } else { "XDP not supported" },
+        "--xdp traces ingress before the stack (opt-in: it changes offloads, see README)",
+    ));
+    match netif::links() {
+        Ok(links) => {
+            let held: Vec<String> =
+                links.iter().filter_map(|l| l.xdp_prog.map(|id| format!("{} (prog id {id})", l.name))).collect();
+            out.push(if held.is_empty() {
+                check("xdp-holders", Status::Pass, "no interface has an XDP program", "--xdp can attach anywhere")
+            } else {
+                check("xdp-holders", Status::Warn, held.join(", "), "lbtrace --xdp leaves these alone and traces them with TCX")
+            });
+        }
+        Err(e) => out.push(check("interfaces", Status::Fail, format!("{e:#}"), "lbtrace cannot find the interfaces to trace")),
+    }
+    // The real thing: load the object (the verifier runs) and attach the drop tracer.
+    if privileged && btf.is_ok() {
+        out.push(match load_and_attach_tracepoint() {
+            Ok(()) => check("load", Status::Pass, "programs verified; skb:kfree_skb attached and detached", "lbtrace's programs load on this kernel"),
+            Err(e) => check("load", Status::Fail, crate::one_line(&e), "lbtrace's programs do not load here"),
+        });
+    }
+    out
+}
+
+fn load_and_attach_tracepoint() -> anyhow::Result<()> {
+    let b = KernelBtf::load()?;
+    let offsets = b.offsets()?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(lbtrace_common::names::GLOBAL_OFFSETS, &offsets, true)
+        .load(kernel::EBPF_OBJECT)?;
+    for name in [lbtrace_common::names::PROG_TC_INGRESS, lbtrace_common::names::PROG_TC_EGRESS] {
+        let p: &mut aya::programs::SchedClassifier = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("{name} missing"))?.try_into()?;
+        p.load()?;
+    }
+    let p: &mut aya::programs::Xdp =
+        ebpf.program_mut(lbtrace_common::names::PROG_XDP_INGRESS).ok_or_else(|| anyhow::anyhow!("xdp missing"))?.try_into()?;
+    p.load()?;
+    let p: &mut RawTracePoint =
+        ebpf.program_mut(lbtrace_common::names::PROG_KFREE_SKB).ok_or_else(|| anyhow::anyhow!("tp missing"))?.try_into()?;
+    p.load()?;
+    let id = p.attach("kfree_skb")?;
+    p.detach(id)?;
+    Ok(())
+}
+
+pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
+    let checks = checks();
+    let failed = checks.iter().any(|c| c.status == Status::Fail);
+    match args.format {
+        Format::Json => println!("{}", json!({"type": "doctor", "ok": !failed, "checks": checks})),
+        Format::Text => {
+            for c in &checks {
+                let s = match c.status {
+                    Status::Pass => "pass",
+                    Status::Warn => "warn",
+                    Status::Fail => "FAIL",
+                };
+                println!("{s}  {:<13} {}\n      {:<13} -> {}", c.name, c.detail, "", c.meaning);
+            }
+            println!("{}", if failed { "lbtrace cannot run here: fix the FAIL lines above" } else { "lbtrace can run here" });
+        }
+    }
+    Ok(u8::from(failed))
+}

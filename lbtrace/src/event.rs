@@ -1,0 +1,255 @@
+//! Decoding of the kernel's fixed-size [`lbtrace_common::Event`] records into typed events.
+//!
+//! Pure and bounds-checked: bytes in, [`KernelEvent`] out, no IO. Unknown tags are errors the
+//! caller counts, never panics.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use lbtrace_common::{EVENT_SIZE, Event, family, hook, kind, tcp_flag};
+
+/// Where a packet was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Tc,
+    Xdp,
+    KfreeSkb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    In,
+    Out,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// A TCP control packet.
+    Packet,
+    /// An ICMP error about the tuple: the ICMP packet's own addresses, type and code.
+    Icmp { outer_src: IpAddr, outer_dst: IpAddr, icmp_type: u8, icmp_code: u8 },
+    /// The kernel freed the packet with this `enum skb_drop_reason` value.
+    Drop { reason: u32 },
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// 0 when unknown (a drop of an skb without a device).
+    pub ifindex: u32,
+    pub hook: Hook,
+    /// `None` for drops.
+    pub dir: Option<Dir>,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_len: u16,
+    pub detail: Detail,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event record of {got} bytes, expected {EVENT_SIZE}")]
+    Truncated { got: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown hook {0}")]
+    UnknownHook(u8),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u8),
+}
+
+fn ip(fam: u8, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match fam {
+        family::V4 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        family::V6 => Ok(IpAddr::V6(Ipv6Addr::from(*raw))),
+        f => Err(DecodeError::UnknownFamily(f)),
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
+    if buf.len() < EVENT_SIZE {
+        return Err(DecodeError::Truncated { got: buf.len() });
+    }
+    // SAFETY: the length is checked above and Event is plain old data of any bit pattern.
+    let ev: Event = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<Event>()) };
+    let (hook, dir) = match ev.hook {
+        hook::TC_INGRESS => (Hook::Tc, Some(Dir::In)),
+        hook::TC_EGRESS => (Hook::Tc, Some(Dir::Out)),
+        hook::XDP_INGRESS => (Hook::Xdp, Some(Dir::In)),
+        hook::KFREE_SKB => (Hook::KfreeSkb, None),
+        h => return Err(DecodeError::UnknownHook(h)),
+    };
+    let detail = match ev.kind {
+        kind::PACKET => Detail::Packet,
+        kind::ICMP => Detail::Icmp {
+            outer_src: ip(ev.family, &ev.outer_src)?,
+            outer_dst: ip(ev.family, &ev.outer_dst)?,
+            icmp_type: ev.icmp_type,
+            icmp_code: ev.icmp_code,
+        },
+        kind::DROP => Detail::Drop { reason: ev.reason },
+        k => return Err(DecodeError::UnknownKind(k)),
+    };
+    Ok(KernelEvent {
+        ts_ns: ev.ts_ns,
+        ifindex: ev.ifindex,
+        hook,
+        dir,
+        src: SocketAddr::new(ip(ev.family, &ev.saddr)?, ev.sport),
+        dst: SocketAddr::new(ip(ev.family, &ev.daddr)?, ev.dport),
+        flags: ev.tcp_flags,
+        seq: ev.seq,
+        ack: if ev.tcp_flags & tcp_flag::ACK != 0 { ev.ack } else { 0 },
+        payload_len: ev.payload_len,
+        detail,
+    })
+}
+
+/// TCP flags in tcpdump's notation: `S`, `S.`, `R.`, `FP.` ...
+pub fn flags_str(flags: u8) -> String {
+    let mut s = String::with_capacity(6);
+    for (bit, c) in [
+        (tcp_flag::FIN, 'F'),
+        (tcp_flag::SYN, 'S'),
+        (tcp_flag::RST, 'R'),
+        (tcp_flag::PSH, 'P'),
+        (tcp_flag::URG, 'U'),
+        (tcp_flag::ECE, 'E'),
+        (tcp_flag::CWR, 'W'),
+    ] {
+        if flags & bit != 0 {
+            s.push(c);
+        }
+    }
+    if flags & tcp_flag::ACK != 0 {
+        s.push('.');
+    }
+    if s.is_empty() {
+        s.push_str("none");
+    }
+    s
+}
+
+/// What an ICMP / ICMPv6 error means, in words.
+pub fn icmp_what(v6: bool, ty: u8, code: u8) -> &'static str {
+    if v6 {
+        return match (ty, code) {
+            (1, 0) => "no route to destination",
+            (1, 1) => "administratively prohibited",
+            (1, 3) => "address unreachable",
+            (1, 4) => "port unreachable",
+            (1, 5) => "source address failed policy",
+            (1, 6) => "reject route",
+            (1, _) => "destination unreachable",
+            (2, _) => "packet too big",
+            (3, 0) => "hop limit exceeded",
+            (3, _) => "fragment reassembly time exceeded",
+            _ => "icmpv6 error",
+        };
+    }
+    match (ty, code) {
+        (3, 0) => "net unreachable",
+        (3, 1) => "host unreachable",
+        (3, 2) => "protocol unreachable",
+        (3, 3) => "port unreachable",
+        (3, 4) => "fragmentation needed",
+        (3, 9 | 10 | 13) => "administratively prohibited",
+        (3, _) => "destination unreachable",
+        (11, 0) => "ttl exceeded",
+        (11, _) => "fragment reassembly time exceeded",
+        _ => "icmp error",
+    }
+}
+
+/// `addr:port`, IPv6 as `[addr]:port` (what `SocketAddr` prints).
+pub fn fmt_sa(sa: &SocketAddr) -> String {
+    sa.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(f: impl FnOnce(&mut Event)) -> Vec<u8> {
+        let mut ev = Event::zeroed();
+        ev.ts_ns = 42;
+        ev.ifindex = 7;
+        ev.kind = kind::PACKET;
+        ev.hook = hook::TC_INGRESS;
+        ev.family = family::V4;
+        ev.saddr[..4].copy_from_slice(&[10, 0, 0, 5]);
+        ev.daddr[..4].copy_from_slice(&[10, 0, 0, 10]);
+        ev.sport = 43210;
+        ev.dport = 80;
+        ev.tcp_flags = tcp_flag::SYN;
+        ev.seq = 1000;
+        ev.ack = 99;
+        f(&mut ev);
+        let p = std::ptr::from_ref(&ev).cast::<u8>();
+        // SAFETY: Event is repr(C) plain old data of EVENT_SIZE bytes.
+        unsafe { std::slice::from_raw_parts(p, EVENT_SIZE) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_syn() {
+        let e = decode(&record(|_| {})).unwrap();
+        assert_eq!(e.src.to_string(), "10.0.0.5:43210");
+        assert_eq!(e.dst.to_string(), "10.0.0.10:80");
+        assert_eq!((e.hook, e.dir), (Hook::Tc, Some(Dir::In)));
+        assert_eq!(e.seq, 1000);
+        // No ACK flag: the ack field means nothing and reads 0, as in tcpdump.
+        assert_eq!(e.ack, 0);
+        assert_eq!(e.detail, Detail::Packet);
+    }
+
+    #[test]
+    fn decodes_ipv6_icmp_and_drops() {
+        let e = decode(&record(|ev| {
+            ev.family = family::V6;
+            ev.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+            ev.daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+            ev.kind = kind::ICMP;
+            ev.outer_src = "fd00::9".parse::<Ipv6Addr>().unwrap().octets();
+            ev.outer_dst = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+            ev.icmp_type = 1;
+            ev.icmp_code = 4;
+        }))
+        .unwrap();
+        assert_eq!(e.dst.to_string(), "[fd00::2]:80");
+        assert!(matches!(e.detail, Detail::Icmp { icmp_type: 1, icmp_code: 4, .. }));
+        let e = decode(&record(|ev| {
+            ev.kind = kind::DROP;
+            ev.hook = hook::KFREE_SKB;
+            ev.reason = 77;
+        }))
+        .unwrap();
+        assert_eq!((e.hook, e.dir, e.detail), (Hook::KfreeSkb, None, Detail::Drop { reason: 77 }));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Truncated { got: 10 }));
+        assert_eq!(decode(&record(|ev| ev.kind = 9)), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(decode(&record(|ev| ev.hook = 0)), Err(DecodeError::UnknownHook(0)));
+        assert_eq!(decode(&record(|ev| ev.family = 5)), Err(DecodeError::UnknownFamily(5)));
+    }
+
+    #[test]
+    fn flags_use_tcpdump_notation() {
+        use tcp_flag::*;
+        assert_eq!(flags_str(SYN), "S");
+        assert_eq!(flags_str(SYN | ACK), "S.");
+        assert_eq!(flags_str(RST), "R");
+        assert_eq!(flags_str(RST | ACK), "R.");
+        assert_eq!(flags_str(FIN | ACK), "F.");
+        assert_eq!(flags_str(FIN | PSH | ACK), "FP.");
+        assert_eq!(flags_str(ACK), ".");
+    }
+}

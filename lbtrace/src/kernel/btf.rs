@@ -1,0 +1,173 @@
+//! What the drop tracer needs from the running kernel's BTF (/sys/kernel/btf/vmlinux): struct
+//! member offsets (Rust eBPF has no CO-RE relocations, so they are passed in as a global before
+//! load) and the names of `enum skb_drop_reason`, whose values differ between kernels.
+
+use std::collections::HashMap;
+
+use btf_rs::{Btf, Type};
+use lbtrace_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "this kernel has no BTF ({VMLINUX_BTF}: {0}); lbtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    Missing(#[source] btf_rs::Error),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+    #[error("kernel BTF has no enum skb_drop_reason (kernel older than 5.18?)")]
+    NoDropReasons,
+    #[error("kernel BTF: {0}")]
+    Read(#[source] btf_rs::Error),
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, BtfError> {
+        Btf::from_file(VMLINUX_BTF).map(|btf| Self { btf }).map_err(BtfError::Missing)
+    }
+
+    fn strukt(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        let types = self.btf.resolve_types_by_name(name).map_err(|_| BtfError::NoStruct(name.to_owned()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Byte offset of `member` in `s`, looking through anonymous structs and unions.
+    fn find_member(&self, s: &btf_rs::Struct, member: &str) -> Result<Option<(u32, Type)>, BtfError> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(m).map_err(BtfError::Read)?;
+            if name == member {
+                return Ok(Some((m.bit_offset() / 8, ty)));
+            }
+            if name.is_empty() {
+                if let Type::Struct(inner) | Type::Union(inner) = &ty {
+                    if let Some((off, t)) = self.find_member(inner, member)? {
+                        return Ok(Some((m.bit_offset() / 8 + off, t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset of `path` (members of nested, named structs) from the start of `struct root`.
+    pub fn offset_of(&self, root: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut s = self.strukt(root)?;
+        let mut strukt_name = root.to_owned();
+        let mut total = 0;
+        for (i, member) in path.iter().enumerate() {
+            let (off, ty) = self.find_member(&s, member)?.ok_or_else(|| BtfError::NoMember {
+                strukt: strukt_name.clone(),
+                member: (*member).to_owned(),
+            })?;
+            total += off;
+            if i + 1 < path.len() {
+                let ty = self.skip_modifiers(ty)?;
+                s = match ty {
+                    Type::Struct(s) | Type::Union(s) => s,
+                    _ => {
+                        return Err(BtfError::NoMember { strukt: (*member).to_owned(), member: path[i + 1].to_owned() });
+                    }
+                };
+                strukt_name = (*member).to_owned();
+            }
+        }
+        Ok(total)
+    }
+
+    fn skip_modifiers(&self, mut ty: Type) -> Result<Type, BtfError> {
+        loop {
+            ty = match &ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(t).map_err(BtfError::Read)?,
+                Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => {
+                    self.btf.resolve_chained_type(t).map_err(BtfError::Read)?
+                }
+                _ => return Ok(ty),
+            };
+        }
+    }
+
+    /// The offsets the drop tracer reads.
+    pub fn offsets(&self) -> Result<KernelOffsets, BtfError> {
+        Ok(KernelOffsets {
+            skb_head: self.offset_of("sk_buff", &["head"])?,
+            skb_network_header: self.offset_of("sk_buff", &["network_header"])?,
+            skb_dev: self.offset_of("sk_buff", &["dev"])?,
+            skb_sk: self.offset_of("sk_buff", &["sk"])?,
+            dev_ifindex: self.offset_of("net_device", &["ifindex"])?,
+            dev_nd_net: self.offset_of("net_device", &["nd_net", "net"])?,
+            sk_net: self.offset_of("sock", &["__sk_common", "skc_net", "net"])?,
+            net_inum: self.offset_of("net", &["ns", "inum"])?,
+        })
+    }
+
+    /// `enum skb_drop_reason`: value -> name without the `SKB_DROP_REASON_` prefix.
+    pub fn drop_reasons(&self) -> Result<DropReasons, BtfError> {
+        let types = self.btf.resolve_types_by_name("skb_drop_reason").map_err(|_| BtfError::NoDropReasons)?;
+        let mut names = HashMap::new();
+        for t in types {
+            if let Type::Enum(e) = t {
+                for m in &e.members {
+                    let name = self.btf.resolve_name(m).map_err(BtfError::Read)?;
+                    let name = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_owned();
+                    names.insert(m.val(), name);
+                }
+            }
+        }
+        if names.is_empty() {
+            return Err(BtfError::NoDropReasons);
+        }
+        Ok(DropReasons { names })
+    }
+}
+
+/// Drop-reason names of the running kernel.
+#[derive(Clone, Debug, Default)]
+pub struct DropReasons {
+    names: HashMap<u32, String>,
+}
+
+/// Reasons that are normal teardown rather than a lost packet: a closing socket purging its
+/// queues. They are filtered in the kernel and only counted.
+pub const NOISE: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE", "SKB_CONSUMED", "NOT_DROPPED_YET"];
+
+impl DropReasons {
+    pub fn name(&self, value: u32) -> String {
+        self.names.get(&value).cloned().unwrap_or_else(|| format!("REASON_{value}"))
+    }
+
+    pub fn value(&self, name: &str) -> Option<u32> {
+        self.names.iter().find(|(_, n)| n.as_str() == name).map(|(v, _)| *v)
+    }
+
+    pub fn noise_values(&self) -> Vec<u32> {
+        NOISE.iter().filter_map(|n| self.value(n)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    #[cfg(test)]
+    pub fn from_pairs(pairs: &[(u32, &str)]) -> Self {
+        Self { names: pairs.iter().map(|(v, n)| (*v, (*n).to_owned())).collect() }
+    }
+}

@@ -1,0 +1,235 @@
+//! Loading the kernel programs with this host's parameters and attaching them, bpf_links only.
+//!
+//! Nothing is pinned and every attachment is a bpf_link held by this process (TCX, XDP, raw
+//! tracepoint), so the kernel detaches all of it when lbtrace exits, even on SIGKILL. aya falls
+//! back to a netlink XDP attachment on some errors, which would outlive the process: such an
+//! attachment is detected, removed at once and replaced with TCX.
+
+use std::{collections::BTreeSet, os::unix::fs::MetadataExt as _};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap},
+    programs::{
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+        tc::TcAttachOptions,
+    },
+};
+use lbtrace_common::{MAX_DROP_REASONS, MAX_ENDPOINTS, names};
+
+use super::{
+    btf::{DropReasons, KernelBtf},
+    counters::{self, Counters},
+    rings::Rings,
+};
+use crate::{endpoint::Watched, netif::Link};
+
+/// What to load and where to attach it.
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    pub endpoints: Vec<Watched>,
+    /// Interfaces to trace (validated: they exist).
+    pub ifaces: Vec<Link>,
+    /// XDP instead of TCX on ingress, where no XDP program holds the interface already.
+    pub xdp: bool,
+    /// Bytes of the packet-event ring (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Bytes of the ICMP/drop ring.
+    pub priority_ring_bytes: u32,
+}
+
+/// One attachment made, for the start-up report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// `tcx-ingress`, `tcx-egress`, `xdp`.
+    pub hook: &'static str,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    links: Vec<FdLink>,
+    pub attachments: Vec<Attachment>,
+    /// Things the user should know about how lbtrace attached (e.g. TCX instead of XDP).
+    pub notes: Vec<String>,
+    pub reasons: DropReasons,
+    pub endpoints: Vec<Watched>,
+    pub netns_inum: u64,
+}
+
+/// The inode number of this process's network namespace (what `ip netns identify` matches on).
+pub fn netns_inum() -> Result<u64> {
+    Ok(std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino())
+}
+
+fn tcx(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    iface: &Link,
+    ty: TcAttachType,
+) -> Result<FdLink> {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    // First in the TCX chain: lbtrace sees packets before an LB's own program may redirect or
+    // drop them, and returns TCX_NEXT so that program still runs.
+    let id = p
+        .attach_with_options(&iface.name, ty, TcAttachOptions::TcxOrder(LinkOrder::first()))
+        .with_context(|| format!("attaching {prog} to {} with TCX", iface.name))?;
+    let link = p.take_link(id)?;
+    FdLink::try_from(link).map_err(|e| anyhow!("{prog} on {} did not get a bpf_link ({e}); refusing a legacy attachment", iface.name))
+}
+
+impl Tracer {
+    /// Loads the programs (the verifier log is in the error on rejection), fills the maps and
+    /// attaches everything. On error, whatever was attached is detached again (dropped).
+    pub fn start(cfg: &TracerConfig) -> Result<Self> {
+        let kbtf = KernelBtf::load()?;
+        let offsets = kbtf.offsets()?;
+        let reasons = kbtf.drop_reasons()?;
+        let inum = netns_inum()?;
+        let inum32 = u32::try_from(inum).context("network namespace inode does not fit 32 bits")?;
+        let wildcard: u8 = u8::from(cfg.endpoints.iter().any(|w| w.endpoint.port.is_none()));
+        let wakeup: u64 = u64::from(cfg.ring_bytes / 4);
+        if cfg.endpoints.len() > MAX_ENDPOINTS as usize {
+            bail!("too many endpoints ({}): lbtrace watches at most {MAX_ENDPOINTS}", cfg.endpoints.len());
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_OFFSETS, &offsets, true)
+            .override_global(names::GLOBAL_NETNS_INUM, &inum32, true)
+            .override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true)
+            .override_global(names::GLOBAL_WAKEUP_BYTES, &wakeup, true)
+            .map_max_entries(names::EVENTS, cfg.ring_bytes)
+            .map_max_entries(names::PRIORITY_EVENTS, cfg.priority_ring_bytes)
+            .load(super::EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+
+        {
+            let mut eps: HashMap<_, lbtrace_common::EndpointKey, u32> =
+                HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("ENDPOINTS map missing")?)?;
+            for (id, w) in cfg.endpoints.iter().enumerate() {
+                eps.insert(w.endpoint.key(), u32::try_from(id)?, 0).context("filling ENDPOINTS")?;
+            }
+        }
+        {
+            let mut noise: Array<_, u8> =
+                Array::try_from(ebpf.map_mut(names::NOISE_REASONS).context("NOISE_REASONS map missing")?)?;
+            for v in reasons.noise_values() {
+                if v < MAX_DROP_REASONS {
+                    noise.set(v, 1, 0).context("filling NOISE_REASONS")?;
+                }
+            }
+        }
+
+        for prog in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
+            let p: &mut SchedClassifier = ebpf.program_mut(prog).context("program missing")?.try_into()?;
+            p.load().with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+        }
+        if cfg.xdp {
+            let p: &mut Xdp = ebpf.program_mut(names::PROG_XDP_INGRESS).context("program missing")?.try_into()?;
+            p.load().with_context(|| format!("the kernel's verifier rejected {}", names::PROG_XDP_INGRESS))?;
+        }
+
+        let mut tracer = Self {
+            ebpf,
+            links: Vec::new(),
+            attachments: Vec::new(),
+            notes: Vec::new(),
+            reasons,
+            endpoints: cfg.endpoints.clone(),
+            netns_inum: inum,
+        };
+        tracer.attach_drops()?;
+        let mut seen = BTreeSet::new();
+        for iface in &cfg.ifaces {
+            if seen.insert(iface.ifindex) {
+                tracer.attach_iface(iface, cfg.xdp)?;
+            }
+        }
+        Ok(tracer)
+    }
+
+    fn attach_drops(&mut self) -> Result<()> {
+        let p: &mut RawTracePoint =
+            self.ebpf.program_mut(names::PROG_KFREE_SKB).context("program missing")?.try_into()?;
+        p.load().with_context(|| format!("the kernel's verifier rejected {}", names::PROG_KFREE_SKB))?;
+        let id = p.attach("kfree_skb").context("attaching the drop tracer to the raw tracepoint skb:kfree_skb")?;
+        let link = p.take_link(id)?;
+        self.links.push(FdLink::try_from(link).map_err(|e| anyhow!("kfree_skb: no bpf_link ({e})"))?);
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &Link) -> Result<FdLink, String> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_XDP_INGRESS)
+            .ok_or("program missing")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        let id = p.attach_to_if_index(iface.ifindex, XdpMode::default()).map_err(|e| format!("{e}"))?;
+        let link = p.take_link(id).map_err(|e| format!("{e}"))?;
+        // A netlink attachment (aya's fallback) would survive SIGKILL: converting fails, and
+        // dropping it detaches it right away.
+        FdLink::try_from(link).map_err(|_| "the kernel gave a netlink attachment, not a bpf_link; detached it".to_owned())
+    }
+
+    fn attach_iface(&mut self, iface: &Link, xdp: bool) -> Result<()> {
+        let mut ingress_done = false;
+        if xdp {
+            if let Some(id) = iface.xdp_prog {
+                self.notes.push(format!(
+                    "{}: an XDP program (id {id}) is already attached; lbtrace leaves it alone and traces {} with TCX",
+                    iface.name, iface.name
+                ));
+            } else {
+                match self.attach_xdp(iface) {
+                    Ok(link) => {
+                        self.links.push(link);
+                        self.attachments.push(Attachment { iface: iface.name.clone(), ifindex: iface.ifindex, hook: "xdp" });
+                        ingress_done = true;
+                    }
+                    Err(e) => self.notes.push(format!(
+                        "{}: XDP attach failed ({e}); tracing {} with TCX instead",
+                        iface.name, iface.name
+                    )),
+                }
+            }
+        }
+        if !ingress_done {
+            let link = tcx(&mut self.ebpf, names::PROG_TC_INGRESS, iface, TcAttachType::Ingress)?;
+            self.links.push(link);
+            self.attachments.push(Attachment { iface: iface.name.clone(), ifindex: iface.ifindex, hook: "tcx-ingress" });
+        }
+        let link = tcx(&mut self.ebpf, names::PROG_TC_EGRESS, iface, TcAttachType::Egress)?;
+        self.links.push(link);
+        self.attachments.push(Attachment { iface: iface.name.clone(), ifindex: iface.ifindex, hook: "tcx-egress" });
+        Ok(())
+    }
+
+    /// Takes the ring buffers out to be drained from tokio.
+    pub fn rings(&mut self) -> Result<Rings> {
+        Rings::take(&mut self.ebpf)
+    }
+
+    /// Detaches every program (the maps stay readable until the tracer is dropped).
+    pub fn detach(&mut self) {
+        // Closing a bpf_link's last fd detaches it.
+        self.links.clear();
+    }
+
+    pub fn counters(&self) -> Counters {
+        counters::read(&self.ebpf)
+    }
+
+    pub fn endpoint_stats(&self) -> Vec<lbtrace_common::EndpointStats> {
+        counters::endpoint_stats(&self.ebpf, u32::try_from(self.endpoints.len()).unwrap_or(0))
+    }
+
+    pub fn data_drop_reasons(&self) -> Vec<(String, u64)> {
+        counters::data_drop_reasons(&self.ebpf).into_iter().map(|(r, n)| (self.reasons.name(r), n)).collect()
+    }
+}
