@@ -18,8 +18,12 @@ use core::{ffi::c_void, ptr::addr_of};
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_ringbuf_query},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action,
+    },
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_ringbuf_query,
+    },
     macros::{classifier, map, raw_tracepoint, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TcContext, XdpContext},
@@ -81,13 +85,18 @@ fn count(idx: u32) {
 /// The id of a watched endpoint `addr:port`, trying the all-ports entry when there is one.
 #[inline(always)]
 fn endpoint(fam: u8, addr: [u8; 16], port: u16) -> Option<u32> {
-    let mut key = EndpointKey { addr, port, family: fam, _pad: 0 };
-    if let Some(id) = ENDPOINTS.get_ptr(&key) {
+    let mut key = EndpointKey {
+        addr,
+        port,
+        family: fam,
+        _pad: 0,
+    };
+    if let Some(id) = ENDPOINTS.get_ptr(key) {
         return Some(unsafe { *id });
     }
     if HAS_WILDCARD.load() != 0 {
         key.port = 0;
-        if let Some(id) = ENDPOINTS.get_ptr(&key) {
+        if let Some(id) = ENDPOINTS.get_ptr(key) {
             return Some(unsafe { *id });
         }
     }
@@ -134,8 +143,14 @@ fn emit(ring: &RingBuf, ev: &Event, emitted: u32, lost: u32) {
     match ring.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            let avail = unsafe { bpf_ringbuf_query(addr_of!(*ring) as *mut c_void, BPF_RB_AVAIL_DATA as u64) };
-            let flags = if avail >= WAKEUP_BYTES.load() { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+            let avail = unsafe {
+                bpf_ringbuf_query(addr_of!(*ring) as *mut c_void, BPF_RB_AVAIL_DATA as u64)
+            };
+            let flags = if avail >= WAKEUP_BYTES.load() {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
             entry.submit(flags as u64);
             count(emitted);
         }
@@ -262,7 +277,11 @@ fn icmp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
         return Ok(());
     }
     let inner = l3.l4 + 8;
-    let q = if l3.fam == family::V4 { ipv4(b, inner)? } else { ipv6(b, inner)? };
+    let q = if l3.fam == family::V4 {
+        ipv4(b, inner)?
+    } else {
+        ipv6(b, inner)?
+    };
     let Some(q) = q else { return Ok(()) };
     if q.proto != IPPROTO_TCP {
         return Ok(());
@@ -292,13 +311,21 @@ fn icmp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
     ev.outer_dst = l3.daddr;
     ev.icmp_type = ty;
     ev.icmp_code = unsafe { *h.add(1) };
-    emit(&PRIORITY_EVENTS, &ev, counter::PRIORITY_EMITTED, counter::PRIORITY_LOST);
+    emit(
+        &PRIORITY_EVENTS,
+        &ev,
+        counter::PRIORITY_EMITTED,
+        counter::PRIORITY_LOST,
+    );
     Ok(())
 }
 
 #[inline(always)]
 fn tc(ctx: &TcContext, hook: u8) -> i32 {
-    let b = Bounds { start: ctx.data(), end: ctx.data_end() };
+    let b = Bounds {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if handle(&b, ifindex, hook).is_err() {
         count(counter::PARSE_ERRORS);
@@ -321,7 +348,10 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// the first buffer only, which always holds them.
 #[xdp(frags)]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    let b = Bounds { start: ctx.data(), end: ctx.data_end() };
+    let b = Bounds {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if handle(&b, ifindex, hook::XDP_INGRESS).is_err() {
         count(counter::PARSE_ERRORS);
@@ -368,12 +398,16 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         count(counter::DROPS_OTHER_NETNS);
         return None;
     }
-    let ridx = if reason < MAX_DROP_REASONS { reason } else { MAX_DROP_REASONS - 1 };
-    if let Some(noise) = NOISE_REASONS.get_ptr(ridx) {
-        if unsafe { *noise } != 0 {
-            count(counter::DROPS_NOISE);
-            return None;
-        }
+    let ridx = if reason < MAX_DROP_REASONS {
+        reason
+    } else {
+        MAX_DROP_REASONS - 1
+    };
+    if let Some(noise) = NOISE_REASONS.get_ptr(ridx)
+        && unsafe { *noise } != 0
+    {
+        count(counter::DROPS_NOISE);
+        return None;
     }
 
     let head: u64 = read(skb, off.skb_head)?;
@@ -407,7 +441,13 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
             let mut d = [0u8; 16];
             s.copy_from_slice(&hdr[8..24]);
             d.copy_from_slice(&hdr[24..40]);
-            (family::V6, s, d, ip + 40, u16::from_be_bytes([hdr[4], hdr[5]]))
+            (
+                family::V6,
+                s,
+                d,
+                ip + 40,
+                u16::from_be_bytes([hdr[4], hdr[5]]),
+            )
         }
         _ => return None,
     };
@@ -428,7 +468,11 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         }
         return Some(());
     }
-    let ifindex: u32 = if dev != 0 { read(dev, off.dev_ifindex).unwrap_or(0) } else { 0 };
+    let ifindex: u32 = if dev != 0 {
+        read(dev, off.dev_ifindex).unwrap_or(0)
+    } else {
+        0
+    };
     let doff = ((t[12] >> 4) as u16) * 4;
     let mut ev = Event::zeroed();
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -445,7 +489,12 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     ev.ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
     ev.reason = reason;
     ev.payload_len = l4_len.saturating_sub(doff);
-    emit(&PRIORITY_EVENTS, &ev, counter::PRIORITY_EMITTED, counter::PRIORITY_LOST);
+    emit(
+        &PRIORITY_EVENTS,
+        &ev,
+        counter::PRIORITY_EMITTED,
+        counter::PRIORITY_LOST,
+    );
     Some(())
 }
 

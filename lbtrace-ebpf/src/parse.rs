@@ -31,12 +31,6 @@ impl Bounds {
     }
 
     #[inline(always)]
-    pub fn u8_at(&self, off: usize) -> Option<u8> {
-        let p = self.at::<1>(off)?;
-        Some(unsafe { *p })
-    }
-
-    #[inline(always)]
     pub fn be16_at(&self, off: usize) -> Option<u16> {
         let p = self.at::<2>(off)?;
         Some(u16::from_be(unsafe { read_unaligned(p.cast::<u16>()) }))

@@ -10,7 +10,12 @@ use crate::{endpoint::Endpoint, render::Format};
 ///
 /// With no subcommand, lbtrace runs `trace`.
 #[derive(Debug, Parser)]
-#[command(name = "lbtrace", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "lbtrace",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -32,9 +37,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB"))?;
     if !(1..=1024).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} MiB: the ring size must be a power of two from 1 to 1024 MiB"));
+        return Err(format!(
+            "{n} MiB: the ring size must be a power of two from 1 to 1024 MiB"
+        ));
     }
     Ok(n)
 }

@@ -35,8 +35,18 @@ pub struct Check {
     pub meaning: String,
 }
 
-fn check(name: &'static str, status: Status, detail: impl Into<String>, meaning: impl Into<String>) -> Check {
-    Check { name, status, detail: detail.into(), meaning: meaning.into() }
+fn check(
+    name: &'static str,
+    status: Status,
+    detail: impl Into<String>,
+    meaning: impl Into<String>,
+) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+        meaning: meaning.into(),
+    }
 }
 
 /// Runs every check. Nothing is left attached.
@@ -45,9 +55,19 @@ pub fn checks() -> Vec<Check> {
     let missing = preflight::missing_caps();
     let privileged = missing.is_empty();
     out.push(if privileged {
-        check("privileges", Status::Pass, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON (or root)", "lbtrace can load and attach its programs")
+        check(
+            "privileges",
+            Status::Pass,
+            "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON (or root)",
+            "lbtrace can load and attach its programs",
+        )
     } else {
-        check("privileges", Status::Fail, format!("missing {}", missing.join(", ")), "run lbtrace with sudo (or grant those capabilities)")
+        check(
+            "privileges",
+            Status::Fail,
+            format!("missing {}", missing.join(", ")),
+            "run lbtrace with sudo (or grant those capabilities)",
+        )
     });
 
     let version = preflight::kernel_version().ok();
@@ -55,9 +75,17 @@ pub fn checks() -> Vec<Check> {
     let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
     out.push(check(
         "kernel",
-        if at_least(6, 6) { Status::Pass } else { Status::Fail },
+        if at_least(6, 6) {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
         vs.clone(),
-        if at_least(6, 6) { "new enough for every lbtrace feature (ring buffer 5.8, TCX 6.6)".to_owned() } else { format!("kernel {vs}: lbtrace needs 6.6 or newer for TCX links") },
+        if at_least(6, 6) {
+            "new enough for every lbtrace feature (ring buffer 5.8, TCX 6.6)".to_owned()
+        } else {
+            format!("kernel {vs}: lbtrace needs 6.6 or newer for TCX links")
+        },
     ));
 
     let btf = KernelBtf::load();
@@ -65,55 +93,123 @@ pub fn checks() -> Vec<Check> {
         Ok(b) => {
             let offsets = b.offsets();
             out.push(match offsets {
-                Ok(_) => check("btf", Status::Pass, kernel::btf::VMLINUX_BTF, "struct offsets for the drop tracer resolved"),
-                Err(e) => check("btf", Status::Fail, e.to_string(), "the drop tracer cannot read this kernel's sk_buff"),
+                Ok(_) => check(
+                    "btf",
+                    Status::Pass,
+                    kernel::btf::VMLINUX_BTF,
+                    "struct offsets for the drop tracer resolved",
+                ),
+                Err(e) => check(
+                    "btf",
+                    Status::Fail,
+                    e.to_string(),
+                    "the drop tracer cannot read this kernel's sk_buff",
+                ),
             });
             out.push(match b.drop_reasons() {
-                Ok(r) => check("drop-reasons", Status::Pass, format!("{} reasons in enum skb_drop_reason", r.len()), "kernel drops are reported with their reason"),
-                Err(e) => check("drop-reasons", Status::Warn, e.to_string(), "drops are reported without a reason name"),
+                Ok(r) => check(
+                    "drop-reasons",
+                    Status::Pass,
+                    format!("{} reasons in enum skb_drop_reason", r.len()),
+                    "kernel drops are reported with their reason",
+                ),
+                Err(e) => check(
+                    "drop-reasons",
+                    Status::Warn,
+                    e.to_string(),
+                    "drops are reported without a reason name",
+                ),
             });
         }
-        Err(e) => out.push(check("btf", Status::Fail, e.to_string(), "lbtrace cannot run without kernel BTF")),
+        Err(e) => out.push(check(
+            "btf",
+            Status::Fail,
+            e.to_string(),
+            "lbtrace cannot run without kernel BTF",
+        )),
     }
 
     let rb = is_map_supported(MapType::RingBuf).unwrap_or(false);
     out.push(check(
         "ring-buffer",
         if rb { Status::Pass } else { Status::Fail },
-        if rb { "BPF_MAP_TYPE_RINGBUF supported" } else { "BPF_MAP_TYPE_RINGBUF not supported" },
-        if rb { "events reach lbtrace through a shared ring buffer" } else { "lbtrace needs BPF ring buffers (5.8+)" },
+        if rb {
+            "BPF_MAP_TYPE_RINGBUF supported"
+        } else {
+            "BPF_MAP_TYPE_RINGBUF not supported"
+        },
+        if rb {
+            "events reach lbtrace through a shared ring buffer"
+        } else {
+            "lbtrace needs BPF ring buffers (5.8+)"
+        },
     ));
     let tcx = at_least(6, 6) && is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
     out.push(check(
         "tcx",
         if tcx { Status::Pass } else { Status::Fail },
-        if tcx { "TCX bpf_links (6.6+)" } else { "no TCX" },
+        if tcx {
+            "TCX bpf_links (6.6+)"
+        } else {
+            "no TCX"
+        },
         "the default, low-impact hook; its links vanish when lbtrace exits",
     ));
     let xdp = is_program_supported(ProgramType::Xdp).unwrap_or(false);
     out.push(check(
         "xdp",
         if xdp { Status::Pass } else { Status::Warn },
-        if xdp { "XDP programs supported" } else { "XDP not supported" },
+        if xdp {
+            "XDP programs supported"
+        } else {
+            "XDP not supported"
+        },
         "--xdp traces ingress before the stack (opt-in: it changes offloads, see README)",
     ));
     match netif::links() {
         Ok(links) => {
-            let held: Vec<String> =
-                links.iter().filter_map(|l| l.xdp_prog.map(|id| format!("{} (prog id {id})", l.name))).collect();
+            let held: Vec<String> = links
+                .iter()
+                .filter_map(|l| l.xdp_prog.map(|id| format!("{} (prog id {id})", l.name)))
+                .collect();
             out.push(if held.is_empty() {
-                check("xdp-holders", Status::Pass, "no interface has an XDP program", "--xdp can attach anywhere")
+                check(
+                    "xdp-holders",
+                    Status::Pass,
+                    "no interface has an XDP program",
+                    "--xdp can attach anywhere",
+                )
             } else {
-                check("xdp-holders", Status::Warn, held.join(", "), "lbtrace --xdp leaves these alone and traces them with TCX")
+                check(
+                    "xdp-holders",
+                    Status::Warn,
+                    held.join(", "),
+                    "lbtrace --xdp leaves these alone and traces them with TCX",
+                )
             });
         }
-        Err(e) => out.push(check("interfaces", Status::Fail, format!("{e:#}"), "lbtrace cannot find the interfaces to trace")),
+        Err(e) => out.push(check(
+            "interfaces",
+            Status::Fail,
+            format!("{e:#}"),
+            "lbtrace cannot find the interfaces to trace",
+        )),
     }
     // The real thing: load the object (the verifier runs) and attach the drop tracer.
     if privileged && btf.is_ok() {
         out.push(match load_and_attach_tracepoint() {
-            Ok(()) => check("load", Status::Pass, "programs verified; skb:kfree_skb attached and detached", "lbtrace's programs load on this kernel"),
-            Err(e) => check("load", Status::Fail, crate::one_line(&e), "lbtrace's programs do not load here"),
+            Ok(()) => check(
+                "load",
+                Status::Pass,
+                "programs verified; skb:kfree_skb attached and detached",
+                "lbtrace's programs load on this kernel",
+            ),
+            Err(e) => check(
+                "load",
+                Status::Fail,
+                crate::one_line(&e),
+                "lbtrace's programs do not load here",
+            ),
         });
     }
     out
@@ -125,15 +221,25 @@ fn load_and_attach_tracepoint() -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .override_global(lbtrace_common::names::GLOBAL_OFFSETS, &offsets, true)
         .load(kernel::EBPF_OBJECT)?;
-    for name in [lbtrace_common::names::PROG_TC_INGRESS, lbtrace_common::names::PROG_TC_EGRESS] {
-        let p: &mut aya::programs::SchedClassifier = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("{name} missing"))?.try_into()?;
+    for name in [
+        lbtrace_common::names::PROG_TC_INGRESS,
+        lbtrace_common::names::PROG_TC_EGRESS,
+    ] {
+        let p: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} missing"))?
+            .try_into()?;
         p.load()?;
     }
-    let p: &mut aya::programs::Xdp =
-        ebpf.program_mut(lbtrace_common::names::PROG_XDP_INGRESS).ok_or_else(|| anyhow::anyhow!("xdp missing"))?.try_into()?;
+    let p: &mut aya::programs::Xdp = ebpf
+        .program_mut(lbtrace_common::names::PROG_XDP_INGRESS)
+        .ok_or_else(|| anyhow::anyhow!("xdp missing"))?
+        .try_into()?;
     p.load()?;
-    let p: &mut RawTracePoint =
-        ebpf.program_mut(lbtrace_common::names::PROG_KFREE_SKB).ok_or_else(|| anyhow::anyhow!("tp missing"))?.try_into()?;
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(lbtrace_common::names::PROG_KFREE_SKB)
+        .ok_or_else(|| anyhow::anyhow!("tp missing"))?
+        .try_into()?;
     p.load()?;
     let id = p.attach("kfree_skb")?;
     p.detach(id)?;
@@ -144,7 +250,10 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
     let checks = checks();
     let failed = checks.iter().any(|c| c.status == Status::Fail);
     match args.format {
-        Format::Json => println!("{}", json!({"type": "doctor", "ok": !failed, "checks": checks})),
+        Format::Json => println!(
+            "{}",
+            json!({"type": "doctor", "ok": !failed, "checks": checks})
+        ),
         Format::Text => {
             for c in &checks {
                 let s = match c.status {
@@ -152,9 +261,19 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
                     Status::Warn => "warn",
                     Status::Fail => "FAIL",
                 };
-                println!("{s}  {:<13} {}\n      {:<13} -> {}", c.name, c.detail, "", c.meaning);
+                println!(
+                    "{s}  {:<13} {}\n      {:<13} -> {}",
+                    c.name, c.detail, "", c.meaning
+                );
             }
-            println!("{}", if failed { "lbtrace cannot run here: fix the FAIL lines above" } else { "lbtrace can run here" });
+            println!(
+                "{}",
+                if failed {
+                    "lbtrace cannot run here: fix the FAIL lines above"
+                } else {
+                    "lbtrace can run here"
+                }
+            );
         }
     }
     Ok(u8::from(failed))

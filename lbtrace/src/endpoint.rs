@@ -36,7 +36,10 @@ impl FromStr for Endpoint {
     type Err = ParseEndpointError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why| ParseEndpointError { input: s.to_owned(), why };
+        let err = |why| ParseEndpointError {
+            input: s.to_owned(),
+            why,
+        };
         let s = s.trim();
         if s.is_empty() {
             return Err(err("empty"));
@@ -46,20 +49,24 @@ impl FromStr for Endpoint {
         }
         if let Ok(sa) = s.parse::<SocketAddr>() {
             if sa.port() == 0 {
-                return Err(err("port 0 is not a port; leave the port out to watch every port"));
+                return Err(err(
+                    "port 0 is not a port; leave the port out to watch every port",
+                ));
             }
             return Self::checked(sa.ip(), Some(sa.port())).map_err(err);
         }
         // `[v6]` without a port.
-        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            if let Ok(addr) = inner.parse::<IpAddr>() {
-                return Self::checked(addr, None).map_err(err);
-            }
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+            && let Ok(addr) = inner.parse::<IpAddr>()
+        {
+            return Self::checked(addr, None).map_err(err);
         }
-        if let Some((_, port)) = s.rsplit_once(':') {
-            if port.parse::<u16>().is_err() && !s.contains('[') && s.matches(':').count() == 1 {
-                return Err(err("the port is not a number from 1 to 65535"));
-            }
+        if let Some((_, port)) = s.rsplit_once(':')
+            && port.parse::<u16>().is_err()
+            && !s.contains('[')
+            && s.matches(':').count() == 1
+        {
+            return Err(err("the port is not a number from 1 to 65535"));
         }
         Err(err("not an IPv4 or IPv6 address"))
     }
@@ -94,7 +101,12 @@ impl Endpoint {
                 family::V6
             }
         };
-        EndpointKey { addr: a, port: self.port.unwrap_or(0), family: fam, _pad: 0 }
+        EndpointKey {
+            addr: a,
+            port: self.port.unwrap_or(0),
+            family: fam,
+            _pad: 0,
+        }
     }
 
     pub fn matches(&self, sa: &SocketAddr) -> bool {
@@ -141,11 +153,23 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
-        for bad in ["", "10.0.0", "10.0.0.10:http", "10.0.0.10:0", "10.0.0.10:70000", "0.0.0.0:80", "vip", "224.0.0.1:80"] {
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.10:http",
+            "10.0.0.10:0",
+            "10.0.0.10:70000",
+            "0.0.0.0:80",
+            "vip",
+            "224.0.0.1:80",
+        ] {
             let err = bad.parse::<Endpoint>().unwrap_err().to_string();
             assert!(err.contains("invalid address"), "{bad}: {err}");
         }
-        let err = "10.0.0.10:http".parse::<Endpoint>().unwrap_err().to_string();
+        let err = "10.0.0.10:http"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("port"), "{err}");
     }
 

@@ -28,7 +28,12 @@ pub enum Detail {
     /// A TCP control packet.
     Packet,
     /// An ICMP error about the tuple: the ICMP packet's own addresses, type and code.
-    Icmp { outer_src: IpAddr, outer_dst: IpAddr, icmp_type: u8, icmp_code: u8 },
+    Icmp {
+        outer_src: IpAddr,
+        outer_dst: IpAddr,
+        icmp_type: u8,
+        icmp_code: u8,
+    },
     /// The kernel freed the packet with this `enum skb_drop_reason` value.
     Drop { reason: u32 },
 }
@@ -106,7 +111,11 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         dst: SocketAddr::new(ip(ev.family, &ev.daddr)?, ev.dport),
         flags: ev.tcp_flags,
         seq: ev.seq,
-        ack: if ev.tcp_flags & tcp_flag::ACK != 0 { ev.ack } else { 0 },
+        ack: if ev.tcp_flags & tcp_flag::ACK != 0 {
+            ev.ack
+        } else {
+            0
+        },
         payload_len: ev.payload_len,
         detail,
     })
@@ -223,22 +232,41 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(e.dst.to_string(), "[fd00::2]:80");
-        assert!(matches!(e.detail, Detail::Icmp { icmp_type: 1, icmp_code: 4, .. }));
+        assert!(matches!(
+            e.detail,
+            Detail::Icmp {
+                icmp_type: 1,
+                icmp_code: 4,
+                ..
+            }
+        ));
         let e = decode(&record(|ev| {
             ev.kind = kind::DROP;
             ev.hook = hook::KFREE_SKB;
             ev.reason = 77;
         }))
         .unwrap();
-        assert_eq!((e.hook, e.dir, e.detail), (Hook::KfreeSkb, None, Detail::Drop { reason: 77 }));
+        assert_eq!(
+            (e.hook, e.dir, e.detail),
+            (Hook::KfreeSkb, None, Detail::Drop { reason: 77 })
+        );
     }
 
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Truncated { got: 10 }));
-        assert_eq!(decode(&record(|ev| ev.kind = 9)), Err(DecodeError::UnknownKind(9)));
-        assert_eq!(decode(&record(|ev| ev.hook = 0)), Err(DecodeError::UnknownHook(0)));
-        assert_eq!(decode(&record(|ev| ev.family = 5)), Err(DecodeError::UnknownFamily(5)));
+        assert_eq!(
+            decode(&record(|ev| ev.kind = 9)),
+            Err(DecodeError::UnknownKind(9))
+        );
+        assert_eq!(
+            decode(&record(|ev| ev.hook = 0)),
+            Err(DecodeError::UnknownHook(0))
+        );
+        assert_eq!(
+            decode(&record(|ev| ev.family = 5)),
+            Err(DecodeError::UnknownFamily(5))
+        );
     }
 
     #[test]

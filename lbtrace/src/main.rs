@@ -9,7 +9,10 @@ use lbtrace::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lbtrace: error: starting the runtime: {e}");
@@ -18,7 +21,9 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Some(Command::Trace(args)) => lbtrace::trace::run(args, lbtrace::shutdown_signal()).await,
+            Some(Command::Trace(args)) => {
+                lbtrace::trace::run(args, lbtrace::shutdown_signal()).await
+            }
             Some(Command::Doctor(args)) => lbtrace::doctor::run(&args),
             None => lbtrace::trace::run(cli.trace, lbtrace::shutdown_signal()).await,
         }

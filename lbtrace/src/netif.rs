@@ -27,15 +27,25 @@ fn ip_json(args: &[&str]) -> Result<Value> {
         .arg("-j")
         .args(args)
         .output()
-        .with_context(|| format!("running `ip -j {}` (is iproute2 installed?)", args.join(" ")))?;
+        .with_context(|| {
+            format!(
+                "running `ip -j {}` (is iproute2 installed?)",
+                args.join(" ")
+            )
+        })?;
     if !out.status.success() {
-        bail!("`ip -j {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip -j {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     // Some iproute2 versions print nothing at all for an empty answer.
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Array(Vec::new()));
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the output of `ip -j {}`", args.join(" ")))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing the output of `ip -j {}`", args.join(" ")))
 }
 
 fn xdp_prog_id(link: &Value) -> Option<u64> {
@@ -44,7 +54,12 @@ fn xdp_prog_id(link: &Value) -> Option<u64> {
     xdp.get("prog")
         .and_then(|p| p.get("id"))
         .and_then(Value::as_u64)
-        .or_else(|| xdp.get("attached")?.as_array()?.iter().find_map(|a| a.get("id").and_then(Value::as_u64)))
+        .or_else(|| {
+            xdp.get("attached")?
+                .as_array()?
+                .iter()
+                .find_map(|a| a.get("id").and_then(Value::as_u64))
+        })
         .or(Some(0))
 }
 
@@ -54,16 +69,32 @@ pub fn links() -> Result<Vec<Link>> {
     let addrs = ip_json(&["addr", "show"])?;
     let mut out = Vec::new();
     for l in details.as_array().into_iter().flatten() {
-        let Some(ifindex) = l.get("ifindex").and_then(Value::as_u64) else { continue };
-        let name = l.get("ifname").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let flags: Vec<&str> =
-            l.get("flags").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let Some(ifindex) = l.get("ifindex").and_then(Value::as_u64) else {
+            continue;
+        };
+        let name = l
+            .get("ifname")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let flags: Vec<&str> = l
+            .get("flags")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         let addrs = addrs
             .as_array()
             .into_iter()
             .flatten()
             .filter(|a| a.get("ifindex").and_then(Value::as_u64) == Some(ifindex))
-            .flat_map(|a| a.get("addr_info").and_then(Value::as_array).into_iter().flatten())
+            .flat_map(|a| {
+                a.get("addr_info")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+            })
             .filter_map(|ai| ai.get("local")?.as_str()?.parse().ok())
             .collect();
         out.push(Link {
@@ -101,7 +132,12 @@ fn default_route_devs(v6: bool) -> Result<Vec<String>> {
         .flatten()
         .flat_map(|r| {
             // Multipath default routes list their devices under "nexthops".
-            let mut devs: Vec<String> = r.get("dev").and_then(Value::as_str).map(str::to_owned).into_iter().collect();
+            let mut devs: Vec<String> = r
+                .get("dev")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
             devs.extend(
                 r.get("nexthops")
                     .and_then(Value::as_array)
@@ -126,7 +162,11 @@ pub fn default_ifaces(links: &[Link], vips: &[IpAddr], backends: &[IpAddr]) -> R
             set.insert(name.to_owned());
         }
     };
-    for (addr, is_vip) in vips.iter().map(|a| (a, true)).chain(backends.iter().map(|a| (a, false))) {
+    for (addr, is_vip) in vips
+        .iter()
+        .map(|a| (a, true))
+        .chain(backends.iter().map(|a| (a, false)))
+    {
         let holder = links.iter().find(|l| l.addrs.contains(addr));
         match holder {
             Some(l) if !l.loopback => add(&l.name),

@@ -25,7 +25,10 @@ pub struct Clock {
 }
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write to.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -33,7 +36,9 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
 
 impl Clock {
     pub fn new() -> Self {
-        Self { offset_ns: now_ns(libc::CLOCK_REALTIME) - now_ns(libc::CLOCK_MONOTONIC) }
+        Self {
+            offset_ns: now_ns(libc::CLOCK_REALTIME) - now_ns(libc::CLOCK_MONOTONIC),
+        }
     }
 
     /// Current CLOCK_MONOTONIC ns (the clock of `bpf_ktime_get_ns`).
@@ -47,7 +52,9 @@ impl Clock {
     }
 
     pub fn rfc3339(&self, mono_ns: u64) -> String {
-        self.wall(mono_ns).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+        self.wall(mono_ns)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
     }
 }
 
@@ -78,7 +85,11 @@ impl IfNames {
                     return None;
                 }
                 // SAFETY: on success buf holds a NUL-terminated name.
-                Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+                Some(
+                    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             })
             .clone()
     }
@@ -89,7 +100,12 @@ impl IfNames {
 }
 
 /// The shared event object: what `trace` prints and what later commands embed as evidence.
-pub fn event_json(ev: &KernelEvent, clock: &Clock, ifnames: &mut IfNames, reasons: &DropReasons) -> Value {
+pub fn event_json(
+    ev: &KernelEvent,
+    clock: &Clock,
+    ifnames: &mut IfNames,
+    reasons: &DropReasons,
+) -> Value {
     let iface = ifnames.name(ev.ifindex);
     let hook = match ev.hook {
         Hook::Tc => "tc",
@@ -107,7 +123,12 @@ pub fn event_json(ev: &KernelEvent, clock: &Clock, ifnames: &mut IfNames, reason
             "src": ev.src.to_string(), "dst": ev.dst.to_string(), "flags": flags_str(ev.flags),
             "seq": ev.seq, "ack": ev.ack, "len": ev.payload_len,
         }),
-        Detail::Icmp { outer_src, outer_dst, icmp_type, icmp_code } => json!({
+        Detail::Icmp {
+            outer_src,
+            outer_dst,
+            icmp_type,
+            icmp_code,
+        } => json!({
             "type": "icmp", "time": clock.rfc3339(ev.ts_ns), "ts_ns": ev.ts_ns,
             "iface": iface, "ifindex": ev.ifindex, "hook": hook, "dir": dir,
             "src": outer_src.to_string(), "dst": outer_dst.to_string(),
@@ -135,10 +156,19 @@ pub fn event_text(
     base_ns: Option<u64>,
 ) -> String {
     let time = match base_ns {
-        Some(b) => format!("{:+10.6}s", (i128::from(ev.ts_ns) - i128::from(b)) as f64 / 1e9),
+        Some(b) => format!(
+            "{:+10.6}s",
+            (i128::from(ev.ts_ns) - i128::from(b)) as f64 / 1e9
+        ),
         None => {
             let t = clock.wall(ev.ts_ns);
-            format!("{:02}:{:02}:{:02}.{:06}", t.hour(), t.minute(), t.second(), t.microsecond())
+            format!(
+                "{:02}:{:02}:{:02}.{:06}",
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.microsecond()
+            )
         }
     };
     let iface = ifnames.name(ev.ifindex).unwrap_or_else(|| "-".to_owned());
@@ -149,7 +179,13 @@ pub fn event_text(
         (_, None) => "drop",
     };
     let tcp = |ev: &KernelEvent| {
-        let mut s = format!("{} > {}: Flags [{}], seq {}", ev.src, ev.dst, flags_str(ev.flags), ev.seq);
+        let mut s = format!(
+            "{} > {}: Flags [{}], seq {}",
+            ev.src,
+            ev.dst,
+            flags_str(ev.flags),
+            ev.seq
+        );
         if ev.flags & lbtrace_common::tcp_flag::ACK != 0 {
             s.push_str(&format!(", ack {}", ev.ack));
         }
@@ -159,9 +195,18 @@ pub fn event_text(
     match &ev.detail {
         Detail::Packet => format!("{time} {iface:<10} {dir:<7} {}", tcp(ev)),
         Detail::Drop { reason } => {
-            format!("{time} {iface:<10} {dir:<7} {}, drop {}", tcp(ev), reasons.name(*reason))
+            format!(
+                "{time} {iface:<10} {dir:<7} {}, drop {}",
+                tcp(ev),
+                reasons.name(*reason)
+            )
         }
-        Detail::Icmp { outer_src, outer_dst, icmp_type, icmp_code } => format!(
+        Detail::Icmp {
+            outer_src,
+            outer_dst,
+            icmp_type,
+            icmp_code,
+        } => format!(
             "{time} {iface:<10} {dir:<7} ICMP {outer_src} > {outer_dst}: {} (type {icmp_type} code {icmp_code}) for {} > {} seq {}",
             icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code),
             ev.src,

@@ -51,7 +51,9 @@ pub fn tracer_config(filter: &FilterArgs) -> Result<TracerConfig> {
     let mut ifaces = Vec::new();
     for name in names {
         let Some(link) = links.iter().find(|l| l.name == name) else {
-            bail!("unknown interface {name:?}: no such interface in this network namespace (see `ip link`)");
+            bail!(
+                "unknown interface {name:?}: no such interface in this network namespace (see `ip link`)"
+            );
         };
         ifaces.push(link.clone());
     }
@@ -66,8 +68,11 @@ pub fn tracer_config(filter: &FilterArgs) -> Result<TracerConfig> {
 
 /// Says on stderr what is traced where.
 pub fn announce(tracer: &Tracer) {
-    let eps: Vec<String> =
-        tracer.endpoints.iter().map(|w| format!("{} ({:?})", w.endpoint, w.role).to_lowercase()).collect();
+    let eps: Vec<String> = tracer
+        .endpoints
+        .iter()
+        .map(|w| format!("{} ({:?})", w.endpoint, w.role).to_lowercase())
+        .collect();
     let mut per_iface: Vec<(String, Vec<&str>)> = Vec::new();
     for a in &tracer.attachments {
         match per_iface.iter_mut().find(|(n, _)| *n == a.iface) {
@@ -75,9 +80,15 @@ pub fn announce(tracer: &Tracer) {
             None => per_iface.push((a.iface.clone(), vec![a.hook])),
         }
     }
-    let ifs: Vec<String> = per_iface.iter().map(|(n, h)| format!("{n} ({})", h.join(", "))).collect();
+    let ifs: Vec<String> = per_iface
+        .iter()
+        .map(|(n, h)| format!("{n} ({})", h.join(", ")))
+        .collect();
     eprintln!("lbtrace: watching {}", eps.join(", "));
-    eprintln!("lbtrace: attached to {}; kernel drops via skb:kfree_skb", ifs.join(", "));
+    eprintln!(
+        "lbtrace: attached to {}; kernel drops via skb:kfree_skb",
+        ifs.join(", ")
+    );
     for note in &tracer.notes {
         eprintln!("lbtrace: note: {note}");
     }
@@ -85,7 +96,8 @@ pub fn announce(tracer: &Tracer) {
 
 pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
     if let Some(p) = path {
-        std::fs::write(p, b"ready\n").with_context(|| format!("creating the ready file {}", p.display()))?;
+        std::fs::write(p, b"ready\n")
+            .with_context(|| format!("creating the ready file {}", p.display()))?;
     }
     Ok(())
 }
@@ -103,7 +115,12 @@ pub fn drain(rings: &mut kernel::rings::Rings, decode_errors: &mut u64) -> Vec<K
 }
 
 pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
-    let TraceArgs { filter, format, duration, ready_file } = args;
+    let TraceArgs {
+        filter,
+        format,
+        duration,
+        ready_file,
+    } = args;
     kernel::preflight::check()?;
     let cfg = tracer_config(&filter)?;
     let mut tracer = Tracer::start(&cfg)?;
@@ -157,7 +174,6 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
     tracer.detach();
     let batch = drain(&mut rings, &mut decode_errors);
     print(batch, &mut ifnames, &mut delivered);
-    drop(print);
 
     let counters = tracer.counters();
     let summary = Summary {
@@ -230,9 +246,18 @@ impl Summary {
         }
         eprintln!(
             "lbtrace: {:.1}s, {} events delivered of {} emitted, {} lost, {} packets parsed, {} parse errors, {} decode errors",
-            self.seconds, self.delivered, c.emitted(), c.lost(), c.packets, c.parse_errors, self.decode_errors
+            self.seconds,
+            self.delivered,
+            c.emitted(),
+            c.lost(),
+            c.packets,
+            c.parse_errors,
+            self.decode_errors
         );
-        eprintln!("  {:<28} {:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}", "endpoint", "role", "SYN", "SYN-ACK", "RST", "FIN", "ICMP", "drops");
+        eprintln!(
+            "  {:<28} {:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "endpoint", "role", "SYN", "SYN-ACK", "RST", "FIN", "ICMP", "drops"
+        );
         for (w, s) in &self.endpoints {
             eprintln!(
                 "  {:<28} {:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
@@ -247,7 +272,11 @@ impl Summary {
             );
         }
         if !self.data_drops.is_empty() {
-            let d: Vec<String> = self.data_drops.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+            let d: Vec<String> = self
+                .data_drops
+                .iter()
+                .map(|(r, n)| format!("{r} x{n}"))
+                .collect();
             eprintln!("  data packets dropped by the kernel: {}", d.join(", "));
         }
     }

@@ -31,11 +31,16 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn load() -> Result<Self, BtfError> {
-        Btf::from_file(VMLINUX_BTF).map(|btf| Self { btf }).map_err(BtfError::Missing)
+        Btf::from_file(VMLINUX_BTF)
+            .map(|btf| Self { btf })
+            .map_err(BtfError::Missing)
     }
 
     fn strukt(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
-        let types = self.btf.resolve_types_by_name(name).map_err(|_| BtfError::NoStruct(name.to_owned()))?;
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| BtfError::NoStruct(name.to_owned()))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -46,19 +51,22 @@ impl KernelBtf {
     }
 
     /// Byte offset of `member` in `s`, looking through anonymous structs and unions.
-    fn find_member(&self, s: &btf_rs::Struct, member: &str) -> Result<Option<(u32, Type)>, BtfError> {
+    fn find_member(
+        &self,
+        s: &btf_rs::Struct,
+        member: &str,
+    ) -> Result<Option<(u32, Type)>, BtfError> {
         for m in &s.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
             let ty = self.btf.resolve_chained_type(m).map_err(BtfError::Read)?;
             if name == member {
                 return Ok(Some((m.bit_offset() / 8, ty)));
             }
-            if name.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = &ty {
-                    if let Some((off, t)) = self.find_member(inner, member)? {
-                        return Ok(Some((m.bit_offset() / 8 + off, t)));
-                    }
-                }
+            if name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = &ty
+                && let Some((off, t)) = self.find_member(inner, member)?
+            {
+                return Ok(Some((m.bit_offset() / 8 + off, t)));
             }
         }
         Ok(None)
@@ -70,17 +78,22 @@ impl KernelBtf {
         let mut strukt_name = root.to_owned();
         let mut total = 0;
         for (i, member) in path.iter().enumerate() {
-            let (off, ty) = self.find_member(&s, member)?.ok_or_else(|| BtfError::NoMember {
-                strukt: strukt_name.clone(),
-                member: (*member).to_owned(),
-            })?;
+            let (off, ty) = self
+                .find_member(&s, member)?
+                .ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt_name.clone(),
+                    member: (*member).to_owned(),
+                })?;
             total += off;
             if i + 1 < path.len() {
                 let ty = self.skip_modifiers(ty)?;
                 s = match ty {
                     Type::Struct(s) | Type::Union(s) => s,
                     _ => {
-                        return Err(BtfError::NoMember { strukt: (*member).to_owned(), member: path[i + 1].to_owned() });
+                        return Err(BtfError::NoMember {
+                            strukt: (*member).to_owned(),
+                            member: path[i + 1].to_owned(),
+                        });
                     }
                 };
                 strukt_name = (*member).to_owned();
@@ -117,13 +130,19 @@ impl KernelBtf {
 
     /// `enum skb_drop_reason`: value -> name without the `SKB_DROP_REASON_` prefix.
     pub fn drop_reasons(&self) -> Result<DropReasons, BtfError> {
-        let types = self.btf.resolve_types_by_name("skb_drop_reason").map_err(|_| BtfError::NoDropReasons)?;
+        let types = self
+            .btf
+            .resolve_types_by_name("skb_drop_reason")
+            .map_err(|_| BtfError::NoDropReasons)?;
         let mut names = HashMap::new();
         for t in types {
             if let Type::Enum(e) = t {
                 for m in &e.members {
                     let name = self.btf.resolve_name(m).map_err(BtfError::Read)?;
-                    let name = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_owned();
+                    let name = name
+                        .strip_prefix("SKB_DROP_REASON_")
+                        .unwrap_or(&name)
+                        .to_owned();
                     names.insert(m.val(), name);
                 }
             }
@@ -143,15 +162,26 @@ pub struct DropReasons {
 
 /// Reasons that are normal teardown rather than a lost packet: a closing socket purging its
 /// queues. They are filtered in the kernel and only counted.
-pub const NOISE: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE", "SKB_CONSUMED", "NOT_DROPPED_YET"];
+pub const NOISE: &[&str] = &[
+    "QUEUE_PURGE",
+    "SOCKET_CLOSE",
+    "SKB_CONSUMED",
+    "NOT_DROPPED_YET",
+];
 
 impl DropReasons {
     pub fn name(&self, value: u32) -> String {
-        self.names.get(&value).cloned().unwrap_or_else(|| format!("REASON_{value}"))
+        self.names
+            .get(&value)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{value}"))
     }
 
     pub fn value(&self, name: &str) -> Option<u32> {
-        self.names.iter().find(|(_, n)| n.as_str() == name).map(|(v, _)| *v)
+        self.names
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(v, _)| *v)
     }
 
     pub fn noise_values(&self) -> Vec<u32> {
@@ -168,6 +198,8 @@ impl DropReasons {
 
     #[cfg(test)]
     pub fn from_pairs(pairs: &[(u32, &str)]) -> Self {
-        Self { names: pairs.iter().map(|(v, n)| (*v, (*n).to_owned())).collect() }
+        Self {
+            names: pairs.iter().map(|(v, n)| (*v, (*n).to_owned())).collect(),
+        }
     }
 }

@@ -36,7 +36,10 @@ fn sum(arr: &PerCpuArray<&MapData, u64>, idx: u32) -> u64 {
 }
 
 pub fn read(ebpf: &Ebpf) -> Counters {
-    let Some(arr) = ebpf.map(names::COUNTERS).and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok()) else {
+    let Some(arr) = ebpf
+        .map(names::COUNTERS)
+        .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
+    else {
         return Counters::default();
     };
     Counters {
@@ -54,8 +57,9 @@ pub fn read(ebpf: &Ebpf) -> Counters {
 
 /// Per-endpoint control-packet counters, by endpoint id.
 pub fn endpoint_stats(ebpf: &Ebpf, count: u32) -> Vec<EndpointStats> {
-    let Some(arr) =
-        ebpf.map(names::ENDPOINT_STATS).and_then(|m| PerCpuArray::<_, EndpointStats>::try_from(m).ok())
+    let Some(arr) = ebpf
+        .map(names::ENDPOINT_STATS)
+        .and_then(|m| PerCpuArray::<_, EndpointStats>::try_from(m).ok())
     else {
         return Vec::new();
     };
@@ -80,9 +84,13 @@ pub fn endpoint_stats(ebpf: &Ebpf, count: u32) -> Vec<EndpointStats> {
 
 /// Drops of watched data packets, by drop-reason value (non-zero only).
 pub fn data_drop_reasons(ebpf: &Ebpf) -> Vec<(u32, u64)> {
-    let Some(arr) = ebpf.map(names::DATA_DROP_REASONS).and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
+    let Some(arr) = ebpf
+        .map(names::DATA_DROP_REASONS)
+        .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
     else {
         return Vec::new();
     };
-    (0..MAX_DROP_REASONS).filter_map(|r| Some((r, sum(&arr, r))).filter(|(_, n)| *n > 0)).collect()
+    (0..MAX_DROP_REASONS)
+        .filter_map(|r| Some((r, sum(&arr, r))).filter(|(_, n)| *n > 0))
+        .collect()
 }

@@ -17,4 +17,5 @@ pub use tracer::{Attachment, Tracer, TracerConfig};
 
 /// The kernel programs (lbtrace-ebpf), built by build.rs for the BPF target and embedded here so
 /// that one binary is all an LB host needs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbtrace-kern"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbtrace-kern"));

@@ -47,7 +47,9 @@ pub fn missing_caps() -> Vec<&'static str> {
 pub enum PreflightError {
     #[error("lbtrace needs root or {0} to load and attach eBPF programs: run it with sudo")]
     Privileges(Caps),
-    #[error("kernel {0} is too old: lbtrace needs 6.6 or newer (BPF ring buffer: 5.8, TCX links: 6.6)")]
+    #[error(
+        "kernel {0} is too old: lbtrace needs 6.6 or newer (BPF ring buffer: 5.8, TCX links: 6.6)"
+    )]
     Kernel(String),
     #[error("cannot read the kernel version: {0}")]
     Version(String),

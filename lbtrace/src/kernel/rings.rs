@@ -23,7 +23,9 @@ pub struct Rings {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
-    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))?;
     let rb = RingBuf::try_from(map).with_context(|| format!("map {name} is not a ring buffer"))?;
     // SAFETY: the RingBuf owns its map fd and is moved into the AsyncFd, so the fd stays open for
     // as long as it is registered.
@@ -33,7 +35,10 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
 
 impl Rings {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Ok(Self { events: take(ebpf, names::EVENTS)?, priority: take(ebpf, names::PRIORITY_EVENTS)? })
+        Ok(Self {
+            events: take(ebpf, names::EVENTS)?,
+            priority: take(ebpf, names::PRIORITY_EVENTS)?,
+        })
     }
 
     /// Waits until a ring signals data or the poll interval passes.

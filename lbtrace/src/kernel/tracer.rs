@@ -61,15 +61,12 @@ pub struct Tracer {
 
 /// The inode number of this process's network namespace (what `ip netns identify` matches on).
 pub fn netns_inum() -> Result<u64> {
-    Ok(std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino())
+    Ok(std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino())
 }
 
-fn tcx(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    iface: &Link,
-    ty: TcAttachType,
-) -> Result<FdLink> {
+fn tcx(ebpf: &mut Ebpf, prog: &str, iface: &Link, ty: TcAttachType) -> Result<FdLink> {
     let p: &mut SchedClassifier = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the eBPF object"))?
@@ -77,10 +74,19 @@ fn tcx(
     // First in the TCX chain: lbtrace sees packets before an LB's own program may redirect or
     // drop them, and returns TCX_NEXT so that program still runs.
     let id = p
-        .attach_with_options(&iface.name, ty, TcAttachOptions::TcxOrder(LinkOrder::first()))
+        .attach_with_options(
+            &iface.name,
+            ty,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
         .with_context(|| format!("attaching {prog} to {} with TCX", iface.name))?;
     let link = p.take_link(id)?;
-    FdLink::try_from(link).map_err(|e| anyhow!("{prog} on {} did not get a bpf_link ({e}); refusing a legacy attachment", iface.name))
+    FdLink::try_from(link).map_err(|e| {
+        anyhow!(
+            "{prog} on {} did not get a bpf_link ({e}); refusing a legacy attachment",
+            iface.name
+        )
+    })
 }
 
 impl Tracer {
@@ -95,7 +101,10 @@ impl Tracer {
         let wildcard: u8 = u8::from(cfg.endpoints.iter().any(|w| w.endpoint.port.is_none()));
         let wakeup: u64 = u64::from(cfg.ring_bytes / 4);
         if cfg.endpoints.len() > MAX_ENDPOINTS as usize {
-            bail!("too many endpoints ({}): lbtrace watches at most {MAX_ENDPOINTS}", cfg.endpoints.len());
+            bail!(
+                "too many endpoints ({}): lbtrace watches at most {MAX_ENDPOINTS}",
+                cfg.endpoints.len()
+            );
         }
 
         let mut ebpf = EbpfLoader::new()
@@ -109,15 +118,20 @@ impl Tracer {
             .context("loading the eBPF object")?;
 
         {
-            let mut eps: HashMap<_, lbtrace_common::EndpointKey, u32> =
-                HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("ENDPOINTS map missing")?)?;
+            let mut eps: HashMap<_, lbtrace_common::EndpointKey, u32> = HashMap::try_from(
+                ebpf.map_mut(names::ENDPOINTS)
+                    .context("ENDPOINTS map missing")?,
+            )?;
             for (id, w) in cfg.endpoints.iter().enumerate() {
-                eps.insert(w.endpoint.key(), u32::try_from(id)?, 0).context("filling ENDPOINTS")?;
+                eps.insert(w.endpoint.key(), u32::try_from(id)?, 0)
+                    .context("filling ENDPOINTS")?;
             }
         }
         {
-            let mut noise: Array<_, u8> =
-                Array::try_from(ebpf.map_mut(names::NOISE_REASONS).context("NOISE_REASONS map missing")?)?;
+            let mut noise: Array<_, u8> = Array::try_from(
+                ebpf.map_mut(names::NOISE_REASONS)
+                    .context("NOISE_REASONS map missing")?,
+            )?;
             for v in reasons.noise_values() {
                 if v < MAX_DROP_REASONS {
                     noise.set(v, 1, 0).context("filling NOISE_REASONS")?;
@@ -126,12 +140,21 @@ impl Tracer {
         }
 
         for prog in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-            let p: &mut SchedClassifier = ebpf.program_mut(prog).context("program missing")?.try_into()?;
-            p.load().with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(prog)
+                .context("program missing")?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
         }
         if cfg.xdp {
-            let p: &mut Xdp = ebpf.program_mut(names::PROG_XDP_INGRESS).context("program missing")?.try_into()?;
-            p.load().with_context(|| format!("the kernel's verifier rejected {}", names::PROG_XDP_INGRESS))?;
+            let p: &mut Xdp = ebpf
+                .program_mut(names::PROG_XDP_INGRESS)
+                .context("program missing")?
+                .try_into()?;
+            p.load().with_context(|| {
+                format!("the kernel's verifier rejected {}", names::PROG_XDP_INGRESS)
+            })?;
         }
 
         let mut tracer = Self {
@@ -154,12 +177,18 @@ impl Tracer {
     }
 
     fn attach_drops(&mut self) -> Result<()> {
-        let p: &mut RawTracePoint =
-            self.ebpf.program_mut(names::PROG_KFREE_SKB).context("program missing")?.try_into()?;
-        p.load().with_context(|| format!("the kernel's verifier rejected {}", names::PROG_KFREE_SKB))?;
-        let id = p.attach("kfree_skb").context("attaching the drop tracer to the raw tracepoint skb:kfree_skb")?;
+        let p: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(names::PROG_KFREE_SKB)
+            .context("program missing")?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("the kernel's verifier rejected {}", names::PROG_KFREE_SKB))?;
+        let id = p
+            .attach("kfree_skb")
+            .context("attaching the drop tracer to the raw tracepoint skb:kfree_skb")?;
         let link = p.take_link(id)?;
-        self.links.push(FdLink::try_from(link).map_err(|e| anyhow!("kfree_skb: no bpf_link ({e})"))?);
+        self.links.push(FdLink::from(link));
         Ok(())
     }
 
@@ -170,11 +199,15 @@ impl Tracer {
             .ok_or("program missing")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        let id = p.attach_to_if_index(iface.ifindex, XdpMode::default()).map_err(|e| format!("{e}"))?;
+        let id = p
+            .attach_to_if_index(iface.ifindex, XdpMode::default())
+            .map_err(|e| format!("{e}"))?;
         let link = p.take_link(id).map_err(|e| format!("{e}"))?;
         // A netlink attachment (aya's fallback) would survive SIGKILL: converting fails, and
         // dropping it detaches it right away.
-        FdLink::try_from(link).map_err(|_| "the kernel gave a netlink attachment, not a bpf_link; detached it".to_owned())
+        FdLink::try_from(link).map_err(|_| {
+            "the kernel gave a netlink attachment, not a bpf_link; detached it".to_owned()
+        })
     }
 
     fn attach_iface(&mut self, iface: &Link, xdp: bool) -> Result<()> {
@@ -189,7 +222,11 @@ impl Tracer {
                 match self.attach_xdp(iface) {
                     Ok(link) => {
                         self.links.push(link);
-                        self.attachments.push(Attachment { iface: iface.name.clone(), ifindex: iface.ifindex, hook: "xdp" });
+                        self.attachments.push(Attachment {
+                            iface: iface.name.clone(),
+                            ifindex: iface.ifindex,
+                            hook: "xdp",
+                        });
                         ingress_done = true;
                     }
                     Err(e) => self.notes.push(format!(
@@ -200,13 +237,31 @@ impl Tracer {
             }
         }
         if !ingress_done {
-            let link = tcx(&mut self.ebpf, names::PROG_TC_INGRESS, iface, TcAttachType::Ingress)?;
+            let link = tcx(
+                &mut self.ebpf,
+                names::PROG_TC_INGRESS,
+                iface,
+                TcAttachType::Ingress,
+            )?;
             self.links.push(link);
-            self.attachments.push(Attachment { iface: iface.name.clone(), ifindex: iface.ifindex, hook: "tcx-ingress" });
+            self.attachments.push(Attachment {
+                iface: iface.name.clone(),
+                ifindex: iface.ifindex,
+                hook: "tcx-ingress",
+            });
         }
-        let link = tcx(&mut self.ebpf, names::PROG_TC_EGRESS, iface, TcAttachType::Egress)?;
+        let link = tcx(
+            &mut self.ebpf,
+            names::PROG_TC_EGRESS,
+            iface,
+            TcAttachType::Egress,
+        )?;
         self.links.push(link);
-        self.attachments.push(Attachment { iface: iface.name.clone(), ifindex: iface.ifindex, hook: "tcx-egress" });
+        self.attachments.push(Attachment {
+            iface: iface.name.clone(),
+            ifindex: iface.ifindex,
+            hook: "tcx-egress",
+        });
         Ok(())
     }
 
@@ -230,6 +285,9 @@ impl Tracer {
     }
 
     pub fn data_drop_reasons(&self) -> Vec<(String, u64)> {
-        counters::data_drop_reasons(&self.ebpf).into_iter().map(|(r, n)| (self.reasons.name(r), n)).collect()
+        counters::data_drop_reasons(&self.ebpf)
+            .into_iter()
+            .map(|(r, n)| (self.reasons.name(r), n))
+            .collect()
     }
 }
