@@ -1,0 +1,2 @@
+#[cfg(test)]
+mod prog_test_run;
