@@ -10,6 +10,7 @@
 //! trace / doctor: the commands
 //! ```
 
+pub mod check;
 pub mod cli;
 pub mod doctor;
 pub mod endpoint;

@@ -1,0 +1,2 @@
+//! `lbtrace check`: the 4-step checklist, once.
+pub mod verdict;
