@@ -28,6 +28,9 @@ pub enum Command {
     /// The live event stream: every SYN, SYN-ACK, RST and FIN of the VIPs' and backends'
     /// connections, ICMP errors about them and kernel drops with the drop reason.
     Trace(TraceArgs),
+    /// The 4-step checklist, once: client -> LB, LB handling (L4/L7), LB -> each backend, return
+    /// path; each verdict backed by the packets and kernel drop reasons that prove it.
+    Check(CheckArgs),
     /// What this kernel and host support, before anyone trusts lbtrace on a production box.
     Doctor(DoctorArgs),
 }
@@ -90,4 +93,53 @@ pub struct DoctorArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The virtual service to check, ADDR:PORT (one per check).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub vip: Endpoint,
+    /// A backend of the VIP, ADDR:PORT. Repeat for each backend.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub backend: Vec<Endpoint>,
+    /// Count only this client's connections as client evidence (on a busy VIP, your own telnet).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub client: Option<Endpoint>,
+    /// Interface to trace (repeat). Default: those carrying the VIP's and backends' traffic.
+    #[arg(long, value_name = "NAME")]
+    pub iface: Vec<String>,
+    /// Trace ingress with XDP instead of TCX.
+    #[arg(long)]
+    pub xdp: bool,
+    /// The VIP speaks TLS: probe it with a TLS handshake (rustls), then HTTP over TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Server name for the TLS probe (SNI and certificate name check).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+    /// Path of the HTTP probe request.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub http_path: String,
+    /// Host header of the HTTP probe (default: the SNI name, else the address).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// TCP (and TLS) probes only, no HTTP request.
+    #[arg(long)]
+    pub no_http: bool,
+    /// How long to watch for client connections (ends early once every step passes).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub observe: Duration,
+    /// Timeout of each probe (connect, TLS handshake, HTTP response).
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+    /// Output format: a report to read, or one JSON object (docs/output.md).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Save the control packets captured during the check as a pcap file (tcpdump, Wireshark).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Create this file once every program is attached.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
 }

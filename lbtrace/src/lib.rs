@@ -17,8 +17,14 @@ pub mod endpoint;
 pub mod event;
 pub mod kernel;
 pub mod netif;
+pub mod pcap;
+pub mod probe;
 pub mod render;
 pub mod trace;
+pub mod watch;
+
+#[cfg(test)]
+mod testutil;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

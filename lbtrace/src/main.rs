@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             Some(Command::Trace(args)) => {
                 lbtrace::trace::run(args, lbtrace::shutdown_signal()).await
             }
+            Some(Command::Check(args)) => {
+                lbtrace::check::run(args, lbtrace::shutdown_signal()).await
+            }
             Some(Command::Doctor(args)) => lbtrace::doctor::run(&args),
             None => lbtrace::trace::run(cli.trace, lbtrace::shutdown_signal()).await,
         }

@@ -343,13 +343,14 @@ fn classify(f: &Facts<'_>) -> Classified {
             if let Some(fl) = flows.iter_mut().find(|fl| fl.isn == Some(e.seq)) {
                 fl.drops.push(i);
             }
-        } else if matches!(e.detail, Detail::Packet) && is(e, SYN | ACK, 0) && is_backend(&e.src) {
-            if let Some(fl) = flows
+        } else if matches!(e.detail, Detail::Packet)
+            && is(e, SYN | ACK, 0)
+            && is_backend(&e.src)
+            && let Some(fl) = flows
                 .iter_mut()
                 .find(|fl| fl.isn.is_some_and(|isn| e.ack == isn.wrapping_add(1)))
-            {
-                fl.backend_syn_acks.push(i);
-            }
+        {
+            fl.backend_syn_acks.push(i);
         }
     }
     Classified {
@@ -963,41 +964,12 @@ fn judge_return(f: &Facts<'_>, live: &[&&Flow], probe_events: &[Vec<usize>]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Hook;
+    use crate::testutil::{drop, pkt, sa};
 
     const VIP: &str = "10.10.2.10:80";
     const CLIENT: &str = "10.10.1.2:40000";
     const BE1: &str = "10.10.3.11:8080";
     const BE2: &str = "10.10.3.12:8080";
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    fn pkt(ms: u64, dir: Dir, src: &str, dst: &str, flags: u8, seq: u32, ack: u32) -> KernelEvent {
-        KernelEvent {
-            ts_ns: ms * 1_000_000,
-            ifindex: 2,
-            hook: Hook::Tc,
-            dir: Some(dir),
-            src: sa(src),
-            dst: sa(dst),
-            flags,
-            seq,
-            ack,
-            payload_len: 0,
-            detail: Detail::Packet,
-        }
-    }
-
-    fn drop(ms: u64, src: &str, dst: &str, flags: u8, seq: u32, reason: u32) -> KernelEvent {
-        KernelEvent {
-            dir: None,
-            hook: Hook::KfreeSkb,
-            detail: Detail::Drop { reason },
-            ..pkt(ms, Dir::In, src, dst, flags, seq, 0)
-        }
-    }
 
     fn reasons() -> DropReasons {
         DropReasons::from_pairs(&[

@@ -1,0 +1,265 @@
+//! Alerts of `lbtrace watch`: findings counted per kind over a sliding window; an alert fires
+//! once when a kind reaches its threshold, stays quiet (de-duplicated) while it keeps happening,
+//! and a matching "recovered" follows once the kind has been quiet for `recover_after`.
+//! Pure: time is passed in.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use super::recorder::{Conn, Finding};
+use crate::check::verdict::STEP_NAMES;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Findings of one kind within `window` that raise an alert.
+    pub count: u32,
+    pub window: Duration,
+    /// Quiet time after which an active alert recovers.
+    pub recover_after: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            count: 3,
+            window: Duration::from_secs(30),
+            recover_after: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Alert {
+    pub key: String,
+    pub step: u8,
+    pub step_name: &'static str,
+    pub message: String,
+    /// Findings of this kind in the window when it fired.
+    pub count: u32,
+    pub window_seconds: u64,
+    pub example_client: Option<String>,
+    pub example_vip: Option<String>,
+    pub example_backend: Option<String>,
+    pub conn_id: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Recovered {
+    pub key: String,
+    pub step: u8,
+    pub step_name: &'static str,
+    pub message: String,
+    /// Findings while the alert was active.
+    pub total: u64,
+    pub active_seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    Alert(Alert),
+    Recovered(Recovered),
+}
+
+struct Active {
+    since_ns: u64,
+    last_ns: u64,
+    total: u64,
+    step: u8,
+    message: String,
+}
+
+pub struct Alerts {
+    th: Thresholds,
+    seen: HashMap<String, VecDeque<u64>>,
+    active: HashMap<String, Active>,
+    lost_seen: u64,
+}
+
+fn describe(f: &Finding) -> String {
+    match f {
+        Finding::SynUnanswered => {
+            "SYNs to the VIP get no answer: no SYN-ACK, not forwarded".to_owned()
+        }
+        Finding::SynDropped { reason } => {
+            format!("the LB host drops clients' SYNs to the VIP ({reason})")
+        }
+        Finding::LbReset {
+            after_request: true,
+        } => "the LB resets clients after their request".to_owned(),
+        Finding::LbReset {
+            after_request: false,
+        } => "the LB resets clients right after the handshake".to_owned(),
+        Finding::NoListener => {
+            "the kernel refuses connections to the VIP: nothing listens (NO_SOCKET)".to_owned()
+        }
+        Finding::BackendRefused { backend } => {
+            format!("backend {backend} refuses connections (RST)")
+        }
+        Finding::BackendTimeout { backend } => {
+            format!("backend {backend} does not answer SYNs (timeout)")
+        }
+        Finding::BackendUnreachable { backend, what } => {
+            format!("backend {backend} unreachable: {what}")
+        }
+        Finding::SynAckLost => {
+            "clients retransmit their SYN after the LB's SYN-ACK: replies do not reach them"
+                .to_owned()
+        }
+        Finding::AsymmetricReturn { backend } => format!(
+            "SYNs forwarded to {backend} get no reply through the LB (its replies bypass the LB, or it is down)"
+        ),
+    }
+}
+
+impl Alerts {
+    pub fn new(th: Thresholds) -> Self {
+        Self {
+            th,
+            seen: HashMap::new(),
+            active: HashMap::new(),
+            lost_seen: 0,
+        }
+    }
+
+    fn window_ns(&self) -> u64 {
+        u64::try_from(self.th.window.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a finding; returns an alert when its kind crosses the threshold.
+    pub fn record(&mut self, now_ns: u64, conn: &Conn, f: &Finding) -> Option<Notice> {
+        let key = f.alert_key();
+        let win = self.window_ns();
+        let q = self.seen.entry(key.clone()).or_default();
+        q.push_back(now_ns);
+        while q.front().is_some_and(|&t| now_ns.saturating_sub(t) > win) {
+            q.pop_front();
+        }
+        let count = u32::try_from(q.len()).unwrap_or(u32::MAX);
+        if let Some(a) = self.active.get_mut(&key) {
+            a.last_ns = now_ns;
+            a.total += 1;
+            return None;
+        }
+        if count < self.th.count {
+            return None;
+        }
+        let step = f.step();
+        let message = describe(f);
+        self.active.insert(
+            key.clone(),
+            Active {
+                since_ns: now_ns,
+                last_ns: now_ns,
+                total: u64::from(count),
+                step,
+                message: message.clone(),
+            },
+        );
+        let backend: Option<SocketAddr> = match f {
+            Finding::BackendRefused { backend }
+            | Finding::BackendTimeout { backend }
+            | Finding::BackendUnreachable { backend, .. }
+            | Finding::AsymmetricReturn { backend } => Some(*backend),
+            _ => conn.backend.as_ref().map(|b| b.backend),
+        };
+        Some(Notice::Alert(Alert {
+            key,
+            step,
+            step_name: STEP_NAMES[usize::from(step - 1)],
+            message,
+            count,
+            window_seconds: self.th.window.as_secs(),
+            example_client: Some(conn.client.to_string()),
+            example_vip: Some(conn.vip.to_string()),
+            example_backend: backend.map(|b| b.to_string()),
+            conn_id: Some(conn.id),
+        }))
+    }
+
+    /// Lost kernel events are an alert of their own: the evidence is incomplete.
+    pub fn lost(&mut self, now_ns: u64, total_lost: u64) -> Option<Notice> {
+        if total_lost <= self.lost_seen {
+            return None;
+        }
+        let new = total_lost - self.lost_seen;
+        self.lost_seen = total_lost;
+        let key = "lost_events".to_owned();
+        if let Some(a) = self.active.get_mut(&key) {
+            a.last_ns = now_ns;
+            a.total += new;
+            return None;
+        }
+        let message = format!(
+            "{new} kernel events lost (ring buffer full): evidence is incomplete; raise --ring-size"
+        );
+        self.active.insert(
+            key.clone(),
+            Active {
+                since_ns: now_ns,
+                last_ns: now_ns,
+                total: new,
+                step: 0,
+                message: message.clone(),
+            },
+        );
+        Some(Notice::Alert(Alert {
+            key,
+            step: 0,
+            step_name: "lost-events",
+            message,
+            count: u32::try_from(new).unwrap_or(u32::MAX),
+            window_seconds: 0,
+            example_client: None,
+            example_vip: None,
+            example_backend: None,
+            conn_id: None,
+        }))
+    }
+
+    /// Recoveries of alerts quiet for `recover_after`.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Notice> {
+        let quiet = u64::try_from(self.th.recover_after.as_nanos()).unwrap_or(u64::MAX);
+        let done: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| now_ns.saturating_sub(a.last_ns) >= quiet)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in done {
+            if let Some(a) = self.active.remove(&k) {
+                out.push(Notice::Recovered(Recovered {
+                    key: k,
+                    step: a.step,
+                    step_name: if a.step == 0 {
+                        "lost-events"
+                    } else {
+                        STEP_NAMES[usize::from(a.step - 1)]
+                    },
+                    message: format!("recovered: {}", a.message),
+                    total: a.total,
+                    active_seconds: (a.last_ns.saturating_sub(a.since_ns)) as f64 / 1e9,
+                }));
+            }
+        }
+        out.sort_by(|a, b| match (a, b) {
+            (Notice::Recovered(x), Notice::Recovered(y)) => x.key.cmp(&y.key),
+            _ => std::cmp::Ordering::Equal,
+        });
+        out
+    }
+
+    /// Keys of active alerts with their step (for metrics).
+    pub fn active(&self) -> Vec<(String, u8)> {
+        let mut v: Vec<(String, u8)> = self
+            .active
+            .iter()
+            .map(|(k, a)| (k.clone(), a.step))
+            .collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,534 @@
+//! The flight recorder of `lbtrace watch`: every client connection to a VIP becomes a timeline
+//! (its client leg), joined with its backend leg, kept in bounded memory.
+//!
+//! Pure and synchronous: events in (time passed in with them), findings out. The join: for Layer 4
+//! the client's SYN leaves towards a backend with its initial sequence number (ISN) intact, with
+//! or without SNAT, so the backend leg is the flow carrying that ISN; for Layer 7 the LB's own
+//! connection to a backend cannot be tied to a client from headers alone, so it is joined to the
+//! most recent client connection without a backend leg and marked `inferred`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use lbtrace_common::tcp_flag::{ACK, FIN, RST, SYN};
+
+use crate::{
+    endpoint::Endpoint,
+    event::{Detail, Dir, KernelEvent},
+    kernel::btf::DropReasons,
+};
+
+/// Events kept per leg; later ones are counted in `truncated`.
+pub const MAX_LEG_EVENTS: usize = 24;
+/// A client SYN that neither a SYN-ACK nor a forward answers within this is "unanswered".
+pub const ANSWER_TIMEOUT_NS: u64 = 3_000_000_000;
+/// A backend SYN with no SYN-ACK within this is a backend timeout.
+pub const BACKEND_TIMEOUT_NS: u64 = 3_000_000_000;
+/// An L7 backend connection is joined to a client connection at most this long after it.
+pub const L7_JOIN_NS: u64 = 2_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Join {
+    /// The forwarded SYN carried the client's ISN (Layer 4).
+    Isn,
+    /// The LB's own backend connection, matched by time (Layer 7).
+    Inferred,
+}
+
+/// What went wrong with a connection, tied to a checklist step.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// Step 1: the client's SYNs got no SYN-ACK and were not forwarded.
+    SynUnanswered,
+    /// Step 1: the LB host dropped the client's SYN.
+    SynDropped { reason: String },
+    /// Step 2: the LB reset the client (after the request, or right after the handshake).
+    LbReset { after_request: bool },
+    /// Step 2: the kernel answered with RST: nothing listens on the VIP.
+    NoListener,
+    /// Step 3: the backend refused (RST to the SYN).
+    BackendRefused { backend: SocketAddr },
+    /// Step 3: the backend never answered the SYN.
+    BackendTimeout { backend: SocketAddr },
+    /// Step 3: an ICMP error about the backend connection.
+    BackendUnreachable { backend: SocketAddr, what: String },
+    /// Step 4: the client retransmitted its SYN after the LB's SYN-ACK.
+    SynAckLost,
+    /// Step 4: a forwarded SYN whose backend reply never came back through the LB.
+    AsymmetricReturn { backend: SocketAddr },
+}
+
+impl Finding {
+    pub fn step(&self) -> u8 {
+        match self {
+            Self::SynUnanswered | Self::SynDropped { .. } => 1,
+            Self::LbReset { .. } | Self::NoListener => 2,
+            Self::BackendRefused { .. }
+            | Self::BackendTimeout { .. }
+            | Self::BackendUnreachable { .. } => 3,
+            Self::SynAckLost | Self::AsymmetricReturn { .. } => 4,
+        }
+    }
+
+    /// The alert this finding counts towards (one per kind and, for step 3, per backend).
+    pub fn alert_key(&self) -> String {
+        match self {
+            Self::SynUnanswered => "syn_unanswered".to_owned(),
+            Self::SynDropped { reason } => format!("syn_dropped:{reason}"),
+            Self::LbReset {
+                after_request: true,
+            } => "lb_reset_after_request".to_owned(),
+            Self::LbReset {
+                after_request: false,
+            } => "lb_reset".to_owned(),
+            Self::NoListener => "no_listener".to_owned(),
+            Self::BackendRefused { backend } => format!("backend_refused:{backend}"),
+            Self::BackendTimeout { backend } => format!("backend_timeout:{backend}"),
+            Self::BackendUnreachable { backend, .. } => format!("backend_unreachable:{backend}"),
+            Self::SynAckLost => "synack_lost".to_owned(),
+            Self::AsymmetricReturn { backend } => format!("asymmetric_return:{backend}"),
+        }
+    }
+}
+
+/// The backend side of a connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BackendLeg {
+    /// The LB's side of the backend connection (the client itself without SNAT).
+    pub lb: SocketAddr,
+    pub backend: SocketAddr,
+    pub join: Join,
+    #[serde(skip)]
+    pub events: Vec<KernelEvent>,
+    pub isn: u32,
+    pub answered: bool,
+    pub closed: bool,
+}
+
+/// One client connection to a VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub id: u64,
+    pub vip: SocketAddr,
+    pub client: SocketAddr,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub isn: Option<u32>,
+    pub server_isn: Option<u32>,
+    pub events: Vec<KernelEvent>,
+    pub backend: Option<BackendLeg>,
+    /// Events not kept (beyond `MAX_LEG_EVENTS` per leg).
+    pub truncated: u32,
+    pub findings: Vec<Finding>,
+    pub closed: bool,
+}
+
+impl Conn {
+    pub fn failed(&self) -> bool {
+        !self.findings.is_empty()
+    }
+
+    /// The lowest failing step, if any.
+    pub fn step(&self) -> Option<u8> {
+        self.findings.iter().map(Finding::step).min()
+    }
+
+    fn push(&mut self, ev: &KernelEvent) {
+        self.last_ns = self.last_ns.max(ev.ts_ns);
+        if self.events.len() < MAX_LEG_EVENTS {
+            self.events.push(ev.clone());
+        } else {
+            self.truncated += 1;
+        }
+    }
+
+    fn push_backend(&mut self, ev: &KernelEvent) {
+        self.last_ns = self.last_ns.max(ev.ts_ns);
+        if let Some(b) = &mut self.backend {
+            if b.events.len() < MAX_LEG_EVENTS {
+                b.events.push(ev.clone());
+            } else {
+                self.truncated += 1;
+            }
+        }
+    }
+
+    fn find(&mut self, f: Finding) -> Option<Finding> {
+        if self.findings.contains(&f) {
+            return None;
+        }
+        self.findings.push(f.clone());
+        Some(f)
+    }
+
+    /// Approximate bytes this connection holds.
+    pub fn bytes(&self) -> usize {
+        let ev = std::mem::size_of::<KernelEvent>();
+        std::mem::size_of::<Self>()
+            + self.events.capacity() * ev
+            + self.backend.as_ref().map_or(0, |b| {
+                std::mem::size_of::<BackendLeg>() + b.events.capacity() * ev
+            })
+            + self.findings.capacity() * std::mem::size_of::<Finding>()
+    }
+}
+
+/// The recorder's own accounting, reported by `dump` and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Accounting {
+    pub entries: usize,
+    pub limit: usize,
+    pub bytes: usize,
+    pub evicted: u64,
+    pub total: u64,
+}
+
+pub struct Recorder {
+    reasons: DropReasons,
+    vips: Vec<Endpoint>,
+    backends: Vec<Endpoint>,
+    conns: VecDeque<Conn>,
+    /// (vip, client) -> id of the newest connection with that tuple.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// (lb side, backend) -> connection id, for events of the backend leg.
+    by_backend: HashMap<(SocketAddr, SocketAddr), u64>,
+    limit: usize,
+    evicted: u64,
+    next_id: u64,
+    bytes: usize,
+    /// Connections opened per VIP.
+    opened: HashMap<SocketAddr, u64>,
+}
+
+impl Recorder {
+    pub fn new(
+        vips: Vec<Endpoint>,
+        backends: Vec<Endpoint>,
+        limit: usize,
+        reasons: DropReasons,
+    ) -> Self {
+        Self {
+            reasons,
+            vips,
+            backends,
+            conns: VecDeque::new(),
+            by_tuple: HashMap::new(),
+            by_backend: HashMap::new(),
+            limit: limit.max(1),
+            evicted: 0,
+            next_id: 1,
+            bytes: 0,
+            opened: HashMap::new(),
+        }
+    }
+
+    fn is_vip(&self, sa: &SocketAddr) -> bool {
+        self.vips.iter().any(|v| v.matches(sa))
+    }
+
+    fn is_backend(&self, sa: &SocketAddr) -> bool {
+        self.backends.iter().any(|b| b.matches(sa))
+    }
+
+    fn get(&mut self, id: u64) -> Option<&mut Conn> {
+        // Ids are increasing along the deque: binary search by id.
+        let first = self.conns.front()?.id;
+        let idx = usize::try_from(id.checked_sub(first)?).ok()?;
+        self.conns.get_mut(idx).filter(|c| c.id == id)
+    }
+
+    fn open(&mut self, vip: SocketAddr, client: SocketAddr, ts: u64) -> u64 {
+        while self.conns.len() >= self.limit {
+            if let Some(old) = self.conns.pop_front() {
+                self.forget(&old);
+                self.evicted += 1;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let c = Conn {
+            id,
+            vip,
+            client,
+            first_ns: ts,
+            last_ns: ts,
+            isn: None,
+            server_isn: None,
+            events: Vec::new(),
+            backend: None,
+            truncated: 0,
+            findings: Vec::new(),
+            closed: false,
+        };
+        self.bytes += c.bytes();
+        self.conns.push_back(c);
+        self.by_tuple.insert((vip, client), id);
+        *self.opened.entry(vip).or_default() += 1;
+        id
+    }
+
+    /// Connections opened per VIP since the start.
+    pub fn opened(&self) -> &HashMap<SocketAddr, u64> {
+        &self.opened
+    }
+
+    pub fn conn(&self, id: u64) -> Option<&Conn> {
+        let first = self.conns.front()?.id;
+        self.conns
+            .get(usize::try_from(id.checked_sub(first)?).ok()?)
+            .filter(|c| c.id == id)
+    }
+
+    fn forget(&mut self, c: &Conn) {
+        self.bytes = self.bytes.saturating_sub(c.bytes());
+        if self.by_tuple.get(&(c.vip, c.client)) == Some(&c.id) {
+            self.by_tuple.remove(&(c.vip, c.client));
+        }
+        if let Some(b) = &c.backend
+            && self.by_backend.get(&(b.lb, b.backend)) == Some(&c.id)
+        {
+            self.by_backend.remove(&(b.lb, b.backend));
+        }
+    }
+
+    /// Feeds one event; returns the findings it revealed.
+    pub fn ingest(&mut self, ev: &KernelEvent) -> Vec<(u64, Finding)> {
+        let (s, d) = (ev.src, ev.dst);
+        let mut out = Vec::new();
+        let before = |c: &Conn| c.bytes();
+        if self.is_vip(&d) || self.is_vip(&s) {
+            let (vip, client, to_vip) = if self.is_vip(&d) {
+                (d, s, true)
+            } else {
+                (s, d, false)
+            };
+            let syn = ev.flags & SYN != 0 && ev.flags & ACK == 0;
+            let existing = self.by_tuple.get(&(vip, client)).copied();
+            // A SYN with a new ISN on a known tuple is a new connection (port reuse).
+            let id = match existing {
+                Some(id)
+                    if !(to_vip
+                        && syn
+                        && matches!(ev.detail, Detail::Packet)
+                        && self
+                            .get(id)
+                            .is_some_and(|c| c.isn.is_some_and(|i| i != ev.seq))) =>
+                {
+                    id
+                }
+                _ if to_vip && syn => self.open(vip, client, ev.ts_ns),
+                Some(id) => id,
+                None => return out,
+            };
+            let Some(c) = self.get(id) else { return out };
+            let b0 = before(c);
+            c.push(ev);
+            match (&ev.detail, to_vip) {
+                (Detail::Packet, true) if syn => {
+                    if c.isn.is_none() {
+                        c.isn = Some(ev.seq);
+                    } else if c.server_isn.is_some()
+                        && !c.backend.as_ref().is_some_and(|b| {
+                            b.answered && c.events.iter().any(|e| e.flags & FIN != 0)
+                        })
+                    {
+                        // The client retransmits its SYN after the LB's SYN-ACK.
+                        out.extend(c.find(Finding::SynAckLost).map(|f| (id, f)));
+                    }
+                }
+                (Detail::Packet, true) => {
+                    if ev.flags & (FIN | RST) != 0 {
+                        c.closed = true;
+                    }
+                }
+                (Detail::Packet, false) => {
+                    if ev.flags & SYN != 0 && ev.flags & ACK != 0 {
+                        c.server_isn.get_or_insert(ev.seq);
+                    } else if ev.flags & RST != 0 {
+                        c.closed = true;
+                        let answered = c.server_isn.is_some();
+                        let after_request = c.isn.is_some_and(|isn| {
+                            ev.ack.wrapping_sub(isn) > 1 && ev.ack.wrapping_sub(isn) < 1 << 30
+                        });
+                        if answered || c.backend.is_some() {
+                            out.extend(c.find(Finding::LbReset { after_request }).map(|f| (id, f)));
+                        }
+                    } else if ev.flags & FIN != 0 {
+                        c.closed = true;
+                    }
+                }
+                (Detail::Drop { .. }, _) => {}
+                (Detail::Icmp { .. }, _) => {}
+            }
+            let b1 = c.bytes();
+            self.bytes = self.bytes + b1 - b0.min(b1);
+            return out;
+        }
+        if self.is_backend(&d) || self.is_backend(&s) {
+            let (lb, backend, to_backend) = if self.is_backend(&d) {
+                (s, d, true)
+            } else {
+                (d, s, false)
+            };
+            let syn = ev.flags & SYN != 0 && ev.flags & ACK == 0;
+            let id = match self.by_backend.get(&(lb, backend)).copied() {
+                Some(id)
+                    if !(to_backend
+                        && syn
+                        && matches!(ev.detail, Detail::Packet)
+                        && self
+                            .get(id)
+                            .and_then(|c| c.backend.as_ref())
+                            .is_some_and(|b| b.isn != ev.seq)) =>
+                {
+                    Some(id)
+                }
+                _ if to_backend
+                    && syn
+                    && matches!(ev.detail, Detail::Packet | Detail::Drop { .. }) =>
+                {
+                    self.join(lb, backend, ev)
+                }
+                other => other,
+            };
+            let Some(id) = id else { return out };
+            let Some(c) = self.get(id) else { return out };
+            let b0 = c.bytes();
+            c.push_backend(ev);
+            if let Some(b) = &mut c.backend {
+                match &ev.detail {
+                    Detail::Packet if !to_backend && ev.flags & SYN != 0 && ev.flags & ACK != 0 => {
+                        b.answered = true
+                    }
+                    Detail::Packet if !to_backend && ev.flags & RST != 0 && !b.answered => {
+                        let f = Finding::BackendRefused { backend };
+                        out.extend(c.find(f).map(|f| (id, f)));
+                    }
+                    Detail::Packet if ev.flags & (FIN | RST) != 0 => b.closed = true,
+                    Detail::Icmp {
+                        outer_src,
+                        icmp_type,
+                        icmp_code,
+                        ..
+                    } => {
+                        let what =
+                            crate::event::icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code)
+                                .to_owned();
+                        out.extend(
+                            c.find(Finding::BackendUnreachable { backend, what })
+                                .map(|f| (id, f)),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            let b1 = c.bytes();
+            self.bytes = self.bytes + b1 - b0.min(b1);
+        }
+        out
+    }
+
+    /// Ties a SYN towards a backend to a client connection: by ISN (L4), else by time (L7).
+    fn join(&mut self, lb: SocketAddr, backend: SocketAddr, ev: &KernelEvent) -> Option<u64> {
+        let by_isn = self
+            .conns
+            .iter()
+            .rev()
+            .find(|c| c.isn == Some(ev.seq) && c.backend.is_none())
+            .map(|c| c.id);
+        let (id, join) = match by_isn {
+            Some(id) => (id, Join::Isn),
+            None => {
+                let id = self
+                    .conns
+                    .iter()
+                    .rev()
+                    .take_while(|c| ev.ts_ns.saturating_sub(c.first_ns) <= L7_JOIN_NS)
+                    .find(|c| c.backend.is_none() && c.server_isn.is_some())
+                    .map(|c| c.id)?;
+                (id, Join::Inferred)
+            }
+        };
+        let c = self.get(id)?;
+        c.backend = Some(BackendLeg {
+            lb,
+            backend,
+            join,
+            events: Vec::new(),
+            isn: ev.seq,
+            answered: false,
+            closed: false,
+        });
+        self.by_backend.insert((lb, backend), id);
+        Some(id)
+    }
+
+    /// Judges what only time reveals: unanswered SYNs, backend timeouts, asymmetric return.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<(u64, Finding)> {
+        let mut out = Vec::new();
+        let reasons = &self.reasons;
+        for c in &mut self.conns {
+            if c.closed || now_ns.saturating_sub(c.first_ns) < ANSWER_TIMEOUT_NS {
+                continue;
+            }
+            let dropped = c.events.iter().find_map(|e| match e.detail {
+                Detail::Drop { reason } if e.flags & SYN != 0 => Some(reason),
+                _ => None,
+            });
+            let kernel_rst = c
+                .events
+                .iter()
+                .any(|e| e.dir == Some(Dir::Out) && e.flags & RST != 0)
+                && c.server_isn.is_none();
+            let found = if c.server_isn.is_none() && c.backend.is_none() {
+                if kernel_rst {
+                    Some(Finding::NoListener)
+                } else if let Some(r) = dropped {
+                    Some(Finding::SynDropped {
+                        reason: reasons.name(r),
+                    })
+                } else if c.isn.is_some() {
+                    Some(Finding::SynUnanswered)
+                } else {
+                    None
+                }
+            } else if let Some(b) = &c.backend {
+                if b.answered || now_ns.saturating_sub(c.first_ns) < BACKEND_TIMEOUT_NS {
+                    None
+                } else if b.join == Join::Isn && c.server_isn.is_none() {
+                    // Forwarded, and no SYN-ACK came back through the LB.
+                    Some(Finding::AsymmetricReturn { backend: b.backend })
+                } else if b.join == Join::Inferred {
+                    Some(Finding::BackendTimeout { backend: b.backend })
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            if let Some(f) = found {
+                out.extend(c.find(f).map(|f| (c.id, f)));
+            }
+        }
+        out
+    }
+
+    /// The recorded connections, oldest first.
+    pub fn conns(&self) -> impl DoubleEndedIterator<Item = &Conn> {
+        self.conns.iter()
+    }
+
+    pub fn accounting(&self) -> Accounting {
+        Accounting {
+            entries: self.conns.len(),
+            limit: self.limit,
+            bytes: self.bytes,
+            evicted: self.evicted,
+            total: self.next_id - 1,
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Unit tests of the recorder and the alert engine with hand-made event sequences.
+
+use std::time::Duration;
+
+use lbtrace_common::tcp_flag::{ACK, FIN, RST, SYN};
+
+use super::{
+    alerts::{Alerts, Notice, Thresholds},
+    recorder::{Finding, Join, Recorder},
+};
+use crate::{
+    event::Dir,
+    kernel::btf::DropReasons,
+    testutil::{drop, pkt},
+};
+
+const VIP: &str = "10.10.2.10:80";
+const BE1: &str = "10.10.3.11:8080";
+
+fn rec(limit: usize) -> Recorder {
+    Recorder::new(
+        vec![VIP.parse().unwrap()],
+        vec![BE1.parse().unwrap()],
+        limit,
+        DropReasons::from_pairs(&[(6, "NETFILTER_DROP")]),
+    )
+}
+
+fn client(i: u32) -> String {
+    format!("10.10.1.2:{}", 40000 + i)
+}
+
+#[test]
+fn l4_backend_leg_is_joined_by_isn() {
+    let mut r = rec(100);
+    let c = client(1);
+    for e in [
+        pkt(0, Dir::In, &c, VIP, SYN, 1000, 0),
+        pkt(1, Dir::Out, &c, BE1, SYN, 1000, 0),
+        pkt(2, Dir::In, BE1, &c, SYN | ACK, 9000, 1001),
+        pkt(3, Dir::Out, VIP, &c, SYN | ACK, 9000, 1001),
+        pkt(9, Dir::In, &c, VIP, FIN | ACK, 1050, 9100),
+    ] {
+        assert!(r.ingest(&e).is_empty());
+    }
+    assert!(r.expire(10_000_000_000).is_empty());
+    let conn = r.conns().next().unwrap();
+    let b = conn.backend.as_ref().unwrap();
+    assert_eq!((b.join, b.answered), (Join::Isn, true));
+    assert_eq!(conn.events.len(), 3);
+    assert_eq!(b.events.len(), 2);
+}
+
+#[test]
+fn l7_backend_leg_is_inferred_and_a_refusal_is_step_three() {
+    let mut r = rec(100);
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    r.ingest(&pkt(5, Dir::Out, "10.10.3.1:50000", BE1, SYN, 5, 0));
+    let f = r.ingest(&pkt(6, Dir::In, BE1, "10.10.3.1:50000", RST | ACK, 0, 6));
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        f[0].1,
+        Finding::BackendRefused {
+            backend: BE1.parse().unwrap()
+        }
+    );
+    assert_eq!(
+        r.conns().next().unwrap().backend.as_ref().unwrap().join,
+        Join::Inferred
+    );
+}
+
+#[test]
+fn unanswered_and_dropped_syns_are_found_on_expiry() {
+    let mut r = rec(100);
+    r.ingest(&pkt(0, Dir::In, &client(1), VIP, SYN, 1, 0));
+    r.ingest(&pkt(0, Dir::In, &client(2), VIP, SYN, 2, 0));
+    r.ingest(&drop(0, &client(2), VIP, SYN, 2, 6));
+    assert!(r.expire(1_000_000_000).is_empty(), "too early");
+    let f: Vec<Finding> = r
+        .expire(4_000_000_000)
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(
+        f,
+        vec![
+            Finding::SynUnanswered,
+            Finding::SynDropped {
+                reason: "NETFILTER_DROP".into()
+            }
+        ]
+    );
+    assert!(
+        r.expire(5_000_000_000).is_empty(),
+        "findings are reported once"
+    );
+}
+
+#[test]
+fn syn_retransmitted_after_syn_ack_is_step_four() {
+    let mut r = rec(100);
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    let f = r.ingest(&pkt(1000, Dir::In, &c, VIP, SYN, 1000, 0));
+    assert_eq!(f.iter().map(|(_, f)| f.step()).collect::<Vec<_>>(), vec![4]);
+}
+
+#[test]
+fn memory_stays_bounded_under_a_syn_flood() {
+    let mut r = rec(1000);
+    for i in 0..50_000u32 {
+        r.ingest(&pkt(
+            u64::from(i),
+            Dir::In,
+            &format!("10.{}.{}.{}:1234", i >> 16, (i >> 8) & 255, i & 255),
+            VIP,
+            SYN,
+            i,
+            0,
+        ));
+    }
+    let a = r.accounting();
+    assert_eq!(
+        (a.entries, a.limit, a.evicted, a.total),
+        (1000, 1000, 49_000, 50_000)
+    );
+    let per = a.bytes / a.entries;
+    assert!(a.bytes <= 1000 * per + 1024 && per < 4096, "{a:?}");
+    assert_eq!(
+        r.conns().next().unwrap().id,
+        49_001,
+        "the oldest were evicted"
+    );
+}
+
+#[test]
+fn alerts_fire_once_and_recover() {
+    let mut r = rec(100);
+    let mut al = Alerts::new(Thresholds {
+        count: 3,
+        window: Duration::from_secs(30),
+        recover_after: Duration::from_secs(10),
+    });
+    let mut notices = Vec::new();
+    for i in 0..6u32 {
+        r.ingest(&pkt(
+            u64::from(i) * 100,
+            Dir::In,
+            &client(i),
+            VIP,
+            SYN,
+            i,
+            0,
+        ));
+    }
+    let now = 5_000_000_000;
+    for (id, f) in r.expire(now) {
+        let conn = r.conns().find(|c| c.id == id).unwrap().clone();
+        notices.extend(al.record(now, &conn, &f));
+    }
+    assert_eq!(notices.len(), 1, "six findings, one alert: {notices:?}");
+    let Notice::Alert(a) = &notices[0] else {
+        panic!()
+    };
+    assert_eq!((a.step, a.step_name, a.count), (1, "client-to-lb", 3));
+    assert!(a.example_client.is_some());
+    assert!(
+        al.tick(now + 5_000_000_000).is_empty(),
+        "not quiet long enough"
+    );
+    let rec = al.tick(now + 11_000_000_000);
+    assert!(
+        matches!(&rec[..], [Notice::Recovered(r)] if r.step == 1 && r.total == 6),
+        "{rec:?}"
+    );
+    assert!(al.lost(now, 0).is_none());
+    assert!(matches!(al.lost(now, 5), Some(Notice::Alert(a)) if a.key == "lost_events"));
+    assert!(al.lost(now, 7).is_none(), "de-duplicated while active");
+}
