@@ -8,7 +8,7 @@ use crate::{endpoint::Endpoint, render::Format};
 
 /// lbtrace: proof, from the load balancer's own kernel, of where connections to a VIP fail.
 ///
-/// With no subcommand, lbtrace runs `trace`.
+/// With no subcommand, lbtrace runs `watch`, the tripwire.
 #[derive(Debug, Parser)]
 #[command(
     name = "lbtrace",
@@ -20,11 +20,16 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub trace: TraceArgs,
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The low-overhead tripwire, left running: alerts per checklist step, a flight recorder of
+    /// correlated connections (read it with `lbtrace dump`), health lines, Prometheus metrics.
+    Watch(WatchArgs),
+    /// The tripwire's recorded, correlated history, on demand.
+    Dump(DumpArgs),
     /// The live event stream: every SYN, SYN-ACK, RST and FIN of the VIPs' and backends'
     /// connections, ICMP errors about them and kernel drops with the drop reason.
     Trace(TraceArgs),
@@ -142,4 +147,65 @@ pub struct CheckArgs {
     /// Create this file once every program is attached.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// The Unix socket `lbtrace dump` reads from (default: /run/lbtrace/watch-<netns inode>.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Connections the flight recorder keeps (oldest evicted first; about 2.5 KiB each at most).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub history: usize,
+    /// Also print every event, as `trace` does.
+    #[arg(long)]
+    pub events: bool,
+    /// Run this shell command for each alert, with the alert as JSON on stdin (at most 6 a minute).
+    #[arg(long, value_name = "CMD")]
+    pub on_alert: Option<String>,
+    /// Serve Prometheus text metrics on this address (e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Findings of one kind within --alert-window that raise an alert.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub alert_count: u32,
+    /// The window over which findings are counted.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub alert_window: Duration,
+    /// An alert recovers after this long without a finding of its kind.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub recover_after: Duration,
+    /// How often to print the one-line health summary per VIP.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DumpArgs {
+    /// The tripwire's socket (default: the one of this network namespace).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Output format: timelines to read, or one JSON object per connection.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Only the last N connections.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Only connections active within this long (e.g. 5m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only connections of this client.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub client: Option<Endpoint>,
+    /// Only connections whose backend leg goes to this backend.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub backend: Option<Endpoint>,
+    /// Only failed connections.
+    #[arg(long)]
+    pub failed: bool,
+    /// Also write the recorded control packets to this pcap file.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
 }

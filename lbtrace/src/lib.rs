@@ -13,6 +13,7 @@
 pub mod check;
 pub mod cli;
 pub mod doctor;
+pub mod dump;
 pub mod endpoint;
 pub mod event;
 pub mod kernel;

@@ -28,7 +28,11 @@ fn main() -> ExitCode {
                 lbtrace::check::run(args, lbtrace::shutdown_signal()).await
             }
             Some(Command::Doctor(args)) => lbtrace::doctor::run(&args),
-            None => lbtrace::trace::run(cli.trace, lbtrace::shutdown_signal()).await,
+            Some(Command::Watch(args)) => {
+                lbtrace::watch::run::run(args, lbtrace::shutdown_signal()).await
+            }
+            Some(Command::Dump(args)) => lbtrace::dump::run(&args).await,
+            None => lbtrace::watch::run::run(cli.watch, lbtrace::shutdown_signal()).await,
         }
     });
     match result {

@@ -239,7 +239,7 @@ impl Alerts {
                     } else {
                         STEP_NAMES[usize::from(a.step - 1)]
                     },
-                    message: format!("recovered: {}", a.message),
+                    message: a.message,
                     total: a.total,
                     active_seconds: (a.last_ns.saturating_sub(a.since_ns)) as f64 / 1e9,
                 }));

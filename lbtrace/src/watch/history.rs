@@ -27,18 +27,27 @@ pub struct Query {
 
 fn matches_ep(filter: Option<&String>, sa: Option<SocketAddr>) -> bool {
     let Some(f) = filter else { return true };
-    let Ok(ep) = f.parse::<Endpoint>() else { return false };
+    let Ok(ep) = f.parse::<Endpoint>() else {
+        return false;
+    };
     sa.is_some_and(|sa| ep.matches(&sa))
 }
 
 /// The connections a query selects, oldest first.
-pub fn select<'a>(conns: impl DoubleEndedIterator<Item = &'a Conn>, q: &Query, now_ns: u64) -> Vec<&'a Conn> {
+pub fn select<'a>(
+    conns: impl DoubleEndedIterator<Item = &'a Conn>,
+    q: &Query,
+    now_ns: u64,
+) -> Vec<&'a Conn> {
     let mut v: Vec<&Conn> = conns
         .rev()
         .filter(|c| !q.failed || c.failed())
         .filter(|c| matches_ep(q.client.as_ref(), Some(c.client)))
         .filter(|c| matches_ep(q.backend.as_ref(), c.backend.as_ref().map(|b| b.backend)))
-        .filter(|c| q.since_secs.is_none_or(|s| (now_ns.saturating_sub(c.last_ns) as f64) / 1e9 <= s))
+        .filter(|c| {
+            q.since_secs
+                .is_none_or(|s| (now_ns.saturating_sub(c.last_ns) as f64) / 1e9 <= s)
+        })
         .take(q.last.unwrap_or(usize::MAX))
         .collect();
     v.reverse();
@@ -53,7 +62,9 @@ pub struct Render<'a> {
 
 pub fn conn_json(c: &Conn, r: &mut Render<'_>) -> Value {
     let evs = |evs: &[crate::event::KernelEvent], r: &mut Render<'_>| -> Vec<Value> {
-        evs.iter().map(|e| render::event_json(e, r.clock, r.ifnames, r.reasons)).collect()
+        evs.iter()
+            .map(|e| render::event_json(e, r.clock, r.ifnames, r.reasons))
+            .collect()
     };
     json!({
         "type": "connection",

@@ -1,6 +1,12 @@
-//! `lbtrace watch`: the tripwire.
+//! `lbtrace watch`: the tripwire. The flight recorder (`recorder`) turns events into correlated
+//! connections and findings, `alerts` turns findings into alerts and recoveries, `run` is the
+//! main loop, `socket` / `history` serve `lbtrace dump`, `metrics` serves Prometheus.
 pub mod alerts;
+pub mod history;
+pub mod metrics;
 pub mod recorder;
+pub mod run;
+pub mod socket;
 
 #[cfg(test)]
 mod tests;

@@ -53,10 +53,14 @@ struct OnAlert {
 
 impl OnAlert {
     fn run(&mut self, alert_json: &str) {
-        self.recent.retain(|t| t.elapsed() < Duration::from_secs(60));
+        self.recent
+            .retain(|t| t.elapsed() < Duration::from_secs(60));
         if self.recent.len() >= ON_ALERT_PER_MINUTE {
             self.suppressed += 1;
-            eprintln!("lbtrace: --on-alert rate limit ({ON_ALERT_PER_MINUTE}/min): not run for this alert ({} suppressed so far)", self.suppressed);
+            eprintln!(
+                "lbtrace: --on-alert rate limit ({ON_ALERT_PER_MINUTE}/min): not run for this alert ({} suppressed so far)",
+                self.suppressed
+            );
             return;
         }
         self.recent.push(Instant::now());
@@ -73,7 +77,9 @@ impl OnAlert {
                 }
                 // Reap it in the background; its exit status is logged.
                 std::thread::spawn(move || match c.wait() {
-                    Ok(s) if !s.success() => eprintln!("lbtrace: --on-alert command exited with {s}"),
+                    Ok(s) if !s.success() => {
+                        eprintln!("lbtrace: --on-alert command exited with {s}")
+                    }
                     Err(e) => eprintln!("lbtrace: --on-alert command: {e}"),
                     _ => {}
                 });
@@ -115,20 +121,42 @@ impl Loop {
             Notice::Alert(a) => {
                 let j = json!({"type": "alert", "time": self.clock.rfc3339(Clock::monotonic_ns()), "alert": a});
                 let eg = match (&a.example_client, &a.example_vip) {
-                    (Some(c), Some(v)) => format!(", e.g. {c} > {v}{}", a.example_backend.as_ref().map(|b| format!(" via {b}")).unwrap_or_default()),
+                    (Some(c), Some(v)) => format!(
+                        ", e.g. {c} > {v}{}",
+                        a.example_backend
+                            .as_ref()
+                            .map(|b| format!(" via {b}"))
+                            .unwrap_or_default()
+                    ),
                     _ => String::new(),
                 };
-                let count = if a.window_seconds > 0 { format!(" ({} in {} s{eg})", a.count, a.window_seconds) } else { String::new() };
-                (format!("ALERT step {} {}: {}{count}", a.step, a.step_name, a.message), j)
+                let count = if a.window_seconds > 0 {
+                    format!(" ({} in {} s{eg})", a.count, a.window_seconds)
+                } else {
+                    String::new()
+                };
+                (
+                    format!(
+                        "ALERT step {} {}: {}{count}",
+                        a.step, a.step_name, a.message
+                    ),
+                    j,
+                )
             }
             Notice::Recovered(r) => (
-                format!("RECOVERED step {} {}: {} ({} findings over {:.0} s)", r.step, r.step_name, r.message, r.total, r.active_seconds),
+                format!(
+                    "RECOVERED step {} {}: {} ({} findings over {:.0} s)",
+                    r.step, r.step_name, r.message, r.total, r.active_seconds
+                ),
                 json!({"type": "recovered", "time": self.clock.rfc3339(Clock::monotonic_ns()), "recovered": r}),
             ),
         };
         match self.format {
             Format::Json => self.print(&json.to_string()),
-            Format::Text => self.print(&format!("{} {line}", self.clock.rfc3339(Clock::monotonic_ns()))),
+            Format::Text => self.print(&format!(
+                "{} {line}",
+                self.clock.rfc3339(Clock::monotonic_ns())
+            )),
         }
         if let (Notice::Alert(_), Some(oa)) = (&n, self.on_alert.as_mut()) {
             oa.run(&json.to_string());
@@ -137,10 +165,16 @@ impl Loop {
 
     fn findings(&mut self, now: u64, found: Vec<(u64, Finding)>) {
         for (id, f) in found {
-            let Some(conn) = self.rec.conn(id).cloned() else { continue };
+            let Some(conn) = self.rec.conn(id).cloned() else {
+                continue;
+            };
             *self.tally.findings.entry(f.alert_key()).or_default() += 1;
             if conn.findings.len() == 1 {
-                *self.tally.failures.entry((conn.vip.to_string(), f.step())).or_default() += 1;
+                *self
+                    .tally
+                    .failures
+                    .entry((conn.vip.to_string(), f.step()))
+                    .or_default() += 1;
             }
             if let Some(n) = self.alerts.record(now, &conn, &f) {
                 self.notice(n);
@@ -152,13 +186,29 @@ impl Loop {
         for ev in evs {
             if self.show_events {
                 let line = match self.format {
-                    Format::Json => render::event_json(&ev, &self.clock, &mut self.ifnames, &self.tracer.reasons).to_string(),
-                    Format::Text => render::event_text(&ev, &self.clock, &mut self.ifnames, &self.tracer.reasons, None),
+                    Format::Json => render::event_json(
+                        &ev,
+                        &self.clock,
+                        &mut self.ifnames,
+                        &self.tracer.reasons,
+                    )
+                    .to_string(),
+                    Format::Text => render::event_text(
+                        &ev,
+                        &self.clock,
+                        &mut self.ifnames,
+                        &self.tracer.reasons,
+                        None,
+                    ),
                 };
                 self.print(&line);
             }
             if let Detail::Drop { reason } = ev.detail {
-                *self.tally.drops.entry(self.tracer.reasons.name(reason)).or_default() += 1;
+                *self
+                    .tally
+                    .drops
+                    .entry(self.tracer.reasons.name(reason))
+                    .or_default() += 1;
             }
             let found = self.rec.ingest(&ev);
             self.findings(ev.ts_ns, found);
@@ -181,11 +231,29 @@ impl Loop {
     fn health(&mut self) {
         let c = self.tracer.counters();
         let acct = self.rec.accounting();
-        for w in self.tracer.endpoints.iter().filter(|w| w.role == crate::endpoint::Role::Vip) {
-            let opened: u64 = self.rec.opened().iter().filter(|(sa, _)| w.endpoint.matches(sa)).map(|(_, n)| n).sum();
+        for w in self
+            .tracer
+            .endpoints
+            .iter()
+            .filter(|w| w.role == crate::endpoint::Role::Vip)
+        {
+            let opened: u64 = self
+                .rec
+                .opened()
+                .iter()
+                .filter(|(sa, _)| w.endpoint.matches(sa))
+                .map(|(_, n)| n)
+                .sum();
             let fails: Vec<u64> = (1..=4u8)
                 .map(|s| {
-                    self.tally.failures.iter().filter(|((v, st), _)| *st == s && v.parse().is_ok_and(|sa| w.endpoint.matches(&sa))).map(|(_, n)| n).sum()
+                    self.tally
+                        .failures
+                        .iter()
+                        .filter(|((v, st), _)| {
+                            *st == s && v.parse().is_ok_and(|sa| w.endpoint.matches(&sa))
+                        })
+                        .map(|(_, n)| n)
+                        .sum()
                 })
                 .collect();
             let line = match self.format {
@@ -219,13 +287,22 @@ impl Loop {
     fn dump(&mut self, q: &Query) -> serde_json::Value {
         let now = Clock::monotonic_ns();
         let sel = history::select(self.rec.conns(), q, now);
-        let mut r = Render { clock: &self.clock, ifnames: &mut self.ifnames, reasons: &self.tracer.reasons };
+        let mut r = Render {
+            clock: &self.clock,
+            ifnames: &mut self.ifnames,
+            reasons: &self.tracer.reasons,
+        };
         history::dump_json(&sel, self.rec.accounting(), &mut r)
     }
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            connections: self.rec.opened().iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            connections: self
+                .rec
+                .opened()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             failures: self.tally.failures.clone(),
             findings: self.tally.findings.clone(),
             drops: {
@@ -235,7 +312,13 @@ impl Loop {
                 }
                 d
             },
-            endpoints: self.tracer.endpoints.iter().copied().zip(self.tracer.endpoint_stats()).collect(),
+            endpoints: self
+                .tracer
+                .endpoints
+                .iter()
+                .copied()
+                .zip(self.tracer.endpoint_stats())
+                .collect(),
             counters: self.tracer.counters(),
             recorder: self.rec.accounting(),
             active: self.alerts.active(),
@@ -265,18 +348,37 @@ async fn read_query(stream: &mut UnixStream) -> Result<Query, String> {
 }
 
 fn write_usr1_dump(l: &mut Loop, dir: &Path, netns: u64) -> Result<PathBuf> {
-    let path = dir.join(format!("dump-{netns}-{}.json", time::OffsetDateTime::now_utc().unix_timestamp()));
+    let path = dir.join(format!(
+        "dump-{netns}-{}.json",
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    ));
     let body = l.dump(&Query::default());
-    std::fs::write(&path, body.to_string()).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, body.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
-    let WatchArgs { trace: targs, socket: sock, history: limit, events, on_alert, metrics: metrics_addr, alert_count, alert_window, recover_after, health_interval } = args;
+    let WatchArgs {
+        trace: targs,
+        socket: sock,
+        history: limit,
+        events,
+        on_alert,
+        metrics: metrics_addr,
+        alert_count,
+        alert_window,
+        recover_after,
+        health_interval,
+    } = args;
     kernel::preflight::check()?;
     let cfg = trace::tracer_config(&targs.filter)?;
     let metrics_listener = match metrics_addr {
-        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("--metrics {a}: cannot listen there"))?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("--metrics {a}: cannot listen there"))?,
+        ),
         None => None,
     };
     let tracer = Tracer::start(&cfg)?;
@@ -287,7 +389,10 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
     let mut tracer = tracer;
     let mut rings = tracer.rings()?;
     trace::announce(&tracer);
-    eprintln!("lbtrace: tripwire armed; history of {limit} connections; `lbtrace dump` reads it from {}", sock_path.display());
+    eprintln!(
+        "lbtrace: tripwire armed; history of {limit} connections; `lbtrace dump` reads it from {}",
+        sock_path.display()
+    );
     trace::write_ready_file(targs.ready_file.as_deref())?;
 
     let vips = targs.filter.vip.clone();
@@ -302,8 +407,16 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         clock: Clock::new(),
         ifnames,
         rec: Recorder::new(vips, backends, limit, reasons),
-        alerts: Alerts::new(Thresholds { count: alert_count, window: alert_window, recover_after }),
-        on_alert: on_alert.map(|cmd| OnAlert { cmd, recent: Vec::new(), suppressed: 0 }),
+        alerts: Alerts::new(Thresholds {
+            count: alert_count,
+            window: alert_window,
+            recover_after,
+        }),
+        on_alert: on_alert.map(|cmd| OnAlert {
+            cmd,
+            recent: Vec::new(),
+            suppressed: 0,
+        }),
         tally: Tally::default(),
         show_events: events,
         tracer,

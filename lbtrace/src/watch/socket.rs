@@ -37,7 +37,8 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     // Create it private from the start: no window in which it is world-accessible.
     // SAFETY: umask only changes this process's file-creation mask.
