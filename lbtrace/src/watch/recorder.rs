@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Events kept per leg; later ones are counted in `truncated`.
-pub const MAX_LEG_EVENTS: usize = 24;
+pub const MAX_LEG_EVENTS: usize = 12;
 /// A client SYN that neither a SYN-ACK nor a forward answers within this is "unanswered".
 pub const ANSWER_TIMEOUT_NS: u64 = 3_000_000_000;
 /// A backend SYN with no SYN-ACK within this is a backend timeout.
