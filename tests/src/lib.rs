@@ -1,2 +1,9 @@
 #[cfg(test)]
 mod prog_test_run;
+
+pub mod lab;
+pub mod packet;
+pub mod runner;
+pub mod tcpdump;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,454 @@
+//! `lbtrace trace` end to end: its events against tcpdump's ground truth, drop reasons, ICMP
+//! errors, and that SIGKILL leaves nothing attached.
+
+use std::{collections::BTreeSet, fs, thread, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    lab::{BACKEND_PORT, BACKENDS, BRIDGE, Family, Lab, Netns, VIP, VIP_PORT, process},
+    packet::{listing, multiset_diff},
+    runner::{Lbtrace, Trace},
+    tcpdump::Tcpdump,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum LbKind {
+    HaProxy,
+    NftDnat,
+}
+
+/// `--vip ... --backend ...` for the given tuples.
+fn endpoint_args(vips: &[String], backends: &[String]) -> Vec<String> {
+    let vips = vips.iter().flat_map(|v| ["--vip".to_owned(), v.clone()]);
+    let backends = backends
+        .iter()
+        .flat_map(|b| ["--backend".to_owned(), b.clone()]);
+    vips.chain(backends).collect()
+}
+
+/// Runs `curls` requests through `kind` on `family` under both tcpdump and lbtrace (on the lb),
+/// and asserts that lbtrace reports exactly the control packets tcpdump saw on the interfaces
+/// lbtrace traced.
+///
+/// Where the taps sit: tcpdump sees a received packet in `__netif_receive_skb_core` (after XDP,
+/// before TC ingress) and a sent one in `dev_hard_start_xmit` (after TC egress). So TCX ingress
+/// sees what tcpdump saw just before it, TCX egress what tcpdump will see just after, and XDP
+/// (with `--xdp`) runs before tcpdump's tap on ingress. On a veth, native XDP only sees what the
+/// peer sends through `veth_xmit`, which is all the lab's traffic. The bridge br0 has no native
+/// XDP: lbtrace may use generic XDP there or fall back to TCX, so its ingress hook is not
+/// checked, only its tuples. None of these differences may change the tuples, flags or numbers.
+fn matches_tcpdump(kind: LbKind, family: Family, xdp: bool) {
+    const CURLS: usize = 5;
+    let lab = Lab::new();
+    let _haproxy = matches!(kind, LbKind::HaProxy).then(|| lab.haproxy());
+    let _nft = matches!(kind, LbKind::NftDnat).then(|| lab.nft_dnat());
+
+    let (vip, backends) = lab.endpoints(family);
+    let mut args = endpoint_args(std::slice::from_ref(&vip), &backends);
+    if xdp {
+        args.push("--xdp".to_owned());
+    }
+    let tcpdump = Tcpdump::start(&lab.lb, lab.dir());
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &args);
+    for _ in 0..CURLS {
+        lab.get_vip(family);
+    }
+    // Let the last FINs and ACKs pass both taps.
+    thread::sleep(Duration::from_secs(1));
+    let trace = lbtrace.stop();
+    let capture = tcpdump.stop();
+
+    let traced = trace.ifaces();
+    assert!(
+        traced.contains(&lab.lb_ext) && traced.contains(BRIDGE),
+        "lbtrace reported packets on {traced:?}, expected the lb's external iface {} and {BRIDGE}\n{}",
+        lab.lb_ext,
+        trace.dump()
+    );
+    for port in &lab.bridge_ports {
+        assert!(
+            !traced.contains(port),
+            "lbtrace traced the bridge port {port} (only br0 carries the lb's traffic)\n{}",
+            trace.dump()
+        );
+    }
+
+    let traced: Vec<String> = traced.into_iter().collect();
+    let endpoints: Vec<String> = [vip.clone()].into_iter().chain(backends).collect();
+    let expected = capture.involving(&endpoints, &traced);
+    let reported = trace.packets();
+    let (missing, extra) = multiset_diff(&expected, &reported);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "lbtrace and tcpdump disagree\nmissing from lbtrace (tcpdump saw them):\n{}\n\
+         only in lbtrace:\n{}\n\ntcpdump (control packets on {traced:?} of {endpoints:?}):\n{}\n\
+         lbtrace:\n{}\n\nlbtrace {}",
+        listing(&missing),
+        listing(&extra),
+        listing(&expected),
+        listing(&reported),
+        trace.dump()
+    );
+
+    eprintln!(
+        "{} control packets agree on {traced:?}:\n{}",
+        reported.len(),
+        listing(&reported)
+    );
+    // Not vacuous: each request is a client SYN to the VIP, plus a proxy/DNAT SYN to a backend.
+    let syns = reported.iter().filter(|p| p.flags == "S").count();
+    assert!(
+        syns >= 2 * CURLS,
+        "only {syns} SYNs reported\n{}",
+        trace.dump()
+    );
+    for p in &reported {
+        assert!(
+            p.src.starts_with('[') == (family == Family::V6),
+            "a packet of the other family: {p}"
+        );
+    }
+    assert_eq!(trace.lost(), 0, "events lost\n{}", trace.dump());
+
+    for ev in trace.of_type("packet") {
+        check_common_fields(ev, &lab.lb);
+        let (dir, hook, iface) = (&ev["dir"], &ev["hook"], &ev["iface"]);
+        let want = if xdp && dir == "in" { "xdp" } else { "tc" };
+        if xdp && dir == "in" && iface == BRIDGE {
+            // No native XDP on a bridge: generic XDP or a TCX fallback are both fine.
+            assert!(hook == "xdp" || hook == "tc", "hook of {ev}");
+        } else {
+            assert_eq!(hook, want, "hook of {ev}");
+        }
+    }
+}
+
+/// The fields every event of docs/output.md carries besides the compared ones: `time` (RFC 3339
+/// UTC), `ts_ns`, and an `ifindex` that is `iface`'s in the traced namespace.
+fn check_common_fields(ev: &Value, ns: &Netns) {
+    let time = ev["time"].as_str().unwrap_or_default();
+    assert!(
+        time.len() >= 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z'),
+        "time of {ev}"
+    );
+    assert!(ev["ts_ns"].as_u64().is_some_and(|t| t > 0), "ts_ns of {ev}");
+    if ev["type"] == "packet" {
+        assert!(ev["len"].is_u64(), "len of {ev}");
+    }
+    if let Some(iface) = ev["iface"].as_str() {
+        assert_eq!(
+            ev["ifindex"].as_u64(),
+            Some(ns.ifindex(iface)),
+            "ifindex of {ev}"
+        );
+    }
+}
+
+#[test]
+fn tcx_matches_tcpdump_haproxy_l7() {
+    matches_tcpdump(LbKind::HaProxy, Family::V4, false);
+}
+
+#[test]
+fn tcx_matches_tcpdump_nft_dnat_l4() {
+    matches_tcpdump(LbKind::NftDnat, Family::V4, false);
+}
+
+#[test]
+fn tcx_matches_tcpdump_ipv6() {
+    matches_tcpdump(LbKind::HaProxy, Family::V6, false);
+}
+
+#[test]
+fn tcx_matches_tcpdump_ipv6_nft_dnat_l4() {
+    matches_tcpdump(LbKind::NftDnat, Family::V6, false);
+}
+
+#[test]
+fn xdp_matches_tcpdump_ingress() {
+    matches_tcpdump(LbKind::HaProxy, Family::V4, true);
+}
+
+#[test]
+fn xdp_matches_tcpdump_ingress_nft_dnat_ipv6() {
+    matches_tcpdump(LbKind::NftDnat, Family::V6, true);
+}
+
+/// The lab's VIP:80 and backends:8080 in IPv4, as lbtrace arguments.
+fn v4_args(lab: &Lab) -> Vec<String> {
+    let (vip, backends) = lab.endpoints(Family::V4);
+    endpoint_args(&[vip], &backends)
+}
+
+fn find<'a>(
+    trace: &'a Trace,
+    kind: &'a str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> &'a Value {
+    trace
+        .of_type(kind)
+        .find(|ev| pred(ev))
+        .unwrap_or_else(|| panic!("no {kind} event {what}\nlbtrace {}", trace.dump()))
+}
+
+#[test]
+fn drop_netfilter_reports_reason() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    lab.lb.nft(
+        "table inet lbtdrop {\n\
+         \x20 chain input {\n\
+         \x20   type filter hook input priority 0; policy accept;\n\
+         \x20   ip daddr 10.10.2.10 tcp dport 80 drop\n\
+         \x20 }\n\
+         }\n",
+    );
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &v4_args(&lab));
+    let (code, err) = lab.curl(&Family::V4.url(VIP.v4, VIP_PORT), 2);
+    assert_eq!(code, "000", "the SYN should have been dropped: {err}");
+    let trace = lbtrace.stop();
+
+    let vip = Family::V4.tuple(VIP.v4, VIP_PORT);
+    let drop = find(
+        &trace,
+        "drop",
+        "NETFILTER_DROP of the SYN to the VIP",
+        |ev| ev["reason"] == "NETFILTER_DROP" && ev["flags"] == "S" && ev["dst"] == vip.as_str(),
+    );
+    assert!(
+        drop["src"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("10.10.1.2:")),
+        "drop's src should be the client: {drop}"
+    );
+    assert_eq!(drop["iface"], lab.lb_ext.as_str(), "drop's device: {drop}");
+    assert_eq!(drop["ack"], 0, "{drop}");
+    check_common_fields(drop, &lab.lb);
+    // lbtrace also saw the SYN itself arrive (TC ingress runs before netfilter).
+    let seq = drop["seq"].as_u64().expect("drop without seq");
+    find(&trace, "packet", "for the dropped SYN", |ev| {
+        ev["flags"] == "S" && ev["dir"] == "in" && ev["dst"] == vip.as_str() && ev["seq"] == seq
+    });
+    // Nothing answered it.
+    assert!(
+        trace.of_type("packet").all(|ev| ev["flags"] == "S"),
+        "only SYNs expected\nlbtrace {}",
+        trace.dump()
+    );
+    assert_eq!(trace.lost(), 0);
+}
+
+#[test]
+fn drop_no_socket_and_rst() {
+    let lab = Lab::new();
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &["--vip", VIP.v4]);
+    let (code, err) = lab.curl(&Family::V4.url(VIP.v4, 81), 2);
+    assert_eq!(code, "000", "nothing listens on :81: {err}");
+    assert!(
+        err.contains("refused") || err.contains("Couldn't connect"),
+        "{err}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let trace = lbtrace.stop();
+
+    let port81 = Family::V4.tuple(VIP.v4, 81);
+    let drop = find(&trace, "drop", "NO_SOCKET of the SYN to :81", |ev| {
+        ev["reason"] == "NO_SOCKET" && ev["flags"] == "S" && ev["dst"] == port81.as_str()
+    });
+    let syn_seq = drop["seq"].as_u64().expect("drop without seq");
+    let rst = find(&trace, "packet", "R. out from :81", |ev| {
+        ev["flags"] == "R." && ev["dir"] == "out" && ev["src"] == port81.as_str()
+    });
+    assert_eq!(
+        rst["dst"], drop["src"],
+        "the RST answers the dropped SYN: {rst} {drop}"
+    );
+    assert_eq!(rst["iface"], lab.lb_ext.as_str(), "{rst}");
+    assert_eq!(
+        rst["ack"].as_u64(),
+        Some((syn_seq + 1) % (1 << 32)),
+        "the RST acks the SYN: {rst} {drop}"
+    );
+    assert_eq!(trace.lost(), 0);
+}
+
+#[test]
+fn icmp_error_is_reported() {
+    let lab = Lab::new();
+    let be1 = &BACKENDS[0];
+    lab.backend(0).nft(
+        "table inet lbtreject {\n\
+         \x20 chain input {\n\
+         \x20   type filter hook input priority 0; policy accept;\n\
+         \x20   meta nfproto ipv4 tcp dport 8080 reject with icmp type port-unreachable\n\
+         \x20   meta nfproto ipv6 tcp dport 8080 reject with icmpv6 type port-unreachable\n\
+         \x20 }\n\
+         }\n",
+    );
+    let mut args = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        args.extend(endpoint_args(
+            &[family.tuple(VIP.get(family), VIP_PORT)],
+            &[family.tuple(be1.addr.get(family), BACKEND_PORT)],
+        ));
+    }
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &args);
+    for family in [Family::V4, Family::V6] {
+        let url = family.url(be1.addr.get(family), BACKEND_PORT);
+        let (code, err) = crate::lab::curl(&lab.lb, &url, 2);
+        assert_eq!(code, "000", "be1 rejects {url}: {err}");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let trace = lbtrace.stop();
+
+    // (family, ICMP type/code for port unreachable)
+    for (family, icmp_type, icmp_code) in [(Family::V4, 3, 3), (Family::V6, 1, 4)] {
+        let be = be1.addr.get(family);
+        let target = family.tuple(be, BACKEND_PORT);
+        let icmp = find(
+            &trace,
+            "icmp",
+            &format!("port unreachable from {be}"),
+            |ev| {
+                ev["icmp_type"] == icmp_type
+                    && ev["icmp_code"] == icmp_code
+                    && ev["inner_dst"] == target.as_str()
+                    && ev["src"] == be
+            },
+        );
+        assert_eq!(icmp["dst"], crate::lab::LB_INTERNAL.get(family), "{icmp}");
+        assert_eq!(icmp["iface"], BRIDGE, "{icmp}");
+        assert_eq!(icmp["dir"], "in", "{icmp}");
+        assert_eq!(icmp["what"], "port unreachable", "{icmp}");
+        check_common_fields(icmp, &lab.lb);
+        // The error quotes the lb's SYN, which lbtrace saw leave.
+        let syn = find(&trace, "packet", &format!("SYN to {target}"), |ev| {
+            ev["flags"] == "S" && ev["dir"] == "out" && ev["dst"] == target.as_str()
+        });
+        assert_eq!(icmp["inner_src"], syn["src"], "{icmp} quotes {syn}");
+        if !icmp["inner_seq"].is_null() {
+            assert_eq!(icmp["inner_seq"], syn["seq"], "{icmp} quotes {syn}");
+        }
+    }
+    assert_eq!(trace.lost(), 0);
+}
+
+/// The BPF links and programs a process holds, from its fds' fdinfo.
+#[derive(Debug, Default)]
+struct Held {
+    links: BTreeSet<u64>,
+    progs: BTreeSet<u64>,
+}
+
+fn held_by(pid: u32) -> Held {
+    let mut held = Held::default();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {dir}: {e}")) {
+        let Ok(info) = fs::read_to_string(entry.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let Some(link) = field("link_id:") {
+            held.links.insert(link);
+            held.progs.extend(field("prog_id:"));
+        } else if let Some(prog) = field("prog_id:") {
+            held.progs.insert(prog);
+        }
+    }
+    held
+}
+
+/// The `id`s in `bpftool -j <object> show`.
+fn bpftool_ids(object: &str) -> BTreeSet<u64> {
+    let out = process::run(&["bpftool", "-j", object, "show"]);
+    let list: Value = serde_json::from_str(&out).unwrap_or(Value::Array(Vec::new()));
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_u64())
+        .collect()
+}
+
+/// The interfaces of `ns` with an XDP program, and its clsact / ingress qdiscs (a legacy TC
+/// attachment's remains).
+fn attachments(ns: &Netns) -> Vec<String> {
+    let mut found = Vec::new();
+    for link in ns.links() {
+        if !link["xdp"].is_null() {
+            found.push(format!("XDP on {}: {}", link["ifname"], link["xdp"]));
+        }
+    }
+    let qdiscs = ns.exec(&["tc", "-j", "qdisc", "show"]);
+    let qdiscs: Value = serde_json::from_str(&qdiscs).unwrap_or(Value::Array(Vec::new()));
+    for q in qdiscs.as_array().into_iter().flatten() {
+        if q["kind"] == "clsact" || q["kind"] == "ingress" {
+            found.push(format!("qdisc {} on {}", q["kind"], q["dev"]));
+        }
+    }
+    found
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    let lab = Lab::new();
+    let args = v4_args(&lab);
+    for xdp in [false, true] {
+        let name = if xdp { "lbtrace-xdp" } else { "lbtrace-tcx" };
+        let mut run_args = args.clone();
+        if xdp {
+            run_args.push("--xdp".to_owned());
+        }
+        let lbtrace = Lbtrace::start_named(name, &lab.lb, lab.dir(), &run_args);
+        let held = held_by(lbtrace.pid());
+        // TC ingress + egress on two interfaces (or XDP + TC egress), and the kfree_skb hook.
+        assert!(
+            held.links.len() >= 3,
+            "{name} holds too few links: {held:?}"
+        );
+        let attached = attachments(&lab.lb);
+        if xdp {
+            assert!(
+                attached.iter().any(|a| a.starts_with("XDP on")),
+                "{name}: no XDP program in the lb namespace: {attached:?}"
+            );
+        } else {
+            assert!(attached.is_empty(), "{name}: {attached:?}");
+        }
+        let links_before = bpftool_ids("link");
+        assert!(
+            held.links.is_subset(&links_before),
+            "{name}'s links {held:?} not in bpftool's {links_before:?}"
+        );
+
+        lbtrace.kill();
+        let leftovers = || {
+            let links: Vec<u64> = bpftool_ids("link")
+                .intersection(&held.links)
+                .copied()
+                .collect();
+            let progs: Vec<u64> = bpftool_ids("prog")
+                .intersection(&held.progs)
+                .copied()
+                .collect();
+            let attached = attachments(&lab.lb);
+            (links, progs, attached)
+        };
+        let clean = process::poll(Duration::from_secs(2), || {
+            let (links, progs, attached) = leftovers();
+            (links.is_empty() && progs.is_empty() && attached.is_empty()).then_some(())
+        });
+        if clean.is_none() {
+            let (links, progs, attached) = leftovers();
+            panic!(
+                "2 s after SIGKILL of {name}: links {links:?}, programs {progs:?} and \
+                 attachments {attached:?} remain (it held {held:?})"
+            );
+        }
+    }
+}
