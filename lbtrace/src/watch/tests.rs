@@ -186,7 +186,10 @@ fn alerts_fire_once_and_recover() {
 fn worst_case_connection_size_is_what_the_docs_say() {
     use super::recorder::{Conn, MAX_LEG_EVENTS};
     let ev = std::mem::size_of::<crate::event::KernelEvent>();
-    let worst = std::mem::size_of::<Conn>() + std::mem::size_of::<super::recorder::BackendLeg>() + 2 * MAX_LEG_EVENTS * ev + 4 * std::mem::size_of::<Finding>();
+    let worst = std::mem::size_of::<Conn>()
+        + std::mem::size_of::<super::recorder::BackendLeg>()
+        + 2 * MAX_LEG_EVENTS * ev
+        + 4 * std::mem::size_of::<Finding>();
     println!("KernelEvent {ev} B, worst-case connection {worst} B");
     // README and --help: at most 4 KiB per connection, 40 MiB for the default 10,000.
     assert!(worst <= 4096, "{worst}");
