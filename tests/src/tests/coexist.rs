@@ -1,0 +1,206 @@
+//! lbtrace next to other eBPF programs on the same interface: an XDP program that was there
+//! first is never displaced (lbtrace traces that interface with TCX and says so), and a TCX
+//! program attached after lbtrace still sees every packet (lbtrace returns TCX_NEXT).
+//!
+//! The "other" program is lbtrace's own object, loaded by the test with aya in the lb namespace
+//! from a thread of its own (a network namespace belongs to a thread), standing in for an LB's
+//! XDP / TCX program.
+
+use std::{fs::File, os::fd::AsFd as _, sync::mpsc, thread, time::Duration};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, PerCpuArray},
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+};
+use lbtrace_common::{EndpointKey, EndpointStats, family, names};
+use serde_json::Value;
+
+use crate::{
+    lab::{Family, Lab, Netns, VIP, VIP_PORT},
+    runner::Lbtrace,
+};
+
+/// What the stand-in program saw, reported when the test lets it go.
+struct Seen {
+    prog_id: u32,
+    syns: u64,
+}
+
+/// Runs `attach` in `ns` on a thread of its own; it reports its program id, then keeps the
+/// program attached until `stop` is sent, and reports the SYNs its `ENDPOINT_STATS` counted.
+fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mpsc::Receiver<Seen>) {
+    let path = format!("/run/netns/{}", ns.name());
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (seen_tx, seen_rx) = mpsc::channel::<Seen>();
+    thread::spawn(move || {
+        let f = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: setns on this thread only; it never returns to the test's namespace.
+        let rc = unsafe {
+            libc::setns(
+                std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()),
+                libc::CLONE_NEWNET,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "setns into {path}: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, 1 << 16)
+            .map_max_entries(names::PRIORITY_EVENTS, 1 << 16)
+            .load(lbtrace::kernel::EBPF_OBJECT)
+            .expect("loading the stand-in program");
+        let mut vip = [0u8; 16];
+        vip[..4].copy_from_slice(&VIP.v4.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        let mut eps: HashMap<_, EndpointKey, u32> =
+            HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).unwrap()).unwrap();
+        eps.insert(
+            EndpointKey {
+                addr: vip,
+                port: VIP_PORT,
+                family: family::V4,
+                _pad: 0,
+            },
+            0,
+            0,
+        )
+        .unwrap();
+        let prog_id = if xdp {
+            let p: &mut Xdp = ebpf
+                .program_mut(names::PROG_XDP_INGRESS)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            p.load().unwrap();
+            p.attach(&iface, XdpMode::default())
+                .expect("attaching the stand-in XDP program");
+            p.info().unwrap().id()
+        } else {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(names::PROG_TC_INGRESS)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            p.load().unwrap();
+            // Default order: after every program already attached (lbtrace's).
+            p.attach_with_options(
+                &iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .expect("attaching the stand-in TCX program");
+            p.info().unwrap().id()
+        };
+        seen_tx.send(Seen { prog_id, syns: 0 }).unwrap();
+        let _ = stop_rx.recv();
+        let stats: PerCpuArray<_, EndpointStats> =
+            PerCpuArray::try_from(ebpf.map(names::ENDPOINT_STATS).unwrap()).unwrap();
+        let syns = stats.get(&0, 0).unwrap().iter().map(|s| s.syn).sum();
+        seen_tx.send(Seen { prog_id, syns }).unwrap();
+        // Dropping `ebpf` detaches the program.
+    });
+    (stop_tx, seen_rx)
+}
+
+/// The id of the XDP program on `iface` in `ns`, if any (`ip -j -d link`).
+fn xdp_prog(ns: &Netns, iface: &str) -> Option<u64> {
+    let out = ns.exec(&["ip", "-j", "-d", "link", "show", "dev", iface]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let xdp = v.get(0)?.get("xdp")?;
+    xdp.get("prog")
+        .and_then(|p| p.get("id"))
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            xdp.get("attached")?
+                .as_array()?
+                .iter()
+                .find_map(|a| a.get("id").and_then(Value::as_u64))
+        })
+}
+
+fn syns_in(trace: &crate::runner::Trace, iface: &str) -> Vec<Value> {
+    trace
+        .of_type("packet")
+        .filter(|e| {
+            e["iface"] == iface
+                && e["dir"] == "in"
+                && e["flags"] == "S"
+                && e["dst"] == format!("{}:{VIP_PORT}", VIP.v4)
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn xdp_program_already_attached_is_left_alone() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    let (stop, seen) = hold_in_netns(&lab.lb, lab.lb_ext.clone(), true);
+    let theirs = seen
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the XDP program attached")
+        .prog_id;
+    assert_eq!(xdp_prog(&lab.lb, &lab.lb_ext), Some(u64::from(theirs)));
+
+    let vip = format!("{}:{VIP_PORT}", VIP.v4);
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &["--vip", &vip, "--xdp"]);
+    assert!(
+        lbtrace.stderr().contains(&format!(
+            "{}: an XDP program (id {theirs}) is already attached",
+            lab.lb_ext
+        )),
+        "lbtrace must say it leaves the XDP program alone:\n{}",
+        lbtrace.stderr()
+    );
+    assert_eq!(
+        xdp_prog(&lab.lb, &lab.lb_ext),
+        Some(u64::from(theirs)),
+        "displaced while lbtrace runs"
+    );
+    for _ in 0..3 {
+        lab.get_vip(Family::V4);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let trace = lbtrace.stop();
+    assert_eq!(
+        xdp_prog(&lab.lb, &lab.lb_ext),
+        Some(u64::from(theirs)),
+        "displaced after lbtrace exited"
+    );
+    // Still traced, with TCX on that interface.
+    let syns = syns_in(&trace, &lab.lb_ext);
+    assert_eq!(syns.len(), 3, "{}", trace.dump());
+    assert!(syns.iter().all(|e| e["hook"] == "tc"), "{syns:?}");
+    stop.send(()).unwrap();
+    let _ = seen.recv_timeout(Duration::from_secs(10));
+}
+
+#[test]
+fn tcx_program_attached_after_lbtrace_sees_every_packet() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    let vip = format!("{}:{VIP_PORT}", VIP.v4);
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &["--vip", &vip]);
+    let (stop, seen) = hold_in_netns(&lab.lb, lab.lb_ext.clone(), false);
+    seen.recv_timeout(Duration::from_secs(20))
+        .expect("the TCX program attached");
+    for _ in 0..5 {
+        lab.get_vip(Family::V4);
+    }
+    thread::sleep(Duration::from_millis(500));
+    stop.send(()).unwrap();
+    let after = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the TCX program's counts");
+    let trace = lbtrace.stop();
+    let ours = syns_in(&trace, &lab.lb_ext).len();
+    assert_eq!(ours, 5, "{}", trace.dump());
+    // The program after lbtrace in the TCX chain saw the same SYNs: lbtrace passed them on.
+    assert_eq!(
+        after.syns, 5,
+        "the TCX program attached after lbtrace missed packets"
+    );
+}
