@@ -129,6 +129,9 @@ struct Flow {
     forwarded: Vec<usize>,
     /// The backend's SYN-ACK to a forwarded SYN, seen arriving at the LB.
     backend_syn_acks: Vec<usize>,
+    /// The client's SYN, already NATed towards a backend, dropped by the LB host on the way
+    /// (e.g. NEIGH_FAILED: the backend is down). Proof of forwarding, and step 3's business.
+    forward_drops: Vec<usize>,
     lb_rsts: Vec<usize>,
     lb_fins: Vec<usize>,
     client_closes: Vec<usize>,
@@ -142,7 +145,7 @@ impl Flow {
     }
 
     fn l4(&self) -> bool {
-        !self.forwarded.is_empty()
+        !self.forwarded.is_empty() || !self.forward_drops.is_empty()
     }
 
     /// The client's SYN retransmitted after the LB sent its SYN-ACK.
@@ -206,6 +209,7 @@ impl Flow {
             &self.syn_acks,
             &self.forwarded,
             &self.backend_syn_acks,
+            &self.forward_drops,
             &self.lb_rsts,
             &self.lb_fins,
             &self.client_closes,
@@ -341,7 +345,7 @@ fn classify(f: &Facts<'_>) -> Classified {
         {
             // A forwarded client SYN dropped on its way to a backend (e.g. in FORWARD).
             if let Some(fl) = flows.iter_mut().find(|fl| fl.isn == Some(e.seq)) {
-                fl.drops.push(i);
+                fl.forward_drops.push(i);
             }
         } else if matches!(e.detail, Detail::Packet)
             && is(e, SYN | ACK, 0)
@@ -485,6 +489,10 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         Mode::Unknown
     };
     let s2 = judge_handling(f, &live, mode);
+    let forward_dropped: Vec<usize> = live
+        .iter()
+        .flat_map(|fl| fl.forward_drops.iter().copied())
+        .collect();
 
     // Step 3: can the LB reach each backend?
     let backends: Vec<BackendVerdict> = f
@@ -541,6 +549,24 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         }
     };
 
+    let mut s3 = s3;
+    if !forward_dropped.is_empty() {
+        // Client SYNs NATed towards a backend and dropped by the LB host on the way.
+        let why = format!(
+            "the LB host drops client SYNs forwarded to the backends ({})",
+            count_reasons(f, &forward_dropped)
+        );
+        s3.summary = if s3.status == Status::Fail {
+            format!("{}; {why}", s3.summary)
+        } else {
+            why
+        };
+        s3.status = Status::Fail;
+        s3.next.get_or_insert_with(|| "NEIGH_FAILED: the backend does not answer ARP/ND (host down, wrong VLAN); IP_OUTNOROUTES: no route to it".to_owned());
+        s3.evidence.extend(forward_dropped.iter().copied());
+        s3.evidence.sort_unstable();
+        s3.evidence.dedup();
+    }
     let s4 = judge_return(f, &live, &c.probe_events);
     let mut steps = vec![s1, s2, s3, s4];
     // Steps left without evidence by an earlier failure are unknown, blocked by it.
@@ -1202,6 +1228,34 @@ mod tests {
         );
         assert!(refused.steps[2].summary.starts_with("1 of 2"));
         assert!(refused.backends[0].finding.contains("nothing listening"));
+    }
+
+    #[test]
+    fn forwarded_syns_dropped_on_the_way_to_a_dead_backend_are_step_three() {
+        let ev = vec![
+            pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+            drop(3010, CLIENT, BE1, SYN, 1000, 60),
+        ];
+        let v = run(
+            &ev,
+            &[
+                probe(BE1, 1, TcpResult::Unreachable),
+                probe(BE2, 2, TcpResult::Connected),
+            ],
+        );
+        assert_eq!(v.mode, Mode::L4);
+        assert_eq!(
+            v.steps[0].status,
+            Status::Pass,
+            "not the client's problem: {v:#?}"
+        );
+        assert_eq!(v.steps[2].status, Status::Fail);
+        assert!(
+            v.steps[2].summary.contains("NEIGH_FAILED"),
+            "{}",
+            v.steps[2].summary
+        );
+        assert_eq!(v.first_failed_step, Some(3));
     }
 
     #[test]
