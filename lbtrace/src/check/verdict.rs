@@ -690,10 +690,14 @@ fn judge_handling(f: &Facts<'_>, live: &[&&Flow], mode: Mode) -> StepVerdict {
         );
     }
     if !rst_immediate.is_empty() {
-        extra.push(format!(
-            "{} reset right after the handshake",
-            rst_immediate.len()
-        ));
+        extra.push(if mode == Mode::L4 {
+            format!(
+                "{} reset before any data (at Layer 4, the backend refusing)",
+                rst_immediate.len()
+            )
+        } else {
+            format!("{} reset right after the handshake", rst_immediate.len())
+        });
         evid.extend(
             rst_immediate
                 .iter()
