@@ -102,6 +102,14 @@ pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
+/// Resolves after `--duration`, or never.
+pub async fn deadline(duration: Option<std::time::Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Decodes every unread record, oldest first.
 pub fn drain(rings: &mut kernel::rings::Rings, decode_errors: &mut u64) -> Vec<KernelEvent> {
     let mut batch = Vec::new();
@@ -152,12 +160,7 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
         out.flush().is_ok()
     };
 
-    let deadline = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = deadline(duration);
     tokio::pin!(shutdown, deadline);
     loop {
         tokio::select! {

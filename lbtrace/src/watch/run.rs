@@ -426,12 +426,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
     let mut health = tokio::time::interval(health_interval);
     health.tick().await;
     let mut decode_errors = 0;
-    let deadline = async {
-        match targs.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = trace::deadline(targs.duration);
     tokio::pin!(shutdown, deadline);
     loop {
         tokio::select! {
