@@ -2,9 +2,8 @@
 //! means for lbtrace. Exit 0 when lbtrace can run here, 1 when something it needs is missing.
 
 use aya::{
-    EbpfLoader,
     maps::MapType,
-    programs::{ProgramType, RawTracePoint},
+    programs::ProgramType,
     sys::{is_map_supported, is_program_supported},
     util::KernelVersion,
 };
@@ -215,35 +214,17 @@ pub fn checks() -> Vec<Check> {
     out
 }
 
+/// Loads every program through the same path as `trace` (the verifier runs, the drop tracer
+/// attaches), with no endpoint and no interface; dropping the tracer detaches it.
 fn load_and_attach_tracepoint() -> anyhow::Result<()> {
-    let b = KernelBtf::load()?;
-    let offsets = b.offsets()?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global(lbtrace_common::names::GLOBAL_OFFSETS, &offsets, true)
-        .load(kernel::EBPF_OBJECT)?;
-    for name in [
-        lbtrace_common::names::PROG_TC_INGRESS,
-        lbtrace_common::names::PROG_TC_EGRESS,
-    ] {
-        let p: &mut aya::programs::SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("{name} missing"))?
-            .try_into()?;
-        p.load()?;
-    }
-    let p: &mut aya::programs::Xdp = ebpf
-        .program_mut(lbtrace_common::names::PROG_XDP_INGRESS)
-        .ok_or_else(|| anyhow::anyhow!("xdp missing"))?
-        .try_into()?;
-    p.load()?;
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(lbtrace_common::names::PROG_KFREE_SKB)
-        .ok_or_else(|| anyhow::anyhow!("tp missing"))?
-        .try_into()?;
-    p.load()?;
-    let id = p.attach("kfree_skb")?;
-    p.detach(id)?;
-    Ok(())
+    let cfg = kernel::TracerConfig {
+        endpoints: Vec::new(),
+        ifaces: Vec::new(),
+        xdp: true,
+        ring_bytes: 1 << 16,
+        priority_ring_bytes: 1 << 16,
+    };
+    kernel::Tracer::start(&cfg).map(drop)
 }
 
 pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {
