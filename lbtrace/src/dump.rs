@@ -193,12 +193,23 @@ pub fn timeline_text(c: &Value) -> String {
     out
 }
 
+fn permission_denied(path: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "permission denied on {}: the tripwire's history is root-only; run lbtrace dump with sudo",
+        path.display()
+    )
+}
+
 async fn request(path: &PathBuf, q: &Query) -> Result<Value> {
     let mut s = UnixStream::connect(path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "no lbtrace watch is running in this network namespace ({}: {e}): start one with `lbtrace watch --vip ADDR:PORT`",
-            path.display()
-        )
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            permission_denied(path)
+        } else {
+            anyhow::anyhow!(
+                "no lbtrace watch is running in this network namespace ({}: {e}): start one with `lbtrace watch --vip ADDR:PORT`",
+                path.display()
+            )
+        }
     })?;
     let mut line = serde_json::to_string(q)?;
     line.push('\n');
@@ -224,11 +235,15 @@ pub async fn run(args: &DumpArgs) -> Result<u8> {
         Some(p) => p.clone(),
         None => socket::default_path(netns_inum()?),
     };
-    if !path.exists() {
-        bail!(
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(permission_denied(&path));
+        }
+        Err(_) => bail!(
             "no lbtrace watch is running in this network namespace (no socket at {}): start one with `lbtrace watch --vip ADDR:PORT`",
             path.display()
-        );
+        ),
     }
     let q = Query {
         last: args.last,

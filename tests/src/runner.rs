@@ -5,6 +5,7 @@ use std::{
     collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
+    process::Output,
     time::Duration,
 };
 
@@ -189,5 +190,131 @@ pub fn control_packet(ev: &Value) -> ControlPacket {
         flags: string(ev, "flags"),
         seq: number(ev, "seq"),
         ack: number(ev, "ack"),
+    }
+}
+
+/// Runs `$LBTRACE_BIN <args>` in `ns` under `timeout` (so a hung lbtrace fails the test instead
+/// of blocking it) and returns its output, whatever the exit status (124: timed out).
+pub fn lbtrace_output<S: AsRef<str>>(ns: &Netns, timeout: Duration, args: &[S]) -> Output {
+    let bin = lbtrace_bin();
+    let mut argv = vec![
+        "timeout".to_owned(),
+        "-k".to_owned(),
+        "2".to_owned(),
+        format!("{}", timeout.as_secs().max(1)),
+        bin.to_string_lossy().into_owned(),
+    ];
+    argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
+    ns.output(&argv)
+}
+
+/// The JSON objects of `text`'s complete lines (a last line without its newline is still being
+/// written and is left out); panics on a complete line that is not JSON.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|err| {
+                panic!("lbtrace printed a line that is not JSON ({err}): {l}")
+            })
+        })
+        .collect()
+}
+
+/// A running `lbtrace watch --format json` (the tripwire), read while it runs.
+#[derive(Debug)]
+pub struct Watch {
+    proc: Proc,
+}
+
+impl Watch {
+    /// Starts `lbtrace watch <args> --format json --ready-file ...` in `ns` (output files
+    /// `dir/<name>.std{out,err}`) and waits until it is armed (its ready file exists); panics with
+    /// its stderr if it exits first.
+    pub fn start<S: AsRef<str>>(name: &str, ns: &Netns, dir: &Path, args: &[S]) -> Watch {
+        let ready = dir.join(format!("{name}.ready"));
+        let _ = fs::remove_file(&ready);
+        let bin = lbtrace_bin();
+        let mut argv = vec![bin.to_string_lossy().into_owned(), "watch".to_owned()];
+        argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        argv.extend(["--format", "json", "--ready-file"].map(str::to_owned));
+        argv.push(ready.to_string_lossy().into_owned());
+        let mut proc = ns.spawn(name, dir, &argv);
+        proc.wait_until("armed", Lbtrace::READY_TIMEOUT, |_| ready.exists());
+        Watch { proc }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Sends `sig` to the tripwire.
+    pub fn signal(&self, sig: libc::c_int) {
+        self.proc.signal(sig);
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// Whether the tripwire still runs.
+    pub fn running(&mut self) -> bool {
+        self.proc.exited().is_none()
+    }
+
+    /// The JSON objects it printed so far.
+    pub fn objects(&self) -> Vec<Value> {
+        json_lines(&self.proc.stdout())
+    }
+
+    /// The objects of one `type` (`alert`, `recovered`, `health`) printed so far.
+    pub fn of_type(&self, kind: &str) -> Vec<Value> {
+        self.objects()
+            .into_iter()
+            .filter(|o| o["type"] == kind)
+            .collect()
+    }
+
+    /// Everything it wrote so far, for failure messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.proc.stdout(),
+            self.proc.stderr()
+        )
+    }
+
+    /// Waits up to `timeout` for an object of type `kind` that satisfies `pred`.
+    pub fn wait_for(
+        &self,
+        kind: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        crate::lab::process::poll(timeout, || self.of_type(kind).into_iter().find(|o| pred(o)))
+    }
+
+    /// Stops the tripwire with SIGINT, asserts it exits 0, and returns every object it printed
+    /// and its stderr.
+    pub fn stop(self) -> (Vec<Value>, String) {
+        let done = self.proc.stop(libc::SIGINT, Duration::from_secs(15));
+        assert!(
+            done.status.success(),
+            "lbtrace watch exited with {} after SIGINT\nstderr:\n{}\nstdout:\n{}",
+            done.status,
+            done.stderr,
+            done.stdout
+        );
+        eprintln!(
+            "lbtrace watch stdout:\n{}\nstderr:\n{}",
+            done.stdout, done.stderr
+        );
+        (json_lines(&done.stdout), done.stderr)
     }
 }

@@ -439,13 +439,13 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
             _ = tick.tick() => l.tick(),
             _ = health.tick() => l.health(),
             Ok((mut stream, _)) = listener.accept() => {
+                // Read the request in every case: closing with it unread would reset the
+                // connection before the client sees the answer.
+                let query = read_query(&mut stream).await;
                 let reply = if socket::peer_uid(&stream) == Some(0) {
-                    match read_query(&mut stream).await {
-                        Ok(q) => Ok(l.dump(&q).to_string()),
-                        Err(e) => Err(e),
-                    }
+                    query.map(|q| l.dump(&q).to_string())
                 } else {
-                    Err("permission denied: only root may read the tripwire's history".to_owned())
+                    Err("permission denied: only root may read the tripwire's history (run lbtrace dump with sudo)".to_owned())
                 };
                 tokio::spawn(serve_dump(stream, reply));
             }

@@ -4,3 +4,4 @@
 mod coexist;
 mod lab_smoke;
 mod trace;
+mod watch;
