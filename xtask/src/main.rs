@@ -1,10 +1,12 @@
-//! `cargo xtask`: development tasks for lbtrace (setup, build, run, test, lint).
+//! `cargo xtask`: development tasks for lbtrace (setup, build, run, demo, test, lint).
 //!
 //! Every task first runs `setup`, which installs what is missing (rust-src, a bpf-linker matching
 //! the eBPF toolchain's LLVM and, for tests, the apt packages the labs use) and is quick otherwise.
 
 mod apt;
+mod bench;
 mod build;
+mod demo;
 mod linker;
 mod lint;
 mod process;
@@ -34,7 +36,8 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Build lbtrace and run it as root: `cargo xtask run -- --vip 10.0.0.10:80`.
+    /// Build lbtrace and run it as root: `cargo xtask run -- --vip 10.0.0.10:80`. Without
+    /// arguments: the default demo (`cargo xtask demo`).
     Run {
         /// Use the release profile.
         #[arg(long)]
@@ -42,6 +45,17 @@ enum Cmd {
         /// Arguments passed to lbtrace.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Run `lbtrace check` on a scenario in the built-in network-namespace lab (as root).
+    Demo {
+        /// Use the release profile.
+        #[arg(long)]
+        release: bool,
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+        /// The scenario (default: haproxy-http-backend-refused).
+        scenario: Option<String>,
     },
     /// Run the unit tests, then the integration tests as root.
     Test {
@@ -57,6 +71,8 @@ enum Cmd {
     },
     /// Check formatting and run clippy on the userspace crates and the eBPF crate.
     Lint,
+    /// Measure lbtrace's costs: kernel ns/packet, throughput, connection rate, ring drain, idle.
+    Bench(bench::Args),
 }
 
 /// Errors are printed with their causes on one line, without the backtrace that anyhow would
@@ -76,11 +92,17 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Setup => setup::cmd(),
         Cmd::Build { release } => build::cmd(release),
         Cmd::Run { release, args } => run::cmd(release, &args),
+        Cmd::Demo {
+            release,
+            list,
+            scenario,
+        } => demo::cmd(release, list, scenario.as_deref()),
         Cmd::Test {
             release,
             unit_only,
             filter,
         } => test::cmd(release, unit_only, &filter),
         Cmd::Lint => lint::cmd(),
+        Cmd::Bench(args) => bench::cmd(args),
     }
 }

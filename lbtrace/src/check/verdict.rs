@@ -178,6 +178,9 @@ impl Flow {
         })
     }
 
+    /// The answering side sent data. Its FIN carries the exact count (seq = ISN + 1 + bytes);
+    /// without one, the client's acknowledgement tells (ack = ISN + 1 + bytes, + 1 once the
+    /// answering side's FIN arrived, which this branch excludes).
     fn server_sent_data(&self, events: &[KernelEvent]) -> bool {
         let Some(sisn) = self.server_isn else {
             return false;
@@ -186,8 +189,10 @@ impl Flow {
             let d = events[*i].seq.wrapping_sub(sisn);
             (d > 1 && d < 1 << 30) || events[*i].payload_len > 0
         };
-        self.lb_fins.iter().any(past)
-            || self.lb_rsts.iter().any(past)
+        if !self.lb_fins.is_empty() {
+            return self.lb_fins.iter().any(past);
+        }
+        self.lb_rsts.iter().any(past)
             || self.client_closes.iter().any(|&i| {
                 let d = events[i].ack.wrapping_sub(sisn);
                 d > 1 && d < 1 << 30
@@ -658,6 +663,7 @@ fn judge_handling(f: &Facts<'_>, live: &[&&Flow], mode: Mode) -> StepVerdict {
     let mut rst_after_req = Vec::new();
     let mut rst_immediate = Vec::new();
     let mut closed = 0;
+    let mut closed_empty = Vec::new();
     for fl in live.iter().filter(|fl| fl.answered() || fl.l4()) {
         if let Some(&r) = fl.lb_rsts.first() {
             if fl.client_sent_request(ev) || ev[r].ack.wrapping_sub(fl.isn.unwrap_or(0)) > 1 {
@@ -667,6 +673,8 @@ fn judge_handling(f: &Facts<'_>, live: &[&&Flow], mode: Mode) -> StepVerdict {
             }
         } else if fl.server_sent_data(ev) {
             closed += 1;
+        } else if !fl.lb_fins.is_empty() {
+            closed_empty.push(fl);
         } else if fl.client_sent_request(ev) && fl.client_got_syn_ack(ev) {
             hang.push(fl);
         }
@@ -702,6 +710,17 @@ fn judge_handling(f: &Facts<'_>, live: &[&&Flow], mode: Mode) -> StepVerdict {
             rst_immediate
                 .iter()
                 .flat_map(|fl| fl.lb_rsts.iter().copied()),
+        );
+    }
+    if !closed_empty.is_empty() {
+        extra.push(format!(
+            "{} closed by the LB without a response",
+            closed_empty.len()
+        ));
+        evid.extend(
+            closed_empty
+                .iter()
+                .flat_map(|fl| fl.lb_fins.iter().copied()),
         );
     }
     if closed > 0 {
@@ -827,6 +846,13 @@ fn judge_backend(
                 )
             } else if let Some(w) = icmp_what {
                 format!("unreachable: {w}")
+            } else if b.addr.is_ipv6() && syns_out == 0 && reasons.starts_with("NOT_SPECIFIED") {
+                // IPv6 neighbour discovery failures free the queued SYN without a reason
+                // (IPv4 says NEIGH_FAILED): no SYN ever left the LB.
+                format!(
+                    "host down: neighbour discovery for {} failed (no SYN left the LB; the kernel drops the queued SYN as {reasons})",
+                    b.addr
+                )
             } else if !drops.is_empty() {
                 format!("the LB host drops its own SYNs ({reasons})")
             } else if p.tcp == TcpResult::Timeout && syns_out > 0 {
@@ -853,46 +879,59 @@ fn judge_return(f: &Facts<'_>, live: &[&&Flow], probe_events: &[Vec<usize>]) -> 
     let ev = f.events;
     // Backend replies bypassing the LB: forwarded SYNs that no SYN-ACK answers through the LB,
     // while the same backend answers the LB's own probe.
+    // Forwarded SYNs that nothing answered through the LB: no SYN-ACK, no RST (a backend's RST
+    // did come back), not dropped on the way (step 3's business).
     let bypass: Vec<&&&Flow> = live
         .iter()
-        .filter(|fl| fl.l4() && fl.backend_syn_acks.is_empty() && !fl.answered())
+        .filter(|fl| {
+            fl.l4()
+                && fl.backend_syn_acks.is_empty()
+                && !fl.answered()
+                && fl.lb_rsts.is_empty()
+                && fl.forward_drops.is_empty()
+        })
         .collect();
-    if !bypass.is_empty() {
-        let to: Vec<SocketAddr> = bypass
+    let answers_probe = |d: &SocketAddr| {
+        f.backends
             .iter()
-            .filter_map(|fl| fl.forwarded.first().map(|&i| ev[i].dst))
+            .position(|b| b.matches(d))
+            .and_then(|bi| f.probes.get(bi))
+            .is_some_and(|p| p.tcp == TcpResult::Connected)
+    };
+    // Those whose backend answers the LB's own probe: its replies to clients go around the LB.
+    let around: Vec<&&&&Flow> = bypass
+        .iter()
+        .filter(|fl| {
+            fl.forwarded
+                .first()
+                .is_some_and(|&i| answers_probe(&ev[i].dst))
+        })
+        .collect();
+    if !around.is_empty() {
+        let mut to: Vec<String> = around
+            .iter()
+            .filter_map(|fl| fl.forwarded.first().map(|&i| ev[i].dst.to_string()))
             .collect();
-        let answers_probe = to.iter().any(|d| {
-            f.backends
-                .iter()
-                .position(|b| b.matches(d))
-                .and_then(|bi| f.probes.get(bi))
-                .is_some_and(|p| p.tcp == TcpResult::Connected)
-        });
-        let mut evid: Vec<usize> = bypass.iter().take(3).flat_map(|fl| fl.evidence()).collect();
+        to.sort();
+        to.dedup();
+        let mut evid: Vec<usize> = around.iter().take(3).flat_map(|fl| fl.evidence()).collect();
         evid.sort_unstable();
-        if answers_probe {
-            return step(
-                4,
-                Status::Fail,
-                format!(
-                    "backend replies do not come back through the LB: {} client SYN(s) forwarded to {} got no SYN-ACK through the LB, while the backend answers the LB's own probe: its replies bypass the LB",
-                    bypass.len(),
-                    to.first().map(ToString::to_string).unwrap_or_default()
-                ),
-                Some("check the backend's default gateway (it must be the LB), or enable SNAT on the LB".to_owned()),
-                evid,
-            );
-        }
-        let _ = probe_events;
         return step(
             4,
-            Status::Unknown,
-            "forwarded SYNs got no SYN-ACK through the LB, but the backend does not answer the LB's own probe either: see step 3".to_owned(),
-            None,
+            Status::Fail,
+            format!(
+                "backend replies do not come back through the LB: {} client SYN(s) forwarded to {} got no SYN-ACK through the LB, while the backend answers the LB's own probe: its replies bypass the LB",
+                around.len(),
+                to.join(", ")
+            ),
+            Some(
+                "check the backends' default gateway (it must be the LB), or enable SNAT on the LB"
+                    .to_owned(),
+            ),
             evid,
         );
     }
+    let _ = probe_events;
     let answered: Vec<&&&Flow> = live.iter().filter(|fl| fl.answered()).collect();
     if answered.is_empty() {
         return step(
@@ -1259,6 +1298,62 @@ mod tests {
             "{}",
             v.steps[2].summary
         );
+        assert_eq!(v.first_failed_step, Some(3));
+    }
+
+    #[test]
+    fn an_lb_fin_without_data_is_not_an_answer() {
+        // HAProxy in tcp mode closing a connection it cannot relay: FIN at ISN + 1.
+        let ev = vec![
+            pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+            pkt(11, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001),
+            pkt(20, Dir::Out, VIP, CLIENT, FIN | ACK, 7001, 1001),
+            pkt(21, Dir::In, CLIENT, VIP, FIN | ACK, 1001, 7002),
+        ];
+        let v = run(&ev, &healthy_probes());
+        assert!(
+            !v.steps[1].summary.contains("answered and closed"),
+            "{}",
+            v.steps[1].summary
+        );
+        assert!(
+            v.steps[1]
+                .summary
+                .contains("1 closed by the LB without a response"),
+            "{}",
+            v.steps[1].summary
+        );
+        assert_eq!(
+            v.steps[1].status,
+            Status::Pass,
+            "a close is the LB working, not a hang"
+        );
+    }
+
+    #[test]
+    fn backend_resets_do_not_make_step_four_unknown() {
+        let mut ev = probe_packets();
+        ev.extend([
+            // Served through the LB.
+            pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+            pkt(11, Dir::Out, CLIENT, BE1, SYN, 1000, 0),
+            pkt(12, Dir::In, BE1, CLIENT, SYN | ACK, 9000, 1001),
+            pkt(13, Dir::Out, VIP, CLIENT, SYN | ACK, 9000, 1001),
+            pkt(20, Dir::In, CLIENT, VIP, FIN | ACK, 1080, 9300),
+            // Refused by be2; the RST comes back through the LB.
+            pkt(30, Dir::In, "10.10.1.2:40001", VIP, SYN, 5000, 0),
+            pkt(31, Dir::Out, "10.10.1.2:40001", BE2, SYN, 5000, 0),
+            pkt(32, Dir::In, BE2, "10.10.1.2:40001", RST | ACK, 0, 5001),
+            pkt(33, Dir::Out, VIP, "10.10.1.2:40001", RST | ACK, 0, 5001),
+        ]);
+        let v = run(
+            &ev,
+            &[
+                probe(BE1, 50001, TcpResult::Connected),
+                probe(BE2, 50002, TcpResult::Refused),
+            ],
+        );
+        assert_eq!(v.steps[3].status, Status::Pass, "{v:#?}");
         assert_eq!(v.first_failed_step, Some(3));
     }
 

@@ -1,29 +1,79 @@
 //! Load balancers on the lab's lb namespace. Each is a guard that undoes itself on drop.
 
-use std::{fs, path::Path, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use super::{BACKEND_PORT, Backend, Family, Netns, Proc, VIP, VIP_PORT, process};
+use super::{BACKEND_PORT, Backend, Family, Netns, Proc, TLS_PORT, VIP, VIP_PORT, process};
 
-/// HAProxy in HTTP (L7) mode: `haproxy -db -f <cfg>`, a frontend on VIP:80 for each family, each
-/// balancing round-robin over the backends of its own family on port 8080. No health checks and
-/// no connection reuse, so the only TCP connections are the tests' own.
+/// What HAProxy does on the VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HaProxyMode {
+    /// `mode http` on VIP:80.
+    Http,
+    /// `mode tcp` on VIP:80: a Layer 7 proxy (it completes the client's handshake and opens its
+    /// own backend connection) that relays bytes without parsing HTTP.
+    Tcp,
+    /// `mode http` terminating TLS on VIP:443 with the certificate and key in `pem`; the backends
+    /// are plain HTTP.
+    Tls { pem: PathBuf },
+}
+
+impl HaProxyMode {
+    /// The port the frontends listen on.
+    pub fn port(&self) -> u16 {
+        match self {
+            HaProxyMode::Http | HaProxyMode::Tcp => VIP_PORT,
+            HaProxyMode::Tls { .. } => TLS_PORT,
+        }
+    }
+}
+
+/// HAProxy on the lb: `haproxy -db -f <cfg>`, a frontend on the VIP for each family, each
+/// balancing round-robin over the backends of its own family on port 8080 (see [`HaProxyMode`]).
+/// No health checks and no connection reuse, so the only TCP connections are the tests' own.
+/// `timeout connect 2s`. HAProxy retries a failed backend connection on the same server after
+/// min(`timeout connect`, 1 s): with its default `retries 3` a client waits 3 s for the 503 of a
+/// refused backend, with `retries 1` ([`HaProxy::start_mode`]) 1 s.
 #[derive(Debug)]
 pub struct HaProxy {
     proc: Proc,
 }
 
 impl HaProxy {
+    /// The configuration of HAProxy in HTTP mode on VIP:80 (HAProxy's default retries).
     pub fn config(backends: &[Backend]) -> String {
-        let mut cfg = String::from(
-            "global\n    maxconn 256\n\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n\
-             \x20   timeout server 10s\n    http-reuse never\n    option httpclose\n\n",
-        );
+        HaProxy::config_mode(backends, &HaProxyMode::Http, None)
+    }
+
+    /// The configuration for `mode`; `retries` sets `retries` (else HAProxy's default, 3).
+    pub fn config_mode(backends: &[Backend], mode: &HaProxyMode, retries: Option<u32>) -> String {
+        let mut cfg = String::from("global\n    maxconn 256\n\n");
+        cfg += match mode {
+            HaProxyMode::Http | HaProxyMode::Tls { .. } => {
+                "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n\
+                 \x20   timeout server 10s\n    http-reuse never\n    option httpclose\n"
+            }
+            HaProxyMode::Tcp => {
+                "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n\
+                 \x20   timeout server 10s\n"
+            }
+        };
+        if let Some(n) = retries {
+            cfg += &format!("    retries {n}\n");
+        }
+        cfg += "\n";
+        let tls = match mode {
+            HaProxyMode::Tls { pem } => format!(" ssl crt {}", pem.display()),
+            _ => String::new(),
+        };
         for (family, tag) in [(Family::V4, "v4"), (Family::V6, "v6")] {
             cfg += &format!(
-                "frontend fe_{tag}\n    bind {}\n    default_backend be_{tag}\n\n\
+                "frontend fe_{tag}\n    bind {}{tls}\n    default_backend be_{tag}\n\n\
                  backend be_{tag}\n    balance roundrobin\n",
-                family.tuple(VIP.get(family), VIP_PORT)
+                family.tuple(VIP.get(family), mode.port())
             );
             for be in backends {
                 cfg += &format!(
@@ -37,16 +87,28 @@ impl HaProxy {
         cfg
     }
 
-    /// Starts HAProxy in `ns` and waits until it listens on both VIPs.
+    /// Starts HAProxy in HTTP mode (default retries) in `ns` and waits until it listens on both
+    /// VIPs.
     pub fn start(ns: &Netns, dir: &Path, backends: &[Backend]) -> HaProxy {
+        HaProxy::start_cfg(ns, dir, &HaProxy::config(backends), VIP_PORT)
+    }
+
+    /// Starts HAProxy in `mode` with `retries 1` (a refused backend gets the client a 503 within
+    /// about 1 s) in `ns` and waits until it listens on both VIPs.
+    pub fn start_mode(ns: &Netns, dir: &Path, backends: &[Backend], mode: &HaProxyMode) -> HaProxy {
+        let cfg = HaProxy::config_mode(backends, mode, Some(1));
+        HaProxy::start_cfg(ns, dir, &cfg, mode.port())
+    }
+
+    fn start_cfg(ns: &Netns, dir: &Path, cfg: &str, port: u16) -> HaProxy {
         let cfg_path = dir.join("haproxy.cfg");
-        fs::write(&cfg_path, HaProxy::config(backends)).expect("writing haproxy.cfg");
+        fs::write(&cfg_path, cfg).expect("writing haproxy.cfg");
         let cfg = cfg_path.to_string_lossy();
         let mut proc = ns.spawn("haproxy", dir, &["haproxy", "-db", "-f", &cfg]);
         // ss, not a probe connection: waiting must not put packets on the wire.
         let listens = [
-            Family::V4.tuple(VIP.v4, VIP_PORT),
-            Family::V6.tuple(VIP.v6, VIP_PORT),
+            Family::V4.tuple(VIP.v4, port),
+            Family::V6.tuple(VIP.v6, port),
         ];
         proc.wait_until("listening on the VIPs", Duration::from_secs(10), |_| {
             listens.iter().all(|a| ns.listening_on(a))
@@ -62,7 +124,8 @@ impl HaProxy {
 /// The nftables DNAT (L4) load balancer: table `inet lbtrace_lb` whose prerouting nat chain
 /// spreads VIP:80 over the backends' port 8080 (`numgen inc`), for IPv4 and IPv6. No SNAT: the
 /// backends answer through the lb (their default route), whose conntrack undoes the DNAT.
-/// Drop deletes the table.
+/// [`NftDnat::load_snat`] adds SNAT (masquerade to the lb's internal address) towards the
+/// backends. Drop deletes the table.
 #[derive(Debug)]
 pub struct NftDnat<'a> {
     ns: &'a Netns,
@@ -72,6 +135,12 @@ impl<'a> NftDnat<'a> {
     pub const TABLE: &'static str = "lbtrace_lb";
 
     pub fn ruleset(backends: &[Backend]) -> String {
+        NftDnat::ruleset_with(backends, false)
+    }
+
+    /// The ruleset; with `snat`, a postrouting chain masquerades the DNATed connections to the
+    /// lb's internal address (the backends see the lb, not the client).
+    pub fn ruleset_with(backends: &[Backend], snat: bool) -> String {
         let map = |family: Family| {
             backends
                 .iter()
@@ -88,7 +157,9 @@ impl<'a> NftDnat<'a> {
              \x20   ip daddr {vip4} tcp dport {VIP_PORT} dnat ip to numgen inc mod {n} map {{ {m4} }} : {BACKEND_PORT}\n\
              \x20   ip6 daddr {vip6} tcp dport {VIP_PORT} dnat ip6 to numgen inc mod {n} map {{ {m6} }} : {BACKEND_PORT}\n\
              \x20 }}\n\
+             {snat}\
              }}\n",
+            snat = if snat { Self::SNAT_CHAIN } else { "" },
             table = Self::TABLE,
             vip4 = VIP.v4,
             vip6 = VIP.v6,
@@ -97,8 +168,20 @@ impl<'a> NftDnat<'a> {
         )
     }
 
+    /// SNAT for the DNATed connections (`ct status dnat`) leaving through the bridge.
+    const SNAT_CHAIN: &'static str = "  chain postrouting {\n    \
+        type nat hook postrouting priority srcnat; policy accept;\n    \
+        oifname \"br0\" ct status dnat masquerade\n  }\n";
+
     pub fn load(ns: &'a Netns, backends: &[Backend]) -> NftDnat<'a> {
         ns.nft(&NftDnat::ruleset(backends));
+        NftDnat { ns }
+    }
+
+    /// DNAT with SNAT: see [`NftDnat::ruleset_with`]. The backends see connections from
+    /// [`super::LB_INTERNAL`].
+    pub fn load_snat(ns: &'a Netns, backends: &[Backend]) -> NftDnat<'a> {
+        ns.nft(&NftDnat::ruleset_with(backends, true));
         NftDnat { ns }
     }
 }

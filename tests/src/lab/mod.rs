@@ -12,18 +12,26 @@
 //! Every namespace, interface name and process carries a per-lab prefix (`lbt<pid>x<n>`), and
 //! every piece is a guard: dropping the [`Lab`] (also while unwinding from a failed assertion)
 //! kills its processes and deletes its namespaces, which takes their interfaces with them.
-//! Load balancers ([`lb`]) and faults are added on top by the tests that need them.
+//! Load balancers ([`lb`]) and faults ([`fault`]) are added on top by the tests that need them;
+//! [`scenario`] names the combinations `lbtrace check` is tested (and demonstrated) on.
 
+pub mod fault;
 pub mod lb;
 pub mod netns;
 pub mod process;
+pub mod scenario;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use tempfile::TempDir;
 
 pub use self::{
-    lb::{HaProxy, NftDnat},
+    fault::Fault,
+    lb::{HaProxy, HaProxyMode, NftDnat},
     netns::Netns,
     process::{Finished, Proc},
 };
@@ -92,6 +100,10 @@ pub const LB_INTERNAL: Addr = Addr {
 };
 /// The port the load balancers listen on at the VIP.
 pub const VIP_PORT: u16 = 80;
+/// The port HAProxy terminating TLS listens on at the VIP.
+pub const TLS_PORT: u16 = 443;
+/// The name in the TLS certificate of the VIP (CN and subjectAltName).
+pub const TLS_NAME: &str = "lbtrace.test";
 /// The port every backend's HTTP server listens on.
 pub const BACKEND_PORT: u16 = 8080;
 /// The bridge holding the lb's internal address, with one port per backend.
@@ -160,7 +172,8 @@ server.serve_forever()
 /// temporary directory.
 #[derive(Debug)]
 pub struct Lab {
-    servers: Vec<Proc>,
+    /// The backends' HTTP servers, in [`BACKENDS`] order; `None` while one is stopped (a fault).
+    servers: Mutex<Vec<Option<Proc>>>,
     pub client: Netns,
     pub router: Netns,
     pub lb: Netns,
@@ -193,7 +206,7 @@ impl Lab {
         let ns = |role: &str| Netns::create(&format!("{prefix}-{role}"));
         // Each namespace is owned as soon as it exists, so a failure below still deletes it.
         let mut lab = Lab {
-            servers: Vec::new(),
+            servers: Mutex::new(Vec::new()),
             client: ns("client"),
             router: ns("router"),
             lb: ns("lb"),
@@ -251,20 +264,60 @@ impl Lab {
     }
 
     fn start_backends(&mut self) {
+        let servers = (0..BACKENDS.len()).map(|i| Some(self.spawn_server(i)));
+        *self.servers() = servers.collect();
+    }
+
+    fn servers(&self) -> MutexGuard<'_, Vec<Option<Proc>>> {
+        // A panic while holding the lock (a failed start) leaves the list usable.
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts backend `i`'s HTTP server and waits until it accepts.
+    fn spawn_server(&self, i: usize) -> Proc {
         let python = if Path::new("/usr/bin/python3").exists() {
             "/usr/bin/python3"
         } else {
             "python3"
         };
-        for (be, ns) in BACKENDS.iter().zip(&self.backends) {
-            let port = BACKEND_PORT.to_string();
-            let argv = [python, "-c", HTTP_SERVER, be.name, &port];
-            let mut proc = ns.spawn(&format!("http-{}", be.name), self.dir.path(), &argv);
-            proc.wait_until("listening", Duration::from_secs(10), |p| {
-                p.stdout().contains("ready")
-            });
-            self.servers.push(proc);
+        let be = &BACKENDS[i];
+        let port = BACKEND_PORT.to_string();
+        let argv = [python, "-c", HTTP_SERVER, be.name, &port];
+        let mut proc = self.backends[i].spawn(&format!("http-{}", be.name), self.dir.path(), &argv);
+        proc.wait_until("listening", Duration::from_secs(10), |p| {
+            p.stdout().contains("ready")
+        });
+        proc
+    }
+
+    /// Stops backend `i`'s HTTP server (SIGKILL): its port is closed, so SYNs to it get a RST.
+    /// Waits until nothing listens there any more.
+    pub fn stop_backend_server(&self, i: usize) {
+        let proc = self.servers().get_mut(i).and_then(Option::take);
+        if let Some(proc) = proc {
+            proc.kill();
         }
+        let closed = process::poll(Duration::from_secs(5), || {
+            (!self.backends[i].listening(BACKEND_PORT)).then_some(())
+        });
+        assert!(
+            closed.is_some(),
+            "{}'s port {BACKEND_PORT} still open after its server was killed",
+            BACKENDS[i].name
+        );
+    }
+
+    /// Starts backend `i`'s HTTP server again if it is stopped.
+    pub fn start_backend_server(&self, i: usize) {
+        if self.servers().get(i).is_some_and(Option::is_some) {
+            return;
+        }
+        let proc = self.spawn_server(i);
+        let mut servers = self.servers();
+        if servers.len() <= i {
+            servers.resize_with(i + 1, || None);
+        }
+        servers[i] = Some(proc);
     }
 
     /// A directory for the lab's files (configs, captures, process output), removed on drop.
@@ -282,9 +335,54 @@ impl Lab {
         HaProxy::start(&self.lb, self.dir(), &BACKENDS)
     }
 
+    /// Starts HAProxy in `mode` on the lb, with `retries 1`; see [`HaProxy::start_mode`]. For
+    /// [`HaProxyMode::Tls`], [`Lab::tls_pem`] makes the certificate.
+    pub fn haproxy_mode(&self, mode: &HaProxyMode) -> HaProxy {
+        HaProxy::start_mode(&self.lb, self.dir(), &BACKENDS, mode)
+    }
+
     /// Loads the nftables DNAT (L4) load balancer on the lb; see [`NftDnat`].
     pub fn nft_dnat(&self) -> NftDnat<'_> {
         NftDnat::load(&self.lb, &BACKENDS)
+    }
+
+    /// The nftables DNAT load balancer with SNAT: connections to the backends are masqueraded to
+    /// the lb's internal address, so the backends answer the lb whatever their routes.
+    pub fn nft_dnat_snat(&self) -> NftDnat<'_> {
+        NftDnat::load_snat(&self.lb, &BACKENDS)
+    }
+
+    /// A self-signed certificate and its key for [`TLS_NAME`] (valid 2 days) in one PEM file in
+    /// the lab's directory, as HAProxy's `crt` wants it; made on first use.
+    pub fn tls_pem(&self) -> PathBuf {
+        let pem = self.dir().join("lbtrace-test.pem");
+        if pem.exists() {
+            return pem;
+        }
+        let (key, cert) = (self.dir().join("tls.key"), self.dir().join("tls.crt"));
+        process::run(&[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={TLS_NAME}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{TLS_NAME}"),
+            "-days",
+            "2",
+            "-keyout",
+            &key.to_string_lossy(),
+            "-out",
+            &cert.to_string_lossy(),
+        ]);
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        };
+        std::fs::write(&pem, read(&cert) + &read(&key)).expect("writing the TLS PEM file");
+        pem
     }
 
     /// `curl` from the client to `url`; returns the HTTP code curl reports (`000` when it got no
@@ -308,6 +406,16 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         body.to_owned()
+    }
+
+    /// The lb's bridge port towards backend `i` (0-based).
+    pub fn bridge_port(&self, i: usize) -> &str {
+        &self.bridge_ports[i]
+    }
+
+    /// Backend `i`'s own interface (in its namespace), towards the lb's bridge.
+    pub fn backend_if(&self, i: usize) -> String {
+        format!("{}b{}", self.prefix, i + 1)
     }
 
     /// The tuples of the VIP (port 80) and every backend (port 8080) in `family`.
@@ -348,7 +456,7 @@ pub fn curl(ns: &Netns, url: &str, timeout_s: u32) -> (String, String) {
 }
 
 /// A veth pair with one end in each namespace, both up.
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     // Created directly inside the namespaces: the names never appear in the host's namespace.
     let argv = [
         "ip",
@@ -370,7 +478,7 @@ fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.exec(&["ip", "link", "set", b_if, "up"]);
 }
 
-fn addr(ns: &Netns, dev: &str, addr: Addr, v4_len: u8) {
+pub(crate) fn addr(ns: &Netns, dev: &str, addr: Addr, v4_len: u8) {
     ns.exec(&[
         "ip",
         "addr",

@@ -197,6 +197,27 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for the process to end by itself; SIGKILLs it and panics if it does
+    /// not.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let Some(status) = poll(timeout, || self.exited()) else {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.take().map(|mut c| c.wait());
+            panic!(
+                "{} did not exit within {timeout:?}\nstderr:\n{}\nstdout:\n{}",
+                self.name,
+                self.stderr(),
+                self.stdout()
+            );
+        };
+        self.child = None;
+        Finished {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
     /// SIGKILLs the process and reaps it.
     pub fn kill(mut self) -> ExitStatus {
         self.kill_and_reap().expect("process already reaped")

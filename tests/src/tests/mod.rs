@@ -1,6 +1,7 @@
 //! End-to-end tests: each builds its own lab (src/lab) and runs the lbtrace binary in it.
 //! Root only; `cargo xtask test` runs them one at a time.
 
+mod check;
 mod coexist;
 mod lab_smoke;
 mod trace;

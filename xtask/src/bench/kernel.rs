@@ -1,0 +1,362 @@
+//! Part 1 of the bench, kernel cost per packet: BPF_PROG_TEST_RUN (repeat 1,000,000) of
+//! `tc_ingress` and `xdp_ingress` on hand-built frames, against an empty program of the same type
+//! run on the same frame with the same repeat, interleaved (the order flips every round).
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
+    maps::{HashMap, MapData, RingBuf},
+    programs::{SchedClassifier, Xdp},
+};
+use lbtrace_common::{EndpointKey, names};
+
+use super::{
+    bpf::{self, EmptyProg},
+    frames::{self, UNWATCHED, VIP, VIP_PORT},
+    interrupted,
+    stats::Figure,
+    sys,
+};
+
+pub const SECTION: &str = "kernel cost per packet (BPF_PROG_TEST_RUN, repeat 1,000,000)";
+const REPEAT: u32 = 1_000_000;
+/// Room for REPEAT records of 112 bytes (8-byte header + 104-byte event): every watched run writes
+/// its event, none is lost, and the ring is drained after each call.
+const BIG_RING: u32 = 128 << 20;
+/// The smallest ring: 36 records fit, then every reserve fails.
+const TINY_RING: u32 = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Prog {
+    Tc,
+    Xdp,
+}
+
+impl Prog {
+    pub fn label(self) -> &'static str {
+        match self {
+            Prog::Tc => "tc_ingress",
+            Prog::Xdp => "xdp_ingress",
+        }
+    }
+
+    fn pass(self) -> u32 {
+        match self {
+            Prog::Tc => bpf::TC_ACT_UNSPEC as u32,
+            Prog::Xdp => bpf::XDP_PASS as u32,
+        }
+    }
+}
+
+/// Which loaded object a case runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Obj {
+    /// Big rings, drained after every call.
+    Main,
+    /// Tiny rings, filled once and never drained.
+    Full,
+}
+
+/// Which ring a case writes to (drained after each call on `Obj::Main`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ring {
+    None,
+    Events,
+    Priority,
+}
+
+pub struct Case {
+    pub name: &'static str,
+    /// Packets without SYN/FIN/RST (the fast path), for the goals.
+    pub kind: Kind,
+    frame: Vec<u8>,
+    obj: Obj,
+    ring: Ring,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    NoControl,
+    UnwatchedControl,
+    WatchedEvent,
+    Other,
+}
+
+pub fn cases() -> Vec<Case> {
+    let c = |name, kind, frame, obj, ring| Case {
+        name,
+        kind,
+        frame,
+        obj,
+        ring,
+    };
+    vec![
+        c(
+            "ARP (not IP)",
+            Kind::NoControl,
+            frames::arp(),
+            Obj::Main,
+            Ring::None,
+        ),
+        c("UDP", Kind::NoControl, frames::udp(), Obj::Main, Ring::None),
+        c(
+            "TCP data, watched tuple",
+            Kind::NoControl,
+            frames::tcp_data(VIP, VIP_PORT),
+            Obj::Main,
+            Ring::None,
+        ),
+        c(
+            "TCP data, unwatched tuple",
+            Kind::NoControl,
+            frames::tcp_data(UNWATCHED, 80),
+            Obj::Main,
+            Ring::None,
+        ),
+        c(
+            "SYN, unwatched",
+            Kind::UnwatchedControl,
+            frames::syn(UNWATCHED, 80),
+            Obj::Main,
+            Ring::None,
+        ),
+        c(
+            "SYN, watched (event written)",
+            Kind::WatchedEvent,
+            frames::syn(VIP, VIP_PORT),
+            Obj::Main,
+            Ring::Events,
+        ),
+        c(
+            "SYN, watched, ring buffer full",
+            Kind::Other,
+            frames::syn(VIP, VIP_PORT),
+            Obj::Full,
+            Ring::None,
+        ),
+        c(
+            "ICMP error quoting a watched tuple",
+            Kind::Other,
+            frames::icmp_error(),
+            Obj::Main,
+            Ring::Priority,
+        ),
+    ]
+}
+
+struct Loaded {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    priority: RingBuf<MapData>,
+}
+
+/// lbtrace's embedded object, or the one `LBTRACE_BENCH_OBJECT` names (to measure a candidate
+/// build of lbtrace-ebpf against the same frames and baselines).
+pub fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
+    match std::env::var_os("LBTRACE_BENCH_OBJECT") {
+        Some(path) => {
+            eprintln!(
+                "xtask: bench: kernel programs from {} (LBTRACE_BENCH_OBJECT)",
+                path.to_string_lossy()
+            );
+            Ok(std::fs::read(&path)
+                .with_context(|| format!("reading {}", path.to_string_lossy()))?
+                .into())
+        }
+        None => Ok(lbtrace::kernel::EBPF_OBJECT.into()),
+    }
+}
+
+fn load(ring_bytes: u32) -> Result<Loaded> {
+    let no_wildcard = 0u8;
+    // lbtrace wakes the reader once a quarter of the ring is unread; here nobody reads during a
+    // call, so the threshold is the ring size: every submit takes the same path as in production
+    // when the reader keeps up (query the ring, submit without a wakeup).
+    let wakeup = u64::from(ring_bytes);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true)
+        .override_global(names::GLOBAL_WAKEUP_BYTES, &wakeup, true)
+        .map_max_entries(names::EVENTS, ring_bytes)
+        .map_max_entries(names::PRIORITY_EVENTS, ring_bytes)
+        .load(&object()?)
+        .context("loading lbtrace's eBPF object")?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(names::PROG_TC_INGRESS)
+        .context("no tc_ingress program")?
+        .try_into()?;
+    tc.load().context("loading tc_ingress")?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(names::PROG_XDP_INGRESS)
+        .context("no xdp_ingress program")?
+        .try_into()?;
+    xdp.load().context("loading xdp_ingress")?;
+    {
+        let mut eps: HashMap<_, EndpointKey, u32> =
+            HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("no ENDPOINTS map")?)?;
+        for (k, id) in frames::endpoints() {
+            eps.insert(k, id, 0).context("filling ENDPOINTS")?;
+        }
+    }
+    let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
+    let priority = RingBuf::try_from(
+        ebpf.take_map(names::PRIORITY_EVENTS)
+            .context("no PRIORITY_EVENTS map")?,
+    )?;
+    Ok(Loaded {
+        ebpf,
+        events,
+        priority,
+    })
+}
+
+/// One BPF_PROG_TEST_RUN of an lbtrace program; the kernel's average ns per run.
+pub fn run_lbtrace(ebpf: &Ebpf, prog: Prog, frame: &[u8], repeat: u32) -> Result<u32> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::new()
+    };
+    let res = match prog {
+        Prog::Tc => {
+            let p: &SchedClassifier = ebpf
+                .program(names::PROG_TC_INGRESS)
+                .context("no tc_ingress")?
+                .try_into()?;
+            p.test_run(opts)
+        }
+        Prog::Xdp => {
+            let p: &Xdp = ebpf
+                .program(names::PROG_XDP_INGRESS)
+                .context("no xdp_ingress")?
+                .try_into()?;
+            p.test_run(opts)
+        }
+    }
+    .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.label()))?;
+    ensure!(
+        res.return_value == prog.pass(),
+        "{} returned {:#x}, not its pass verdict",
+        prog.label(),
+        res.return_value
+    );
+    Ok(u32::try_from(res.duration.as_nanos()).unwrap_or(u32::MAX))
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> u64 {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        drop(item);
+        n += 1;
+    }
+    n
+}
+
+struct Baselines {
+    tc: EmptyProg,
+    xdp: EmptyProg,
+}
+
+impl Baselines {
+    fn run(&self, prog: Prog, frame: &[u8]) -> Result<u32> {
+        let (p, want) = match prog {
+            Prog::Tc => (&self.tc, bpf::TC_ACT_UNSPEC as u32),
+            Prog::Xdp => (&self.xdp, bpf::XDP_PASS as u32),
+        };
+        let r = bpf::test_run(p.fd(), frame, REPEAT)?;
+        ensure!(
+            r.retval == want,
+            "the empty program returned {:#x}",
+            r.retval
+        );
+        Ok(r.ns)
+    }
+}
+
+pub struct Result1 {
+    pub figures: Vec<Figure>,
+    /// (prog, case kind, figure index) for the goals.
+    pub kinds: Vec<(Prog, Kind, usize)>,
+}
+
+pub fn measure(rounds: usize) -> Result<Result1> {
+    // One CPU for every call: no migration between subject and baseline.
+    let _pin = sys::pin_current_thread(sys::cpus().saturating_sub(1));
+    let mut main = load(BIG_RING)?;
+    let mut full = load(TINY_RING)?;
+    let base = Baselines {
+        tc: EmptyProg::load(bpf::BPF_PROG_TYPE_SCHED_CLS, bpf::TC_ACT_UNSPEC)?,
+        xdp: EmptyProg::load(bpf::BPF_PROG_TYPE_XDP, bpf::XDP_PASS)?,
+    };
+    let cases = cases();
+    let mut figures = Vec::new();
+    let mut kinds = Vec::new();
+    for prog in [Prog::Tc, Prog::Xdp] {
+        for case in &cases {
+            kinds.push((prog, case.kind, figures.len()));
+            let mut f = Figure::new(SECTION, format!("{} {}", prog.label(), case.name), "ns")
+                .with_baseline("empty prog");
+            if case.ring != Ring::None {
+                f.note = "event written and drained after each call".to_owned();
+            }
+            if case.obj == Obj::Full {
+                f.note = "4 KiB ring, full: reserve fails, loss counted".to_owned();
+            }
+            figures.push(f);
+        }
+    }
+
+    let mut one = |prog: Prog, case: &Case| -> Result<u32> {
+        let l = match case.obj {
+            Obj::Main => &mut main,
+            Obj::Full => &mut full,
+        };
+        let ns = run_lbtrace(&l.ebpf, prog, &case.frame, REPEAT)?;
+        if case.obj == Obj::Main {
+            let want = match case.ring {
+                Ring::None => 0,
+                _ => u64::from(REPEAT),
+            };
+            let got = drain(&mut l.events) + drain(&mut l.priority);
+            if got != want {
+                bail!(
+                    "{} {}: {got} ring records after {REPEAT} runs, expected {want}",
+                    prog.label(),
+                    case.name
+                );
+            }
+        }
+        Ok(ns)
+    };
+
+    // Warm-up: caches, the full ring filled, nothing recorded.
+    for prog in [Prog::Tc, Prog::Xdp] {
+        for case in &cases {
+            one(prog, case)?;
+            base.run(prog, &case.frame)?;
+        }
+    }
+    for round in 0..rounds {
+        interrupted()?;
+        let mut i = 0;
+        for prog in [Prog::Tc, Prog::Xdp] {
+            for case in &cases {
+                let (s, b) = if round % 2 == 0 {
+                    let b = base.run(prog, &case.frame)?;
+                    (one(prog, case)?, b)
+                } else {
+                    let s = one(prog, case)?;
+                    (s, base.run(prog, &case.frame)?)
+                };
+                figures[i].samples.push(f64::from(s));
+                if let Some(bl) = figures[i].baseline.as_mut() {
+                    bl.samples.push(f64::from(b));
+                }
+                i += 1;
+            }
+        }
+        eprintln!("xtask: bench: kernel round {}/{rounds} done", round + 1);
+    }
+    Ok(Result1 { figures, kinds })
+}

@@ -1,0 +1,251 @@
+//! Part 4 of the bench, ring-buffer stress: how fast lbtrace's own userspace path drains and
+//! decodes events.
+//!
+//! The object is loaded as `lbtrace trace` loads it (8 MiB packet ring, wakeup at a quarter of
+//! it); a producer thread runs `tc_ingress` through BPF_PROG_TEST_RUN (repeat 100,000 watched SYNs
+//! per call, in a loop) on one CPU while a consumer thread on another CPU drains with
+//! `kernel::rings::Rings` and decodes with `trace::drain` under a tokio current-thread runtime,
+//! as lbtrace does. The accounting must be exact: emitted == delivered + unread at the end,
+//! emitted + lost == produced.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{EbpfLoader, maps::HashMap, programs::SchedClassifier};
+use lbtrace::kernel::{counters, rings::Rings};
+use lbtrace_common::{EndpointKey, names};
+
+use super::{
+    frames::{self, VIP, VIP_PORT},
+    interrupted,
+    kernel::{Prog, run_lbtrace},
+    stats::Figure,
+    sys,
+};
+
+pub const SECTION: &str = "ring buffer: userspace drain + decode (lbtrace's Rings + trace::drain)";
+const RING_BYTES: u32 = 8 << 20;
+const REPEAT: u32 = 100_000;
+
+pub struct Figures {
+    pub delivered_wall: Figure,
+    pub per_cpu_second: Figure,
+    pub consumer_cpu: Figure,
+    pub produced: Figure,
+    pub lost: Figure,
+    /// Runs whose accounting did not add up, with what was off.
+    pub mismatches: Vec<String>,
+}
+
+impl Figures {
+    pub fn all(&self) -> Vec<Figure> {
+        vec![
+            self.per_cpu_second.clone(),
+            self.delivered_wall.clone(),
+            self.consumer_cpu.clone(),
+            self.produced.clone(),
+            self.lost.clone(),
+        ]
+    }
+}
+
+struct Run {
+    produced: u64,
+    delivered: u64,
+    unread: u64,
+    emitted: u64,
+    lost: u64,
+    packets: u64,
+    decode_errors: u64,
+    wall: f64,
+    consumer_cpu: f64,
+    producer_wall: f64,
+}
+
+fn one(secs: f64) -> Result<Run> {
+    let no_wildcard = 0u8;
+    let wakeup = u64::from(RING_BYTES / 4);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true)
+        .override_global(names::GLOBAL_WAKEUP_BYTES, &wakeup, true)
+        .map_max_entries(names::EVENTS, RING_BYTES)
+        .map_max_entries(names::PRIORITY_EVENTS, 1 << 20)
+        .load(&super::kernel::object()?)
+        .context("loading lbtrace's eBPF object")?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(names::PROG_TC_INGRESS)
+        .context("no tc_ingress program")?
+        .try_into()?;
+    tc.load().context("loading tc_ingress")?;
+    {
+        let mut eps: HashMap<_, EndpointKey, u32> =
+            HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("no ENDPOINTS map")?)?;
+        for (k, id) in frames::endpoints() {
+            eps.insert(k, id, 0).context("filling ENDPOINTS")?;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a tokio runtime")?;
+    let rings = {
+        let _entered = rt.enter();
+        Rings::take(&mut ebpf)?
+    };
+
+    let cpus = sys::cpus();
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name("bench-consumer".into())
+            .spawn(move || {
+                let _pin = (cpus > 1).then(|| sys::pin_current_thread(1));
+                let mut rings = rings;
+                let cpu0 = sys::thread_cpu_seconds();
+                let t0 = Instant::now();
+                let mut delivered = 0u64;
+                let mut decode_errors = 0u64;
+                rt.block_on(async {
+                    loop {
+                        // Read before draining: the drain after the producer stopped is the last.
+                        let last = stop.load(Ordering::SeqCst);
+                        rings.wait().await;
+                        delivered +=
+                            lbtrace::trace::drain(&mut rings, &mut decode_errors).len() as u64;
+                        if last {
+                            break;
+                        }
+                    }
+                });
+                let wall = t0.elapsed().as_secs_f64();
+                let cpu = sys::thread_cpu_seconds() - cpu0;
+                (rings, rt, delivered, decode_errors, wall, cpu)
+            })
+            .context("starting the consumer thread")?
+    };
+
+    let frame = frames::syn(VIP, VIP_PORT);
+    let producer = (|| -> Result<(u64, f64)> {
+        let _pin = sys::pin_current_thread(0);
+        let t0 = Instant::now();
+        let mut produced = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            interrupted()?;
+            run_lbtrace(&ebpf, Prog::Tc, &frame, REPEAT)?;
+            produced += u64::from(REPEAT);
+        }
+        Ok((produced, t0.elapsed().as_secs_f64()))
+    })();
+    stop.store(true, Ordering::SeqCst);
+    let (mut rings, rt, delivered, mut decode_errors, wall, consumer_cpu) = consumer
+        .join()
+        .map_err(|_| anyhow!("the consumer thread panicked"))?;
+    let (produced, producer_wall) = producer?;
+    let unread = {
+        let _entered = rt.enter();
+        lbtrace::trace::drain(&mut rings, &mut decode_errors).len() as u64
+    };
+    let c = counters::read(&ebpf);
+    Ok(Run {
+        produced,
+        delivered,
+        unread,
+        emitted: c.events_emitted,
+        lost: c.events_lost,
+        packets: c.packets,
+        decode_errors,
+        wall,
+        consumer_cpu,
+        producer_wall,
+    })
+}
+
+pub fn measure(rounds: usize, secs: f64) -> Result<Figures> {
+    let mut f = Figures {
+        delivered_wall: Figure::new(SECTION, "events delivered per second (wall clock)", "M/s"),
+        per_cpu_second: Figure::new(
+            SECTION,
+            "events drained per consumer CPU-second (one core)",
+            "M/s",
+        ),
+        consumer_cpu: Figure::new(SECTION, "consumer thread CPU", "% core"),
+        produced: Figure::new(
+            SECTION,
+            "events produced per second (test-run producer)",
+            "M/s",
+        ),
+        lost: Figure::new(SECTION, "events lost (ring full)", "%"),
+        mismatches: Vec::new(),
+    };
+    for i in 0..rounds {
+        interrupted()?;
+        let r = one(secs)?;
+        let mut off = Vec::new();
+        if r.emitted != r.delivered + r.unread {
+            off.push(format!(
+                "emitted {} != delivered {} + unread {}",
+                r.emitted, r.delivered, r.unread
+            ));
+        }
+        if r.emitted + r.lost != r.produced {
+            off.push(format!(
+                "emitted {} + lost {} != produced {}",
+                r.emitted, r.lost, r.produced
+            ));
+        }
+        if r.packets != r.produced {
+            off.push(format!("packets {} != produced {}", r.packets, r.produced));
+        }
+        if r.decode_errors != 0 {
+            off.push(format!("{} decode errors", r.decode_errors));
+        }
+        if !off.is_empty() {
+            f.mismatches
+                .push(format!("run {}: {}", i + 1, off.join(", ")));
+        }
+        f.delivered_wall
+            .samples
+            .push(r.delivered as f64 / r.wall / 1e6);
+        f.per_cpu_second
+            .samples
+            .push(r.delivered as f64 / r.consumer_cpu.max(1e-9) / 1e6);
+        f.consumer_cpu
+            .samples
+            .push(100.0 * r.consumer_cpu / r.wall.max(1e-9));
+        f.produced
+            .samples
+            .push(r.produced as f64 / r.producer_wall / 1e6);
+        f.lost
+            .samples
+            .push(100.0 * r.lost as f64 / (r.produced.max(1)) as f64);
+        eprintln!(
+            "xtask: bench: ring run {}/{rounds}: produced {}, emitted {}, lost {}, delivered {}, unread at end {}, consumer CPU {:.2} s of {:.2} s",
+            i + 1,
+            r.produced,
+            r.emitted,
+            r.lost,
+            r.delivered,
+            r.unread,
+            r.consumer_cpu,
+            r.wall
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let exact = if f.mismatches.is_empty() {
+        format!("accounting exact in all {rounds} runs")
+    } else {
+        format!("ACCOUNTING OFF: {}", f.mismatches.join("; "))
+    };
+    f.per_cpu_second.note = exact;
+    f.delivered_wall.note =
+        "consumer-limited when events are lost, else producer-limited".to_owned();
+    Ok(f)
+}
