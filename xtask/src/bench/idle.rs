@@ -70,15 +70,7 @@ pub fn measure(lab: &Lab, lbtrace: &Path, secs: f64, windows: usize) -> Result<I
             .push(hwm.saturating_sub(ring_kib) as f64 / 1024.0);
     }
     running.stop()?;
-    let hz = 1.0 / {
-        // SAFETY: sysconf has no preconditions.
-        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if t > 0 { t as f64 } else { 100.0 }
-    };
-    out.cpu.note = format!(
-        "{windows} windows of {w:.0} s; /proc tick resolution {:.2} % per window",
-        100.0 * hz / w
-    );
+    out.cpu.note = format!("{windows} windows of {w:.0} s");
     out.hwm_rest.note = "peak includes start-up (BTF parsing, program load)".to_owned();
     Ok(out)
 }

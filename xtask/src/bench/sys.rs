@@ -82,11 +82,41 @@ pub fn pin_current_thread(cpu: usize) -> Pin {
     }
 }
 
-/// CPU time (user + system, all threads) of process `pid`, in seconds.
+/// CPU time of process `pid` (all its threads), in seconds: the scheduler's exact run time of
+/// each live thread (`se.sum_exec_runtime` of /proc/<pid>/task/*/sched, in ms with ns digits),
+/// else utime + stime of /proc/<pid>/stat (whole clock ticks: 10 ms steps).
 pub fn proc_cpu_seconds(pid: u32) -> Result<f64> {
+    if let Some(s) = sched_runtime(pid) {
+        return Ok(s);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     cpu_from_stat(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))
+}
+
+fn sched_runtime(pid: u32) -> Option<f64> {
+    let mut total_ms = 0.0;
+    let mut any = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(task.path().join("sched")) else {
+            continue;
+        };
+        if let Some(ms) = sched_field(&text, "se.sum_exec_runtime") {
+            total_ms += ms;
+            any = true;
+        }
+    }
+    any.then_some(total_ms / 1000.0)
+}
+
+fn sched_field(text: &str, key: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
 }
 
 fn cpu_from_stat(stat: &str) -> Option<f64> {
@@ -180,5 +210,8 @@ Size:                 64 kB
 Rss:                  40 kB
 ";
         assert_eq!(smaps_split(smaps), (16, 56));
+        let sched = "lbtrace (42, #threads: 3)\n---\nse.exec_start   :   6128684.933910\nse.sum_exec_runtime   :   1.658491\n";
+        assert_eq!(sched_field(sched, "se.sum_exec_runtime"), Some(1.658491));
+        assert!(sched_runtime(std::process::id()).is_some_and(|s| s > 0.0));
     }
 }
