@@ -199,6 +199,9 @@ pub mod names {
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     pub const DATA_DROP_REASONS: &str = "DATA_DROP_REASONS";
     pub const NOISE_REASONS: &str = "NOISE_REASONS";
+    /// `Array<u8>` of 65536: 1 for every port some endpoint watches. A control packet whose
+    /// ports are both unwatched skips the hash lookups (unless an endpoint watches all ports).
+    pub const PORTS: &str = "PORTS";
 
     pub const PROG_TC_INGRESS: &str = "tc_ingress";
     pub const PROG_TC_EGRESS: &str = "tc_egress";

@@ -56,6 +56,9 @@ static DATA_DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_D
 /// the running kernel's `enum skb_drop_reason`.
 #[map]
 static NOISE_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
+/// 1 for every port some endpoint watches (userspace fills it with `ENDPOINTS`).
+#[map]
+static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
@@ -110,6 +113,21 @@ fn watched(fam: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16) ->
     endpoint(fam, daddr, dport).or_else(|| endpoint(fam, saddr, sport))
 }
 
+/// Whether a watched endpoint could match: one of the ports is watched, or some endpoint
+/// watches every port. An array lookup, inlined by the verifier: far cheaper than the hash.
+#[inline(always)]
+fn port_watched(sport: u16, dport: u16) -> bool {
+    if HAS_WILDCARD.load() != 0 {
+        return true;
+    }
+    let hit = |p: u16| {
+        PORTS
+            .get_ptr(u32::from(p))
+            .is_some_and(|v| unsafe { *v } != 0)
+    };
+    hit(dport) || hit(sport)
+}
+
 #[inline(always)]
 fn stats(id: u32) -> Option<*mut EndpointStats> {
     ENDPOINT_STATS.get_ptr_mut(id)
@@ -139,10 +157,11 @@ fn count_flags(id: u32, flags: u8) {
 /// unread data passes `WAKEUP_BYTES`; otherwise it finds the events on its next timer tick, so a
 /// burst costs no wakeup per event.
 #[inline(always)]
-fn emit(ring: &RingBuf, ev: &Event, emitted: u32, lost: u32) {
+fn emit(ring: &RingBuf, emitted: u32, lost: u32, ev: impl FnOnce() -> Event) {
     match ring.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(*ev);
+            // Built only once the ring has room, straight into the reserved record.
+            entry.write(ev());
             let avail = unsafe {
                 bpf_ringbuf_query(addr_of!(*ring) as *mut c_void, BPF_RB_AVAIL_DATA as u64)
             };
@@ -164,10 +183,31 @@ struct L3 {
     /// Offset of the L4 header.
     l4: usize,
     proto: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    /// The IP header, bounds-checked for its fixed length. Addresses are read from it only once
+    /// a packet turns out to matter.
+    ip: *const u8,
     /// L4 bytes (header and payload) as the IP header tells.
     l4_len: u16,
+}
+
+impl L3 {
+    #[inline(always)]
+    fn saddr(&self) -> [u8; 16] {
+        if self.fam == family::V4 {
+            copy4(unsafe { self.ip.add(12) })
+        } else {
+            copy16(unsafe { self.ip.add(8) })
+        }
+    }
+
+    #[inline(always)]
+    fn daddr(&self) -> [u8; 16] {
+        if self.fam == family::V4 {
+            copy4(unsafe { self.ip.add(16) })
+        } else {
+            copy16(unsafe { self.ip.add(24) })
+        }
+    }
 }
 
 #[inline(always)]
@@ -188,8 +228,7 @@ fn ipv4(b: &Bounds, off: usize) -> Result<Option<L3>, ()> {
         fam: family::V4,
         l4: off + ihl,
         proto,
-        saddr: copy4(unsafe { p.add(12) }),
-        daddr: copy4(unsafe { p.add(16) }),
+        ip: p,
         l4_len: tot.saturating_sub(ihl as u16),
     }))
 }
@@ -205,8 +244,7 @@ fn ipv6(b: &Bounds, off: usize) -> Result<Option<L3>, ()> {
         fam: family::V6,
         l4: off + 40,
         proto: unsafe { *p.add(6) },
-        saddr: copy16(unsafe { p.add(8) }),
-        daddr: copy16(unsafe { p.add(24) }),
+        ip: p,
         l4_len: be16(unsafe { p.add(4) }),
     }))
 }
@@ -240,26 +278,41 @@ fn tcp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
     }
     let sport = be16(t);
     let dport = be16(unsafe { t.add(2) });
-    let Some(id) = watched(l3.fam, l3.saddr, sport, l3.daddr, dport) else {
+    if !port_watched(sport, dport) {
+        return Ok(());
+    }
+    let (saddr, daddr) = (l3.saddr(), l3.daddr());
+    let Some(id) = watched(l3.fam, saddr, sport, daddr, dport) else {
         return Ok(());
     };
     count_flags(id, flags);
     let doff = ((unsafe { *t.add(12) } >> 4) as u16) * 4;
-    let mut ev = Event::zeroed();
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.ifindex = ifindex;
-    ev.kind = kind::PACKET;
-    ev.hook = hook;
-    ev.family = l3.fam;
-    ev.tcp_flags = flags;
-    ev.saddr = l3.saddr;
-    ev.daddr = l3.daddr;
-    ev.sport = sport;
-    ev.dport = dport;
-    ev.seq = be32(unsafe { t.add(4) });
-    ev.ack = be32(unsafe { t.add(8) });
-    ev.payload_len = l3.l4_len.saturating_sub(doff);
-    emit(&EVENTS, &ev, counter::EVENTS_EMITTED, counter::EVENTS_LOST);
+    emit(
+        &EVENTS,
+        counter::EVENTS_EMITTED,
+        counter::EVENTS_LOST,
+        || Event {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ifindex,
+            kind: kind::PACKET,
+            hook,
+            family: l3.fam,
+            tcp_flags: flags,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            seq: be32(unsafe { t.add(4) }),
+            ack: be32(unsafe { t.add(8) }),
+            reason: 0,
+            outer_src: [0; 16],
+            outer_dst: [0; 16],
+            icmp_type: 0,
+            icmp_code: 0,
+            payload_len: l3.l4_len.saturating_sub(doff),
+            _pad: [0; 4],
+        },
+    );
     Ok(())
 }
 
@@ -290,32 +343,42 @@ fn icmp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
     let t = b.at::<8>(q.l4).ok_or(())?;
     let sport = be16(t);
     let dport = be16(unsafe { t.add(2) });
-    let Some(id) = watched(q.fam, q.saddr, sport, q.daddr, dport) else {
+    if !port_watched(sport, dport) {
+        return Ok(());
+    }
+    let (saddr, daddr) = (q.saddr(), q.daddr());
+    let Some(id) = watched(q.fam, saddr, sport, daddr, dport) else {
         return Ok(());
     };
     if let Some(s) = stats(id) {
         unsafe { (*s).icmp += 1 };
     }
-    let mut ev = Event::zeroed();
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.ifindex = ifindex;
-    ev.kind = kind::ICMP;
-    ev.hook = hook;
-    ev.family = q.fam;
-    ev.saddr = q.saddr;
-    ev.daddr = q.daddr;
-    ev.sport = sport;
-    ev.dport = dport;
-    ev.seq = be32(unsafe { t.add(4) });
-    ev.outer_src = l3.saddr;
-    ev.outer_dst = l3.daddr;
-    ev.icmp_type = ty;
-    ev.icmp_code = unsafe { *h.add(1) };
+    let (outer_src, outer_dst, icmp_code) = (l3.saddr(), l3.daddr(), unsafe { *h.add(1) });
     emit(
         &PRIORITY_EVENTS,
-        &ev,
         counter::PRIORITY_EMITTED,
         counter::PRIORITY_LOST,
+        || Event {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ifindex,
+            kind: kind::ICMP,
+            hook,
+            family: q.fam,
+            tcp_flags: 0,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            seq: be32(unsafe { t.add(4) }),
+            ack: 0,
+            reason: 0,
+            outer_src,
+            outer_dst,
+            icmp_type: ty,
+            icmp_code,
+            payload_len: 0,
+            _pad: [0; 4],
+        },
     );
     Ok(())
 }
@@ -455,6 +518,9 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     unsafe { bpf_probe_read_kernel_buf(tcp_at as *const u8, &mut t).ok()? };
     let sport = u16::from_be_bytes([t[0], t[1]]);
     let dport = u16::from_be_bytes([t[2], t[3]]);
+    if !port_watched(sport, dport) {
+        return None;
+    }
     let id = watched(fam, saddr, sport, daddr, dport)?;
     if let Some(s) = stats(id) {
         unsafe { (*s).drops += 1 };
@@ -474,26 +540,31 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         0
     };
     let doff = ((t[12] >> 4) as u16) * 4;
-    let mut ev = Event::zeroed();
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.ifindex = ifindex;
-    ev.kind = kind::DROP;
-    ev.hook = hook::KFREE_SKB;
-    ev.family = fam;
-    ev.tcp_flags = flags;
-    ev.saddr = saddr;
-    ev.daddr = daddr;
-    ev.sport = sport;
-    ev.dport = dport;
-    ev.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-    ev.ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
-    ev.reason = reason;
-    ev.payload_len = l4_len.saturating_sub(doff);
     emit(
         &PRIORITY_EVENTS,
-        &ev,
         counter::PRIORITY_EMITTED,
         counter::PRIORITY_LOST,
+        || Event {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ifindex,
+            kind: kind::DROP,
+            hook: hook::KFREE_SKB,
+            family: fam,
+            tcp_flags: flags,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+            reason,
+            outer_src: [0; 16],
+            outer_dst: [0; 16],
+            icmp_type: 0,
+            icmp_code: 0,
+            payload_len: l4_len.saturating_sub(doff),
+            _pad: [0; 4],
+        },
     );
     Some(())
 }

@@ -47,15 +47,12 @@ pub fn be32(p: *const u8) -> u32 {
     u32::from_be(unsafe { read_unaligned(p.cast::<u32>()) })
 }
 
+/// An IPv4 address in the first 4 of 16 bytes. Built from one 32-bit load and three zero words,
+/// so no byte-wise memset lands on the per-packet path.
 #[inline(always)]
 pub fn copy4(p: *const u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    let v: [u8; 4] = unsafe { read_unaligned(p.cast::<[u8; 4]>()) };
-    a[0] = v[0];
-    a[1] = v[1];
-    a[2] = v[2];
-    a[3] = v[3];
-    a
+    let v: u32 = unsafe { read_unaligned(p.cast::<u32>()) };
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([v, 0, 0, 0]) }
 }
 
 #[inline(always)]

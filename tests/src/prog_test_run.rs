@@ -29,7 +29,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use lbtrace_common::{
@@ -545,13 +545,8 @@ impl Harness {
         p.load()
             .unwrap_or_else(|e| panic!("loading {}: {e:?}", names::PROG_XDP_INGRESS));
 
-        {
-            let mut map: HashMap<_, EndpointKey, u32> =
-                HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).expect("no ENDPOINTS")).unwrap();
-            for (key, id) in endpoints {
-                map.insert(key, id, 0).unwrap();
-            }
-        }
+        lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, endpoints)
+            .expect("filling ENDPOINTS and PORTS");
         let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).expect("no EVENTS")).unwrap();
         let priority = RingBuf::try_from(
             ebpf.take_map(names::PRIORITY_EVENTS)

@@ -16,7 +16,7 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use lbtrace_common::{MAX_DROP_REASONS, MAX_ENDPOINTS, names};
+use lbtrace_common::{EndpointKey, MAX_DROP_REASONS, MAX_ENDPOINTS, names};
 
 use super::{
     btf::{DropReasons, KernelBtf},
@@ -57,6 +57,28 @@ pub struct Tracer {
     pub reasons: DropReasons,
     pub endpoints: Vec<Watched>,
     pub netns_inum: u64,
+}
+
+/// Fills `ENDPOINTS` (key -> endpoint id) and the `PORTS` pre-filter the programs check first.
+/// Every loader of the object goes through here, so the two maps never disagree.
+pub fn fill_endpoints(ebpf: &mut Ebpf, keys: &[(EndpointKey, u32)]) -> Result<()> {
+    {
+        let mut eps: HashMap<_, EndpointKey, u32> = HashMap::try_from(
+            ebpf.map_mut(names::ENDPOINTS)
+                .context("ENDPOINTS map missing")?,
+        )?;
+        for (k, id) in keys {
+            eps.insert(k, id, 0).context("filling ENDPOINTS")?;
+        }
+    }
+    let mut ports: Array<_, u8> =
+        Array::try_from(ebpf.map_mut(names::PORTS).context("PORTS map missing")?)?;
+    for (k, _) in keys {
+        ports
+            .set(u32::from(k.port), 1, 0)
+            .context("filling PORTS")?;
+    }
+    Ok(())
 }
 
 /// The inode number of this process's network namespace (what `ip netns identify` matches on).
@@ -117,16 +139,13 @@ impl Tracer {
             .load(super::EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
-        {
-            let mut eps: HashMap<_, lbtrace_common::EndpointKey, u32> = HashMap::try_from(
-                ebpf.map_mut(names::ENDPOINTS)
-                    .context("ENDPOINTS map missing")?,
-            )?;
-            for (id, w) in cfg.endpoints.iter().enumerate() {
-                eps.insert(w.endpoint.key(), u32::try_from(id)?, 0)
-                    .context("filling ENDPOINTS")?;
-            }
-        }
+        let keys: Vec<(EndpointKey, u32)> = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(id, w)| Ok((w.endpoint.key(), u32::try_from(id)?)))
+            .collect::<Result<_>>()?;
+        fill_endpoints(&mut ebpf, &keys)?;
         {
             let mut noise: Array<_, u8> = Array::try_from(
                 ebpf.map_mut(names::NOISE_REASONS)

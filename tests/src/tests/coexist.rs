@@ -10,7 +10,7 @@ use std::{fs::File, os::fd::AsFd as _, sync::mpsc, thread, time::Duration};
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
 };
 use lbtrace_common::{EndpointKey, EndpointStats, family, names};
@@ -55,19 +55,19 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
             .expect("loading the stand-in program");
         let mut vip = [0u8; 16];
         vip[..4].copy_from_slice(&VIP.v4.parse::<std::net::Ipv4Addr>().unwrap().octets());
-        let mut eps: HashMap<_, EndpointKey, u32> =
-            HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).unwrap()).unwrap();
-        eps.insert(
-            EndpointKey {
-                addr: vip,
-                port: VIP_PORT,
-                family: family::V4,
-                _pad: 0,
-            },
-            0,
-            0,
+        lbtrace::kernel::tracer::fill_endpoints(
+            &mut ebpf,
+            &[(
+                EndpointKey {
+                    addr: vip,
+                    port: VIP_PORT,
+                    family: family::V4,
+                    _pad: 0,
+                },
+                0,
+            )],
         )
-        .unwrap();
+        .expect("filling ENDPOINTS and PORTS");
         let prog_id = if xdp {
             let p: &mut Xdp = ebpf
                 .program_mut(names::PROG_XDP_INGRESS)

@@ -5,10 +5,10 @@
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{HashMap, MapData, RingBuf},
+    maps::{MapData, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
-use lbtrace_common::{EndpointKey, names};
+use lbtrace_common::names;
 
 use super::{
     bpf::{self, EmptyProg},
@@ -190,13 +190,8 @@ fn load(ring_bytes: u32) -> Result<Loaded> {
         .context("no xdp_ingress program")?
         .try_into()?;
     xdp.load().context("loading xdp_ingress")?;
-    {
-        let mut eps: HashMap<_, EndpointKey, u32> =
-            HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("no ENDPOINTS map")?)?;
-        for (k, id) in frames::endpoints() {
-            eps.insert(k, id, 0).context("filling ENDPOINTS")?;
-        }
-    }
+    lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, &frames::endpoints())
+        .context("filling ENDPOINTS and PORTS")?;
     let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
     let priority = RingBuf::try_from(
         ebpf.take_map(names::PRIORITY_EVENTS)

@@ -18,9 +18,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::{EbpfLoader, maps::HashMap, programs::SchedClassifier};
+use aya::{EbpfLoader, programs::SchedClassifier};
 use lbtrace::kernel::{counters, rings::Rings};
-use lbtrace_common::{EndpointKey, names};
+use lbtrace_common::names;
 
 use super::{
     frames::{self, VIP, VIP_PORT},
@@ -84,13 +84,8 @@ fn one(secs: f64) -> Result<Run> {
         .context("no tc_ingress program")?
         .try_into()?;
     tc.load().context("loading tc_ingress")?;
-    {
-        let mut eps: HashMap<_, EndpointKey, u32> =
-            HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("no ENDPOINTS map")?)?;
-        for (k, id) in frames::endpoints() {
-            eps.insert(k, id, 0).context("filling ENDPOINTS")?;
-        }
-    }
+    lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, &frames::endpoints())
+        .context("filling ENDPOINTS and PORTS")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
