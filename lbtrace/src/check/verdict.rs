@@ -260,8 +260,6 @@ struct Classified {
     flows: Vec<Flow>,
     /// Events of each probe, by probe index (backend probes, then the VIP probe).
     probe_events: Vec<Vec<usize>>,
-    /// SYNs the LB itself sent to backends that are not forwarded client SYNs (L7 backend legs).
-    lb_backend_syns: Vec<usize>,
 }
 
 fn classify(f: &Facts<'_>) -> Classified {
@@ -329,7 +327,6 @@ fn classify(f: &Facts<'_>) -> Classified {
 
     // The backend leg: a SYN leaving towards a backend with a client's ISN is that client's SYN,
     // forwarded (NAT keeps the ISN, with or without SNAT); the backend's SYN-ACK acknowledges it.
-    let mut lb_backend_syns = Vec::new();
     for &i in &backend_events {
         let e = &f.events[i];
         if matches!(e.detail, Detail::Icmp { .. }) {
@@ -340,9 +337,9 @@ fn classify(f: &Facts<'_>) -> Classified {
             && is_backend(&e.dst)
             && e.dir == Some(Dir::Out)
         {
-            match flows.iter_mut().find(|fl| fl.isn == Some(e.seq)) {
-                Some(fl) => fl.forwarded.push(i),
-                None => lb_backend_syns.push(i),
+            // Otherwise the LB's own backend connection (Layer 7): the probes' verdicts cover it.
+            if let Some(fl) = flows.iter_mut().find(|fl| fl.isn == Some(e.seq)) {
+                fl.forwarded.push(i);
             }
         } else if matches!(e.detail, Detail::Drop { .. })
             && e.flags & SYN != 0
@@ -365,7 +362,6 @@ fn classify(f: &Facts<'_>) -> Classified {
     Classified {
         flows,
         probe_events,
-        lb_backend_syns,
     }
 }
 
@@ -572,7 +568,7 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         s3.evidence.sort_unstable();
         s3.evidence.dedup();
     }
-    let s4 = judge_return(f, &live, &c.probe_events);
+    let s4 = judge_return(f, &live);
     let mut steps = vec![s1, s2, s3, s4];
     // Steps left without evidence by an earlier failure are unknown, blocked by it.
     let first_fail = steps
@@ -587,7 +583,6 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
             s.blocked_by = Some(ff);
         }
     }
-    let _ = &c.lb_backend_syns;
     Verdict {
         mode,
         first_failed_step: first_fail,
@@ -875,7 +870,7 @@ fn judge_backend(
     }
 }
 
-fn judge_return(f: &Facts<'_>, live: &[&&Flow], probe_events: &[Vec<usize>]) -> StepVerdict {
+fn judge_return(f: &Facts<'_>, live: &[&&Flow]) -> StepVerdict {
     let ev = f.events;
     // Backend replies bypassing the LB: forwarded SYNs that no SYN-ACK answers through the LB,
     // while the same backend answers the LB's own probe.
@@ -931,7 +926,6 @@ fn judge_return(f: &Facts<'_>, live: &[&&Flow], probe_events: &[Vec<usize>]) -> 
             evid,
         );
     }
-    let _ = probe_events;
     let answered: Vec<&&&Flow> = live.iter().filter(|fl| fl.answered()).collect();
     if answered.is_empty() {
         return step(
