@@ -199,6 +199,25 @@ impl Flow {
             })
     }
 
+    /// The client closed first, after sending a request and before receiving a byte: it gave up
+    /// waiting (a hang), whatever the LB did after that.
+    fn client_gave_up(&self, events: &[KernelEvent]) -> bool {
+        let (Some(isn), Some(sisn)) = (self.isn, self.server_isn) else {
+            return false;
+        };
+        let Some(&first) = self.client_closes.first() else {
+            return false;
+        };
+        let c = &events[first];
+        let lb_closed_before = self
+            .lb_fins
+            .iter()
+            .chain(&self.lb_rsts)
+            .any(|&i| events[i].ts_ns <= c.ts_ns);
+        let sent = c.seq.wrapping_sub(isn);
+        !lb_closed_before && c.ack == sisn.wrapping_add(1) && sent > 1 && sent < 1 << 30
+    }
+
     fn kernel_refused(&self, events: &[KernelEvent], reasons: &DropReasons) -> bool {
         !self.lb_rsts.is_empty()
             && !self.answered()
@@ -660,7 +679,9 @@ fn judge_handling(f: &Facts<'_>, live: &[&&Flow], mode: Mode) -> StepVerdict {
     let mut closed = 0;
     let mut closed_empty = Vec::new();
     for fl in live.iter().filter(|fl| fl.answered() || fl.l4()) {
-        if let Some(&r) = fl.lb_rsts.first() {
+        if fl.client_gave_up(ev) {
+            hang.push(fl);
+        } else if let Some(&r) = fl.lb_rsts.first() {
             if fl.client_sent_request(ev) || ev[r].ack.wrapping_sub(fl.isn.unwrap_or(0)) > 1 {
                 rst_after_req.push(fl);
             } else {
@@ -1213,6 +1234,21 @@ mod tests {
             "{}",
             v.steps[1].summary
         );
+    }
+
+    #[test]
+    fn a_client_giving_up_before_a_late_answer_is_a_hang() {
+        let ev = vec![
+            pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+            pkt(11, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001),
+            // The client sent 77 bytes and gave up after 2 s with nothing received...
+            pkt(2010, Dir::In, CLIENT, VIP, FIN | ACK, 1078, 7001),
+            // ...and the LB's 503 came after that.
+            pkt(3000, Dir::Out, VIP, CLIENT, FIN | ACK, 7200, 1079),
+        ];
+        let v = run(&ev, &healthy_probes());
+        assert_eq!(v.steps[1].status, Status::Warn, "{v:#?}");
+        assert!(v.steps[1].summary.contains("hang"));
     }
 
     #[test]
