@@ -124,7 +124,8 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// A watched endpoint with its role and its index in the kernel's `ENDPOINTS` map.
+/// A watched endpoint with its role. Its position in the tracer's list is its id in the kernel's
+/// `ENDPOINTS` map and the index of its `ENDPOINT_STATS` counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watched {
     pub endpoint: Endpoint,

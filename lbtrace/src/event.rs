@@ -177,11 +177,6 @@ pub fn icmp_what(v6: bool, ty: u8, code: u8) -> &'static str {
     }
 }
 
-/// `addr:port`, IPv6 as `[addr]:port` (what `SocketAddr` prints).
-pub fn fmt_sa(sa: &SocketAddr) -> String {
-    sa.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,13 +261,9 @@ fn is(e: &KernelEvent, want: u8, not: u8) -> bool {
     e.flags & want == want && e.flags & not == 0
 }
 
-/// The tuple an event is about: the packet's, or for an ICMP error the quoted one.
-fn tuple(e: &KernelEvent) -> (SocketAddr, SocketAddr) {
-    (e.src, e.dst)
-}
-
 fn probe_of(probes: &[&ProbeFacts], e: &KernelEvent) -> Option<usize> {
-    let (s, d) = tuple(e);
+    // For an ICMP error the event's tuple is already the quoted one.
+    let (s, d) = (e.src, e.dst);
     probes.iter().position(|p| {
         p.local_port.is_some_and(|lp| {
             (d == p.target && s.port() == lp) || (s == p.target && d.port() == lp)
@@ -295,7 +291,7 @@ fn classify(f: &Facts<'_>) -> Classified {
             probe_events[p].push(i);
             continue;
         }
-        let (s, d) = tuple(e);
+        let (s, d) = (e.src, e.dst);
         let (client, to_vip) = if f.vip.matches(&d) {
             (s, true)
         } else if f.vip.matches(&s) {

@@ -165,7 +165,8 @@ impl Loop {
 
     fn findings(&mut self, now: u64, found: Vec<(u64, Finding)>) {
         for (id, f) in found {
-            let Some(conn) = self.rec.conn(id).cloned() else {
+            // Borrow the recorded connection, don't copy it: the borrow ends before `notice`.
+            let Some(conn) = self.rec.conn(id) else {
                 continue;
             };
             *self.tally.findings.entry(f.alert_key()).or_default() += 1;
@@ -176,7 +177,7 @@ impl Loop {
                     .entry((conn.vip.to_string(), f.step()))
                     .or_default() += 1;
             }
-            if let Some(n) = self.alerts.record(now, &conn, &f) {
+            if let Some(n) = self.alerts.record(now, conn, &f) {
                 self.notice(n);
             }
         }
