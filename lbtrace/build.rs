@@ -21,6 +21,17 @@ fn main() -> Result<()> {
     // RUSTC_BOOTSTRAP leaking into (and rebuilding) every userspace dependency.
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // BPF cpu v3 (kernel 5.1+; lbtrace needs 6.6 for TCX anyway) instead of the default v1:
+    // 32-bit sub-registers, and the fetching atomic add the per-CPU event rings publish records
+    // with. aya-build owns CARGO_ENCODED_RUSTFLAGS, so this goes through a profile's rustflags
+    // (unstable in cargo, enabled like build-std for this inner build only).
+    // SAFETY: as above.
+    unsafe {
+        env::set_var("CARGO_UNSTABLE_PROFILE_RUSTFLAGS", "true");
+        env::set_var("CARGO_PROFILE_RELEASE_RUSTFLAGS", "-Ctarget-cpu=v3");
+        // Not for the host-side build dependencies (proc macros) of that build.
+        env::set_var("CARGO_PROFILE_RELEASE_BUILD_OVERRIDE_RUSTFLAGS", "");
+    }
     let toolchain = env::var("LBTRACE_EBPF_TOOLCHAIN").unwrap_or_else(|_| "stable".to_owned());
     println!("cargo:rerun-if-env-changed=LBTRACE_EBPF_TOOLCHAIN");
     let ebpf = Package {

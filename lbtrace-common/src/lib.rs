@@ -146,9 +146,9 @@ const _: () = assert!(core::mem::size_of::<EndpointStats>() == 48);
 
 /// Indices of the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Events written to the `EVENTS` ring (packet events).
+    /// Packet events written to this CPU's `EVENTS` ring.
     pub const EVENTS_EMITTED: u32 = 0;
-    /// Packet events lost: `bpf_ringbuf_reserve` on `EVENTS` failed (ring full).
+    /// Packet events lost: this CPU's `EVENTS` ring was full (the reader was behind).
     pub const EVENTS_LOST: u32 = 1;
     /// Events written to the `PRIORITY_EVENTS` ring (ICMP errors and drops).
     pub const PRIORITY_EMITTED: u32 = 2;
@@ -185,6 +185,27 @@ pub struct KernelOffsets {
     pub net_inum: u32,
 }
 
+/// One CPU's cursors of its packet-event ring (the `RING_CURSORS` array, one entry per possible
+/// CPU, mapped by userspace). The programs on that CPU write `head` (records published, counting
+/// from 0), the reader writes `tail` (records consumed); each sits on a cache line of its own.
+/// Records `tail..head` of CPU `c` are `EVENTS[c * RING_SLOTS + (i % RING_SLOTS)]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCursor {
+    pub head: u64,
+    pub _pad0: [u64; 7],
+    pub tail: u64,
+    pub _pad1: [u64; 7],
+}
+
+pub const RING_CURSOR_SIZE: usize = 128;
+const _: () = assert!(core::mem::size_of::<RingCursor>() == RING_CURSOR_SIZE);
+/// Offsets of the two cursors, for readers that access the mapping with atomics.
+pub const RING_CURSOR_HEAD: usize = 0;
+pub const RING_CURSOR_TAIL: usize = 64;
+const _: () = assert!(core::mem::offset_of!(RingCursor, head) == RING_CURSOR_HEAD);
+const _: () = assert!(core::mem::offset_of!(RingCursor, tail) == RING_CURSOR_TAIL);
+
 /// Maximum number of watched endpoints (size of `ENDPOINTS` and `ENDPOINT_STATS`).
 pub const MAX_ENDPOINTS: u32 = 1024;
 /// Size of the per-CPU `DATA_DROP_REASONS` array: data-packet drops counted by reason value.
@@ -192,7 +213,16 @@ pub const MAX_DROP_REASONS: u32 = 1024;
 
 /// Map, program and global names, so userspace never spells them twice.
 pub mod names {
+    /// `Array<Event>` (mmapable) of `possible CPUs x RING_SLOTS` records: one single-producer ring
+    /// of packet events per CPU, cursors in `RING_CURSORS`.
     pub const EVENTS: &str = "EVENTS";
+    /// `Array<RingCursor>` (mmapable), one per possible CPU.
+    pub const RING_CURSORS: &str = "RING_CURSORS";
+    /// A small BPF ring buffer of wake-up records: a CPU whose ring reaches `WAKEUP_EVENTS`
+    /// unread records writes one, so the reader wakes before its timer tick.
+    pub const RING_WAKEUP: &str = "RING_WAKEUP";
+    /// BPF ring buffer of ICMP-error and drop events (the drop tracer can interrupt the packet
+    /// programs on a CPU, so these go through the kernel's multi-producer ring).
     pub const PRIORITY_EVENTS: &str = "PRIORITY_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ENDPOINTS: &str = "ENDPOINTS";
@@ -214,8 +244,12 @@ pub mod names {
     pub const GLOBAL_NETNS_INUM: &str = "NETNS_INUM";
     /// `u8`: 1 when some endpoint watches all ports (port 0), so lookups try the wildcard too.
     pub const GLOBAL_HAS_WILDCARD: &str = "HAS_WILDCARD";
-    /// `u64`: bytes of unread data in `EVENTS` above which a submit wakes the reader up.
-    pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// `u64`: records per CPU in `EVENTS` (a power of two).
+    pub const GLOBAL_RING_SLOTS: &str = "RING_SLOTS";
+    /// `u64`: unread records in a CPU's ring at which it writes a wake-up record.
+    pub const GLOBAL_WAKEUP_EVENTS: &str = "WAKEUP_EVENTS";
+    /// `u64`: bytes of unread data in `PRIORITY_EVENTS` above which a submit wakes the reader.
+    pub const GLOBAL_PRIORITY_WAKEUP_BYTES: &str = "PRIORITY_WAKEUP_BYTES";
 }
 
 #[cfg(feature = "user")]
@@ -225,4 +259,5 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointStats {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::RingCursor {}
 }

@@ -11,35 +11,55 @@
 //! attached after lbtrace still run, XDP always returns `XDP_PASS`, and no packet is ever written.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod parse;
 
-use core::{ffi::c_void, ptr::addr_of};
+use core::{
+    ffi::c_void,
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, xdp_action,
+        BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
+        xdp_action,
     },
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_ringbuf_query,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_ringbuf_output, bpf_ringbuf_query,
     },
     macros::{classifier, map, raw_tracepoint, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TcContext, XdpContext},
 };
 use lbtrace_common::{
-    EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS, counter,
-    family, hook, kind, tcp_flag,
+    EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS, RingCursor,
+    counter, family, hook, kind, tcp_flag,
 };
 use parse::{
     Bounds, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, be16, be32, copy4,
     copy16,
 };
 
-/// Packet events (SYN, SYN-ACK, RST, FIN). Userspace sizes it before load.
+/// Packet events (SYN, SYN-ACK, RST, FIN): one single-producer ring per CPU, `RING_SLOTS` records
+/// each, cursors in `RING_CURSORS`; userspace maps both and sizes them before load.
+///
+/// Why not a BPF ring buffer: its reserve takes a spinlock with interrupts off and, with the
+/// submit, costs two helper calls; on a watched control packet that was most of lbtrace's cost.
+/// Here a record is plain stores into this CPU's slot and one atomic add that publishes it.
+/// Single producer per CPU: the programs that write here (TC ingress/egress, XDP) run with
+/// bottom halves disabled, so on one CPU they never interrupt each other; the drop tracer, which
+/// can interrupt anything, writes to `PRIORITY_EVENTS` only.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static EVENTS: Array<Event> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map]
+static RING_CURSORS: Array<RingCursor> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Wake-up records (the CPU number): one when a CPU's ring reaches `WAKEUP_EVENTS` unread.
+#[map]
+static RING_WAKEUP: RingBuf = RingBuf::with_byte_size(4096, 0);
 /// ICMP-error and drop events, in a ring of their own so that a SYN flood filling `EVENTS` cannot
 /// starve them.
 #[map]
@@ -76,7 +96,11 @@ static NETNS_INUM: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static HAS_WILDCARD: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
-static WAKEUP_BYTES: Global<u64> = Global::new(1 << 20);
+static RING_SLOTS: Global<u64> = Global::new(1);
+#[unsafe(no_mangle)]
+static WAKEUP_EVENTS: Global<u64> = Global::new(1);
+#[unsafe(no_mangle)]
+static PRIORITY_WAKEUP_BYTES: Global<u64> = Global::new(1 << 18);
 
 #[inline(always)]
 fn count(idx: u32) -> u64 {
@@ -157,22 +181,84 @@ fn count_flags(id: u32, flags: u8) {
     }
 }
 
-/// Writes `ev` to `ring`, counting it as emitted or lost. The reader is only woken up when the
-/// unread data passes `WAKEUP_BYTES`; otherwise it finds the events on its next timer tick, so a
-/// burst costs no wakeup per event. The fill level is asked for on every 64th event of a CPU
-/// only: a helper call saved on the other 63, and a burst large enough to matter still wakes the
-/// reader within 64 events.
+/// Makes the record before `head` visible to the reader, which loads `head` with acquire: a
+/// fetching atomic add, which every JIT emits fully ordered (x86-64: `lock xadd`), so the
+/// record's stores cannot pass it, in the compiler or in the CPU. (The BPF target has no
+/// compare-and-swap, so core's atomic types offer no `fetch_add`, and LLVM has no lowering for a
+/// release store or a fence before cpu v4; the intrinsic is the plain atomic add.)
 #[inline(always)]
-fn emit(ring: &RingBuf, emitted: u32, lost: u32, ev: impl FnOnce() -> Event) {
+unsafe fn publish(cursor: *mut u64, head: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    let prev = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cursor, 1) };
+    // A used result keeps it a fetching add: a non-fetching one is not ordered on every JIT.
+    core::hint::black_box(prev == head - 1);
+}
+
+/// Writes a packet event to this CPU's ring, counting it as emitted or lost (ring full). The
+/// record is built only once there is room, straight into its slot. The reader polls on a timer;
+/// a CPU whose unread records reach `WAKEUP_EVENTS` also wakes it, once per crossing.
+#[inline(always)]
+fn emit_packet(fill_in: impl FnOnce(&mut Event)) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(cur) = RING_CURSORS.get_ptr_mut(cpu) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    let slots = RING_SLOTS.load();
+    // Only this CPU writes `head`; the reader writes `tail` once it is done with the records.
+    let head = unsafe { (*cur).head };
+    let fill = head.wrapping_sub(unsafe { read_volatile(addr_of!((*cur).tail)) });
+    if fill >= slots {
+        count(counter::EVENTS_LOST);
+        return;
+    }
+    let Some(slot) = EVENTS.get_ptr_mut((u64::from(cpu) * slots + (head & (slots - 1))) as u32)
+    else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    // The slot still holds an old record: `fill_in` sets every field but the ones packet events
+    // leave zero, cleared here with volatile stores; plain ones would be merged into an
+    // out-of-line `memset` call (compiler-builtins' byte loop) on the hot path.
+    unsafe {
+        write_volatile(addr_of_mut!((*slot).reason), 0);
+        let outer = addr_of_mut!((*slot).outer_src).cast::<u64>();
+        for i in 0..4 {
+            write_volatile(outer.add(i), 0);
+        }
+        write_volatile(addr_of_mut!((*slot).icmp_type).cast::<u16>(), 0);
+        write_volatile(addr_of_mut!((*slot)._pad).cast::<u32>(), 0);
+        fill_in(&mut *slot);
+    }
+    unsafe { publish(addr_of_mut!((*cur).head), head + 1) };
+    count(counter::EVENTS_EMITTED);
+    if fill + 1 == WAKEUP_EVENTS.load() {
+        let c = u64::from(cpu);
+        unsafe {
+            bpf_ringbuf_output(
+                addr_of!(RING_WAKEUP) as *mut c_void,
+                addr_of!(c) as *mut c_void,
+                8,
+                BPF_RB_FORCE_WAKEUP as u64,
+            )
+        };
+    }
+}
+
+/// Writes `ev` to the `PRIORITY_EVENTS` ring buffer, counting it as emitted or lost. The reader
+/// is only woken up when the unread data passes `PRIORITY_WAKEUP_BYTES`, asked on every 64th
+/// event of a CPU: otherwise it finds the events on its next timer tick.
+#[inline(always)]
+fn emit_priority(ev: impl FnOnce() -> Event) {
+    let ring = &PRIORITY_EVENTS;
     match ring.reserve::<Event>(0) {
         Some(mut entry) => {
-            // Built only once the ring has room, straight into the reserved record.
             entry.write(ev());
-            let n = count(emitted);
+            let n = count(counter::PRIORITY_EMITTED);
             let flags = if n.is_multiple_of(64)
                 && unsafe {
                     bpf_ringbuf_query(addr_of!(*ring) as *mut c_void, BPF_RB_AVAIL_DATA as u64)
-                } >= WAKEUP_BYTES.load()
+                } >= PRIORITY_WAKEUP_BYTES.load()
             {
                 BPF_RB_FORCE_WAKEUP
             } else {
@@ -181,7 +267,7 @@ fn emit(ring: &RingBuf, emitted: u32, lost: u32, ev: impl FnOnce() -> Event) {
             entry.submit(flags as u64);
         }
         None => {
-            count(lost);
+            count(counter::PRIORITY_LOST);
         }
     }
 }
@@ -296,32 +382,21 @@ fn tcp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
     };
     count_flags(id, flags);
     let doff = ((unsafe { *t.add(12) } >> 4) as u16) * 4;
-    emit(
-        &EVENTS,
-        counter::EVENTS_EMITTED,
-        counter::EVENTS_LOST,
-        || Event {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            ifindex,
-            kind: kind::PACKET,
-            hook,
-            family: l3.fam,
-            tcp_flags: flags,
-            saddr,
-            daddr,
-            sport,
-            dport,
-            seq: be32(unsafe { t.add(4) }),
-            ack: be32(unsafe { t.add(8) }),
-            reason: 0,
-            outer_src: [0; 16],
-            outer_dst: [0; 16],
-            icmp_type: 0,
-            icmp_code: 0,
-            payload_len: l3.l4_len.saturating_sub(doff),
-            _pad: [0; 4],
-        },
-    );
+    emit_packet(|e| {
+        e.ts_ns = unsafe { bpf_ktime_get_ns() };
+        e.ifindex = ifindex;
+        e.kind = kind::PACKET;
+        e.hook = hook;
+        e.family = l3.fam;
+        e.tcp_flags = flags;
+        e.saddr = saddr;
+        e.daddr = daddr;
+        e.sport = sport;
+        e.dport = dport;
+        e.seq = be32(unsafe { t.add(4) });
+        e.ack = be32(unsafe { t.add(8) });
+        e.payload_len = l3.l4_len.saturating_sub(doff);
+    });
     Ok(())
 }
 
@@ -363,32 +438,27 @@ fn icmp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
         unsafe { (*s).icmp += 1 };
     }
     let (outer_src, outer_dst, icmp_code) = (l3.saddr(), l3.daddr(), unsafe { *h.add(1) });
-    emit(
-        &PRIORITY_EVENTS,
-        counter::PRIORITY_EMITTED,
-        counter::PRIORITY_LOST,
-        || Event {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            ifindex,
-            kind: kind::ICMP,
-            hook,
-            family: q.fam,
-            tcp_flags: 0,
-            saddr,
-            daddr,
-            sport,
-            dport,
-            seq: be32(unsafe { t.add(4) }),
-            ack: 0,
-            reason: 0,
-            outer_src,
-            outer_dst,
-            icmp_type: ty,
-            icmp_code,
-            payload_len: 0,
-            _pad: [0; 4],
-        },
-    );
+    emit_priority(|| Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex,
+        kind: kind::ICMP,
+        hook,
+        family: q.fam,
+        tcp_flags: 0,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        seq: be32(unsafe { t.add(4) }),
+        ack: 0,
+        reason: 0,
+        outer_src,
+        outer_dst,
+        icmp_type: ty,
+        icmp_code,
+        payload_len: 0,
+        _pad: [0; 4],
+    });
     Ok(())
 }
 
@@ -549,32 +619,27 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         0
     };
     let doff = ((t[12] >> 4) as u16) * 4;
-    emit(
-        &PRIORITY_EVENTS,
-        counter::PRIORITY_EMITTED,
-        counter::PRIORITY_LOST,
-        || Event {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            ifindex,
-            kind: kind::DROP,
-            hook: hook::KFREE_SKB,
-            family: fam,
-            tcp_flags: flags,
-            saddr,
-            daddr,
-            sport,
-            dport,
-            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
-            ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-            reason,
-            outer_src: [0; 16],
-            outer_dst: [0; 16],
-            icmp_type: 0,
-            icmp_code: 0,
-            payload_len: l4_len.saturating_sub(doff),
-            _pad: [0; 4],
-        },
-    );
+    emit_priority(|| Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex,
+        kind: kind::DROP,
+        hook: hook::KFREE_SKB,
+        family: fam,
+        tcp_flags: flags,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        reason,
+        outer_src: [0; 16],
+        outer_dst: [0; 16],
+        icmp_type: 0,
+        icmp_code: 0,
+        payload_len: l4_len.saturating_sub(doff),
+        _pad: [0; 4],
+    });
     Some(())
 }
 

@@ -32,6 +32,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
+use lbtrace::kernel::rings::{CpuRings, MIN_SLOTS, RingLayout};
 use lbtrace_common::{
     EVENT_SIZE, EndpointKey, EndpointStats, Event, counter, family, hook, kind, names,
     tcp_flag::{ACK, FIN, PSH, RST, SYN},
@@ -502,7 +503,9 @@ fn stats_delta(after: EndpointStats, before: EndpointStats) -> EndpointStats {
 
 struct Harness {
     ebpf: Ebpf,
-    events: RingBuf<MapData>,
+    layout: RingLayout,
+    events: CpuRings,
+    wakeup: RingBuf<MapData>,
     priority: RingBuf<MapData>,
     ids: Vec<u32>,
 }
@@ -519,14 +522,15 @@ impl Harness {
     fn with_rings(
         endpoints: &[(EndpointKey, u32)],
         wildcard: bool,
-        events_bytes: u32,
+        events_bytes: u64,
         priority_bytes: u32,
     ) -> Self {
         let has_wildcard = u8::from(wildcard);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::GLOBAL_HAS_WILDCARD, &has_wildcard, true)
-            .map_max_entries(names::EVENTS, events_bytes)
-            .map_max_entries(names::PRIORITY_EVENTS, priority_bytes)
+        let layout = RingLayout::new(events_bytes, priority_bytes).expect("ring layout");
+        let mut loader = EbpfLoader::new();
+        loader.override_global(names::GLOBAL_HAS_WILDCARD, &has_wildcard, true);
+        layout.apply(&mut loader).expect("ring layout");
+        let mut ebpf = loader
             .load(lbtrace::kernel::EBPF_OBJECT)
             .expect("loading the eBPF object (are you root?)");
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
@@ -547,7 +551,9 @@ impl Harness {
 
         lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, endpoints)
             .expect("filling ENDPOINTS and PORTS");
-        let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).expect("no EVENTS")).unwrap();
+        let events = CpuRings::take(&mut ebpf, &layout).expect("mapping the per-CPU rings");
+        let wakeup =
+            RingBuf::try_from(ebpf.take_map(names::RING_WAKEUP).expect("no RING_WAKEUP")).unwrap();
         let priority = RingBuf::try_from(
             ebpf.take_map(names::PRIORITY_EVENTS)
                 .expect("no PRIORITY_EVENTS"),
@@ -558,7 +564,9 @@ impl Harness {
         ids.dedup();
         Self {
             ebpf,
+            layout,
             events,
+            wakeup,
             priority,
             ids,
         }
@@ -645,27 +653,40 @@ impl Harness {
             .collect()
     }
 
-    fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    fn record(item: &[u8]) -> Event {
+        assert_eq!(
+            item.len(),
+            EVENT_SIZE,
+            "ring record of {} bytes",
+            item.len()
+        );
+        // SAFETY: the length is checked; Event is plain old data.
+        unsafe { read_unaligned(item.as_ptr().cast::<Event>()) }
+    }
+
+    /// Packet events of every CPU's ring, CPU by CPU.
+    fn drain_events(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            assert_eq!(
-                item.len(),
-                EVENT_SIZE,
-                "ring record of {} bytes",
-                item.len()
-            );
-            // SAFETY: the length is checked; Event is plain old data.
-            out.push(unsafe { read_unaligned(item.as_ptr().cast::<Event>()) });
+        self.events.drain(|item| out.push(Self::record(item)));
+        out
+    }
+
+    fn drain_priority(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.priority.next() {
+            out.push(Self::record(&item));
         }
         out
     }
 
-    fn drain_events(&mut self) -> Vec<Event> {
-        Self::drain(&mut self.events)
-    }
-
-    fn drain_priority(&mut self) -> Vec<Event> {
-        Self::drain(&mut self.priority)
+    /// The CPU numbers of the wake-up records written since the last call.
+    fn drain_wakeups(&mut self) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(item) = self.wakeup.next() {
+            assert_eq!(item.len(), 8, "wake-up record of {} bytes", item.len());
+            out.push(u64::from_ne_bytes(item[..8].try_into().unwrap()));
+        }
+        out
     }
 
     /// Runs `frame` through all three programs, one at a time, and checks verdict, frame, records,
@@ -2157,12 +2178,38 @@ fn garbage_frames_always_pass() {
 // ------------------------------------------------------------------------------------------------
 // Ring buffers.
 
+/// Keeps the calling thread on the CPU it runs on now, so that every test run writes to the same
+/// per-CPU ring; returns that CPU.
+fn pin_to_current_cpu() -> u64 {
+    // SAFETY: plain syscalls on this thread's own affinity mask.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        cpu as u64
+    }
+}
+
 #[test]
 fn full_ring_loses_events_but_still_passes() {
-    // The smallest ring (one page): 4096 / (8-byte header + 104) = 36 records fit.
+    // The smallest rings: MIN_SLOTS records per CPU. All runs on one CPU fill that CPU's ring.
+    let cpu = pin_to_current_cpu();
     let page = 4096;
-    let mut h = Harness::with_rings(&standard_endpoints(), false, page, page);
-    let sent = 100u64;
+    let mut h = Harness::with_rings(&standard_endpoints(), false, 1, page);
+    assert_eq!(h.layout.slots, MIN_SLOTS);
+    let sent = MIN_SLOTS + 44;
     let c0 = h.counters();
     let s0 = h.endpoint_stats(ID_VIP4);
     for i in 0..sent {
@@ -2174,8 +2221,8 @@ fn full_ring_loses_events_but_still_passes() {
     let emitted = d[counter::EVENTS_EMITTED as usize];
     let lost = d[counter::EVENTS_LOST as usize];
     assert_eq!(emitted + lost, sent, "counters {:?}", named(&d));
-    assert!(lost > 0, "a {page}-byte ring took all {sent} events");
-    assert_eq!(emitted, 36, "records that fit in a one-page ring");
+    assert_eq!(emitted, MIN_SLOTS, "records that fit in one CPU's ring");
+    assert_eq!(lost, 44);
     assert_eq!(d[counter::PACKETS as usize], sent);
     assert_eq!(d[counter::PARSE_ERRORS as usize], 0);
     // Stats are counted before the ring is touched: every SYN is there.
@@ -2183,6 +2230,9 @@ fn full_ring_loses_events_but_still_passes() {
         stats_delta(h.endpoint_stats(ID_VIP4), s0),
         stats(|s| s.syn = sent)
     );
+    // The ring reached a quarter full once (nothing was read): one wake-up, naming the CPU.
+    assert_eq!(h.layout.wakeup_events, MIN_SLOTS / 4);
+    assert_eq!(h.drain_wakeups(), vec![cpu]);
 
     // The packet ring being full does not starve the priority ring.
     let icmp_frame = eth(
@@ -2225,7 +2275,16 @@ fn full_ring_loses_events_but_still_passes() {
         "records out of time order"
     );
 
-    // Once drained, the ring takes events again.
+    // Once drained, the ring takes events again, and wakes the reader again at a quarter.
+    for i in 0..h.layout.wakeup_events {
+        let port = 20000 + u16::try_from(i).unwrap();
+        h.run(
+            Prog::TcEgress,
+            &tcp4_frame(CLIENT4, port, VIP4, VIP_PORT, FIN),
+        );
+    }
+    assert_eq!(h.drain_wakeups(), vec![cpu]);
+    assert_eq!(h.drain_events().len() as u64, h.layout.wakeup_events);
     let frame = tcp4_frame(CLIENT4, 40000, VIP4, VIP_PORT, RST);
     h.check(
         "RST after draining",
@@ -2240,8 +2299,9 @@ fn full_ring_loses_events_but_still_passes() {
 
 #[test]
 fn full_priority_ring_loses_icmp_events() {
+    // The smallest ring buffer (one page): 4096 / (8-byte header + 104) = 36 records fit.
     let page = 4096;
-    let mut h = Harness::with_rings(&standard_endpoints(), false, page, page);
+    let mut h = Harness::with_rings(&standard_endpoints(), false, 1, page);
     let frame = eth(
         ETH_P_IP,
         &ipv4(BACKEND4, LB4, PROTO_ICMP, &icmp(3, 3, 0, &quoted_syn4(8))),

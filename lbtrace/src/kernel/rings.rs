@@ -1,28 +1,256 @@
-//! The two ring buffers, drained from tokio.
+//! The event rings, drained from tokio.
 //!
-//! The kernel submits with `BPF_RB_NO_WAKEUP` unless the unread data passes a threshold, so a
-//! burst costs no wakeup per event; this side drains on a short timer tick or when woken.
+//! Packet events go to one single-producer ring per CPU (`EVENTS` slots + `RING_CURSORS`, two
+//! BPF array maps this side maps into memory): writing a record there is plain stores and one
+//! atomic add, against two helper calls and a spinlock for a BPF ring buffer. They are polled on
+//! a short timer; a CPU whose ring reaches a quarter full also writes a wake-up record to the
+//! small `RING_WAKEUP` ring buffer, which wakes this side at once. ICMP-error and drop events go
+//! to the `PRIORITY_EVENTS` BPF ring buffer (the drop tracer can interrupt the packet programs,
+//! so those need its multi-producer reserve).
 
-use std::time::Duration;
-
-use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
+use std::{
+    os::fd::AsFd as _,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
-use lbtrace_common::names;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, RingBuf},
+};
+use lbtrace_common::{EVENT_SIZE, RING_CURSOR_HEAD, RING_CURSOR_SIZE, RING_CURSOR_TAIL, names};
 use tokio::io::unix::AsyncFd;
 
 /// How often the rings are drained when the kernel did not wake us: the latency of `trace`
 /// output and the time a ring must absorb a burst in (size the ring for peak rate x this x 2).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Fewest records per CPU ring, whatever the requested size.
+pub const MIN_SLOTS: u64 = 256;
+
+/// How the rings are sized for this host: set on the loader before the object is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Possible CPUs (`bpf_get_smp_processor_id()` is below this).
+    pub cpus: u32,
+    /// Records per CPU ring (a power of two).
+    pub slots: u64,
+    /// Unread records of one CPU at which it wakes the reader (a quarter of its ring).
+    pub wakeup_events: u64,
+    /// Bytes of the `PRIORITY_EVENTS` ring buffer.
+    pub priority_bytes: u32,
+    /// Unread bytes of `PRIORITY_EVENTS` above which a submit wakes the reader.
+    pub priority_wakeup_bytes: u64,
+}
+
+impl RingLayout {
+    /// `event_bytes` of packet-event records in all, split evenly over the possible CPUs (each
+    /// ring rounded down to a power of two, at least [`MIN_SLOTS`] records).
+    pub fn new(event_bytes: u64, priority_bytes: u32) -> Result<Self> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+            .and_then(|n| u32::try_from(n).context("CPU count"))?;
+        Ok(Self::for_cpus(cpus, event_bytes, priority_bytes))
+    }
+
+    pub fn for_cpus(cpus: u32, event_bytes: u64, priority_bytes: u32) -> Self {
+        let per_cpu = event_bytes / EVENT_SIZE as u64 / u64::from(cpus.max(1));
+        let slots = if per_cpu <= MIN_SLOTS {
+            MIN_SLOTS
+        } else {
+            1 << per_cpu.ilog2()
+        };
+        Self {
+            cpus: cpus.max(1),
+            slots,
+            wakeup_events: slots / 4,
+            priority_bytes,
+            priority_wakeup_bytes: u64::from(priority_bytes / 4),
+        }
+    }
+
+    /// Records in `EVENTS` (all CPUs).
+    pub fn records(&self) -> u64 {
+        u64::from(self.cpus) * self.slots
+    }
+
+    /// Bytes of packet-event records in all.
+    pub fn event_bytes(&self) -> u64 {
+        self.records() * EVENT_SIZE as u64
+    }
+
+    /// Sizes the maps and sets the globals the programs read the layout from.
+    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) -> Result<()> {
+        let records = u32::try_from(self.records()).with_context(|| {
+            format!(
+                "{} CPUs x {} event records is too many for one map",
+                self.cpus, self.slots
+            )
+        })?;
+        loader
+            .map_max_entries(names::EVENTS, records)
+            .map_max_entries(names::RING_CURSORS, self.cpus)
+            .map_max_entries(names::PRIORITY_EVENTS, self.priority_bytes)
+            .override_global(names::GLOBAL_RING_SLOTS, &self.slots, true)
+            .override_global(names::GLOBAL_WAKEUP_EVENTS, &self.wakeup_events, true)
+            .override_global(
+                names::GLOBAL_PRIORITY_WAKEUP_BYTES,
+                &self.priority_wakeup_bytes,
+                true,
+            );
+        Ok(())
+    }
+}
+
+/// A shared mapping of an mmapable BPF array map.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    _map: MapData,
+}
+
+impl Mapping {
+    fn new(ebpf: &mut Ebpf, name: &str, len: usize) -> Result<Self> {
+        let map = match ebpf
+            .take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?
+        {
+            Map::Array(m) => m,
+            _ => bail!("map {name} is not an array"),
+        };
+        let page = page_size();
+        let len = len.div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length against
+        // the map and that the map is mmapable. It stays valid until munmap in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mapping the {name} map into memory: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self {
+            ptr: NonNull::new(ptr.cast()).context("mmap returned NULL")?,
+            len,
+            _map: map,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the region mapped in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// The reader's side of the per-CPU packet-event rings.
+pub struct CpuRings {
+    events: Mapping,
+    cursors: Mapping,
+    cpus: usize,
+    slots: u64,
+}
+
+// SAFETY: the mappings are plain shared memory owned by this value; the kernel side only ever
+// touches `head` and free slots, this side `tail` and published slots.
+unsafe impl Send for CpuRings {}
+
+impl CpuRings {
+    pub fn take(ebpf: &mut Ebpf, layout: &RingLayout) -> Result<Self> {
+        let records = usize::try_from(layout.records())?;
+        let cpus = layout.cpus as usize;
+        Ok(Self {
+            events: Mapping::new(ebpf, names::EVENTS, records * EVENT_SIZE)?,
+            cursors: Mapping::new(ebpf, names::RING_CURSORS, cpus * RING_CURSOR_SIZE)?,
+            cpus,
+            slots: layout.slots,
+        })
+    }
+
+    fn cursor(&self, cpu: usize, off: usize) -> &AtomicU64 {
+        debug_assert!(cpu < self.cpus);
+        // SAFETY: in bounds (cpu < cpus entries of RING_CURSOR_SIZE bytes), 8-byte aligned (the
+        // mapping is page aligned, the offsets multiples of 8), and only accessed atomically.
+        unsafe {
+            AtomicU64::from_ptr(
+                self.cursors
+                    .ptr
+                    .as_ptr()
+                    .add(cpu * RING_CURSOR_SIZE + off)
+                    .cast(),
+            )
+        }
+    }
+
+    /// Records published and not yet consumed, over all CPUs.
+    pub fn unread(&self) -> u64 {
+        (0..self.cpus)
+            .map(|cpu| {
+                let head = self.cursor(cpu, RING_CURSOR_HEAD).load(Ordering::Acquire);
+                head.wrapping_sub(self.cursor(cpu, RING_CURSOR_TAIL).load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+
+    /// Hands every published record to `f`, CPU by CPU, and gives the slots back; returns how
+    /// many.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
+        let mut n = 0;
+        for cpu in 0..self.cpus {
+            let head = self.cursor(cpu, RING_CURSOR_HEAD).load(Ordering::Acquire);
+            let tail_ref = self.cursor(cpu, RING_CURSOR_TAIL);
+            let mut tail = tail_ref.load(Ordering::Relaxed);
+            if head.wrapping_sub(tail) > self.slots {
+                // Cannot happen with lbtrace's programs (they never pass a full ring); should
+                // the cursors ever disagree, read what the ring can hold rather than garbage.
+                tail = head - self.slots;
+            }
+            let base = cpu as u64 * self.slots;
+            while tail != head {
+                let idx = usize::try_from(base + (tail & (self.slots - 1))).unwrap_or(usize::MAX);
+                // SAFETY: idx < cpus * slots records of the mapping; the slot was published
+                // (acquire load of head) and is not reused before `tail` moves past it.
+                let rec = unsafe {
+                    std::slice::from_raw_parts(
+                        self.events.ptr.as_ptr().add(idx * EVENT_SIZE),
+                        EVENT_SIZE,
+                    )
+                };
+                f(rec);
+                tail += 1;
+                n += 1;
+            }
+            // Release: the records were read before their slots are handed back.
+            tail_ref.store(tail, Ordering::Release);
+        }
+        n
+    }
+}
+
 pub struct Rings {
-    events: AsyncFd<RingBuf<MapData>>,
+    packets: CpuRings,
+    wakeup: AsyncFd<RingBuf<MapData>>,
     priority: AsyncFd<RingBuf<MapData>>,
 }
 
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
+fn take_ringbuf(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
     let map = ebpf
         .take_map(name)
         .with_context(|| format!("map {name} missing from the eBPF object"))?;
@@ -34,32 +262,57 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
 }
 
 impl Rings {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub fn take(ebpf: &mut Ebpf, layout: &RingLayout) -> Result<Self> {
         Ok(Self {
-            events: take(ebpf, names::EVENTS)?,
-            priority: take(ebpf, names::PRIORITY_EVENTS)?,
+            packets: CpuRings::take(ebpf, layout)?,
+            wakeup: take_ringbuf(ebpf, names::RING_WAKEUP)?,
+            priority: take_ringbuf(ebpf, names::PRIORITY_EVENTS)?,
         })
     }
 
     /// Waits until a ring signals data or the poll interval passes.
     pub async fn wait(&self) {
         tokio::select! {
-            r = self.events.readable() => if let Ok(mut g) = r { g.clear_ready() },
+            r = self.wakeup.readable() => if let Ok(mut g) = r { g.clear_ready() },
             r = self.priority.readable() => if let Ok(mut g) = r { g.clear_ready() },
             () = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
 
-    /// Hands every unread record of both rings to `f`; returns how many.
+    /// Hands every unread record (ICMP and drop events first, then packet events CPU by CPU) to
+    /// `f`; returns how many. Callers sort by timestamp.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
         let mut n = 0;
-        for ring in [&mut self.priority, &mut self.events] {
-            let rb = ring.get_mut();
-            while let Some(item) = rb.next() {
-                f(&item);
-                n += 1;
-            }
+        let rb = self.priority.get_mut();
+        while let Some(item) = rb.next() {
+            f(&item);
+            n += 1;
         }
-        n
+        // Wake-up records only carry the CPU number: the drain below reads every CPU anyway.
+        let wk = self.wakeup.get_mut();
+        while wk.next().is_some() {}
+        n + self.packets.drain(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_splits_the_bytes_over_the_cpus_in_powers_of_two() {
+        // 8 MiB over 2 CPUs: 40,329 records each, rounded down to 32,768.
+        let l = RingLayout::for_cpus(2, 8 << 20, 1 << 20);
+        assert_eq!(l.slots, 32_768);
+        assert_eq!(l.wakeup_events, 8_192);
+        assert_eq!(l.records(), 65_536);
+        assert_eq!(l.event_bytes(), 65_536 * 104);
+        assert_eq!(l.priority_wakeup_bytes, 256 << 10);
+        // Many CPUs, small ring: never below the minimum.
+        let l = RingLayout::for_cpus(256, 1 << 20, 1 << 16);
+        assert_eq!(l.slots, MIN_SLOTS);
+        // Exactly a power of two stays as it is.
+        let l = RingLayout::for_cpus(1, 1024 * 104, 4096);
+        assert_eq!(l.slots, 1024);
     }
 }

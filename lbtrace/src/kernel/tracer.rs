@@ -21,7 +21,7 @@ use lbtrace_common::{EndpointKey, MAX_DROP_REASONS, MAX_ENDPOINTS, names};
 use super::{
     btf::{DropReasons, KernelBtf},
     counters::{self, Counters},
-    rings::Rings,
+    rings::{RingLayout, Rings},
 };
 use crate::{endpoint::Watched, netif::Link};
 
@@ -33,9 +33,9 @@ pub struct TracerConfig {
     pub ifaces: Vec<Link>,
     /// XDP instead of TCX on ingress, where no XDP program holds the interface already.
     pub xdp: bool,
-    /// Bytes of the packet-event ring (power of two, multiple of the page size).
+    /// Bytes of packet-event records, split over the per-CPU rings.
     pub ring_bytes: u32,
-    /// Bytes of the ICMP/drop ring.
+    /// Bytes of the ICMP/drop ring buffer (power of two, multiple of the page size).
     pub priority_ring_bytes: u32,
 }
 
@@ -57,6 +57,7 @@ pub struct Tracer {
     pub reasons: DropReasons,
     pub endpoints: Vec<Watched>,
     pub netns_inum: u64,
+    pub layout: RingLayout,
 }
 
 /// Fills `ENDPOINTS` (key -> endpoint id) and the `PORTS` pre-filter the programs check first.
@@ -121,7 +122,7 @@ impl Tracer {
         let inum = netns_inum()?;
         let inum32 = u32::try_from(inum).context("network namespace inode does not fit 32 bits")?;
         let wildcard: u8 = u8::from(cfg.endpoints.iter().any(|w| w.endpoint.port.is_none()));
-        let wakeup: u64 = u64::from(cfg.ring_bytes / 4);
+        let layout = RingLayout::new(u64::from(cfg.ring_bytes), cfg.priority_ring_bytes)?;
         if cfg.endpoints.len() > MAX_ENDPOINTS as usize {
             bail!(
                 "too many endpoints ({}): lbtrace watches at most {MAX_ENDPOINTS}",
@@ -129,13 +130,13 @@ impl Tracer {
             );
         }
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .override_global(names::GLOBAL_NETNS_INUM, &inum32, true)
-            .override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true)
-            .override_global(names::GLOBAL_WAKEUP_BYTES, &wakeup, true)
-            .map_max_entries(names::EVENTS, cfg.ring_bytes)
-            .map_max_entries(names::PRIORITY_EVENTS, cfg.priority_ring_bytes)
+            .override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
+        layout.apply(&mut loader)?;
+        let mut ebpf = loader
             .load(super::EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
@@ -184,6 +185,7 @@ impl Tracer {
             reasons,
             endpoints: cfg.endpoints.clone(),
             netns_inum: inum,
+            layout: layout.clone(),
         };
         tracer.attach_drops()?;
         let mut seen = BTreeSet::new();
@@ -284,9 +286,9 @@ impl Tracer {
         Ok(())
     }
 
-    /// Takes the ring buffers out to be drained from tokio.
+    /// Takes the rings out to be drained from tokio.
     pub fn rings(&mut self) -> Result<Rings> {
-        Rings::take(&mut self.ebpf)
+        Rings::take(&mut self.ebpf, &self.layout)
     }
 
     /// Detaches every program (the maps stay readable until the tracer is dropped).

@@ -48,9 +48,11 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
             "setns into {path}: {}",
             std::io::Error::last_os_error()
         );
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::EVENTS, 1 << 16)
-            .map_max_entries(names::PRIORITY_EVENTS, 1 << 16)
+        let layout =
+            lbtrace::kernel::rings::RingLayout::new(1 << 16, 1 << 16).expect("ring layout");
+        let mut loader = EbpfLoader::new();
+        layout.apply(&mut loader).expect("ring layout");
+        let mut ebpf = loader
             .load(lbtrace::kernel::EBPF_OBJECT)
             .expect("loading the stand-in program");
         let mut vip = [0u8; 16];

@@ -8,7 +8,8 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
-use lbtrace_common::names;
+use lbtrace::kernel::rings::{CpuRings, MIN_SLOTS, RingLayout};
+use lbtrace_common::{EVENT_SIZE, names};
 
 use super::{
     bpf::{self, EmptyProg},
@@ -20,11 +21,15 @@ use super::{
 
 pub const SECTION: &str = "kernel cost per packet (BPF_PROG_TEST_RUN, repeat 1,000,000)";
 const REPEAT: u32 = 1_000_000;
-/// Room for REPEAT records of 112 bytes (8-byte header + 104-byte event): every watched run writes
-/// its event, none is lost, and the ring is drained after each call.
-const BIG_RING: u32 = 128 << 20;
-/// The smallest ring: 36 records fit, then every reserve fails.
-const TINY_RING: u32 = 4096;
+/// Room for REPEAT records in the pinned CPU's ring (a power of two >= REPEAT), and in the
+/// ICMP/drop ring buffer (8-byte header + 104-byte event each): every watched run writes its
+/// event, none is lost, and the rings are drained after each call.
+const BIG_SLOTS: u64 = 1 << 20;
+const BIG_PRIORITY_RING: u32 = 128 << 20;
+/// The smallest rings: MIN_SLOTS packet records / 36 ICMP records fit, then every write fails.
+const TINY_PRIORITY_RING: u32 = 4096;
+/// Every call runs on this CPU, and the objects are loaded with rings for CPUs 0..=BENCH_CPU only.
+const BENCH_CPU: usize = 0;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Prog {
@@ -146,7 +151,7 @@ pub fn cases() -> Vec<Case> {
 
 struct Loaded {
     ebpf: Ebpf,
-    events: RingBuf<MapData>,
+    events: CpuRings,
     priority: RingBuf<MapData>,
 }
 
@@ -167,17 +172,23 @@ pub fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
     }
 }
 
-fn load(ring_bytes: u32) -> Result<Loaded> {
+fn load(slots: u64, priority_bytes: u32) -> Result<Loaded> {
     let no_wildcard = 0u8;
-    // lbtrace wakes the reader once a quarter of the ring is unread; here nobody reads during a
-    // call, so the threshold is the ring size: every submit takes the same path as in production
-    // when the reader keeps up (query the ring, submit without a wakeup).
-    let wakeup = u64::from(ring_bytes);
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true)
-        .override_global(names::GLOBAL_WAKEUP_BYTES, &wakeup, true)
-        .map_max_entries(names::EVENTS, ring_bytes)
-        .map_max_entries(names::PRIORITY_EVENTS, ring_bytes)
+    // Rings for the bench CPU only (the calls are pinned there): 1M records of 104 bytes is
+    // 104 MiB per CPU. The reader would be woken at a quarter full; here nobody reads during a
+    // call, so the threshold is never reached: every record takes the production path of a
+    // reader that keeps up (no wake-up record).
+    let mut layout = RingLayout::for_cpus(
+        u32::try_from(BENCH_CPU + 1)?,
+        slots * EVENT_SIZE as u64 * (BENCH_CPU as u64 + 1),
+        priority_bytes,
+    );
+    layout.wakeup_events = u64::MAX;
+    layout.priority_wakeup_bytes = u64::MAX;
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true);
+    layout.apply(&mut loader)?;
+    let mut ebpf = loader
         .load(&object()?)
         .context("loading lbtrace's eBPF object")?;
     let tc: &mut SchedClassifier = ebpf
@@ -192,7 +203,7 @@ fn load(ring_bytes: u32) -> Result<Loaded> {
     xdp.load().context("loading xdp_ingress")?;
     lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, &frames::endpoints())
         .context("filling ENDPOINTS and PORTS")?;
-    let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
+    let events = CpuRings::take(&mut ebpf, &layout)?;
     let priority = RingBuf::try_from(
         ebpf.take_map(names::PRIORITY_EVENTS)
             .context("no PRIORITY_EVENTS map")?,
@@ -239,7 +250,7 @@ pub fn run_lbtrace(ebpf: &Ebpf, prog: Prog, frame: &[u8], repeat: u32) -> Result
     Ok(u32::try_from(res.duration.as_nanos()).unwrap_or(u32::MAX))
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> u64 {
+fn drain_ringbuf(ring: &mut RingBuf<MapData>) -> u64 {
     let mut n = 0;
     while let Some(item) = ring.next() {
         drop(item);
@@ -277,9 +288,9 @@ pub struct Result1 {
 
 pub fn measure(rounds: usize) -> Result<Result1> {
     // One CPU for every call: no migration between subject and baseline.
-    let _pin = sys::pin_current_thread(sys::cpus().saturating_sub(1));
-    let mut main = load(BIG_RING)?;
-    let mut full = load(TINY_RING)?;
+    let _pin = sys::pin_current_thread(BENCH_CPU);
+    let mut main = load(BIG_SLOTS, BIG_PRIORITY_RING)?;
+    let mut full = load(MIN_SLOTS, TINY_PRIORITY_RING)?;
     let base = Baselines {
         tc: EmptyProg::load(bpf::BPF_PROG_TYPE_SCHED_CLS, bpf::TC_ACT_UNSPEC)?,
         xdp: EmptyProg::load(bpf::BPF_PROG_TYPE_XDP, bpf::XDP_PASS)?,
@@ -296,7 +307,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
                 f.note = "event written and drained after each call".to_owned();
             }
             if case.obj == Obj::Full {
-                f.note = "4 KiB ring, full: reserve fails, loss counted".to_owned();
+                f.note = "ring full: no slot, loss counted".to_owned();
             }
             figures.push(f);
         }
@@ -313,7 +324,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
                 Ring::None => 0,
                 _ => u64::from(REPEAT),
             };
-            let got = drain(&mut l.events) + drain(&mut l.priority);
+            let got = l.events.drain(|_| {}) + drain_ringbuf(&mut l.priority);
             if got != want {
                 bail!(
                     "{} {}: {got} ring records after {REPEAT} runs, expected {want}",

@@ -1,8 +1,8 @@
 //! Part 4 of the bench, ring-buffer stress: how fast lbtrace's own userspace path drains and
 //! decodes events.
 //!
-//! The object is loaded as `lbtrace trace` loads it (8 MiB packet ring, wakeup at a quarter of
-//! it); a producer thread runs `tc_ingress` through BPF_PROG_TEST_RUN (repeat 100,000 watched SYNs
+//! The object is loaded as `lbtrace trace` loads it (8 MiB of packet records split over the
+//! per-CPU rings, wake-up at a quarter of a ring); a producer thread runs `tc_ingress` through BPF_PROG_TEST_RUN (repeat 100,000 watched SYNs
 //! per call, in a loop) on one CPU while a consumer thread on another CPU drains with
 //! `kernel::rings::Rings` and decodes with `trace::drain` under a tokio current-thread runtime,
 //! as lbtrace does. The accounting must be exact: emitted == delivered + unread at the end,
@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{EbpfLoader, programs::SchedClassifier};
-use lbtrace::kernel::{counters, rings::Rings};
+use lbtrace::kernel::{
+    counters,
+    rings::{RingLayout, Rings},
+};
 use lbtrace_common::names;
 
 use super::{
@@ -31,7 +34,7 @@ use super::{
 };
 
 pub const SECTION: &str = "ring buffer: userspace drain + decode (lbtrace's Rings + trace::drain)";
-const RING_BYTES: u32 = 8 << 20;
+const RING_BYTES: u64 = 8 << 20;
 const REPEAT: u32 = 100_000;
 
 pub struct Figures {
@@ -71,12 +74,11 @@ struct Run {
 
 fn one(secs: f64) -> Result<Run> {
     let no_wildcard = 0u8;
-    let wakeup = u64::from(RING_BYTES / 4);
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true)
-        .override_global(names::GLOBAL_WAKEUP_BYTES, &wakeup, true)
-        .map_max_entries(names::EVENTS, RING_BYTES)
-        .map_max_entries(names::PRIORITY_EVENTS, 1 << 20)
+    let layout = RingLayout::new(RING_BYTES, 1 << 20)?;
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true);
+    layout.apply(&mut loader)?;
+    let mut ebpf = loader
         .load(&super::kernel::object()?)
         .context("loading lbtrace's eBPF object")?;
     let tc: &mut SchedClassifier = ebpf
@@ -92,7 +94,7 @@ fn one(secs: f64) -> Result<Run> {
         .context("building a tokio runtime")?;
     let rings = {
         let _entered = rt.enter();
-        Rings::take(&mut ebpf)?
+        Rings::take(&mut ebpf, &layout)?
     };
 
     let cpus = sys::cpus();
