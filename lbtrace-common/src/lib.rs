@@ -129,6 +129,52 @@ pub struct EndpointKey {
 }
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
 
+/// Endpoints per port that the `PORT_SLOTS` table holds; a port with more goes to the hash map.
+pub const PORT_SLOT_ENTRIES: usize = 8;
+/// Distinct watched ports the `PORT_SLOTS` table holds (as many as endpoints can have).
+pub const MAX_PORT_SLOTS: u32 = MAX_ENDPOINTS;
+/// `PORTS` value of a port with more endpoints than a slot holds: look them up in `ENDPOINTS`.
+pub const PORT_HASHED: u16 = u16::MAX;
+
+/// One watched endpoint in a `PortSlot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortEntry {
+    /// The address as `EndpointKey::addr`, read as two native-endian words.
+    pub addr: [u64; 2],
+    /// The endpoint's id (index of `ENDPOINT_STATS`).
+    pub id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PortEntry>() == 24);
+
+/// The endpoints of one watched port (`PORT_SLOTS[PORTS[port] - 1]`): the packet programs find
+/// an endpoint with an array index and at most `PORT_SLOT_ENTRIES` compares, no hashing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSlot {
+    pub len: u32,
+    pub _pad: u32,
+    pub entries: [PortEntry; PORT_SLOT_ENTRIES],
+}
+const _: () = assert!(core::mem::size_of::<PortSlot>() == 8 + 24 * PORT_SLOT_ENTRIES);
+
+impl EndpointKey {
+    /// The address as the two words `PortEntry::addr` holds.
+    pub fn addr_words(&self) -> [u64; 2] {
+        addr_words(&self.addr)
+    }
+}
+
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
+}
+
 /// Per-endpoint control-packet counters (`ENDPOINT_STATS`, per-CPU, indexed by the endpoint's id,
 /// the value stored in `ENDPOINTS`). They are counted before the ring buffer is touched, so they
 /// stay right when events are lost.
@@ -229,9 +275,11 @@ pub mod names {
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     pub const DATA_DROP_REASONS: &str = "DATA_DROP_REASONS";
     pub const NOISE_REASONS: &str = "NOISE_REASONS";
-    /// `Array<u8>` of 65536: 1 for every port some endpoint watches. A control packet whose
-    /// ports are both unwatched skips the hash lookups (unless an endpoint watches all ports).
+    /// `Array<u16>` of 65536, by port: 0 = no endpoint, `PORT_HASHED` = look in `ENDPOINTS`,
+    /// else the index + 1 of the port's `PORT_SLOTS` entry.
     pub const PORTS: &str = "PORTS";
+    /// `Array<PortSlot>`: the endpoints of each watched port, for lookups without hashing.
+    pub const PORT_SLOTS: &str = "PORT_SLOTS";
 
     pub const PROG_TC_INGRESS: &str = "tc_ingress";
     pub const PROG_TC_EGRESS: &str = "tc_egress";
@@ -260,4 +308,5 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointStats {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::RingCursor {}
+    unsafe impl aya::Pod for super::PortSlot {}
 }

@@ -36,8 +36,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TcContext, XdpContext},
 };
 use lbtrace_common::{
-    EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS, RingCursor,
-    counter, family, hook, kind, tcp_flag,
+    EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS,
+    MAX_PORT_SLOTS, PORT_HASHED, PORT_SLOT_ENTRIES, PortSlot, RingCursor, addr_words, counter,
+    family, hook, kind, tcp_flag,
 };
 use parse::{
     Bounds, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, be16, be32, copy4,
@@ -76,9 +77,12 @@ static DATA_DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_D
 /// the running kernel's `enum skb_drop_reason`.
 #[map]
 static NOISE_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
-/// 1 for every port some endpoint watches (userspace fills it with `ENDPOINTS`).
+/// By port: 0 = not watched, `PORT_HASHED` = look in `ENDPOINTS`, else the `PORT_SLOTS` index + 1.
+/// Userspace fills it with `ENDPOINTS`.
 #[map]
-static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+static PORTS: Array<u16> = Array::with_max_entries(65536, 0);
+#[map]
+static PORT_SLOTS: Array<PortSlot> = Array::with_max_entries(MAX_PORT_SLOTS, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
@@ -113,25 +117,58 @@ fn count(idx: u32) -> u64 {
     }
 }
 
-/// The id of a watched endpoint `addr:port`, trying the all-ports entry when there is one.
+/// The id of a watched endpoint `addr:port`: the port's slot (an array index and a few
+/// compares) or, for a port with many endpoints, the hash map; then the all-ports entry when
+/// there is one. Both array lookups are inlined by the verifier; a hash lookup is a call that
+/// hashes the key, about as costly as the rest of the event path.
 #[inline(always)]
 fn endpoint(fam: u8, addr: [u8; 16], port: u16) -> Option<u32> {
-    let mut key = EndpointKey {
-        addr,
-        port,
-        family: fam,
-        _pad: 0,
-    };
-    if let Some(id) = ENDPOINTS.get_ptr(key) {
-        return Some(unsafe { *id });
-    }
-    if HAS_WILDCARD.load() != 0 {
-        key.port = 0;
-        if let Some(id) = ENDPOINTS.get_ptr(key) {
-            return Some(unsafe { *id });
+    let slot = PORTS.get(u32::from(port)).copied().unwrap_or(0);
+    if slot == PORT_HASHED {
+        if let Some(id) = hashed(fam, addr, port) {
+            return Some(id);
+        }
+    } else if slot != 0
+        && let Some(s) = PORT_SLOTS.get_ptr(u32::from(slot - 1))
+    {
+        let s = unsafe { &*s };
+        let w = addr_words(&addr);
+        let n = s.len as usize;
+        for i in 0..PORT_SLOT_ENTRIES {
+            if i >= n {
+                break;
+            }
+            let e = &s.entries[i];
+            if e.addr[0] == w[0] && e.addr[1] == w[1] && e.family == fam {
+                return Some(e.id);
+            }
         }
     }
+    if HAS_WILDCARD.load() != 0 {
+        return hashed(fam, addr, 0);
+    }
     None
+}
+
+#[inline(always)]
+fn hashed(fam: u8, addr: [u8; 16], port: u16) -> Option<u32> {
+    // The key built as five words with volatile stores: built field by field, the zero bytes of
+    // an IPv4 key become an out-of-line `memset` call.
+    let a: [u32; 4] = unsafe { core::mem::transmute(addr) };
+    let mut k = [0u32; 5];
+    for (i, w) in a.into_iter().enumerate() {
+        unsafe { write_volatile(&mut k[i], w) };
+    }
+    // The last word: port, then family, then the padding byte.
+    let last = if cfg!(target_endian = "little") {
+        u32::from(port) | (u32::from(fam) << 16)
+    } else {
+        (u32::from(port) << 16) | (u32::from(fam) << 8)
+    };
+    unsafe { write_volatile(&mut k[4], last) };
+    const _: () = assert!(size_of::<EndpointKey>() == size_of::<[u32; 5]>());
+    let key = unsafe { &*k.as_ptr().cast::<EndpointKey>() };
+    ENDPOINTS.get_ptr(key).map(|id| unsafe { *id })
 }
 
 /// The watched endpoint of a tuple: the destination first (packets to the VIP or a backend), then
@@ -142,17 +179,13 @@ fn watched(fam: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16) ->
 }
 
 /// Whether a watched endpoint could match: one of the ports is watched, or some endpoint
-/// watches every port. An array lookup, inlined by the verifier: far cheaper than the hash.
+/// watches every port. Two inlined array lookups: far cheaper than reading the addresses.
 #[inline(always)]
 fn port_watched(sport: u16, dport: u16) -> bool {
     if HAS_WILDCARD.load() != 0 {
         return true;
     }
-    let hit = |p: u16| {
-        PORTS
-            .get_ptr(u32::from(p))
-            .is_some_and(|v| unsafe { *v } != 0)
-    };
+    let hit = |p: u16| PORTS.get(u32::from(p)).is_some_and(|v| *v != 0);
     hit(dport) || hit(sport)
 }
 
