@@ -45,6 +45,9 @@ fn clippy_host(env: &Env) -> Command {
         "--exclude",
         "lbtrace-ebpf",
         "--all-targets",
+        // The bench is compiled only by `cargo xtask bench` otherwise: lint it here too.
+        "--features",
+        "xtask/bench",
     ])
     .args(["--", "-D", "warnings"]);
     cmd

@@ -8,6 +8,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use anyhow::Result;
+
 use super::process::{self, Proc};
 
 /// A prefix no other lab of this machine uses: `lbt{pid % 10000}x{counter}` (at most 13
@@ -42,17 +44,23 @@ pub struct Netns {
 impl Netns {
     /// Creates the namespace with its loopback up and IPv6 duplicate address detection off (so
     /// IPv6 addresses are usable at once).
-    pub fn create(name: &str) -> Netns {
-        process::run(&["ip", "netns", "add", name]);
+    pub fn try_create(name: &str) -> Result<Netns> {
+        process::try_run(&["ip", "netns", "add", name])?;
+        // From here on, dropping `ns` (also on error) deletes the namespace.
         let ns = Netns {
             name: name.to_owned(),
         };
-        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
-        ns.sysctl("net.ipv6.conf.all.accept_ra", "0");
-        ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        ns.try_sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.try_sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        ns.try_sysctl("net.ipv6.conf.all.accept_ra", "0")?;
+        ns.try_sysctl("net.ipv6.conf.default.accept_ra", "0")?;
+        ns.try_exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// [`Netns::try_create`] for tests: panics instead of failing.
+    pub fn create(name: &str) -> Netns {
+        Self::try_create(name).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn name(&self) -> &str {
@@ -71,6 +79,11 @@ impl Netns {
             .collect()
     }
 
+    /// Runs `argv` in the namespace; its stdout, or an error with its stderr.
+    pub fn try_exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<String> {
+        process::try_run(&self.argv(argv))
+    }
+
     /// Runs `argv` in the namespace, asserts success and returns its stdout.
     pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> String {
         process::run(&self.argv(argv))
@@ -82,9 +95,19 @@ impl Netns {
     }
 
     /// Starts a long-running `argv` in the namespace; the guard SIGKILLs it on drop.
-    pub fn spawn<S: AsRef<OsStr>>(&self, name: &str, dir: &Path, argv: &[S]) -> Proc {
+    pub fn try_spawn<S: AsRef<OsStr>>(&self, name: &str, dir: &Path, argv: &[S]) -> Result<Proc> {
         // `ip netns exec` execs the command, so the child's pid is the command's own.
+        Proc::try_spawn(name, dir, &self.argv(argv))
+    }
+
+    /// [`Netns::try_spawn`] for tests: panics instead of failing.
+    pub fn spawn<S: AsRef<OsStr>>(&self, name: &str, dir: &Path, argv: &[S]) -> Proc {
         Proc::spawn(name, dir, &self.argv(argv))
+    }
+
+    pub fn try_sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.try_exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(drop)
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {

@@ -1,6 +1,7 @@
 //! Commands and long-running processes for the lab: run-and-assert helpers and a guard that
 //! SIGKILLs (and reaps) its process when dropped, so a failing test leaves nothing behind.
 
+use anyhow::{Context as _, Result, bail};
 use std::{
     ffi::OsStr,
     fs,
@@ -19,27 +20,38 @@ pub fn describe<S: AsRef<OsStr>>(argv: &[S]) -> String {
 }
 
 /// Runs `argv` and returns its output, whatever its exit status.
-pub fn output<S: AsRef<OsStr>>(argv: &[S]) -> Output {
-    let (prog, args) = argv.split_first().expect("empty command");
+pub fn try_output<S: AsRef<OsStr>>(argv: &[S]) -> Result<Output> {
+    let (prog, args) = argv.split_first().context("empty command")?;
     Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|err| panic!("cannot run `{}`: {err}", describe(argv)))
+        .with_context(|| format!("cannot run `{}`", describe(argv)))
 }
 
-/// Runs `argv`, asserts it succeeded (its stderr in the panic message) and returns its stdout.
+/// [`try_output`] for tests: panics when the command cannot be started.
+pub fn output<S: AsRef<OsStr>>(argv: &[S]) -> Output {
+    try_output(argv).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Runs `argv`; its stdout, or an error with its status, stderr and stdout.
+pub fn try_run<S: AsRef<OsStr>>(argv: &[S]) -> Result<String> {
+    let out = try_output(argv)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}):\nstderr: {}\nstdout: {}",
+            describe(argv),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`try_run`] for tests: panics (with the command's stderr) when it fails.
 pub fn run<S: AsRef<OsStr>>(argv: &[S]) -> String {
-    let out = output(argv);
-    assert!(
-        out.status.success(),
-        "`{}` failed ({}):\nstderr: {}\nstdout: {}",
-        describe(argv),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim(),
-        String::from_utf8_lossy(&out.stdout).trim(),
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    try_run(argv).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Polls `cond` every 20 ms until it returns `Some` or `timeout` passes.
@@ -85,27 +97,31 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `argv`; its output goes to `dir/<name>.stdout` and `dir/<name>.stderr`.
-    pub fn spawn<S: AsRef<OsStr>>(name: &str, dir: &Path, argv: &[S]) -> Proc {
+    pub fn try_spawn<S: AsRef<OsStr>>(name: &str, dir: &Path, argv: &[S]) -> Result<Proc> {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         let create = |path: &Path| {
-            fs::File::create(path)
-                .unwrap_or_else(|err| panic!("creating {}: {err}", path.display()))
+            fs::File::create(path).with_context(|| format!("creating {}", path.display()))
         };
-        let (prog, args) = argv.split_first().expect("empty command");
+        let (prog, args) = argv.split_first().context("empty command")?;
         let child = Command::new(prog)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(create(&stdout))
-            .stderr(create(&stderr))
+            .stdout(create(&stdout)?)
+            .stderr(create(&stderr)?)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {name} (`{}`): {err}", describe(argv)));
-        Proc {
+            .with_context(|| format!("cannot start {name} (`{}`)", describe(argv)))?;
+        Ok(Proc {
             name: name.to_owned(),
             child: Some(child),
             stdout,
             stderr,
-        }
+        })
+    }
+
+    /// [`Proc::try_spawn`] for tests: panics when the process cannot be started.
+    pub fn spawn<S: AsRef<OsStr>>(name: &str, dir: &Path, argv: &[S]) -> Proc {
+        Self::try_spawn(name, dir, argv).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn name(&self) -> &str {
@@ -138,32 +154,33 @@ impl Proc {
             .unwrap_or_else(|err| panic!("waiting for {}: {err}", self.name))
     }
 
-    /// Waits until `ready` holds; panics (with the process's output) if the process exits first
-    /// or `timeout` passes.
-    pub fn wait_until(
+    /// Waits until `ready` holds; fails (with the process's output) if the process exits first
+    /// or `timeout` passes. `ready` may fail, to give up early (e.g. on Ctrl-C).
+    pub fn try_wait_until(
         &mut self,
         what: &str,
         timeout: Duration,
-        mut ready: impl FnMut(&Proc) -> bool,
-    ) {
+        mut ready: impl FnMut(&Proc) -> Result<bool>,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if ready(self) {
-                return;
+            if ready(self)? {
+                return Ok(());
             }
             if let Some(status) = self.exited() {
                 // It may have become ready just before it exited.
-                assert!(
-                    ready(self),
+                if ready(self)? {
+                    return Ok(());
+                }
+                bail!(
                     "{} exited ({status}) before {what}\nstderr:\n{}\nstdout:\n{}",
                     self.name,
                     self.stderr(),
                     self.stdout()
                 );
-                return;
             }
             if Instant::now() >= deadline {
-                panic!(
+                bail!(
                     "{} not {what} after {timeout:?}\nstderr:\n{}\nstdout:\n{}",
                     self.name,
                     self.stderr(),
@@ -174,15 +191,25 @@ impl Proc {
         }
     }
 
-    /// Sends `sig` and waits up to `timeout` for the process to end; SIGKILLs it and panics if it
+    /// [`Proc::try_wait_until`] for tests: panics instead of failing.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut(&Proc) -> bool,
+    ) {
+        self.try_wait_until(what, timeout, |p| Ok(ready(p)))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Sends `sig` and waits up to `timeout` for the process to end; SIGKILLs it and fails if it
     /// does not.
-    pub fn stop(mut self, sig: libc::c_int, timeout: Duration) -> Finished {
+    pub fn try_stop(mut self, sig: libc::c_int, timeout: Duration) -> Result<Finished> {
         self.signal(sig);
-        let status = poll(timeout, || self.exited());
-        let Some(status) = status else {
+        let Some(status) = poll(timeout, || self.exited()) else {
             self.signal(libc::SIGKILL);
             let _ = self.child.take().map(|mut c| c.wait());
-            panic!(
+            bail!(
                 "{} did not exit within {timeout:?} of signal {sig}\nstderr:\n{}\nstdout:\n{}",
                 self.name,
                 self.stderr(),
@@ -190,11 +217,17 @@ impl Proc {
             );
         };
         self.child = None;
-        Finished {
+        Ok(Finished {
             status,
             stdout: self.stdout(),
             stderr: self.stderr(),
-        }
+        })
+    }
+
+    /// [`Proc::try_stop`] for tests: panics instead of failing.
+    pub fn stop(self, sig: libc::c_int, timeout: Duration) -> Finished {
+        self.try_stop(sig, timeout)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Waits up to `timeout` for the process to end by itself; SIGKILLs it and panics if it does

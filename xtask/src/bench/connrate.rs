@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     interrupted,
-    lab::{CONN_PORT, Lab, Running, Tool, VIP},
+    lab::{CONN_PORT, Lab, Running, Tool, VIP, tcp_snmp},
     load::{self, Server},
     stats::Figure,
     sys,
@@ -117,14 +117,14 @@ fn one(
         Some(t) => Some(Running::start(lab, t, lbtrace, CONN_PORT, tag)?),
         None => None,
     };
-    let (c0, s0) = (lab.client.tcp_snmp()?, lab.server.tcp_snmp()?);
+    let (c0, s0) = (tcp_snmp(&lab.client)?, tcp_snmp(&lab.server)?);
     let cpu0 = running.as_ref().map(Running::cpu_seconds).transpose()?;
     let t0 = std::time::Instant::now();
     let out = load::generate(&lab.client, target, rate, secs, CLIENT_THREADS)?;
     // The last FINs and ACKs cross the lb.
     sys::sleep(Duration::from_millis(300))?;
     let window = t0.elapsed().as_secs_f64();
-    let (c1, s1) = (lab.client.tcp_snmp()?, lab.server.tcp_snmp()?);
+    let (c1, s1) = (tcp_snmp(&lab.client)?, tcp_snmp(&lab.server)?);
     let (cpu_pct, rss_mib) = match &running {
         Some(r) => (
             100.0 * (r.cpu_seconds()? - cpu0.unwrap_or(0.0)) / window,

@@ -9,15 +9,19 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsStr,
     fs,
     os::fd::{AsRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+pub use lbtrace_integration::lab::{
+    netns::Netns,
+    process::{self, Proc},
+};
+use tempfile::TempDir;
 
 use super::{
     bpf::{self, EmptyProg},
@@ -29,261 +33,32 @@ pub const SERVER: &str = "10.77.2.2";
 pub const IPERF_PORT: u16 = 5201;
 pub const CONN_PORT: u16 = 7000;
 
-fn describe<S: AsRef<OsStr>>(argv: &[S]) -> String {
-    argv.iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The `Tcp:` line of /proc/net/snmp in `ns`, by field name.
+pub fn tcp_snmp(ns: &Netns) -> Result<BTreeMap<String, i64>> {
+    let text = ns.try_exec(&["cat", "/proc/net/snmp"])?;
+    let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let [head, values] = tcp[..] else {
+        bail!("no Tcp lines in /proc/net/snmp of {}", ns.name());
+    };
+    Ok(head
+        .split_whitespace()
+        .skip(1)
+        .zip(values.split_whitespace().skip(1))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect())
 }
 
-/// Runs `argv`; its stdout, or an error carrying its stderr.
-pub fn run<S: AsRef<OsStr>>(argv: &[S]) -> Result<String> {
-    let (prog, args) = argv.split_first().context("empty command")?;
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run `{}`", describe(argv)))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            describe(argv),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Result<TempDir> {
-        let path = std::env::temp_dir().join(prefix);
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A named network namespace, deleted (after killing what still runs in it) on drop.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    pub fn create(name: &str) -> Result<Netns> {
-        run(&["ip", "netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_owned(),
-        };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn argv<S: AsRef<OsStr>>(&self, argv: &[S]) -> Vec<String> {
-        ["ip", "netns", "exec", &self.name]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(
-                argv.iter()
-                    .map(|a| a.as_ref().to_string_lossy().into_owned()),
-            )
-            .collect()
-    }
-
-    pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<String> {
-        run(&self.argv(argv))
-    }
-
-    /// A long-running `argv` in the namespace (`ip netns exec` execs it: the pid is its own).
-    pub fn spawn<S: AsRef<OsStr>>(&self, name: &str, dir: &Path, argv: &[S]) -> Result<Proc> {
-        Proc::spawn(name, dir, &self.argv(argv))
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])
-            .map(drop)
-    }
-
-    /// The `Tcp:` line of /proc/net/snmp, by field name.
-    pub fn tcp_snmp(&self) -> Result<BTreeMap<String, i64>> {
-        let text = self.exec(&["cat", "/proc/net/snmp"])?;
-        let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
-        let [head, values] = tcp[..] else {
-            bail!("no Tcp lines in /proc/net/snmp of {}", self.name);
-        };
-        Ok(head
-            .split_whitespace()
-            .skip(1)
-            .zip(values.split_whitespace().skip(1))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect())
-    }
-
-    fn listening(&self, port: u16) -> bool {
-        let Ok(out) = self.exec(&["ss", "-Hltn"]) else {
-            return false;
-        };
-        let suffix = format!(":{port}");
-        out.lines()
-            .filter_map(|l| l.split_whitespace().nth(3))
-            .any(|local| local.ends_with(&suffix))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(pids) = run(&["ip", "netns", "pids", &self.name]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) with plain integers.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-        if let Err(e) = run(&["ip", "netns", "del", &self.name]) {
-            eprintln!("xtask: bench: warning: {e:#}");
-        }
-    }
-}
-
-/// A child process with stdout and stderr in files; SIGKILLed and reaped on drop.
-pub struct Proc {
-    name: String,
-    child: Option<Child>,
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn<S: AsRef<OsStr>>(name: &str, dir: &Path, argv: &[S]) -> Result<Proc> {
-        let stdout = dir.join(format!("{name}.stdout"));
-        let stderr = dir.join(format!("{name}.stderr"));
-        let (prog, args) = argv.split_first().context("empty command")?;
-        let child = Command::new(prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout)?)
-            .stderr(fs::File::create(&stderr)?)
-            .spawn()
-            .with_context(|| format!("cannot start {name} (`{}`)", describe(argv)))?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child: Some(child),
-            stdout,
-            stderr,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    pub fn stderr_text(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    pub fn stdout_text(&self) -> String {
-        fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: libc::c_int) {
-        if let (Some(_), Ok(pid)) = (&self.child, i32::try_from(self.pid())) {
-            // SAFETY: kill(2) with plain integers, on our own child.
-            unsafe {
-                libc::kill(pid, sig);
-            }
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Waits until `ready` holds; fails if the process exits first or `timeout` passes.
-    pub fn wait_until(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut ready: impl FnMut(&Proc) -> bool,
-    ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            sys::interrupted()?;
-            if ready(self) {
-                return Ok(());
-            }
-            if let Some(status) = self.exited() {
-                bail!(
-                    "{} exited ({status}) before {what}: {}",
-                    self.name,
-                    self.stderr_text().trim()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} not {what} after {timeout:?}: {}",
-                    self.name,
-                    self.stderr_text().trim()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends `sig`, waits up to `timeout` for the exit; fails (and kills it) if it does not end.
-    pub fn stop(&mut self, sig: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
-        self.signal(sig);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                self.child = None;
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                bail!(
-                    "{} did not exit within {timeout:?} of signal {sig}",
-                    self.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Waits until `proc` is `what` (`ready` holds), giving up on Ctrl-C.
+fn wait_until(
+    proc: &mut Proc,
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut(&Proc) -> bool,
+) -> Result<()> {
+    proc.try_wait_until(what, timeout, |p| {
+        sys::interrupted()?;
+        Ok(ready(p))
+    })
 }
 
 /// The three namespaces. Fields drop in order: the iperf3 server, the namespaces, the directory.
@@ -301,10 +76,13 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Result<Lab> {
         let p = format!("lbb{}", std::process::id() % 100_000);
-        let dir = TempDir::new(&format!("lbtrace-bench-{}", std::process::id()))?;
-        let client = Netns::create(&format!("{p}-client"))?;
-        let lb = Netns::create(&format!("{p}-lb"))?;
-        let server = Netns::create(&format!("{p}-server"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("lbtrace-bench-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let client = Netns::try_create(&format!("{p}-client"))?;
+        let lb = Netns::try_create(&format!("{p}-lb"))?;
+        let server = Netns::try_create(&format!("{p}-server"))?;
         let mut lab = Lab {
             iperf_server: None,
             client,
@@ -323,30 +101,30 @@ impl Lab {
         veth(&self.client, &c_if, &self.lb, &self.ext)?;
         veth(&self.lb, &self.int, &self.server, &s_if)?;
         self.client
-            .exec(&["ip", "addr", "add", "10.77.1.2/24", "dev", &c_if])?;
+            .try_exec(&["ip", "addr", "add", "10.77.1.2/24", "dev", &c_if])?;
         self.lb
-            .exec(&["ip", "addr", "add", "10.77.1.1/24", "dev", &self.ext])?;
+            .try_exec(&["ip", "addr", "add", "10.77.1.1/24", "dev", &self.ext])?;
         self.lb
-            .exec(&["ip", "addr", "add", "10.77.2.1/24", "dev", &self.int])?;
+            .try_exec(&["ip", "addr", "add", "10.77.2.1/24", "dev", &self.int])?;
         self.server
-            .exec(&["ip", "addr", "add", "10.77.2.2/24", "dev", &s_if])?;
+            .try_exec(&["ip", "addr", "add", "10.77.2.2/24", "dev", &s_if])?;
         self.client
-            .exec(&["ip", "route", "add", "default", "via", "10.77.1.1"])?;
+            .try_exec(&["ip", "route", "add", "default", "via", "10.77.1.1"])?;
         self.server
-            .exec(&["ip", "route", "add", "default", "via", "10.77.2.1"])?;
-        self.lb.sysctl("net.ipv4.ip_forward", "1")?;
+            .try_exec(&["ip", "route", "add", "default", "via", "10.77.2.1"])?;
+        self.lb.try_sysctl("net.ipv4.ip_forward", "1")?;
         // Ports are reused quickly by the connection-rate test.
         self.client
-            .sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+            .try_sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         let ruleset = format!(
             "table ip lbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {SERVER}:{IPERF_PORT}\n    ip daddr {VIP} tcp dport {CONN_PORT} dnat to {SERVER}:{CONN_PORT}\n  }}\n}}\n"
         );
         let path = self.dir.path().join("lb.nft");
         fs::write(&path, ruleset)?;
-        self.lb.exec(&["nft", "-f", &path.to_string_lossy()])?;
+        self.lb.try_exec(&["nft", "-f", &path.to_string_lossy()])?;
         // Closed connections leave conntrack quickly: the connection-rate test makes many.
         self.lb
-            .sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")?;
+            .try_sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")?;
         Ok(())
     }
 
@@ -356,7 +134,7 @@ impl Lab {
             return Ok(());
         }
         let port = IPERF_PORT.to_string();
-        let proc = self.server.spawn(
+        let proc = self.server.try_spawn(
             "iperf3-server",
             self.dir.path(),
             &["iperf3", "-s", "-p", &port],
@@ -407,7 +185,7 @@ impl Lab {
 }
 
 fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    run(&[
+    process::try_run(&[
         "ip",
         "link",
         "add",
@@ -422,8 +200,8 @@ fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
         "netns",
         b.name(),
     ])?;
-    a.exec(&["ip", "link", "set", a_if, "up"])?;
-    b.exec(&["ip", "link", "set", b_if, "up"])?;
+    a.try_exec(&["ip", "link", "set", a_if, "up"])?;
+    b.try_exec(&["ip", "link", "set", b_if, "up"])?;
     Ok(())
 }
 
@@ -516,15 +294,15 @@ impl Running {
                 if *xdp {
                     extra.push("--xdp");
                 }
-                let mut p = lab.lb.spawn(tag, dir, &lbtrace_argv("watch", &extra))?;
-                p.wait_until("ready", Duration::from_secs(30), |_| ready.exists())?;
+                let mut p = lab.lb.try_spawn(tag, dir, &lbtrace_argv("watch", &extra))?;
+                wait_until(&mut p, "ready", Duration::from_secs(30), |_| ready.exists())?;
                 (vec![p], Kind::Watch)
             }
             Tool::Trace => {
                 let mut p =
                     lab.lb
-                        .spawn(tag, dir, &lbtrace_argv("trace", &["--format", "json"]))?;
-                p.wait_until("ready", Duration::from_secs(30), |_| ready.exists())?;
+                        .try_spawn(tag, dir, &lbtrace_argv("trace", &["--format", "json"]))?;
+                wait_until(&mut p, "ready", Duration::from_secs(30), |_| ready.exists())?;
                 (vec![p], Kind::Trace)
             }
             Tool::Tcpdump => {
@@ -544,11 +322,11 @@ impl Running {
                         &file.to_string_lossy(),
                         &filter,
                     ];
-                    procs.push(lab.lb.spawn(&format!("{tag}-{i}"), dir, &argv)?);
+                    procs.push(lab.lb.try_spawn(&format!("{tag}-{i}"), dir, &argv)?);
                 }
                 for p in &mut procs {
-                    p.wait_until("listening", Duration::from_secs(10), |p| {
-                        p.stderr_text().contains("listening on")
+                    wait_until(p, "listening", Duration::from_secs(10), |p| {
+                        p.stderr().contains("listening on")
                     })?;
                 }
                 (procs, Kind::Tcpdump)
@@ -593,9 +371,9 @@ impl Running {
             // the last packets that second, as lbtrace gets its final drain.
             sys::sleep(Duration::from_millis(1100))?;
         }
-        for p in &mut self.procs {
-            p.stop(libc::SIGINT, Duration::from_secs(20))?;
-            let err = p.stderr_text();
+        for p in std::mem::take(&mut self.procs) {
+            let done = p.try_stop(libc::SIGINT, Duration::from_secs(20))?;
+            let err = done.stderr;
             match self.kind {
                 Kind::EmptyXdp => {}
                 Kind::Watch => {
@@ -608,7 +386,7 @@ impl Running {
                     report.lost += number_before(line, " lost").unwrap_or(0);
                 }
                 Kind::Trace => {
-                    let out = p.stdout_text();
+                    let out = done.stdout;
                     let summary = out
                         .lines()
                         .rev()
