@@ -13,8 +13,10 @@ use anyhow::{Context as _, Result, bail};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
-/// `enum bpf_attach_type`: BPF_XDP.
-const BPF_XDP: u32 = 37;
+/// `enum bpf_attach_type`: BPF_XDP, BPF_TCX_INGRESS, BPF_TCX_EGRESS.
+pub const BPF_XDP: u32 = 37;
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
 
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -139,17 +141,19 @@ impl EmptyProg {
     }
 }
 
-/// Attaches the (XDP) program to `ifindex` of the calling thread's network namespace with a
-/// bpf_link: it detaches when the returned fd closes, also if this process dies.
-pub fn xdp_link(prog_fd: RawFd, ifindex: u32) -> Result<OwnedFd> {
+/// Attaches the program to `ifindex` of the calling thread's network namespace with a bpf_link
+/// (`attach_type` BPF_XDP, or BPF_TCX_* at the end of the chain): it detaches when the returned
+/// fd closes, also if this process dies.
+pub fn link(prog_fd: RawFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: u32::try_from(prog_fd).context("negative fd")?,
         target_ifindex: ifindex,
-        attach_type: BPF_XDP,
+        attach_type,
         ..LinkCreateAttr::default()
     };
-    let fd = bpf(BPF_LINK_CREATE, &mut attr)
-        .with_context(|| format!("attaching the empty XDP program to ifindex {ifindex}"))?;
+    let fd = bpf(BPF_LINK_CREATE, &mut attr).with_context(|| {
+        format!("attaching an empty program (attach type {attach_type}) to ifindex {ifindex}")
+    })?;
     let fd = RawFd::try_from(fd).context("bpf(2) returned an fd out of range")?;
     // SAFETY: BPF_LINK_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

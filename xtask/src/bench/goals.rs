@@ -135,6 +135,15 @@ pub fn throughput(t: &Throughput) -> Goal {
             .map(|(a, b)| a / b)
             .collect();
         let vs = Summary::of(&vs).map_or(f64::NAN, |v| v.median);
+        // Against the same TCX hooks with an empty program, round by round: lbtrace's own share.
+        let e = t.empty_tcx(i);
+        let ve: Vec<f64> = w
+            .samples
+            .iter()
+            .zip(&e.samples)
+            .map(|(a, b)| a / b)
+            .collect();
+        let ve = Summary::of(&ve).map_or(f64::NAN, |v| v.median);
         let ahead = vs > 1.0;
         pass &= r >= 0.98 && ahead;
         let mut p = format!(
@@ -154,6 +163,10 @@ pub fn throughput(t: &Throughput) -> Goal {
         if r < 0.98 {
             p.push_str(&format!(", {:.1} points under 98 %", 100.0 * (0.98 - r)));
         }
+        p.push_str(&format!(
+            "; empty TCX program {:.1} % of no tracer, watch / empty TCX {ve:.3}",
+            100.0 * e.ratio().unwrap_or(f64::NAN)
+        ));
         parts.push(p);
     }
     Goal {

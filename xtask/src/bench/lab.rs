@@ -210,6 +210,9 @@ pub enum Tool {
     /// An empty XDP program (XDP_PASS) on both lb interfaces: what attaching XDP to a veth costs
     /// by itself.
     EmptyXdp,
+    /// An empty TC program (TCX_NEXT) on both lb interfaces, ingress and egress (where `watch`
+    /// attaches): what the TCX hooks cost by themselves.
+    EmptyTcx,
     /// `lbtrace watch` (TCX, or XDP on ingress).
     Watch { xdp: bool },
     /// `lbtrace trace --format json` to a file.
@@ -222,6 +225,7 @@ impl Tool {
     pub fn label(&self) -> &'static str {
         match self {
             Tool::EmptyXdp => "empty XDP program",
+            Tool::EmptyTcx => "empty TCX program",
             Tool::Watch { xdp: false } => "lbtrace watch (TCX)",
             Tool::Watch { xdp: true } => "lbtrace watch --xdp",
             Tool::Trace => "lbtrace trace --format json",
@@ -232,7 +236,7 @@ impl Tool {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    EmptyXdp,
+    EmptyProg,
     Watch,
     Trace,
     Tcpdump,
@@ -277,12 +281,13 @@ impl Running {
             v
         };
         let (procs, kind) = match tool {
-            Tool::EmptyXdp => {
-                let links = attach_empty_xdp(&lab.lb, &ifaces)?;
+            Tool::EmptyXdp | Tool::EmptyTcx => {
+                let xdp = matches!(tool, Tool::EmptyXdp);
+                let links = attach_empty(&lab.lb, &ifaces, xdp)?;
                 return Ok(Running {
                     procs: Vec::new(),
                     links,
-                    kind: Kind::EmptyXdp,
+                    kind: Kind::EmptyProg,
                 });
             }
             Tool::Watch { xdp } => {
@@ -375,7 +380,7 @@ impl Running {
             let done = p.try_stop(libc::SIGINT, Duration::from_secs(20))?;
             let err = done.stderr;
             match self.kind {
-                Kind::EmptyXdp => {}
+                Kind::EmptyProg => {}
                 Kind::Watch => {
                     // "lbtrace: tripwire stopped: N connections recorded (E evicted), X events, Y lost"
                     let line = err
@@ -409,9 +414,20 @@ impl Running {
     }
 }
 
-/// Loads an empty XDP program and links it to `ifaces` of `ns`, from a thread moved there.
-fn attach_empty_xdp(ns: &Netns, ifaces: &[&str]) -> Result<Vec<OwnedFd>> {
-    let prog = EmptyProg::load(bpf::BPF_PROG_TYPE_XDP, bpf::XDP_PASS)?;
+/// Loads an empty XDP program (`xdp`) or TC program and links it to `ifaces` of `ns` (XDP; TCX
+/// ingress and egress), from a thread moved there.
+fn attach_empty(ns: &Netns, ifaces: &[&str], xdp: bool) -> Result<Vec<OwnedFd>> {
+    let (prog, hooks): (_, &[u32]) = if xdp {
+        (
+            EmptyProg::load(bpf::BPF_PROG_TYPE_XDP, bpf::XDP_PASS)?,
+            &[bpf::BPF_XDP],
+        )
+    } else {
+        (
+            EmptyProg::load(bpf::BPF_PROG_TYPE_SCHED_CLS, bpf::TC_ACT_UNSPEC)?,
+            &[bpf::BPF_TCX_INGRESS, bpf::BPF_TCX_EGRESS],
+        )
+    };
     let f = fs::File::open(format!("/run/netns/{}", ns.name()))?;
     std::thread::scope(|s| {
         s.spawn(|| -> Result<Vec<OwnedFd>> {
@@ -419,18 +435,19 @@ fn attach_empty_xdp(ns: &Netns, ifaces: &[&str]) -> Result<Vec<OwnedFd>> {
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error()).context("setns");
             }
-            ifaces
-                .iter()
-                .map(|i| {
-                    let name = std::ffi::CString::new(*i)?;
-                    // SAFETY: a NUL-terminated name.
-                    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                    if idx == 0 {
-                        bail!("no interface {i} in {}", ns.name());
-                    }
-                    bpf::xdp_link(prog.fd(), idx)
-                })
-                .collect()
+            let mut links = Vec::new();
+            for i in ifaces {
+                let name = std::ffi::CString::new(*i)?;
+                // SAFETY: a NUL-terminated name.
+                let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                if idx == 0 {
+                    bail!("no interface {i} in {}", ns.name());
+                }
+                for &hook in hooks {
+                    links.push(bpf::link(prog.fd(), idx, hook)?);
+                }
+            }
+            Ok(links)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?

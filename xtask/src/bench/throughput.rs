@@ -17,13 +17,14 @@ pub const SECTION: &str = "throughput: iperf3 TCP client -> lb (nftables DNAT) -
 pub const STREAMS: [u32; 2] = [1, 4];
 
 /// The configurations, `None` first (the baseline).
-fn configs() -> [Option<Tool>; 5] {
+fn configs() -> [Option<Tool>; 6] {
     [
         None,
         Some(Tool::Watch { xdp: false }),
         Some(Tool::Watch { xdp: true }),
         Some(Tool::Tcpdump),
         Some(Tool::EmptyXdp),
+        Some(Tool::EmptyTcx),
     ]
 }
 
@@ -44,6 +45,11 @@ impl Throughput {
     /// (watch TCX, tcpdump) figures for `streams`.
     pub fn watch_and_tcpdump(&self, streams_idx: usize) -> (&Figure, &Figure) {
         (&self.figures[streams_idx][1], &self.figures[streams_idx][3])
+    }
+
+    /// The empty TCX program's figure for `streams`.
+    pub fn empty_tcx(&self, streams_idx: usize) -> &Figure {
+        &self.figures[streams_idx][5]
     }
 }
 
@@ -118,6 +124,7 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
         }
         fs[2].note = "compare with the empty XDP program".to_owned();
         fs[4].note = "XDP on a veth by itself: the peer's TSO goes off".to_owned();
+        fs[5].note = "the TCX hooks watch uses, by themselves".to_owned();
     }
     Ok(Throughput { figures })
 }
