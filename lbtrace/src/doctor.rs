@@ -138,7 +138,7 @@ pub fn checks() -> Vec<Check> {
             "BPF_MAP_TYPE_RINGBUF not supported"
         },
         if rb {
-            "events reach lbtrace through a shared ring buffer"
+            "ICMP-error and drop events, and wake-ups, reach lbtrace through ring buffers"
         } else {
             "lbtrace needs BPF ring buffers (5.8+)"
         },

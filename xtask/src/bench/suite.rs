@@ -39,11 +39,11 @@ impl Plan {
                 kernel_rounds: 3,
                 ring_rounds: 3,
                 ring_secs: 1.0,
-                tput_rounds: 3,
+                tput_rounds: 2,
                 tput_secs: 2,
                 conn_rates: vec![Some(2000), None],
                 conn_rounds: 2,
-                conn_secs: 1.5,
+                conn_secs: 1.0,
                 idle_secs: 10.0,
                 idle_windows: 2,
             }

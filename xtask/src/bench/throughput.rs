@@ -1,7 +1,8 @@
 //! Part 2 of the bench, throughput: iperf3 TCP (one stream, then four) from the client through the
 //! lb (nftables DNAT) to the server, with no tracer, `lbtrace watch` (TCX), `lbtrace watch --xdp`
 //! and tcpdump (one per lb interface, filtered to the watched tuples' SYN/FIN/RST, writing files),
-//! in interleaved rounds whose order rotates.
+//! and empty XDP / TCX programs as controls. Each round runs every tracer once, in an order that
+//! rotates, each between two runs without a tracer; its baseline sample is the mean of those two.
 
 use std::path::Path;
 
@@ -76,30 +77,53 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
         .collect();
     // Warm-up: one short run, not recorded.
     lab.iperf(1, 1)?;
+    // One run of config `ci`: Gbit/s for each stream count.
+    let run = |lab: &mut Lab, round: usize, ci: usize| -> Result<Vec<f64>> {
+        interrupted()?;
+        let running = match &cfgs[ci] {
+            Some(t) => Some(Running::start(
+                lab,
+                t,
+                lbtrace,
+                IPERF_PORT,
+                &format!("tput-{round}-{ci}"),
+            )?),
+            None => None,
+        };
+        let g = STREAMS
+            .iter()
+            .map(|&s| lab.iperf(secs, s))
+            .collect::<Result<Vec<f64>>>()?;
+        if let Some(r) = running {
+            r.stop()?;
+        }
+        Ok(g)
+    };
     for round in 0..rounds {
-        for k in 0..cfgs.len() {
-            interrupted()?;
-            let ci = (k + round) % cfgs.len();
-            let running = match &cfgs[ci] {
-                Some(t) => Some(Running::start(
-                    lab,
-                    t,
-                    lbtrace,
-                    IPERF_PORT,
-                    &format!("tput-{round}-{ci}"),
-                )?),
-                None => None,
-            };
-            for (si, &s) in STREAMS.iter().enumerate() {
-                let g = lab.iperf(secs, s)?;
-                figures[si][ci].samples.push(g);
+        // Every tracer runs between two runs without one, and is compared with their mean: the
+        // machine's drift (other load comes and goes) then hits subject and baseline alike. The
+        // tracers' order rotates from round to round.
+        let tracers = cfgs.len() - 1;
+        let mut before = run(lab, round, 0)?;
+        for (si, g) in before.iter().enumerate() {
+            figures[si][0].samples.push(*g);
+        }
+        for k in 0..tracers {
+            let ci = 1 + (k + round) % tracers;
+            let with = run(lab, round, ci)?;
+            let after = run(lab, round, 0)?;
+            for si in 0..STREAMS.len() {
+                let f = &mut figures[si][ci];
+                f.samples.push(with[si]);
+                if let Some(b) = f.baseline.as_mut() {
+                    b.samples.push((before[si] + after[si]) / 2.0);
+                }
+                figures[si][0].samples.push(after[si]);
             }
-            if let Some(r) = running {
-                r.stop()?;
-            }
+            before = after;
         }
         eprintln!(
-            "xtask: bench: throughput round {}/{rounds}: {}",
+            "xtask: bench: throughput round {}/{rounds} (no tracer = mean of the runs before and after): {}",
             round + 1,
             figures
                 .iter()
@@ -116,12 +140,6 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
         );
     }
     for fs in &mut figures {
-        let base = fs[0].samples.clone();
-        for f in fs.iter_mut().skip(1) {
-            if let Some(b) = f.baseline.as_mut() {
-                b.samples = base.clone();
-            }
-        }
         fs[2].note = "compare with the empty XDP program".to_owned();
         fs[4].note = "XDP on a veth by itself: the peer's TSO goes off".to_owned();
         fs[5].note = "the TCX hooks watch uses, by themselves".to_owned();
