@@ -222,9 +222,11 @@ impl CpuRings {
                 // the cursors ever disagree, read what the ring can hold rather than garbage.
                 tail = head - self.slots;
             }
-            let base = cpu as u64 * self.slots;
+            let base = cpu * self.slots as usize;
+            let mask = self.slots - 1;
             while tail != head {
-                let idx = usize::try_from(base + (tail & (self.slots - 1))).unwrap_or(usize::MAX);
+                // Masked below `slots`, which fits a usize (the mapping holds cpus * slots).
+                let idx = base + (tail & mask) as usize;
                 // SAFETY: idx < cpus * slots records of the mapping; the slot was published
                 // (acquire load of head) and is not reused before `tail` moves past it.
                 let rec = unsafe {
