@@ -73,7 +73,8 @@ pub struct FilterArgs {
     /// interface's offloads: see README). Never replaces an XDP program already attached.
     #[arg(long)]
     pub xdp: bool,
-    /// Packet-event records in MiB, split evenly into one ring per CPU (each at least 256 records).
+    /// Packet-event records in MiB, split evenly over the online CPUs, one ring each (at least 256
+    /// records).
     #[arg(long, value_name = "MIB", default_value = "8", value_parser = parse_ring_mib)]
     pub ring_size: u32,
 }

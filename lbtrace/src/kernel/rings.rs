@@ -46,24 +46,31 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
-    /// `event_bytes` of packet-event records in all, split evenly over the possible CPUs (each
-    /// ring rounded down to a power of two, at least [`MIN_SLOTS`] records).
+    /// `event_bytes` of packet-event records, split evenly over the online CPUs (each ring
+    /// rounded down to a power of two, at least [`MIN_SLOTS`] records). There is a ring for every
+    /// possible CPU (a CPU brought online later needs one), so where more CPUs are possible than
+    /// online the mapping is that much larger.
     pub fn new(event_bytes: u64, priority_bytes: u32) -> Result<Self> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
             .and_then(|n| u32::try_from(n).context("CPU count"))?;
-        Ok(Self::for_cpus(cpus, event_bytes, priority_bytes))
+        let online = aya::util::online_cpus()
+            .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+            .and_then(|v| u32::try_from(v.len()).context("CPU count"))?;
+        Ok(Self::for_cpus(cpus, online, event_bytes, priority_bytes))
     }
 
-    pub fn for_cpus(cpus: u32, event_bytes: u64, priority_bytes: u32) -> Self {
-        let per_cpu = event_bytes / EVENT_SIZE as u64 / u64::from(cpus.max(1));
+    /// The layout for `cpus` possible CPUs of which `online` share `event_bytes`.
+    pub fn for_cpus(cpus: u32, online: u32, event_bytes: u64, priority_bytes: u32) -> Self {
+        let cpus = cpus.max(1);
+        let per_cpu = event_bytes / EVENT_SIZE as u64 / u64::from(online.clamp(1, cpus));
         let slots = if per_cpu <= MIN_SLOTS {
             MIN_SLOTS
         } else {
             1 << per_cpu.ilog2()
         };
         Self {
-            cpus: cpus.max(1),
+            cpus,
             slots,
             wakeup_events: slots / 4,
             priority_bytes,
@@ -304,17 +311,27 @@ mod tests {
     #[test]
     fn layout_splits_the_bytes_over_the_cpus_in_powers_of_two() {
         // 8 MiB over 2 CPUs: 40,329 records each, rounded down to 32,768.
-        let l = RingLayout::for_cpus(2, 8 << 20, 1 << 20);
+        let l = RingLayout::for_cpus(2, 2, 8 << 20, 1 << 20);
         assert_eq!(l.slots, 32_768);
         assert_eq!(l.wakeup_events, 8_192);
         assert_eq!(l.records(), 65_536);
         assert_eq!(l.event_bytes(), 65_536 * 104);
         assert_eq!(l.priority_wakeup_bytes, 256 << 10);
         // Many CPUs, small ring: never below the minimum.
-        let l = RingLayout::for_cpus(256, 1 << 20, 1 << 16);
+        let l = RingLayout::for_cpus(256, 256, 1 << 20, 1 << 16);
         assert_eq!(l.slots, MIN_SLOTS);
         // Exactly a power of two stays as it is.
-        let l = RingLayout::for_cpus(1, 1024 * 104, 4096);
+        let l = RingLayout::for_cpus(1, 1, 1024 * 104, 4096);
         assert_eq!(l.slots, 1024);
+    }
+
+    #[test]
+    fn layout_sizes_by_online_cpus_and_allocates_for_possible_ones() {
+        // 4 online of 64 possible: each ring gets a quarter of 8 MiB, and there are 64 of them.
+        let l = RingLayout::for_cpus(64, 4, 8 << 20, 1 << 20);
+        assert_eq!(l.slots, 16_384);
+        assert_eq!(l.records(), 64 * 16_384);
+        // More online than possible cannot happen; it is clamped rather than trusted.
+        assert_eq!(RingLayout::for_cpus(2, 8, 8 << 20, 1 << 20).slots, 32_768);
     }
 }

@@ -178,9 +178,11 @@ fn load(slots: u64, priority_bytes: u32) -> Result<Loaded> {
     // 104 MiB per CPU. The reader would be woken at a quarter full; here nobody reads during a
     // call, so the threshold is never reached: every record takes the production path of a
     // reader that keeps up (no wake-up record).
+    let cpus = u32::try_from(BENCH_CPU + 1)?;
     let mut layout = RingLayout::for_cpus(
-        u32::try_from(BENCH_CPU + 1)?,
-        slots * EVENT_SIZE as u64 * (BENCH_CPU as u64 + 1),
+        cpus,
+        cpus,
+        slots * EVENT_SIZE as u64 * u64::from(cpus),
         priority_bytes,
     );
     layout.wakeup_events = u64::MAX;
