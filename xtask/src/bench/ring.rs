@@ -43,6 +43,7 @@ pub struct Figures {
     pub consumer_cpu: Figure,
     pub produced: Figure,
     pub lost: Figure,
+    pub max_gap: Figure,
     /// Runs whose accounting did not add up, with what was off.
     pub mismatches: Vec<String>,
 }
@@ -55,6 +56,7 @@ impl Figures {
             self.consumer_cpu.clone(),
             self.produced.clone(),
             self.lost.clone(),
+            self.max_gap.clone(),
         ]
     }
 }
@@ -70,6 +72,7 @@ struct Run {
     wall: f64,
     consumer_cpu: f64,
     producer_wall: f64,
+    max_gap: Duration,
 }
 
 fn one(secs: f64) -> Result<Run> {
@@ -110,11 +113,18 @@ fn one(secs: f64) -> Result<Run> {
                 let t0 = Instant::now();
                 let mut delivered = 0u64;
                 let mut decode_errors = 0u64;
+                // The longest time from one drain's start to the next: how long the producer
+                // had the ring to itself.
+                let mut max_gap = Duration::ZERO;
+                let mut last_drain = Instant::now();
                 rt.block_on(async {
                     loop {
                         // Read before draining: the drain after the producer stopped is the last.
                         let last = stop.load(Ordering::SeqCst);
                         rings.wait().await;
+                        let now = Instant::now();
+                        max_gap = max_gap.max(now - last_drain);
+                        last_drain = now;
                         delivered +=
                             lbtrace::trace::drain(&mut rings, &mut decode_errors).len() as u64;
                         if last {
@@ -124,7 +134,7 @@ fn one(secs: f64) -> Result<Run> {
                 });
                 let wall = t0.elapsed().as_secs_f64();
                 let cpu = sys::thread_cpu_seconds() - cpu0;
-                (rings, rt, delivered, decode_errors, wall, cpu)
+                (rings, rt, delivered, decode_errors, wall, cpu, max_gap)
             })
             .context("starting the consumer thread")?
     };
@@ -142,7 +152,7 @@ fn one(secs: f64) -> Result<Run> {
         Ok((produced, t0.elapsed().as_secs_f64()))
     })();
     stop.store(true, Ordering::SeqCst);
-    let (mut rings, rt, delivered, mut decode_errors, wall, consumer_cpu) = consumer
+    let (mut rings, rt, delivered, mut decode_errors, wall, consumer_cpu, max_gap) = consumer
         .join()
         .map_err(|_| anyhow!("the consumer thread panicked"))?;
     let (produced, producer_wall) = producer?;
@@ -162,6 +172,7 @@ fn one(secs: f64) -> Result<Run> {
         wall,
         consumer_cpu,
         producer_wall,
+        max_gap,
     })
 }
 
@@ -180,6 +191,7 @@ pub fn measure(rounds: usize, secs: f64) -> Result<Figures> {
             "M/s",
         ),
         lost: Figure::new(SECTION, "events lost (ring full)", "%"),
+        max_gap: Figure::new(SECTION, "longest time between two drains", "ms"),
         mismatches: Vec::new(),
     };
     for i in 0..rounds {
@@ -223,8 +235,9 @@ pub fn measure(rounds: usize, secs: f64) -> Result<Figures> {
         f.lost
             .samples
             .push(100.0 * r.lost as f64 / (r.produced.max(1)) as f64);
+        f.max_gap.samples.push(r.max_gap.as_secs_f64() * 1e3);
         eprintln!(
-            "xtask: bench: ring run {}/{rounds}: produced {}, emitted {}, lost {}, delivered {}, unread at end {}, consumer CPU {:.2} s of {:.2} s",
+            "xtask: bench: ring run {}/{rounds}: produced {}, emitted {}, lost {}, delivered {}, unread at end {}, consumer CPU {:.2} s of {:.2} s, longest gap between drains {:.1} ms",
             i + 1,
             r.produced,
             r.emitted,
@@ -232,7 +245,8 @@ pub fn measure(rounds: usize, secs: f64) -> Result<Figures> {
             r.delivered,
             r.unread,
             r.consumer_cpu,
-            r.wall
+            r.wall,
+            r.max_gap.as_secs_f64() * 1e3
         );
         thread::sleep(Duration::from_millis(100));
     }
@@ -242,7 +256,8 @@ pub fn measure(rounds: usize, secs: f64) -> Result<Figures> {
         format!("ACCOUNTING OFF: {}", f.mismatches.join("; "))
     };
     f.per_cpu_second.note = exact;
-    f.delivered_wall.note =
-        "consumer-limited when events are lost, else producer-limited".to_owned();
+    f.delivered_wall.note = "the producer's rate, less what was lost".to_owned();
+    f.max_gap.note =
+        "a gap longer than one CPU's ring lasts at the producer's rate loses events".to_owned();
     Ok(f)
 }
