@@ -477,11 +477,12 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
     l.health();
     let c = l.tracer.counters();
     eprintln!(
-        "lbtrace: tripwire stopped: {} connections recorded ({} evicted), {} events, {} lost",
+        "lbtrace: tripwire stopped: {} connections recorded ({} evicted), {} events, {} lost, {} packets parsed",
         l.rec.accounting().total,
         l.rec.accounting().evicted,
         c.emitted(),
-        c.lost()
+        c.lost(),
+        c.packets
     );
     Ok(0)
 }

@@ -169,6 +169,12 @@ pub fn throughput(t: &Throughput) -> Goal {
         ));
         parts.push(p);
     }
+    if let Some(runs) = t.watch_runs.summary() {
+        parts.push(format!(
+            "watch's TC programs ran {} k times per second of iperf3 traffic",
+            num(runs.median)
+        ));
+    }
     Goal {
         name: "throughput with watch attached (TCX) >= 98 % of no tracer, ahead of tcpdump",
         pass,

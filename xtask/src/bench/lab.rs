@@ -256,6 +256,8 @@ pub struct Report {
     pub recorded: u64,
     /// Events lost by the kernel (lbtrace) / packets dropped by the kernel (tcpdump).
     pub lost: u64,
+    /// `lbtrace watch`: packets its programs parsed (every run of a TC / XDP program).
+    pub packets: u64,
 }
 
 impl Running {
@@ -382,13 +384,15 @@ impl Running {
             match self.kind {
                 Kind::EmptyProg => {}
                 Kind::Watch => {
-                    // "lbtrace: tripwire stopped: N connections recorded (E evicted), X events, Y lost"
+                    // "lbtrace: tripwire stopped: N connections recorded (E evicted), X events, Y lost,
+                    // P packets parsed"
                     let line = err
                         .lines()
                         .find(|l| l.contains("tripwire stopped"))
                         .with_context(|| format!("no final line from lbtrace watch: {err}"))?;
                     report.recorded += number_before(line, " events").unwrap_or(0);
                     report.lost += number_before(line, " lost").unwrap_or(0);
+                    report.packets += number_before(line, " packets parsed").unwrap_or(0);
                 }
                 Kind::Trace => {
                     let out = done.stdout;
@@ -470,9 +474,10 @@ mod tests {
 
     #[test]
     fn numbers_before_words() {
-        let l = "lbtrace: tripwire stopped: 12 connections recorded (0 evicted), 96 events, 3 lost";
+        let l = "lbtrace: tripwire stopped: 12 connections recorded (0 evicted), 96 events, 3 lost, 4567 packets parsed";
         assert_eq!(number_before(l, " events"), Some(96));
         assert_eq!(number_before(l, " lost"), Some(3));
+        assert_eq!(number_before(l, " packets parsed"), Some(4567));
         let t =
             "\n120 packets captured\n130 packets received by filter\n0 packets dropped by kernel\n";
         assert_eq!(number_before(t, " packets captured"), Some(120));

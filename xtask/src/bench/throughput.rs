@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::{
     interrupted,
-    lab::{IPERF_PORT, Lab, Running, Tool},
+    lab::{IPERF_PORT, Lab, Report, Running, Tool},
     stats::Figure,
 };
 
@@ -36,11 +36,15 @@ fn label(c: &Option<Tool>) -> &'static str {
 pub struct Throughput {
     /// `[streams][config]`, configs in `configs()` order.
     pub figures: Vec<Vec<Figure>>,
+    /// How often `watch`'s TC programs ran per second of iperf3 traffic (both stream counts).
+    pub watch_runs: Figure,
 }
 
 impl Throughput {
     pub fn all(&self) -> Vec<Figure> {
-        self.figures.iter().flatten().cloned().collect()
+        let mut all: Vec<Figure> = self.figures.iter().flatten().cloned().collect();
+        all.push(self.watch_runs.clone());
+        all
     }
 
     /// (watch TCX, tcpdump) figures for `streams`.
@@ -77,8 +81,16 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
         .collect();
     // Warm-up: one short run, not recorded.
     lab.iperf(1, 1)?;
-    // One run of config `ci`: Gbit/s for each stream count.
-    let run = |lab: &mut Lab, round: usize, ci: usize| -> Result<Vec<f64>> {
+    let mut watch_runs = Figure::new(
+        SECTION,
+        "lbtrace watch (TCX): program runs per second of iperf3 traffic",
+        "k/s",
+    );
+    watch_runs.note =
+        "packets its TC programs parsed (4 hooks), over the iperf3 runs of both stream counts"
+            .to_owned();
+    // One run of config `ci`: Gbit/s for each stream count, and the tool's report.
+    let run = |lab: &mut Lab, round: usize, ci: usize| -> Result<(Vec<f64>, Option<Report>)> {
         interrupted()?;
         let running = match &cfgs[ci] {
             Some(t) => Some(Running::start(
@@ -94,24 +106,27 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
             .iter()
             .map(|&s| lab.iperf(secs, s))
             .collect::<Result<Vec<f64>>>()?;
-        if let Some(r) = running {
-            r.stop()?;
-        }
-        Ok(g)
+        let report = running.map(Running::stop).transpose()?;
+        Ok((g, report))
     };
     for round in 0..rounds {
         // Every tracer runs between two runs without one, and is compared with their mean: the
         // machine's drift (other load comes and goes) then hits subject and baseline alike. The
         // tracers' order rotates from round to round.
         let tracers = cfgs.len() - 1;
-        let mut before = run(lab, round, 0)?;
+        let (mut before, _) = run(lab, round, 0)?;
         for (si, g) in before.iter().enumerate() {
             figures[si][0].samples.push(*g);
         }
         for k in 0..tracers {
             let ci = 1 + (k + round) % tracers;
-            let with = run(lab, round, ci)?;
-            let after = run(lab, round, 0)?;
+            let (with, report) = run(lab, round, ci)?;
+            if let (Some(Tool::Watch { xdp: false }), Some(r)) = (&cfgs[ci], report) {
+                watch_runs
+                    .samples
+                    .push(r.packets as f64 / f64::from(secs * STREAMS.len() as u32) / 1e3);
+            }
+            let (after, _) = run(lab, round, 0)?;
             for si in 0..STREAMS.len() {
                 let f = &mut figures[si][ci];
                 f.samples.push(with[si]);
@@ -144,5 +159,8 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
         fs[4].note = "XDP on a veth by itself: the peer's TSO goes off".to_owned();
         fs[5].note = "the TCX hooks watch uses, by themselves".to_owned();
     }
-    Ok(Throughput { figures })
+    Ok(Throughput {
+        figures,
+        watch_runs,
+    })
 }
