@@ -117,13 +117,12 @@ fn count(idx: u32) -> u64 {
     }
 }
 
-/// The id of a watched endpoint `addr:port`: the port's slot (an array index and a few
-/// compares) or, for a port with many endpoints, the hash map; then the all-ports entry when
-/// there is one. Both array lookups are inlined by the verifier; a hash lookup is a call that
-/// hashes the key, about as costly as the rest of the event path.
+/// The id of a watched endpoint `addr:port`, given the port's `PORTS` entry: the port's slot
+/// (an array index and a few compares) or, for a port with many endpoints, the hash map; then
+/// the all-ports entry when there is one. The array lookups are inlined by the verifier; a hash
+/// lookup is a call that hashes the key, about as costly as the rest of the event path.
 #[inline(always)]
-fn endpoint(fam: u8, addr: [u8; 16], port: u16) -> Option<u32> {
-    let slot = PORTS.get(u32::from(port)).copied().unwrap_or(0);
+fn endpoint(fam: u8, addr: [u8; 16], port: u16, slot: u16) -> Option<u32> {
     if slot == PORT_HASHED {
         if let Some(id) = hashed(fam, addr, port) {
             return Some(id);
@@ -171,22 +170,37 @@ fn hashed(fam: u8, addr: [u8; 16], port: u16) -> Option<u32> {
     ENDPOINTS.get_ptr(key).map(|id| unsafe { *id })
 }
 
+/// A tuple's ports with their `PORTS` entries.
+struct Ports {
+    sport: u16,
+    dport: u16,
+    sslot: u16,
+    dslot: u16,
+}
+
+/// The ports' `PORTS` entries, or `None` when no watched endpoint can match: neither port is
+/// watched and no endpoint watches every port. Two inlined array lookups, before the addresses
+/// are even read.
+#[inline(always)]
+fn ports(sport: u16, dport: u16) -> Option<Ports> {
+    let entry = |p: u16| PORTS.get(u32::from(p)).copied().unwrap_or(0);
+    let (sslot, dslot) = (entry(sport), entry(dport));
+    if sslot == 0 && dslot == 0 && HAS_WILDCARD.load() == 0 {
+        return None;
+    }
+    Some(Ports {
+        sport,
+        dport,
+        sslot,
+        dslot,
+    })
+}
+
 /// The watched endpoint of a tuple: the destination first (packets to the VIP or a backend), then
 /// the source (their replies).
 #[inline(always)]
-fn watched(fam: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16) -> Option<u32> {
-    endpoint(fam, daddr, dport).or_else(|| endpoint(fam, saddr, sport))
-}
-
-/// Whether a watched endpoint could match: one of the ports is watched, or some endpoint
-/// watches every port. Two inlined array lookups: far cheaper than reading the addresses.
-#[inline(always)]
-fn port_watched(sport: u16, dport: u16) -> bool {
-    if HAS_WILDCARD.load() != 0 {
-        return true;
-    }
-    let hit = |p: u16| PORTS.get(u32::from(p)).is_some_and(|v| *v != 0);
-    hit(dport) || hit(sport)
+fn watched(fam: u8, saddr: [u8; 16], daddr: [u8; 16], p: &Ports) -> Option<u32> {
+    endpoint(fam, daddr, p.dport, p.dslot).or_else(|| endpoint(fam, saddr, p.sport, p.sslot))
 }
 
 #[inline(always)]
@@ -406,11 +420,11 @@ fn tcp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
     }
     let sport = be16(t);
     let dport = be16(unsafe { t.add(2) });
-    if !port_watched(sport, dport) {
+    let Some(p) = ports(sport, dport) else {
         return Ok(());
-    }
+    };
     let (saddr, daddr) = (l3.saddr(), l3.daddr());
-    let Some(id) = watched(l3.fam, saddr, sport, daddr, dport) else {
+    let Some(id) = watched(l3.fam, saddr, daddr, &p) else {
         return Ok(());
     };
     count_flags(id, flags);
@@ -460,11 +474,11 @@ fn icmp(b: &Bounds, l3: &L3, ifindex: u32, hook: u8) -> Result<(), ()> {
     let t = b.at::<8>(q.l4).ok_or(())?;
     let sport = be16(t);
     let dport = be16(unsafe { t.add(2) });
-    if !port_watched(sport, dport) {
+    let Some(p) = ports(sport, dport) else {
         return Ok(());
-    }
+    };
     let (saddr, daddr) = (q.saddr(), q.daddr());
-    let Some(id) = watched(q.fam, saddr, sport, daddr, dport) else {
+    let Some(id) = watched(q.fam, saddr, daddr, &p) else {
         return Ok(());
     };
     if let Some(s) = stats(id) {
@@ -630,10 +644,8 @@ fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     unsafe { bpf_probe_read_kernel_buf(tcp_at as *const u8, &mut t).ok()? };
     let sport = u16::from_be_bytes([t[0], t[1]]);
     let dport = u16::from_be_bytes([t[2], t[3]]);
-    if !port_watched(sport, dport) {
-        return None;
-    }
-    let id = watched(fam, saddr, sport, daddr, dport)?;
+    let p = ports(sport, dport)?;
+    let id = watched(fam, saddr, daddr, &p)?;
     if let Some(s) = stats(id) {
         unsafe { (*s).drops += 1 };
     }
