@@ -51,12 +51,12 @@ impl RingLayout {
     /// possible CPU (a CPU brought online later needs one), so where more CPUs are possible than
     /// online the mapping is that much larger.
     pub fn new(event_bytes: u64, priority_bytes: u32) -> Result<Self> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
-            .and_then(|n| u32::try_from(n).context("CPU count"))?;
-        let online = aya::util::online_cpus()
-            .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
-            .and_then(|v| u32::try_from(v.len()).context("CPU count"))?;
+        let count = |r: Result<usize, (&str, std::io::Error)>| {
+            r.map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+                .and_then(|n| u32::try_from(n).context("CPU count"))
+        };
+        let cpus = count(aya::util::nr_cpus())?;
+        let online = count(aya::util::online_cpus().map(|v| v.len()))?;
         Ok(Self::for_cpus(cpus, online, event_bytes, priority_bytes))
     }
 

@@ -456,7 +456,7 @@ pub fn curl(ns: &Netns, url: &str, timeout_s: u32) -> (String, String) {
 }
 
 /// A veth pair with one end in each namespace, both up.
-pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+pub fn try_veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
     // Created directly inside the namespaces: the names never appear in the host's namespace.
     let argv = [
         "ip",
@@ -473,9 +473,15 @@ pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
         "netns",
         b.name(),
     ];
-    process::run(&argv);
-    a.exec(&["ip", "link", "set", a_if, "up"]);
-    b.exec(&["ip", "link", "set", b_if, "up"]);
+    process::try_run(&argv)?;
+    a.try_exec(&["ip", "link", "set", a_if, "up"])?;
+    b.try_exec(&["ip", "link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// [`try_veth`] for tests: panics instead of failing.
+pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    try_veth(a, a_if, b, b_if).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 pub(crate) fn addr(ns: &Netns, dev: &str, addr: Addr, v4_len: u8) {

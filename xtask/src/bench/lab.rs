@@ -12,15 +12,12 @@ use std::{
     fs,
     os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-pub use lbtrace_integration::lab::{
-    netns::Netns,
-    process::{self, Proc},
-};
+pub use lbtrace_integration::lab::{netns::Netns, process::Proc};
+use lbtrace_integration::lab::{process, try_veth};
 use tempfile::TempDir;
 
 use super::{
@@ -98,8 +95,8 @@ impl Lab {
 
     fn wire(&mut self, p: &str) -> Result<()> {
         let (c_if, s_if) = (format!("{p}c"), format!("{p}s"));
-        veth(&self.client, &c_if, &self.lb, &self.ext)?;
-        veth(&self.lb, &self.int, &self.server, &s_if)?;
+        try_veth(&self.client, &c_if, &self.lb, &self.ext)?;
+        try_veth(&self.lb, &self.int, &self.server, &s_if)?;
         self.client
             .try_exec(&["ip", "addr", "add", "10.77.1.2/24", "dev", &c_if])?;
         self.lb
@@ -162,12 +159,7 @@ impl Lab {
         let mut last = None;
         for _ in 0..3 {
             sys::interrupted()?;
-            let out = Command::new("ip")
-                .args(["netns", "exec", self.client.name()])
-                .args(argv)
-                .stdin(Stdio::null())
-                .output()
-                .context("running iperf3")?;
+            let out = process::try_output(&self.client.argv(&argv))?;
             let text = String::from_utf8_lossy(&out.stdout);
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
@@ -182,27 +174,6 @@ impl Lab {
         }
         bail!("iperf3 -P {streams} failed: {}", last.unwrap_or_default())
     }
-}
-
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    process::try_run(&[
-        "ip",
-        "link",
-        "add",
-        a_if,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ])?;
-    a.try_exec(&["ip", "link", "set", a_if, "up"])?;
-    b.try_exec(&["ip", "link", "set", b_if, "up"])?;
-    Ok(())
 }
 
 /// A tracer or capture running in the lb namespace.
