@@ -13,6 +13,7 @@ use crate::{endpoint::Endpoint, render::Format};
 #[command(
     name = "lbtrace",
     version,
+    after_help = "Examples:\n  lbtrace --vip 10.0.0.10:443 --backend 10.0.1.11:8443 --backend 10.0.1.12:8443\n  lbtrace check --vip 10.0.0.10:80 --backend 10.0.1.11:8080",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -27,21 +28,73 @@ pub struct Cli {
 pub enum Command {
     /// The low-overhead tripwire, left running: alerts per checklist step, a flight recorder of
     /// correlated connections (read it with `lbtrace dump`), health lines, Prometheus metrics.
+    #[command(
+        after_help = "Examples:\n  lbtrace watch --vip 10.0.0.10:80 --backend 10.0.1.11:8080 --backend 10.0.1.12:8080\n  lbtrace watch --vip 10.0.0.10 --format json --metrics 127.0.0.1:9465 --on-alert 'logger -t lbtrace'"
+    )]
     Watch(WatchArgs),
     /// The tripwire's recorded, correlated history, on demand.
+    #[command(
+        after_help = "Examples:\n  lbtrace dump --failed --since 10m\n  lbtrace dump --backend 10.0.1.12:8080 --last 20 --pcap /root/lb-evidence.pcap"
+    )]
     Dump(DumpArgs),
     /// The live event stream: every SYN, SYN-ACK, RST and FIN of the VIPs' and backends'
     /// connections, ICMP errors about them and kernel drops with the drop reason.
+    #[command(
+        after_help = "Examples:\n  lbtrace trace --vip 10.0.0.10:80 --backend 10.0.1.11:8080\n  lbtrace trace --vip 10.0.0.10 --iface eth0 --format json --duration 30s"
+    )]
     Trace(TraceArgs),
     /// The 4-step checklist, once: client -> LB, LB handling (L4/L7), LB -> each backend, return
     /// path; each verdict backed by the packets and kernel drop reasons that prove it.
+    #[command(
+        after_help = "Examples:\n  lbtrace check --vip 10.0.0.10:80 --backend 10.0.1.11:8080 --backend 10.0.1.12:8080\n  lbtrace check --vip 10.0.0.10:443 --tls --sni shop.example --client 192.0.2.7 --observe 60s"
+    )]
     Check(CheckArgs),
     /// What this kernel and host support, before anyone trusts lbtrace on a production box.
+    #[command(after_help = "Examples:\n  lbtrace doctor\n  lbtrace doctor --format json")]
     Doctor(DoctorArgs),
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 1h)"))
+}
+
+/// A duration parser that refuses values outside `min..=max`: zero where it makes no sense, and
+/// anything past a sane maximum (which would overflow a deadline and panic later).
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let d = parse_duration(s)?;
+        if d < min || d > max {
+            return Err(format!(
+                "{s}: must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// A count parser for `min..=max`.
+fn count_in<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |s| {
+        let n: T = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not a whole number"))?;
+        if n < min || n > max {
+            return Err(format!("{n}: must be from {min} to {max}"));
+        }
+        Ok(n)
+    }
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -86,10 +139,12 @@ pub struct TraceArgs {
     /// Output format: tcpdump-like text lines, or one JSON object per line (docs/output.md).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Stop after this long (e.g. 30s, 5m). Default: until SIGINT / SIGTERM.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Stop after this long (e.g. 30s, 5m; at most 365 days). Default: until SIGINT / SIGTERM /
+    /// SIGHUP.
+    #[arg(long, value_name = "DUR", value_parser = duration_in(Duration::from_millis(1), 365 * DAY))]
     pub duration: Option<Duration>,
-    /// Create this file once every program is attached (for scripts and tests).
+    /// Create this file (0600) once every program is attached and the signal handlers are in
+    /// place (for scripts and tests). Never written through a symbolic link.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 }
@@ -133,19 +188,20 @@ pub struct CheckArgs {
     /// TCP (and TLS) probes only, no HTTP request.
     #[arg(long)]
     pub no_http: bool,
-    /// How long to watch for client connections (ends early once every step passes).
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    /// How long to watch for client connections (ends early once every step passes; 1s to 24h).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = duration_in(SECOND, 24 * HOUR))]
     pub observe: Duration,
-    /// Timeout of each probe (connect, TLS handshake, HTTP response).
-    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    /// Timeout of each probe (connect, TLS handshake, HTTP response; 10ms to 10m).
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = duration_in(Duration::from_millis(10), Duration::from_secs(600)))]
     pub probe_timeout: Duration,
     /// Output format: a report to read, or one JSON object (docs/output.md).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Save the control packets captured during the check as a pcap file (tcpdump, Wireshark).
+    /// Save the control packets captured during the check as a pcap file (tcpdump, Wireshark;
+    /// mode 0600, never written through a symbolic link).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
-    /// Create this file once every program is attached.
+    /// Create this file (0600) once every program is attached.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 }
@@ -157,30 +213,36 @@ pub struct WatchArgs {
     /// The Unix socket `lbtrace dump` reads from (default: /run/lbtrace/watch-<netns inode>.sock).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Connections the flight recorder keeps (oldest evicted first). Each costs at most 4 KiB
-    /// (typically about 1.3 KiB): the default bounds the recorder at 40 MiB.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    /// Connections the flight recorder keeps (oldest evicted first; 1 to 1,000,000). Each costs
+    /// at most 4 KiB (typically about 1.3 KiB): the default bounds the recorder at 40 MiB.
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = count_in(1usize, 1_000_000))]
     pub history: usize,
     /// Also print every event, as `trace` does.
     #[arg(long)]
     pub events: bool,
-    /// Run this shell command for each alert, with the alert as JSON on stdin (at most 6 a minute).
+    /// Run this shell command for each alert, with the alert as JSON on stdin: at most 6 a
+    /// minute and 4 at a time (other alerts are skipped and counted); its output goes to
+    /// lbtrace's stderr, prefixed; it is stopped after --on-alert-timeout and when lbtrace stops.
     #[arg(long, value_name = "CMD")]
     pub on_alert: Option<String>,
-    /// Serve Prometheus text metrics on this address (e.g. 127.0.0.1:9465).
+    /// How long an --on-alert command may run before SIGTERM (then SIGKILL 2 s later).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_in(SECOND, 24 * HOUR))]
+    pub on_alert_timeout: Duration,
+    /// Serve Prometheus text metrics on this address (e.g. 127.0.0.1:9465), on GET /metrics.
+    /// Anyone who reaches it reads the VIPs, backends and alerts: keep it on loopback.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Findings of one kind within --alert-window that raise an alert.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    /// Findings of one kind within --alert-window that raise an alert (1 to 1,000,000).
+    #[arg(long, value_name = "N", default_value = "3", value_parser = count_in(1u32, 1_000_000))]
     pub alert_count: u32,
-    /// The window over which findings are counted.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    /// The window over which findings are counted (1s to 24h).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration_in(SECOND, 24 * HOUR))]
     pub alert_window: Duration,
-    /// An alert recovers after this long without a finding of its kind.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    /// An alert recovers after this long without a finding of its kind (1s to 7 days).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_in(SECOND, 7 * DAY))]
     pub recover_after: Duration,
-    /// How often to print the one-line health summary per VIP.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    /// How often to print the one-line health summary per VIP (1s to 24h).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_in(SECOND, 24 * HOUR))]
     pub health_interval: Duration,
 }
 
@@ -192,11 +254,11 @@ pub struct DumpArgs {
     /// Output format: timelines to read, or one JSON object per connection.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Only the last N connections.
-    #[arg(long, value_name = "N")]
+    /// Only the last N connections (1 to 1,000,000).
+    #[arg(long, value_name = "N", value_parser = count_in(1usize, 1_000_000))]
     pub last: Option<usize>,
-    /// Only connections active within this long (e.g. 5m).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Only connections active within this long (e.g. 5m; at most 365 days).
+    #[arg(long, value_name = "DUR", value_parser = duration_in(Duration::from_millis(1), 365 * DAY))]
     pub since: Option<Duration>,
     /// Only connections of this client.
     #[arg(long, value_name = "ADDR[:PORT]")]
@@ -207,7 +269,87 @@ pub struct DumpArgs {
     /// Only failed connections.
     #[arg(long)]
     pub failed: bool,
-    /// Also write the recorded control packets to this pcap file.
+    /// Also write the recorded control packets to this pcap file (0600, never through a link).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lbtrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_and_counts_out_of_range_are_refused_up_front() {
+        for bad in [
+            &["watch", "--vip", "10.0.0.1:80", "--health-interval", "0s"][..],
+            &["watch", "--vip", "10.0.0.1:80", "--alert-window", "0s"],
+            &[
+                "watch",
+                "--vip",
+                "10.0.0.1:80",
+                "--recover-after",
+                "300000000000y",
+            ],
+            &["watch", "--vip", "10.0.0.1:80", "--history", "0"],
+            &["watch", "--vip", "10.0.0.1:80", "--alert-count", "0"],
+            &["watch", "--vip", "10.0.0.1:80", "--on-alert-timeout", "0s"],
+            &[
+                "check",
+                "--vip",
+                "10.0.0.1:80",
+                "--observe",
+                "300000000000y",
+            ],
+            &[
+                "check",
+                "--vip",
+                "10.0.0.1:80",
+                "--probe-timeout",
+                "300000000000y",
+            ],
+            &["check", "--vip", "10.0.0.1:80", "--probe-timeout", "0s"],
+            &["trace", "--vip", "10.0.0.1:80", "--duration", "0s"],
+            &["dump", "--last", "0"],
+            &["dump", "--since", "300000000000y"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?} was accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("must be from") || msg.contains("invalid"),
+                "{bad:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn sane_values_are_accepted() {
+        let cli = parse(&[
+            "watch",
+            "--vip",
+            "10.0.0.1:80",
+            "--health-interval",
+            "1s",
+            "--history",
+            "1",
+            "--on-alert-timeout",
+            "5m",
+        ])
+        .unwrap();
+        let Some(Command::Watch(w)) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(w.history, 1);
+        assert_eq!(w.health_interval, Duration::from_secs(1));
+        assert_eq!(w.on_alert_timeout, Duration::from_secs(300));
+        let cli = parse(&["--vip", "10.0.0.1"]).unwrap();
+        assert_eq!(cli.watch.on_alert_timeout, Duration::from_secs(60));
+        assert_eq!(cli.watch.history, 10_000);
+    }
 }

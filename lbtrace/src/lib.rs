@@ -16,32 +16,18 @@ pub mod doctor;
 pub mod dump;
 pub mod endpoint;
 pub mod event;
+pub mod files;
 pub mod kernel;
 pub mod netif;
 pub mod pcap;
 pub mod probe;
 pub mod render;
+pub mod session;
 pub mod trace;
 pub mod watch;
 
 #[cfg(test)]
 mod testutil;
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers, never resolve: --duration or a kill still ends the run.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-}
 
 /// An error chain as one line: "what failed: because: because". A verifier log, which is long
 /// by nature, follows on the next lines.

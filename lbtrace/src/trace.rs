@@ -3,124 +3,23 @@
 //! Attach, then drain the rings on every wakeup or timer tick, decode, order by time and print;
 //! on SIGINT / SIGTERM / `--duration`, detach, drain once more and print the summary.
 
-use std::{
-    future::Future,
-    io::{BufWriter, Write as _},
-    time::Instant,
-};
+use std::{future::Future, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use serde_json::json;
 
 use crate::{
-    cli::{FilterArgs, TraceArgs},
-    endpoint::{Role, Watched},
-    event::{self, KernelEvent},
-    kernel::{self, Tracer, TracerConfig, counters::Counters},
-    netif,
+    cli::TraceArgs,
+    endpoint::Watched,
+    event::KernelEvent,
+    kernel::{self, Tracer, counters::Counters},
     render::{self, Clock, Format, IfNames},
+    session::{self, Output},
 };
 
-/// Validates the filter flags against this namespace and turns them into a tracer config.
-pub fn tracer_config(filter: &FilterArgs) -> Result<TracerConfig> {
-    let links = netif::links()?;
-    let mut endpoints: Vec<Watched> = Vec::new();
-    for (e, role) in filter
-        .vip
-        .iter()
-        .map(|e| (e, Role::Vip))
-        .chain(filter.backend.iter().map(|e| (e, Role::Backend)))
-    {
-        if !endpoints.iter().any(|w| w.endpoint == *e) {
-            endpoints.push(Watched { endpoint: *e, role });
-        }
-    }
-    let names = if filter.iface.is_empty() {
-        let vips: Vec<_> = filter.vip.iter().map(|e| e.addr).collect();
-        let backends: Vec<_> = filter.backend.iter().map(|e| e.addr).collect();
-        let found = netif::default_ifaces(&links, &vips, &backends)?;
-        if found.is_empty() {
-            bail!(
-                "no interface in this network namespace carries traffic for the given addresses (no address or route matches): pass --iface NAME"
-            );
-        }
-        found
-    } else {
-        filter.iface.clone()
-    };
-    let mut ifaces = Vec::new();
-    for name in names {
-        let Some(link) = links.iter().find(|l| l.name == name) else {
-            bail!(
-                "unknown interface {name:?}: no such interface in this network namespace (see `ip link`)"
-            );
-        };
-        ifaces.push(link.clone());
-    }
-    Ok(TracerConfig {
-        endpoints,
-        ifaces,
-        xdp: filter.xdp,
-        ring_bytes: filter.ring_size << 20,
-        priority_ring_bytes: 1 << 20,
-    })
-}
-
-/// Says on stderr what is traced where.
-pub fn announce(tracer: &Tracer) {
-    let eps: Vec<String> = tracer
-        .endpoints
-        .iter()
-        .map(|w| format!("{} ({:?})", w.endpoint, w.role).to_lowercase())
-        .collect();
-    let mut per_iface: Vec<(String, Vec<&str>)> = Vec::new();
-    for a in &tracer.attachments {
-        match per_iface.iter_mut().find(|(n, _)| *n == a.iface) {
-            Some((_, hooks)) => hooks.push(a.hook),
-            None => per_iface.push((a.iface.clone(), vec![a.hook])),
-        }
-    }
-    let ifs: Vec<String> = per_iface
-        .iter()
-        .map(|(n, h)| format!("{n} ({})", h.join(", ")))
-        .collect();
-    eprintln!("lbtrace: watching {}", eps.join(", "));
-    eprintln!(
-        "lbtrace: attached to {}; kernel drops via skb:kfree_skb",
-        ifs.join(", ")
-    );
-    for note in &tracer.notes {
-        eprintln!("lbtrace: note: {note}");
-    }
-}
-
-pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
-    if let Some(p) = path {
-        std::fs::write(p, b"ready\n")
-            .with_context(|| format!("creating the ready file {}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// Resolves after `--duration`, or never.
-pub async fn deadline(duration: Option<std::time::Duration>) {
-    match duration {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Decodes every unread record, oldest first.
-pub fn drain(rings: &mut kernel::rings::Rings, decode_errors: &mut u64) -> Vec<KernelEvent> {
-    let mut batch = Vec::new();
-    rings.drain(|rec| match event::decode(rec) {
-        Ok(ev) => batch.push(ev),
-        Err(_) => *decode_errors += 1,
-    });
-    // The two rings are drained one after the other: restore time order.
-    batch.sort_by_key(|e| e.ts_ns);
-    batch
-}
+/// Lines that may wait for a slow reader of stdout (about 10 MiB); beyond that they are dropped
+/// and counted in the summary, and the drain goes on.
+const STDOUT_QUEUE: usize = 64 * 1024;
 
 pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
     let TraceArgs {
@@ -130,11 +29,11 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
         ready_file,
     } = args;
     kernel::preflight::check()?;
-    let cfg = tracer_config(&filter)?;
+    session::check_ready_file(ready_file.as_deref())?;
+    let cfg = session::tracer_config(&filter)?;
     let mut tracer = Tracer::start(&cfg)?;
     let mut rings = tracer.rings()?;
-    announce(&tracer);
-    write_ready_file(ready_file.as_deref())?;
+    session::announce(&tracer);
 
     let started = Instant::now();
     let clock = Clock::new();
@@ -143,45 +42,46 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
         ifnames.insert(l.ifindex, l.name.clone());
     }
     let reasons = tracer.reasons.clone();
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let out = Output::spawn("stdout", std::io::stdout(), STDOUT_QUEUE);
     let mut delivered = 0u64;
     let mut decode_errors = 0u64;
-    let mut print = |evs: Vec<KernelEvent>, ifnames: &mut IfNames, delivered: &mut u64| -> bool {
+    let print = |evs: Vec<KernelEvent>, ifnames: &mut IfNames, delivered: &mut u64| {
         for ev in evs {
-            *delivered += 1;
             let line = match format {
                 Format::Json => render::event_json(&ev, &clock, ifnames, &reasons).to_string(),
                 Format::Text => render::event_text(&ev, &clock, ifnames, &reasons, None),
             };
-            if render::write_line(&mut out, &line).is_err() {
-                return false;
+            if out.line(&line) {
+                *delivered += 1;
             }
         }
-        out.flush().is_ok()
     };
 
-    let deadline = deadline(duration);
+    let deadline = session::deadline(duration);
     tokio::pin!(shutdown, deadline);
+    session::write_ready_file(ready_file.as_deref())?;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             () = &mut deadline => break,
             () = rings.wait() => {
-                let batch = drain(&mut rings, &mut decode_errors);
-                if !print(batch, &mut ifnames, &mut delivered) {
-                    break; // stdout closed
+                let batch = session::drain(&mut rings, &mut decode_errors);
+                print(batch, &mut ifnames, &mut delivered);
+                if out.write_errors() > 0 {
+                    break; // stdout closed (`lbtrace trace | head`)
                 }
             }
         }
     }
     tracer.detach();
-    let batch = drain(&mut rings, &mut decode_errors);
+    let batch = session::drain(&mut rings, &mut decode_errors);
     print(batch, &mut ifnames, &mut delivered);
 
     let counters = tracer.counters();
     let summary = Summary {
         seconds: started.elapsed().as_secs_f64(),
         delivered,
+        output_dropped: out.dropped(),
         decode_errors,
         counters,
         endpoints: tracer
@@ -192,12 +92,13 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
             .collect(),
         data_drops: tracer.data_drop_reasons(),
     };
-    match format {
-        Format::Json => {
-            let _ = render::write_line(&mut out, &summary.json().to_string());
-            let _ = out.flush();
-        }
-        Format::Text => summary.eprint(),
+    if format == Format::Json {
+        out.line(&summary.json().to_string());
+    }
+    // A reader that stopped reading gets a moment, not forever.
+    out.finish(std::time::Duration::from_secs(2));
+    if format == Format::Text {
+        summary.eprint();
     }
     Ok(0)
 }
@@ -206,6 +107,8 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
 pub struct Summary {
     pub seconds: f64,
     pub delivered: u64,
+    /// Lines not written because the reader of stdout was too slow.
+    pub output_dropped: u64,
     pub decode_errors: u64,
     pub counters: Counters,
     pub endpoints: Vec<(Watched, lbtrace_common::EndpointStats)>,
@@ -224,6 +127,7 @@ impl Summary {
             "lost_packet_events": c.events_lost,
             "lost_priority_events": c.priority_lost,
             "decode_errors": self.decode_errors,
+            "output_dropped": self.output_dropped,
             "packets": c.packets,
             "parse_errors": c.parse_errors,
             "data_drops": c.data_drops,
@@ -245,6 +149,12 @@ impl Summary {
                 c.lost(),
                 c.events_lost,
                 c.priority_lost
+            );
+        }
+        if self.output_dropped > 0 {
+            eprintln!(
+                "lbtrace: {} lines not printed: the reader of stdout was too slow (the events were drained and counted)",
+                self.output_dropped
             );
         }
         eprintln!(

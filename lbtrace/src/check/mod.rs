@@ -18,7 +18,7 @@ use crate::{
     kernel::{self, Tracer},
     probe::{self, HttpSpec, ProbeReport, ProbeSpec, TcpOutcome, TlsSpec},
     render::Clock,
-    trace,
+    session,
 };
 use verdict::{Facts, ProbeFacts, Status, TcpResult};
 
@@ -99,11 +99,11 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         xdp: args.xdp,
         ring_size: 8,
     };
-    let cfg = trace::tracer_config(&filter)?;
+    let cfg = session::tracer_config(&filter)?;
     let mut tracer = Tracer::start(&cfg)?;
     let mut rings = tracer.rings()?;
-    trace::announce(&tracer);
-    trace::write_ready_file(args.ready_file.as_deref())?;
+    session::announce(&tracer);
+    session::write_ready_file(args.ready_file.as_deref())?;
 
     // The probes run while the window is open; their SYNs are in the kernel events too.
     let backend_specs: Vec<ProbeSpec> = args
@@ -144,7 +144,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
                 probes_done = Some(r.context("the probe task failed")?);
             }
             () = rings.wait() => {
-                events.extend(trace::drain(&mut rings, &mut decode_errors));
+                events.extend(session::drain(&mut rings, &mut decode_errors));
             }
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
@@ -191,7 +191,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         probes_done = Some(p.await.context("the probe task failed")?);
     }
     tracer.detach();
-    events.extend(trace::drain(&mut rings, &mut decode_errors));
+    events.extend(session::drain(&mut rings, &mut decode_errors));
     events.sort_by_key(|e| e.ts_ns);
     let (probe_reports, vip_probe) = probes_done.context("probes did not run")?;
     let collected = Collected {

@@ -1,13 +1,165 @@
 //! Prometheus text metrics of the tripwire (`--metrics ADDR:PORT`), so a fleet of LB hosts feeds
 //! an existing Prometheus. Rendered from a snapshot the main loop takes; served over plain
-//! HTTP/1.0 on any path.
+//! HTTP/1.0 on `GET /metrics` and `GET /` only (anything else: 404 or 405), each scrape by a task
+//! of its own with a deadline, so a slow scraper never stalls the main loop.
+//!
+//! Series stay bounded whatever the traffic: a VIP or backend given without a port gets its own
+//! label for the first [`PORTS_PER_ADDR`] ports seen, and every later port is counted under
+//! `ADDR:other` (a port scan must not create 65,535 series).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use lbtrace_common::EndpointStats;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc, oneshot},
+};
 
 use super::recorder::Accounting;
 use crate::{endpoint::Watched, kernel::counters::Counters};
+
+/// Distinct ports of one address that get a label of their own.
+pub const PORTS_PER_ADDR: usize = 16;
+/// Scrapes served at once; more wait in the kernel's accept queue.
+const MAX_SCRAPERS: usize = 8;
+/// The longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// A scraper has this long to send its request, and again to take the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Assigns bounded labels to `ADDR:PORT` values: the first [`PORTS_PER_ADDR`] ports of an
+/// address keep their own label for the life of the tripwire, later ones share `ADDR:other`.
+#[derive(Debug, Default)]
+pub struct Labels {
+    ports: HashMap<IpAddr, BTreeSet<u16>>,
+}
+
+impl Labels {
+    pub fn label(&mut self, sa: SocketAddr) -> String {
+        let ports = self.ports.entry(sa.ip()).or_default();
+        if ports.contains(&sa.port()) || ports.len() < PORTS_PER_ADDR {
+            ports.insert(sa.port());
+            return sa.to_string();
+        }
+        match sa.ip() {
+            IpAddr::V4(a) => format!("{a}:other"),
+            IpAddr::V6(a) => format!("[{a}]:other"),
+        }
+    }
+
+    /// Sums `values` under their bounded labels (new addresses and ports in sorted order, so the
+    /// first scrape assigns labels the same way every time).
+    pub fn fold<K: Ord + Clone>(
+        &mut self,
+        values: impl IntoIterator<Item = ((SocketAddr, K), u64)>,
+    ) -> BTreeMap<(String, K), u64> {
+        let mut sorted: Vec<((SocketAddr, K), u64)> = values.into_iter().collect();
+        sorted.sort_by(|a, b| (a.0.0, &a.0.1).cmp(&(b.0.0, &b.0.1)));
+        let mut out = BTreeMap::new();
+        for ((sa, k), n) in sorted {
+            *out.entry((self.label(sa), k)).or_default() += n;
+        }
+        out
+    }
+}
+
+/// Accepts scrapers until the listener fails; each gets a task. `snapshots` asks the main loop
+/// for the rendered body.
+pub async fn serve(listener: TcpListener, snapshots: mpsc::Sender<oneshot::Sender<String>>) {
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let snapshots = snapshots.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT * 2, scrape(stream, snapshots)).await;
+            drop(permit);
+        });
+    }
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+/// Routes a request head: `GET /metrics` and `GET /` (a query string is ignored) are the metrics.
+pub fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Route::BadRequest;
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics" | "/") => Route::Metrics,
+        ("GET" | "HEAD", _) => Route::NotFound,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+async fn scrape(mut stream: TcpStream, snapshots: mpsc::Sender<oneshot::Sender<String>>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(SCRAPE_TIMEOUT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let (status, body) = match (read, route(&head)) {
+        (Err(_), _) => return,
+        (_, Route::Metrics) => {
+            let (tx, rx) = oneshot::channel();
+            if snapshots.send(tx).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(body) => ("200 OK", body),
+                Err(_) => return,
+            }
+        }
+        (_, Route::NotFound) => (
+            "404 Not Found",
+            "not found: metrics are at /metrics\n".to_owned(),
+        ),
+        (_, Route::MethodNotAllowed) => ("405 Method Not Allowed", "only GET\n".to_owned()),
+        (_, Route::BadRequest) => ("400 Bad Request", "bad request\n".to_owned()),
+    };
+    let is_head = head.starts_with(b"HEAD ");
+    let resp = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(SCRAPE_TIMEOUT, async {
+        let _ = stream.write_all(resp.as_bytes()).await;
+        if !is_head {
+            let _ = stream.write_all(body.as_bytes()).await;
+        }
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -22,6 +174,8 @@ pub struct Snapshot {
     pub recorder: Accounting,
     /// Active alerts: key, step.
     pub active: Vec<(String, u8)>,
+    /// Lines not written to stdout because its reader was too slow.
+    pub output_dropped: u64,
 }
 
 fn esc(s: &str) -> String {
@@ -116,6 +270,11 @@ pub fn render(s: &Snapshot) -> String {
             "Connections evicted from the flight recorder (oldest first).",
             s.recorder.evicted,
         ),
+        (
+            "lbtrace_output_dropped_total",
+            "Output lines dropped because the reader of stdout was too slow.",
+            s.output_dropped,
+        ),
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
@@ -150,4 +309,52 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_metrics_and_root_are_served() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics
+        );
+        assert_eq!(route(b"GET / HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /admin HTTP/1.0\r\n\r\n"), Route::NotFound);
+        assert_eq!(
+            route(b"GET /../etc/passwd HTTP/1.0\r\n\r\n"),
+            Route::NotFound
+        );
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.0\r\n\r\n"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route(b""), Route::BadRequest);
+        assert_eq!(route(b"\xff\xfe"), Route::BadRequest);
+    }
+
+    #[test]
+    fn a_port_scan_creates_a_bounded_number_of_series() {
+        let mut labels = Labels::default();
+        let vip: IpAddr = "10.0.0.10".parse().unwrap();
+        let opened = (1..=65_535u16).map(|p| ((SocketAddr::new(vip, p), ()), 1u64));
+        let folded = labels.fold(opened);
+        assert_eq!(folded.len(), PORTS_PER_ADDR + 1);
+        assert_eq!(folded[&("10.0.0.10:other".to_owned(), ())], 65_535 - 16);
+        assert_eq!(folded.values().sum::<u64>(), 65_535);
+        // Labels, once given, stay: the first ports keep theirs on the next scrape.
+        assert_eq!(labels.label(SocketAddr::new(vip, 1)), "10.0.0.10:1");
+        assert_eq!(labels.label(SocketAddr::new(vip, 80)), "10.0.0.10:other");
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        for p in 0..100 {
+            labels.label(SocketAddr::new(v6, p));
+        }
+        assert_eq!(
+            labels.label(SocketAddr::new(v6, 443)),
+            "[2001:db8::1]:other"
+        );
+    }
 }

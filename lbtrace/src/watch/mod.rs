@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod history;
 pub mod metrics;
+pub mod on_alert;
 pub mod recorder;
 pub mod run;
 pub mod socket;

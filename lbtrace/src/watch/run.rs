@@ -5,99 +5,55 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    io::Write as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{TcpListener, UnixListener, UnixStream},
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
 };
 
 use super::{
     alerts::{Alerts, Notice, Thresholds},
     history::{self, Query, Render},
-    metrics::{self, Snapshot},
+    metrics::{self, Labels, Snapshot},
+    on_alert::OnAlert,
     recorder::{Finding, Recorder},
-    socket,
+    socket::{self, DumpRequest},
 };
 use crate::{
     cli::WatchArgs,
     event::{Detail, KernelEvent},
+    files,
     kernel::{self, Tracer},
     render::{self, Clock, Format, IfNames},
-    trace,
+    session::{self, Output},
 };
 
-/// Removes the socket file when the tripwire ends.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// `--on-alert`: at most this many commands per minute; the rest are counted and logged.
-const ON_ALERT_PER_MINUTE: usize = 6;
-
-struct OnAlert {
-    cmd: String,
-    recent: Vec<Instant>,
-    suppressed: u64,
-}
-
-impl OnAlert {
-    fn run(&mut self, alert_json: &str) {
-        self.recent
-            .retain(|t| t.elapsed() < Duration::from_secs(60));
-        if self.recent.len() >= ON_ALERT_PER_MINUTE {
-            self.suppressed += 1;
-            eprintln!(
-                "lbtrace: --on-alert rate limit ({ON_ALERT_PER_MINUTE}/min): not run for this alert ({} suppressed so far)",
-                self.suppressed
-            );
-            return;
-        }
-        self.recent.push(Instant::now());
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&self.cmd)
-            .stdin(std::process::Stdio::piped())
-            .spawn();
-        match child {
-            Ok(mut c) => {
-                if let Some(mut stdin) = c.stdin.take() {
-                    let _ = stdin.write_all(alert_json.as_bytes());
-                    let _ = stdin.write_all(b"\n");
-                }
-                // Reap it in the background; its exit status is logged.
-                std::thread::spawn(move || match c.wait() {
-                    Ok(s) if !s.success() => {
-                        eprintln!("lbtrace: --on-alert command exited with {s}")
-                    }
-                    Err(e) => eprintln!("lbtrace: --on-alert command: {e}"),
-                    _ => {}
-                });
-            }
-            Err(e) => eprintln!("lbtrace: --on-alert: cannot run `sh -c {}`: {e}", self.cmd),
-        }
-    }
-}
+/// Lines of stdout (alerts, health, `--events`) that may wait for a slow reader; beyond that they
+/// are dropped and counted.
+const STDOUT_QUEUE: usize = 16 * 1024;
+/// Lines of lbtrace's own log (stderr) that may wait likewise.
+const STDERR_QUEUE: usize = 1024;
 
 /// Per-VIP tallies for the health line and the metrics.
 #[derive(Default)]
 struct Tally {
-    failures: BTreeMap<(String, u8), u64>,
+    failures: BTreeMap<(SocketAddr, u8), u64>,
     findings: BTreeMap<String, u64>,
     drops: BTreeMap<String, u64>,
 }
 
 struct Loop {
+    out: Output,
+    log: Arc<Output>,
+    labels: Labels,
     format: Format,
     clock: Clock,
     ifnames: IfNames,
@@ -111,9 +67,7 @@ struct Loop {
 
 impl Loop {
     fn print(&self, line: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = render::write_line(&mut out, line);
-        let _ = out.flush();
+        self.out.line(line);
     }
 
     fn notice(&mut self, n: Notice) {
@@ -171,11 +125,7 @@ impl Loop {
             };
             *self.tally.findings.entry(f.alert_key()).or_default() += 1;
             if conn.findings.len() == 1 {
-                *self
-                    .tally
-                    .failures
-                    .entry((conn.vip.to_string(), f.step()))
-                    .or_default() += 1;
+                *self.tally.failures.entry((conn.vip, f.step())).or_default() += 1;
             }
             if let Some(n) = self.alerts.record(now, conn, &f) {
                 self.notice(n);
@@ -250,9 +200,7 @@ impl Loop {
                     self.tally
                         .failures
                         .iter()
-                        .filter(|((v, st), _)| {
-                            *st == s && v.parse().is_ok_and(|sa| w.endpoint.matches(&sa))
-                        })
+                        .filter(|((v, st), _)| *st == s && w.endpoint.matches(v))
                         .map(|(_, n)| n)
                         .sum()
                 })
@@ -263,6 +211,7 @@ impl Loop {
                     "connections": opened,
                     "failures": {"client-to-lb": fails[0], "lb-handling": fails[1], "lb-to-backend": fails[2], "return-path": fails[3]},
                     "lost": c.lost(), "active_alerts": self.alerts.active().len(), "recorder": acct,
+                    "output_dropped": self.out.dropped(),
                 })
                 .to_string(),
                 Format::Text => format!(
@@ -296,16 +245,31 @@ impl Loop {
         history::dump_json(&sel, self.rec.accounting(), &mut r)
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&mut self) -> Snapshot {
+        let opened = self.rec.opened().iter().map(|(k, v)| ((*k, ()), *v));
+        let connections = self
+            .labels
+            .fold(opened)
+            .into_iter()
+            .map(|((label, ()), n)| (label, n))
+            .collect();
+        let failures = self.labels.fold(self.tally.failures.clone());
+        // Finding keys are `kind` or `kind:ADDR:PORT`: the address part gets a bounded label.
+        let mut findings = BTreeMap::new();
+        for (key, n) in &self.tally.findings {
+            let key = match key.split_once(':') {
+                Some((kind, target)) => match target.parse::<SocketAddr>() {
+                    Ok(sa) => format!("{kind}:{}", self.labels.label(sa)),
+                    Err(_) => key.clone(),
+                },
+                None => key.clone(),
+            };
+            *findings.entry(key).or_default() += n;
+        }
         Snapshot {
-            connections: self
-                .rec
-                .opened()
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-            failures: self.tally.failures.clone(),
-            findings: self.tally.findings.clone(),
+            connections,
+            failures,
+            findings,
             drops: {
                 let mut d = self.tally.drops.clone();
                 for (r, n) in self.tracer.data_drop_reasons() {
@@ -323,40 +287,47 @@ impl Loop {
             counters: self.tracer.counters(),
             recorder: self.rec.accounting(),
             active: self.alerts.active(),
+            output_dropped: self.out.dropped(),
         }
     }
 }
 
-async fn serve_dump(stream: UnixStream, reply: Result<String, String>) {
-    let mut stream = stream;
-    let body = match reply {
-        Ok(s) => s,
-        Err(e) => json!({"type": "error", "error": e}).to_string(),
-    };
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.write_all(b"\n").await;
-    let _ = stream.shutdown().await;
-}
-
-async fn read_query(stream: &mut UnixStream) -> Result<Query, String> {
-    let mut line = String::new();
-    let mut r = BufReader::new(stream);
-    match tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await {
-        Ok(Ok(_)) => serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")),
-        Ok(Err(e)) => Err(format!("reading the request: {e}")),
-        Err(_) => Err("no request within 2 s".to_owned()),
-    }
-}
-
+/// Writes the whole history for SIGUSR1 into a new file in `dir` (0600, `O_EXCL | O_NOFOLLOW`:
+/// a name planted in advance is skipped, never followed or overwritten).
 fn write_usr1_dump(l: &mut Loop, dir: &Path, netns: u64) -> Result<PathBuf> {
-    let path = dir.join(format!(
-        "dump-{netns}-{}.json",
-        time::OffsetDateTime::now_utc().unix_timestamp()
-    ));
-    let body = l.dump(&Query::default());
-    std::fs::write(&path, body.to_string())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = l.dump(&Query::default()).to_string();
+    files::check_target(&dir.join(format!("dump-{netns}-{stamp}.json")))?;
+    let mut last_err = None;
+    for n in 0..16u32 {
+        let name = if n == 0 {
+            format!("dump-{netns}-{stamp}.json")
+        } else {
+            format!("dump-{netns}-{stamp}-{n}.json")
+        };
+        let path = dir.join(name);
+        match files::create_new(&path) {
+            Ok(mut f) => {
+                std::io::Write::write_all(&mut f, body.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+    Err(last_err.map_or_else(|| anyhow::anyhow!("no free file name"), anyhow::Error::from))
+        .with_context(|| format!("creating a history file in {}", dir.display()))
+}
+
+/// Says where the metrics are served, and warns when that is beyond this host.
+fn announce_metrics(addr: SocketAddr) {
+    eprintln!("lbtrace: Prometheus metrics on http://{addr}/metrics");
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "lbtrace: warning: --metrics {addr} is not a loopback address: anyone who can reach it reads the VIPs, backends and alerts (bind 127.0.0.1 or firewall it)"
+        );
+    }
 }
 
 pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
@@ -366,14 +337,19 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         history: limit,
         events,
         on_alert,
+        on_alert_timeout,
         metrics: metrics_addr,
         alert_count,
         alert_window,
         recover_after,
         health_interval,
     } = args;
+    // Everything that can be refused is checked before any program is loaded.
     kernel::preflight::check()?;
-    let cfg = trace::tracer_config(&targs.filter)?;
+    session::check_ready_file(targs.ready_file.as_deref())?;
+    let netns = kernel::tracer::netns_inum()?;
+    let sock_path = sock.unwrap_or_else(|| socket::default_path(netns));
+    let mut claim = socket::claim(&sock_path)?;
     let metrics_listener = match metrics_addr {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -382,19 +358,27 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         ),
         None => None,
     };
+    let cfg = session::tracer_config(&targs.filter)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+
     let tracer = Tracer::start(&cfg)?;
-    let netns = tracer.netns_inum;
-    let sock_path = sock.unwrap_or_else(|| socket::default_path(netns));
-    let listener: UnixListener = socket::bind(&sock_path).await?;
-    let _sock_file = SocketFile(sock_path.clone());
+    let listener = socket::bind(&mut claim)?;
     let mut tracer = tracer;
     let mut rings = tracer.rings()?;
-    trace::announce(&tracer);
+    session::announce(&tracer);
     eprintln!(
         "lbtrace: tripwire armed; history of {limit} connections; `lbtrace dump` reads it from {}",
         sock_path.display()
     );
-    trace::write_ready_file(targs.ready_file.as_deref())?;
+    let (dump_tx, mut dump_rx) = mpsc::channel::<DumpRequest>(socket::MAX_CLIENTS);
+    let dump_server = tokio::spawn(socket::serve(listener, dump_tx));
+    let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
+    let metrics_server = metrics_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            announce_metrics(a);
+        }
+        tokio::spawn(metrics::serve(l, metrics_tx))
+    });
 
     let vips = targs.filter.vip.clone();
     let backends = targs.filter.backend.clone();
@@ -403,7 +387,11 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         ifnames.insert(l.ifindex, l.name.clone());
     }
     let reasons = tracer.reasons.clone();
+    let log = Arc::new(Output::spawn("stderr", std::io::stderr(), STDERR_QUEUE));
     let mut l = Loop {
+        out: Output::spawn("stdout", std::io::stdout(), STDOUT_QUEUE),
+        log: Arc::clone(&log),
+        labels: Labels::default(),
         format: targs.format,
         clock: Clock::new(),
         ifnames,
@@ -413,76 +401,82 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
             window: alert_window,
             recover_after,
         }),
-        on_alert: on_alert.map(|cmd| OnAlert {
-            cmd,
-            recent: Vec::new(),
-            suppressed: 0,
-        }),
+        on_alert: on_alert.map(|cmd| OnAlert::new(cmd, on_alert_timeout, Arc::clone(&log))),
         tally: Tally::default(),
         show_events: events,
         tracer,
     };
-    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut health = tokio::time::interval(health_interval);
     health.tick().await;
     let mut decode_errors = 0;
-    let deadline = trace::deadline(targs.duration);
+    let deadline = session::deadline(targs.duration);
     tokio::pin!(shutdown, deadline);
+    // Last: whoever waits for the ready file may signal or connect at once.
+    session::write_ready_file(targs.ready_file.as_deref())?;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             () = &mut deadline => break,
             () = rings.wait() => {
-                let evs = trace::drain(&mut rings, &mut decode_errors);
+                let evs = session::drain(&mut rings, &mut decode_errors);
                 l.ingest(evs);
             }
             _ = tick.tick() => l.tick(),
             _ = health.tick() => l.health(),
-            Ok((mut stream, _)) = listener.accept() => {
-                // Read the request in every case: closing with it unread would reset the
-                // connection before the client sees the answer.
-                let query = read_query(&mut stream).await;
-                let reply = if socket::peer_uid(&stream) == Some(0) {
-                    query.map(|q| l.dump(&q).to_string())
-                } else {
-                    Err("permission denied: only root may read the tripwire's history (run lbtrace dump with sudo)".to_owned())
-                };
-                tokio::spawn(serve_dump(stream, reply));
+            Some(req) = dump_rx.recv() => {
+                let _ = req.reply.send(l.dump(&req.query).to_string());
             }
-            Ok((mut stream, _)) = async { metrics_listener.as_ref().expect("guarded").accept().await }, if metrics_listener.is_some() => {
-                let body = metrics::render(&l.snapshot());
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncReadExt::read(&mut stream, &mut buf)).await;
-                    let head = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n", body.len());
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let _ = stream.write_all(body.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
+            Some(reply) = metrics_rx.recv() => {
+                let _ = reply.send(metrics::render(&l.snapshot()));
             }
             _ = usr1.recv() => {
-                let dir = sock_path.parent().map_or_else(|| PathBuf::from("/tmp"), Path::to_path_buf);
-                match write_usr1_dump(&mut l, &dir, netns) {
-                    Ok(p) => eprintln!("lbtrace: SIGUSR1: wrote the history to {}", p.display()),
-                    Err(e) => eprintln!("lbtrace: SIGUSR1: {}", crate::one_line(&e)),
-                }
+                let dir = sock_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+                let msg = match write_usr1_dump(&mut l, &dir, netns) {
+                    Ok(p) => format!("lbtrace: SIGUSR1: wrote the history to {}", p.display()),
+                    Err(e) => format!("lbtrace: SIGUSR1: {}", crate::one_line(&e)),
+                };
+                l.log.line(&msg);
             }
         }
     }
+    dump_server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     l.tracer.detach();
-    let evs = trace::drain(&mut rings, &mut decode_errors);
+    let evs = session::drain(&mut rings, &mut decode_errors);
     l.ingest(evs);
     l.tick();
     l.health();
+    let on_alert = l
+        .on_alert
+        .take()
+        .map(|oa| (oa.started, oa.skipped_rate + oa.skipped_busy, oa.shutdown()));
+    let on_alert_line = match on_alert {
+        Some((started, skipped, stopping)) => {
+            stopping.await;
+            format!(", --on-alert run {started} times ({skipped} skipped)")
+        }
+        None => String::new(),
+    };
     let c = l.tracer.counters();
-    eprintln!(
-        "lbtrace: tripwire stopped: {} connections recorded ({} evicted), {} events, {} lost, {} packets parsed",
+    let summary = format!(
+        "lbtrace: tripwire stopped: {} connections recorded ({} evicted), {} events, {} lost, {} packets parsed, {} decode errors, {} output lines dropped (stdout too slow){on_alert_line}",
         l.rec.accounting().total,
         l.rec.accounting().evicted,
         c.emitted(),
         c.lost(),
-        c.packets
+        c.packets,
+        decode_errors,
+        l.out.dropped(),
     );
+    log.line(&summary);
+    let Loop { out, .. } = l;
+    // A reader that stopped reading gets a moment, not forever.
+    out.finish(Duration::from_secs(2));
+    if let Ok(log) = Arc::try_unwrap(log) {
+        log.finish(Duration::from_secs(2));
+    }
     Ok(0)
 }

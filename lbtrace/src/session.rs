@@ -1,0 +1,335 @@
+//! What every tracing command (`trace`, `check`, `watch`) does around its own work: turn the
+//! filter flags into a tracer config, say what is attached where, install the signal handlers
+//! before anything is attached, write the ready file last, bound the run by `--duration`, drain
+//! the rings, and print without ever letting a slow reader of stdout stall the drain.
+
+use std::{
+    io::Write,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::{
+    cli::FilterArgs,
+    endpoint::{Role, Watched},
+    event::{self, KernelEvent},
+    files,
+    kernel::{self, Tracer, TracerConfig},
+    netif,
+};
+
+/// Validates the filter flags against this namespace and turns them into a tracer config.
+pub fn tracer_config(filter: &FilterArgs) -> Result<TracerConfig> {
+    let links = netif::links()?;
+    let mut endpoints: Vec<Watched> = Vec::new();
+    for (e, role) in filter
+        .vip
+        .iter()
+        .map(|e| (e, Role::Vip))
+        .chain(filter.backend.iter().map(|e| (e, Role::Backend)))
+    {
+        if !endpoints.iter().any(|w| w.endpoint == *e) {
+            endpoints.push(Watched { endpoint: *e, role });
+        }
+    }
+    let names = if filter.iface.is_empty() {
+        let vips: Vec<_> = filter.vip.iter().map(|e| e.addr).collect();
+        let backends: Vec<_> = filter.backend.iter().map(|e| e.addr).collect();
+        let found = netif::default_ifaces(&links, &vips, &backends)?;
+        if found.is_empty() {
+            bail!(
+                "no interface in this network namespace carries traffic for the given addresses (no address or route matches): pass --iface NAME"
+            );
+        }
+        found
+    } else {
+        filter.iface.clone()
+    };
+    let mut ifaces = Vec::new();
+    for name in names {
+        let Some(link) = links.iter().find(|l| l.name == name) else {
+            bail!(
+                "unknown interface {name:?}: no such interface in this network namespace (see `ip link`)"
+            );
+        };
+        ifaces.push(link.clone());
+    }
+    Ok(TracerConfig {
+        endpoints,
+        ifaces,
+        xdp: filter.xdp,
+        ring_bytes: filter.ring_size << 20,
+        priority_ring_bytes: 1 << 20,
+    })
+}
+
+/// Says on stderr what is traced where.
+pub fn announce(tracer: &Tracer) {
+    let eps: Vec<String> = tracer
+        .endpoints
+        .iter()
+        .map(|w| format!("{} ({:?})", w.endpoint, w.role).to_lowercase())
+        .collect();
+    let mut per_iface: Vec<(String, Vec<&str>)> = Vec::new();
+    for a in &tracer.attachments {
+        match per_iface.iter_mut().find(|(n, _)| *n == a.iface) {
+            Some((_, hooks)) => hooks.push(a.hook),
+            None => per_iface.push((a.iface.clone(), vec![a.hook])),
+        }
+    }
+    let ifs: Vec<String> = per_iface
+        .iter()
+        .map(|(n, h)| format!("{n} ({})", h.join(", ")))
+        .collect();
+    eprintln!("lbtrace: watching {}", eps.join(", "));
+    eprintln!(
+        "lbtrace: attached to {}; kernel drops via skb:kfree_skb",
+        ifs.join(", ")
+    );
+    for note in &tracer.notes {
+        eprintln!("lbtrace: note: {note}");
+    }
+}
+
+/// Checks, before anything is loaded, that the ready file can be created where it was asked for.
+pub fn check_ready_file(path: Option<&Path>) -> Result<()> {
+    match path {
+        Some(p) => files::check_target(p).map(drop).context("--ready-file"),
+        None => Ok(()),
+    }
+}
+
+/// Creates the ready file (0600, never through a symlink). Call it last, once every program is
+/// attached and every handler is installed: whoever waits for it may act at once.
+pub fn write_ready_file(path: Option<&Path>) -> Result<()> {
+    if let Some(p) = path {
+        files::write_private(p, b"ready\n")
+            .with_context(|| format!("creating the ready file {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Resolves after `--duration`, or never.
+pub async fn deadline(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Decodes every unread record, oldest first; records that do not decode are counted.
+pub fn drain(rings: &mut kernel::rings::Rings, decode_errors: &mut u64) -> Vec<KernelEvent> {
+    let mut batch = Vec::new();
+    rings.drain(|rec| match event::decode(rec) {
+        Ok(ev) => batch.push(ev),
+        Err(_) => *decode_errors += 1,
+    });
+    // The rings are drained one after the other: restore time order.
+    batch.sort_by_key(|e| e.ts_ns);
+    batch
+}
+
+/// The signals that end a run: SIGINT, SIGTERM and SIGHUP (a daemon that does not reload treats
+/// a hang-up as a stop). Installed when created, so create it before anything is attached: a
+/// signal that arrives from then on ends the run cleanly, and one that the parent had set to be
+/// ignored (background jobs of a script ignore SIGINT) is handled again.
+pub struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (needs a tokio runtime).
+    pub fn install() -> Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Signals {
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Resolves on the first of the three signals, with its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+
+    /// The shutdown future the commands take.
+    pub async fn shutdown(mut self) {
+        self.recv().await;
+    }
+}
+
+/// Lines for stdout (or stderr) written by a thread of their own through a bounded queue, so
+/// that a reader who stops reading never stalls the caller (the event drain, the signal
+/// handling). When the queue is full the line is dropped and counted: [`Output::dropped`].
+pub struct Output {
+    tx: Option<mpsc::SyncSender<String>>,
+    thread: Option<thread::JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl Output {
+    /// A writer thread for `out` holding at most `capacity` lines not yet written.
+    pub fn spawn(name: &str, out: impl Write + Send + 'static, capacity: usize) -> Output {
+        let (tx, rx) = mpsc::sync_channel::<String>(capacity);
+        let failed = Arc::new(AtomicU64::new(0));
+        let f = Arc::clone(&failed);
+        let mut out = std::io::BufWriter::new(out);
+        let thread = thread::Builder::new()
+            .name(format!("lbtrace-{name}"))
+            .spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    let mut ok = out.write_all(line.as_bytes()).is_ok();
+                    // Write what is queued before flushing: one flush per burst.
+                    while let Ok(more) = rx.try_recv() {
+                        ok &= out.write_all(more.as_bytes()).is_ok();
+                    }
+                    ok &= out.flush().is_ok();
+                    if !ok {
+                        // The reader is gone (EPIPE): count what could not be written.
+                        f.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        match thread {
+            Ok(t) => Output {
+                tx: Some(tx),
+                thread: Some(t),
+                dropped: Arc::new(AtomicU64::new(0)),
+                failed,
+            },
+            Err(_) => {
+                // No thread to spare: every line is dropped, and counted.
+                Output {
+                    tx: None,
+                    thread: None,
+                    dropped: Arc::new(AtomicU64::new(0)),
+                    failed,
+                }
+            }
+        }
+    }
+
+    /// Queues one line (a newline is added); never blocks. Returns false when it was dropped.
+    pub fn line(&self, line: &str) -> bool {
+        let mut s = String::with_capacity(line.len() + 1);
+        s.push_str(line);
+        s.push('\n');
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.try_send(s).is_ok());
+        if !sent {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Lines dropped because the queue was full (the reader too slow) or the writer was gone.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bursts the writer could not write (the reader closed the pipe).
+    pub fn write_errors(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Lets the writer finish what is queued, waiting at most `grace`: a reader that never reads
+    /// again must not keep lbtrace from exiting. Returns false when the writer did not finish.
+    pub fn finish(mut self, grace: Duration) -> bool {
+        drop(self.tx.take());
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + grace;
+        while !t.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = t.join();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// A writer that blocks until told to go on, like a reader of a pipe that stopped reading.
+    struct Stalled(mpsc::Receiver<()>, Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            self.1.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_never_blocks_the_caller_and_drops_are_counted() {
+        let (go, wait) = mpsc::channel();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = Output::spawn("test", Stalled(wait, Arc::clone(&seen)), 4);
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        for i in 0..1000 {
+            if out.line(&format!("line {i}")) {
+                sent += 1;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The writer holds one line and the queue 4 more; the rest are dropped and counted.
+        assert!(sent <= 6, "{sent} lines queued");
+        assert_eq!(out.dropped(), 1000 - sent);
+        // A writer that never gets going again does not keep the caller from finishing.
+        assert!(!out.finish(Duration::from_millis(50)));
+        drop(go);
+    }
+
+    #[test]
+    fn everything_queued_is_written_on_finish() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Output::spawn("test", Sink(Arc::clone(&seen)), 1024);
+        for i in 0..100 {
+            assert!(out.line(&format!("{i}")));
+        }
+        assert!(out.finish(Duration::from_secs(5)));
+        let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 100);
+        assert_eq!(text.lines().last(), Some("99"));
+    }
+}
