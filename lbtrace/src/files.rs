@@ -37,33 +37,37 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// How files may be created in `dir`: refused when every user may write to it and it is not
+/// sticky.
+pub fn check_dir(dir: &Path) -> Result<Placement> {
+    let meta = fs::metadata(dir).with_context(|| {
+        format!(
+            "the directory {} does not exist or cannot be read",
+            dir.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let shared = meta.mode() & 0o002 != 0;
+    let sticky = meta.mode() & 0o1000 != 0;
+    match (shared, sticky) {
+        (false, _) => Ok(Placement::Replace),
+        (true, true) => Ok(Placement::NewOnly),
+        (true, false) => bail!(
+            "the directory {} is writable by every user and not sticky: choose another directory",
+            dir.display()
+        ),
+    }
+}
+
 /// Decides, before anything is written (or loaded), whether and how `path` may be created.
 pub fn check_target(path: &Path) -> Result<Placement> {
     if path.file_name().is_none() {
         bail!("{} is not a file name", path.display());
     }
+    let placement = check_dir(parent(path)).with_context(|| path.display().to_string())?;
     let dir = parent(path);
-    let meta = fs::metadata(dir).with_context(|| {
-        format!(
-            "{}: the directory {} does not exist or cannot be read",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    if !meta.is_dir() {
-        bail!("{}: {} is not a directory", path.display(), dir.display());
-    }
-    let shared = meta.mode() & 0o002 != 0;
-    let sticky = meta.mode() & 0o1000 != 0;
-    let placement = match (shared, sticky) {
-        (false, _) => Placement::Replace,
-        (true, true) => Placement::NewOnly,
-        (true, false) => bail!(
-            "{}: the directory {} is writable by every user and not sticky: choose another directory",
-            path.display(),
-            dir.display()
-        ),
-    };
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => bail!(
             "{} is a symbolic link: lbtrace does not write through links; remove it or choose another name",

@@ -7,7 +7,7 @@ use std::{
     io::Write,
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -180,10 +180,13 @@ impl Signals {
 /// that a reader who stops reading never stalls the caller (the event drain, the signal
 /// handling). When the queue is full the line is dropped and counted: [`Output::dropped`].
 pub struct Output {
-    tx: Option<mpsc::SyncSender<String>>,
-    thread: Option<thread::JoinHandle<()>>,
+    tx: Mutex<Option<mpsc::SyncSender<String>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// Lines queued, and lines the writer wrote out (flushed).
+    queued: AtomicU64,
+    written: Arc<AtomicU64>,
 }
 
 impl Output {
@@ -191,40 +194,37 @@ impl Output {
     pub fn spawn(name: &str, out: impl Write + Send + 'static, capacity: usize) -> Output {
         let (tx, rx) = mpsc::sync_channel::<String>(capacity);
         let failed = Arc::new(AtomicU64::new(0));
-        let f = Arc::clone(&failed);
+        let written = Arc::new(AtomicU64::new(0));
+        let (f, w) = (Arc::clone(&failed), Arc::clone(&written));
         let mut out = std::io::BufWriter::new(out);
         let thread = thread::Builder::new()
             .name(format!("lbtrace-{name}"))
             .spawn(move || {
                 while let Ok(line) = rx.recv() {
                     let mut ok = out.write_all(line.as_bytes()).is_ok();
+                    let mut lines = 1;
                     // Write what is queued before flushing: one flush per burst.
                     while let Ok(more) = rx.try_recv() {
                         ok &= out.write_all(more.as_bytes()).is_ok();
+                        lines += 1;
                     }
                     ok &= out.flush().is_ok();
-                    if !ok {
+                    if ok {
+                        w.fetch_add(lines, Ordering::Relaxed);
+                    } else {
                         // The reader is gone (EPIPE): count what could not be written.
                         f.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
-        match thread {
-            Ok(t) => Output {
-                tx: Some(tx),
-                thread: Some(t),
-                dropped: Arc::new(AtomicU64::new(0)),
-                failed,
-            },
-            Err(_) => {
-                // No thread to spare: every line is dropped, and counted.
-                Output {
-                    tx: None,
-                    thread: None,
-                    dropped: Arc::new(AtomicU64::new(0)),
-                    failed,
-                }
-            }
+        Output {
+            // Without a thread to spare every line is dropped, and counted.
+            tx: Mutex::new(thread.is_ok().then_some(tx)),
+            thread: Mutex::new(thread.ok()),
+            dropped: Arc::new(AtomicU64::new(0)),
+            failed,
+            queued: AtomicU64::new(0),
+            written,
         }
     }
 
@@ -233,8 +233,13 @@ impl Output {
         let mut s = String::with_capacity(line.len() + 1);
         s.push_str(line);
         s.push('\n');
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.try_send(s).is_ok());
-        if !sent {
+        let sent = self
+            .tx
+            .lock()
+            .is_ok_and(|tx| tx.as_ref().is_some_and(|tx| tx.try_send(s).is_ok()));
+        if sent {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         sent
@@ -251,21 +256,28 @@ impl Output {
     }
 
     /// Lets the writer finish what is queued, waiting at most `grace`: a reader that never reads
-    /// again must not keep lbtrace from exiting. Returns false when the writer did not finish.
-    pub fn finish(mut self, grace: Duration) -> bool {
-        drop(self.tx.take());
-        let Some(t) = self.thread.take() else {
-            return true;
-        };
-        let deadline = std::time::Instant::now() + grace;
-        while !t.is_finished() {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(5));
+    /// again must not keep lbtrace from exiting. Returns the lines that never reached the
+    /// reader: dropped from a full queue, or still unwritten when the grace ran out.
+    /// Lines queued after this are dropped and counted.
+    pub fn finish(&self, grace: Duration) -> u64 {
+        if let Ok(mut tx) = self.tx.lock() {
+            drop(tx.take());
         }
-        let _ = t.join();
-        true
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let deadline = std::time::Instant::now() + grace;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        let unwritten = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.written.load(Ordering::Relaxed));
+        self.dropped() + unwritten
     }
 }
 
@@ -305,8 +317,9 @@ mod tests {
         // The writer holds one line and the queue 4 more; the rest are dropped and counted.
         assert!(sent <= 6, "{sent} lines queued");
         assert_eq!(out.dropped(), 1000 - sent);
-        // A writer that never gets going again does not keep the caller from finishing.
-        assert!(!out.finish(Duration::from_millis(50)));
+        // A writer that never gets going again does not keep the caller from finishing, and
+        // nothing it did not write goes uncounted.
+        assert_eq!(out.finish(Duration::from_millis(50)), 1000);
         drop(go);
     }
 
@@ -327,7 +340,7 @@ mod tests {
         for i in 0..100 {
             assert!(out.line(&format!("{i}")));
         }
-        assert!(out.finish(Duration::from_secs(5)));
+        assert_eq!(out.finish(Duration::from_secs(5)), 0);
         let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 100);
         assert_eq!(text.lines().last(), Some("99"));

@@ -92,13 +92,21 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
             .collect(),
         data_drops: tracer.data_drop_reasons(),
     };
-    if format == Format::Json {
-        out.line(&summary.json().to_string());
-    }
-    // A reader that stopped reading gets a moment, not forever.
-    out.finish(std::time::Duration::from_secs(2));
-    if format == Format::Text {
-        summary.eprint();
+    let grace = std::time::Duration::from_secs(2);
+    match format {
+        Format::Json => {
+            out.line(&summary.json().to_string());
+            // A reader that stopped reading gets a moment, not forever.
+            out.finish(grace);
+        }
+        Format::Text => {
+            let output_dropped = out.finish(grace);
+            Summary {
+                output_dropped,
+                ..summary
+            }
+            .eprint();
+        }
     }
     Ok(0)
 }

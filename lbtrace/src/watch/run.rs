@@ -297,7 +297,7 @@ impl Loop {
 fn write_usr1_dump(l: &mut Loop, dir: &Path, netns: u64) -> Result<PathBuf> {
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let body = l.dump(&Query::default()).to_string();
-    files::check_target(&dir.join(format!("dump-{netns}-{stamp}.json")))?;
+    files::check_dir(dir)?;
     let mut last_err = None;
     for n in 0..16u32 {
         let name = if n == 0 {
@@ -349,7 +349,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
     session::check_ready_file(targs.ready_file.as_deref())?;
     let netns = kernel::tracer::netns_inum()?;
     let sock_path = sock.unwrap_or_else(|| socket::default_path(netns));
-    let mut claim = socket::claim(&sock_path)?;
+    let mut claim = socket::claim(&sock_path).await?;
     let metrics_listener = match metrics_addr {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -461,22 +461,16 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         None => String::new(),
     };
     let c = l.tracer.counters();
-    let summary = format!(
-        "lbtrace: tripwire stopped: {} connections recorded ({} evicted), {} events, {} lost, {} packets parsed, {} decode errors, {} output lines dropped (stdout too slow){on_alert_line}",
-        l.rec.accounting().total,
-        l.rec.accounting().evicted,
+    let (total, evicted) = (l.rec.accounting().total, l.rec.accounting().evicted);
+    let Loop { out, .. } = l;
+    // A reader that stopped reading gets a moment, not forever.
+    let unwritten = out.finish(Duration::from_secs(2));
+    log.line(&format!(
+        "lbtrace: tripwire stopped: {total} connections recorded ({evicted} evicted), {} events, {} lost, {} packets parsed, {decode_errors} decode errors, {unwritten} output lines not written (stdout too slow){on_alert_line}",
         c.emitted(),
         c.lost(),
         c.packets,
-        decode_errors,
-        l.out.dropped(),
-    );
-    log.line(&summary);
-    let Loop { out, .. } = l;
-    // A reader that stopped reading gets a moment, not forever.
-    out.finish(Duration::from_secs(2));
-    if let Ok(log) = Arc::try_unwrap(log) {
-        log.finish(Duration::from_secs(2));
-    }
+    ));
+    log.finish(Duration::from_secs(2));
     Ok(0)
 }

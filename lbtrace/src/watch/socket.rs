@@ -40,7 +40,7 @@ use crate::files;
 pub const RUN_DIR: &str = "/run/lbtrace";
 
 /// Dump clients served at once; more are answered "busy" and closed.
-pub const MAX_CLIENTS: usize = 16;
+pub const MAX_CLIENTS: usize = 64;
 /// The longest request line a client may send.
 pub const MAX_REQUEST: u64 = 64 * 1024;
 /// A client has this long to send its request, and again to take the answer.
@@ -87,7 +87,7 @@ fn lock_path(path: &Path) -> PathBuf {
 /// Claims `path` for this tripwire, before any program is loaded: creates the directory (0700
 /// when it is lbtrace's own), takes the lock, and removes a stale socket. Refuses (an error)
 /// when another tripwire holds it or may be alive, or when `path` is not a socket.
-pub fn claim(path: &Path) -> Result<Claim> {
+pub async fn claim(path: &Path) -> Result<Claim> {
     if path.file_name().is_none() {
         bail!("--socket {}: not a file name", path.display());
     }
@@ -134,7 +134,11 @@ pub fn claim(path: &Path) -> Result<Claim> {
         return Err(e).with_context(|| format!("locking {}", lock_file.display()));
     }
     if is_socket(path) {
-        match std::os::unix::net::UnixStream::connect(path) {
+        // Non-blocking: a live tripwire with a full accept queue answers EAGAIN, not a hang.
+        let probe = tokio::time::timeout(CLIENT_TIMEOUT, UnixStream::connect(path))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(ErrorKind::TimedOut)));
+        match probe {
             Ok(_) => bail!(
                 "another lbtrace watch is already serving {} in this network namespace: stop it first, or pass --socket PATH",
                 path.display()

@@ -3,6 +3,7 @@
 
 mod check;
 mod coexist;
+mod hardening;
 mod lab_smoke;
 mod trace;
 mod watch;
