@@ -17,6 +17,7 @@ pub mod dump;
 pub mod endpoint;
 pub mod event;
 pub mod files;
+pub mod host;
 pub mod kernel;
 pub mod netif;
 pub mod pcap;

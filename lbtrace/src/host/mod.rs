@@ -1,0 +1,406 @@
+//! The LB host's own limits, read from its kernel in lbtrace's network namespace: the accept
+//! queues of the VIP's listeners, TCP's overflow and SYN-cookie counters, conntrack's table,
+//! the local ports in use toward each backend, forwarding and reverse-path filtering.
+//!
+//! [`sample`] reads them (cheap reads, no per-packet work); [`pressure`] compares two samples
+//! (before and after a window) and names what ran out, tied to a checklist step. Counters named
+//! in a [`Pressure`] carry their before and after values.
+
+pub mod diag;
+pub mod procfs;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::endpoint::Endpoint;
+
+/// The TCP counters a sample keeps (netstat's TcpExt group).
+pub const COUNTERS: [&str; 7] = [
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.SyncookiesSent",
+    "TcpExt.SyncookiesRecv",
+    "TcpExt.SyncookiesFailed",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+];
+
+/// Port use from this share of the usable range on is a warning.
+pub const PORTS_WARN_PERCENT: u32 = 80;
+
+/// A listener on a VIP: its accept queue now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Listen {
+    pub listener: SocketAddr,
+    /// Connections waiting to be accepted (`ss -lnt` Recv-Q).
+    pub depth: u32,
+    /// The queue's limit (`ss -lnt` Send-Q).
+    pub backlog: u32,
+}
+
+/// Local ports in use from one source address toward one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PortUse {
+    pub source: IpAddr,
+    pub backend: SocketAddr,
+    pub used: u32,
+    /// Ports of `ip_local_port_range` minus `ip_local_reserved_ports`.
+    pub usable: u32,
+}
+
+/// One reading of the host's limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Sample {
+    pub listen: Vec<Listen>,
+    pub counters: BTreeMap<String, u64>,
+    pub conntrack: Option<procfs::Conntrack>,
+    pub ports: Vec<PortUse>,
+    pub ip_forward: Option<bool>,
+    /// Interfaces whose effective rp_filter is strict (1).
+    pub rp_filter_strict: Vec<String>,
+    pub syncookies: Option<u8>,
+}
+
+/// Reads the host's limits for these VIPs, backends and client-facing interfaces. What cannot
+/// be read is left empty: the sample is evidence, never a reason to stop.
+pub fn sample(vips: &[Endpoint], backends: &[Endpoint], ifaces: &[String]) -> Sample {
+    let listen = diag::listeners()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| vips.iter().any(|v| listens_for(v, s.local)))
+        .map(|s| Listen {
+            listener: s.local,
+            depth: s.rqueue,
+            backlog: s.wqueue,
+        })
+        .collect();
+    let all = procfs::tcp_counters();
+    let counters = COUNTERS
+        .iter()
+        .filter_map(|k| all.get(*k).map(|v| ((*k).to_owned(), *v)))
+        .collect();
+    let ports = match (backends.is_empty(), procfs::local_ports()) {
+        (false, Some((_, usable))) => {
+            port_use(&diag::connections().unwrap_or_default(), backends, usable)
+        }
+        _ => Vec::new(),
+    };
+    Sample {
+        listen,
+        counters,
+        conntrack: procfs::conntrack(),
+        ports,
+        ip_forward: procfs::ip_forward(),
+        rp_filter_strict: ifaces
+            .iter()
+            .filter(|i| procfs::rp_filter(i) == Some(1))
+            .cloned()
+            .collect(),
+        syncookies: procfs::syncookies(),
+    }
+}
+
+/// Whether a socket bound to `local` serves `vip` (a wildcard listener serves every address).
+fn listens_for(vip: &Endpoint, local: SocketAddr) -> bool {
+    let port_ok = vip.port.is_none_or(|p| p == local.port());
+    port_ok && (local.ip().is_unspecified() || local.ip() == vip.addr)
+}
+
+/// Sockets per (local address, backend) among `conns`, for the configured backends.
+pub fn port_use(conns: &[diag::TcpSocket], backends: &[Endpoint], usable: u32) -> Vec<PortUse> {
+    let mut n: BTreeMap<(IpAddr, SocketAddr), u32> = BTreeMap::new();
+    for s in conns {
+        if backends.iter().any(|b| b.matches(&s.remote)) {
+            *n.entry((s.local.ip(), s.remote)).or_default() += 1;
+        }
+    }
+    n.into_iter()
+        .map(|((source, backend), used)| PortUse {
+            source,
+            backend,
+            used,
+            usable,
+        })
+        .collect()
+}
+
+/// A counter that moved during a window.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Moved {
+    pub counter: String,
+    pub before: u64,
+    pub after: u64,
+}
+
+impl Moved {
+    pub fn delta(&self) -> u64 {
+        self.after.saturating_sub(self.before)
+    }
+}
+
+/// What the LB host ran out of during a window, tied to a checklist step.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pressure {
+    /// Step 1: a VIP listener's accept queue was full and SYNs were dropped for it.
+    AcceptQueueFull {
+        listener: Option<Listen>,
+        counters: Vec<Moved>,
+    },
+    /// Step 1: SYN cookies were sent (the SYN queue overflowed, or cookies are forced): options
+    /// such as window scaling are lost, and failed cookies are dropped connections.
+    SynCookies { counters: Vec<Moved> },
+    /// Step 2 (Layer 4): conntrack's table is full, or inserts failed.
+    Conntrack {
+        count: u64,
+        max: u64,
+        counters: Vec<Moved>,
+    },
+    /// Step 3: local ports toward a backend are (nearly) used up.
+    SourcePorts { ports: PortUse, exhausted: bool },
+    /// Step 2 (Layer 4): this host does not forward IPv4.
+    NoForwarding,
+    /// Step 1: strict reverse-path filtering on a client-facing interface.
+    StrictRpFilter { iface: String },
+}
+
+impl Pressure {
+    pub fn step(&self) -> u8 {
+        match self {
+            Self::AcceptQueueFull { .. }
+            | Self::SynCookies { .. }
+            | Self::StrictRpFilter { .. } => 1,
+            Self::Conntrack { .. } | Self::NoForwarding => 2,
+            Self::SourcePorts { .. } => 3,
+        }
+    }
+}
+
+fn moved(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    names: &[&str],
+) -> Vec<Moved> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let (b, a) = (*before.get(*n)?, *after.get(*n)?);
+            (a > b).then(|| Moved {
+                counter: (*n).to_owned(),
+                before: b,
+                after: a,
+            })
+        })
+        .collect()
+}
+
+/// What ran out between `before` and `after`. `layer4`: the VIP is NATed (conntrack and
+/// forwarding matter); `None` when not known.
+pub fn pressure(before: &Sample, after: &Sample, layer4: Option<bool>) -> Vec<Pressure> {
+    let mut out = Vec::new();
+    let overflow = moved(
+        &before.counters,
+        &after.counters,
+        &["TcpExt.ListenOverflows", "TcpExt.ListenDrops"],
+    );
+    if !overflow.is_empty() {
+        // The listener that was full (or the fullest) names where.
+        let listener = after
+            .listen
+            .iter()
+            .chain(&before.listen)
+            .max_by_key(|l| (l.depth >= l.backlog, l.depth))
+            .copied();
+        out.push(Pressure::AcceptQueueFull {
+            listener,
+            counters: overflow,
+        });
+    }
+    let cookies = moved(
+        &before.counters,
+        &after.counters,
+        &[
+            "TcpExt.SyncookiesSent",
+            "TcpExt.SyncookiesFailed",
+            "TcpExt.TCPReqQFullDrop",
+        ],
+    );
+    if !cookies.is_empty() {
+        out.push(Pressure::SynCookies { counters: cookies });
+    }
+    if let (Some(b), Some(a)) = (&before.conntrack, &after.conntrack) {
+        let failed = moved(&b.stats, &a.stats, &["insert_failed", "drop", "early_drop"]);
+        let full = a.max > 0 && a.count >= a.max;
+        if full || !failed.is_empty() {
+            out.push(Pressure::Conntrack {
+                count: a.count,
+                max: a.max,
+                counters: failed,
+            });
+        }
+    }
+    for p in &after.ports {
+        if p.usable > 0 && p.used * 100 >= p.usable * PORTS_WARN_PERCENT {
+            out.push(Pressure::SourcePorts {
+                ports: *p,
+                exhausted: p.used >= p.usable,
+            });
+        }
+    }
+    if layer4 == Some(true) && after.ip_forward == Some(false) {
+        out.push(Pressure::NoForwarding);
+    }
+    for iface in &after.rp_filter_strict {
+        out.push(Pressure::StrictRpFilter {
+            iface: iface.clone(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn a_full_accept_queue_with_overflows_names_the_listener_and_the_counters() {
+        let before = Sample {
+            counters: counters(&[("TcpExt.ListenOverflows", 5), ("TcpExt.ListenDrops", 5)]),
+            ..Sample::default()
+        };
+        let full = Listen {
+            listener: "10.10.2.10:80".parse().unwrap(),
+            depth: 2,
+            backlog: 2,
+        };
+        let after = Sample {
+            listen: vec![
+                Listen {
+                    listener: "10.10.2.10:443".parse().unwrap(),
+                    depth: 0,
+                    backlog: 128,
+                },
+                full,
+            ],
+            counters: counters(&[("TcpExt.ListenOverflows", 23), ("TcpExt.ListenDrops", 23)]),
+            ..Sample::default()
+        };
+        let p = pressure(&before, &after, None);
+        assert_eq!(p.len(), 1, "{p:?}");
+        let Pressure::AcceptQueueFull { listener, counters } = &p[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(*listener, Some(full));
+        assert_eq!(counters[0].counter, "TcpExt.ListenOverflows");
+        assert_eq!(
+            (counters[0].before, counters[0].after, counters[0].delta()),
+            (5, 23, 18)
+        );
+        assert_eq!(p[0].step(), 1);
+        // No movement, no finding, even with a full queue at the moment of the sample.
+        assert!(pressure(&after, &after, None).is_empty());
+    }
+
+    #[test]
+    fn syn_cookies_conntrack_ports_and_forwarding() {
+        let ct = |count, insert_failed| procfs::Conntrack {
+            count,
+            max: 100,
+            stats: counters(&[("insert_failed", insert_failed), ("drop", 0)]),
+        };
+        let backend: SocketAddr = "10.10.3.11:8080".parse().unwrap();
+        let source: IpAddr = "10.10.3.1".parse().unwrap();
+        let before = Sample {
+            counters: counters(&[("TcpExt.SyncookiesSent", 0)]),
+            conntrack: Some(ct(10, 0)),
+            ip_forward: Some(true),
+            ..Sample::default()
+        };
+        let after = Sample {
+            counters: counters(&[("TcpExt.SyncookiesSent", 4)]),
+            conntrack: Some(ct(12, 3)),
+            ports: vec![
+                PortUse {
+                    source,
+                    backend,
+                    used: 8,
+                    usable: 10,
+                },
+                PortUse {
+                    source,
+                    backend: "10.10.3.12:8080".parse().unwrap(),
+                    used: 7,
+                    usable: 10,
+                },
+            ],
+            ip_forward: Some(false),
+            ..Sample::default()
+        };
+        let p = pressure(&before, &after, Some(true));
+        let kinds: Vec<u8> = p.iter().map(Pressure::step).collect();
+        assert_eq!(kinds, vec![1, 2, 3, 2], "{p:?}");
+        assert!(matches!(&p[1], Pressure::Conntrack { counters, .. } if counters[0].delta() == 3));
+        assert!(
+            matches!(&p[2], Pressure::SourcePorts { exhausted: false, ports } if ports.used == 8)
+        );
+        // Forwarding is only a finding for a Layer-4 VIP.
+        assert!(!pressure(&before, &after, Some(false)).contains(&Pressure::NoForwarding));
+        // A full table is a finding without any failed insert.
+        let full = Sample {
+            conntrack: Some(ct(100, 0)),
+            ..Sample::default()
+        };
+        let empty = Sample {
+            conntrack: Some(ct(1, 0)),
+            ..Sample::default()
+        };
+        assert!(matches!(
+            pressure(&empty, &full, None)[..],
+            [Pressure::Conntrack {
+                count: 100,
+                max: 100,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn ports_are_counted_per_source_and_backend() {
+        let b: Endpoint = "10.10.3.11:8080".parse().unwrap();
+        let s = |local: &str, remote: &str| diag::TcpSocket {
+            state: 1,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            rqueue: 0,
+            wqueue: 0,
+        };
+        let conns = [
+            s("10.10.3.1:40000", "10.10.3.11:8080"),
+            s("10.10.3.1:40001", "10.10.3.11:8080"),
+            s("10.10.3.2:40000", "10.10.3.11:8080"),
+            s("10.10.3.1:40002", "10.10.3.12:8080"),
+        ];
+        let u = port_use(&conns, &[b], 100);
+        assert_eq!(u.len(), 2);
+        assert_eq!(
+            (u[0].source.to_string(), u[0].used),
+            ("10.10.3.1".to_owned(), 2)
+        );
+        assert_eq!(u[1].used, 1);
+    }
+
+    #[test]
+    fn wildcard_listeners_serve_the_vip() {
+        let vip: Endpoint = "10.10.2.10:80".parse().unwrap();
+        assert!(listens_for(&vip, "0.0.0.0:80".parse().unwrap()));
+        assert!(listens_for(&vip, "10.10.2.10:80".parse().unwrap()));
+        assert!(!listens_for(&vip, "10.10.2.10:81".parse().unwrap()));
+        assert!(!listens_for(&vip, "10.10.2.11:80".parse().unwrap()));
+    }
+}
