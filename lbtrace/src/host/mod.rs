@@ -63,9 +63,72 @@ pub struct Sample {
     pub syncookies: Option<u8>,
 }
 
+/// Samples the host again and again (the tripwire): everything each time but the connection
+/// dump behind the port counts, which on a busy LB is the only read that costs (tens of ms for
+/// 100,000 sockets), so it is refreshed every `ports_every` only.
+pub struct Sampler {
+    pub vips: Vec<Endpoint>,
+    pub backends: Vec<Endpoint>,
+    pub ifaces: Vec<String>,
+    pub ports_every: std::time::Duration,
+    ports: Option<(std::time::Instant, Vec<PortUse>)>,
+}
+
+impl Sampler {
+    pub fn new(vips: Vec<Endpoint>, backends: Vec<Endpoint>, ifaces: Vec<String>) -> Sampler {
+        Sampler {
+            vips,
+            backends,
+            ifaces,
+            ports_every: std::time::Duration::from_secs(10),
+            ports: None,
+        }
+    }
+
+    /// Samples every `every` on a thread of its own (a dump must never hold up the event drain);
+    /// the latest sample is in the returned channel. The thread ends when the receiver is gone.
+    pub fn spawn(
+        mut self,
+        every: std::time::Duration,
+    ) -> std::io::Result<tokio::sync::watch::Receiver<Option<Sample>>> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        std::thread::Builder::new()
+            .name("lbtrace-host".to_owned())
+            .spawn(move || {
+                while tx.send(Some(self.sample())).is_ok() {
+                    std::thread::sleep(every);
+                }
+            })?;
+        Ok(rx)
+    }
+
+    pub fn sample(&mut self) -> Sample {
+        let fresh = self
+            .ports
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= self.ports_every);
+        let mut s = sample_with(&self.vips, &self.backends, &self.ifaces, fresh);
+        if fresh {
+            self.ports = Some((std::time::Instant::now(), s.ports.clone()));
+        } else if let Some((_, ports)) = &self.ports {
+            s.ports.clone_from(ports);
+        }
+        s
+    }
+}
+
 /// Reads the host's limits for these VIPs, backends and client-facing interfaces. What cannot
 /// be read is left empty: the sample is evidence, never a reason to stop.
 pub fn sample(vips: &[Endpoint], backends: &[Endpoint], ifaces: &[String]) -> Sample {
+    sample_with(vips, backends, ifaces, true)
+}
+
+fn sample_with(
+    vips: &[Endpoint],
+    backends: &[Endpoint],
+    ifaces: &[String],
+    with_ports: bool,
+) -> Sample {
     let listen = diag::listeners()
         .unwrap_or_default()
         .into_iter()
@@ -81,7 +144,7 @@ pub fn sample(vips: &[Endpoint], backends: &[Endpoint], ifaces: &[String]) -> Sa
         .iter()
         .filter_map(|k| all.get(*k).map(|v| ((*k).to_owned(), *v)))
         .collect();
-    let ports = match (backends.is_empty(), procfs::local_ports()) {
+    let ports = match (backends.is_empty() || !with_ports, procfs::local_ports()) {
         (false, Some((_, usable))) => {
             port_use(&diag::connections().unwrap_or_default(), backends, usable)
         }

@@ -23,7 +23,7 @@ use tokio::{
 };
 
 use super::recorder::Accounting;
-use crate::{endpoint::Watched, kernel::counters::Counters};
+use crate::{endpoint::Watched, host, kernel::counters::Counters};
 
 /// Distinct ports of one address that get a label of their own.
 pub const PORTS_PER_ADDR: usize = 16;
@@ -176,6 +176,8 @@ pub struct Snapshot {
     pub active: Vec<(String, u8)>,
     /// Lines not written to stdout because its reader was too slow.
     pub output_dropped: u64,
+    /// The LB host's own limits at the last sample.
+    pub host: Option<host::Sample>,
 }
 
 fn esc(s: &str) -> String {
@@ -297,6 +299,9 @@ pub fn render(s: &Snapshot) -> String {
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
+    if let Some(h) = &s.host {
+        render_host(&mut o, h);
+    }
     let _ = writeln!(
         o,
         "# HELP lbtrace_alert_active 1 while an alert is active.\n# TYPE lbtrace_alert_active gauge"
@@ -309,6 +314,81 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     o
+}
+
+/// The host's limits: accept queues of the VIP listeners, conntrack, local ports per backend, and
+/// the kernel's own counters as counters.
+fn render_host(o: &mut String, h: &host::Sample) {
+    let _ = writeln!(
+        o,
+        "# HELP lbtrace_host_listen_queue Connections waiting in a VIP listener's accept queue (ss Recv-Q).\n# TYPE lbtrace_host_listen_queue gauge"
+    );
+    for l in &h.listen {
+        let _ = writeln!(
+            o,
+            "lbtrace_host_listen_queue{{listener=\"{}\"}} {}",
+            l.listener, l.depth
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbtrace_host_listen_backlog A VIP listener's accept queue limit (ss Send-Q).\n# TYPE lbtrace_host_listen_backlog gauge"
+    );
+    for l in &h.listen {
+        let _ = writeln!(
+            o,
+            "lbtrace_host_listen_backlog{{listener=\"{}\"}} {}",
+            l.listener, l.backlog
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbtrace_host_tcp_total The kernel's TCP counters (netstat TcpExt) that show an overflowing host.\n# TYPE lbtrace_host_tcp_total counter"
+    );
+    for (k, v) in &h.counters {
+        let _ = writeln!(o, "lbtrace_host_tcp_total{{counter=\"{}\"}} {v}", esc(k));
+    }
+    if let Some(ct) = &h.conntrack {
+        let _ = writeln!(
+            o,
+            "# HELP lbtrace_host_conntrack_entries Conntrack entries in use.\n# TYPE lbtrace_host_conntrack_entries gauge\nlbtrace_host_conntrack_entries {}",
+            ct.count
+        );
+        let _ = writeln!(
+            o,
+            "# HELP lbtrace_host_conntrack_max Conntrack's limit (nf_conntrack_max).\n# TYPE lbtrace_host_conntrack_max gauge\nlbtrace_host_conntrack_max {}",
+            ct.max
+        );
+        let _ = writeln!(
+            o,
+            "# HELP lbtrace_host_conntrack_stat_total Conntrack's statistics summed over the CPUs.\n# TYPE lbtrace_host_conntrack_stat_total counter"
+        );
+        for (k, v) in ct.stats.iter().filter(|(k, _)| k.as_str() != "entries") {
+            let _ = writeln!(
+                o,
+                "lbtrace_host_conntrack_stat_total{{stat=\"{}\"}} {v}",
+                esc(k)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP lbtrace_host_ports_used Local ports in use from a source address toward a backend.\n# TYPE lbtrace_host_ports_used gauge"
+    );
+    for p in &h.ports {
+        let _ = writeln!(
+            o,
+            "lbtrace_host_ports_used{{source=\"{}\",backend=\"{}\"}} {}",
+            p.source, p.backend, p.used
+        );
+    }
+    if let Some(p) = h.ports.first() {
+        let _ = writeln!(
+            o,
+            "# HELP lbtrace_host_ports_usable Local ports usable per destination (ip_local_port_range minus reserved).\n# TYPE lbtrace_host_ports_usable gauge\nlbtrace_host_ports_usable {}",
+            p.usable
+        );
+    }
 }
 
 #[cfg(test)]

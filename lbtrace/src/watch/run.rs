@@ -30,7 +30,7 @@ use super::{
 use crate::{
     cli::WatchArgs,
     event::{Detail, KernelEvent},
-    files,
+    files, host,
     kernel::{self, Tracer},
     render::{self, Clock, Format, IfNames},
     session::{self, Output},
@@ -52,6 +52,7 @@ struct Tally {
 
 struct Loop {
     out: Output,
+    host: tokio::sync::watch::Receiver<Option<host::Sample>>,
     log: Arc<Output>,
     labels: Labels,
     format: Format,
@@ -288,6 +289,7 @@ impl Loop {
             recorder: self.rec.accounting(),
             active: self.alerts.active(),
             output_dropped: self.out.dropped(),
+            host: self.host.borrow().clone(),
         }
     }
 }
@@ -388,8 +390,17 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
     }
     let reasons = tracer.reasons.clone();
     let log = Arc::new(Output::spawn("stderr", std::io::stderr(), STDERR_QUEUE));
+    let sampler = host::Sampler::new(
+        vips.clone(),
+        backends.clone(),
+        cfg.ifaces.iter().map(|l| l.name.clone()).collect(),
+    );
+    let host = sampler
+        .spawn(Duration::from_secs(1))
+        .context("starting the host sampler thread")?;
     let mut l = Loop {
         out: Output::spawn("stdout", std::io::stdout(), STDOUT_QUEUE),
+        host,
         log: Arc::clone(&log),
         labels: Labels::default(),
         format: targs.format,

@@ -566,6 +566,11 @@ fn metrics_answer_only_their_path_and_a_port_scan_stays_bounded() {
         "{total} connections counted:\n{}",
         series.join("\n")
     );
+    // The host's own limits are there too (sampled every second).
+    assert!(
+        body.contains("lbtrace_host_tcp_total{counter=\"TcpExt.ListenOverflows\"}"),
+        "{body}"
+    );
     assert_eq!(get("/").0, "200");
     assert_eq!(get("/admin").0, "404");
     assert_eq!(get("/metrics/../x").0, "404");
