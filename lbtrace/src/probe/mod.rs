@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::render::Clock;
 
 pub mod http;
+pub mod series;
 pub mod tcp;
 pub mod tls;
 
