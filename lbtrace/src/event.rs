@@ -57,6 +57,42 @@ pub struct KernelEvent {
     pub detail: Detail,
 }
 
+impl KernelEvent {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// A connection's first packet: SYN without ACK.
+    pub fn is_syn(&self) -> bool {
+        self.has(tcp_flag::SYN) && !self.has(tcp_flag::ACK)
+    }
+
+    /// The answer to a SYN: SYN and ACK.
+    pub fn is_syn_ack(&self) -> bool {
+        self.has(tcp_flag::SYN) && self.has(tcp_flag::ACK)
+    }
+
+    /// Either of the two above: the SYN flag, with or without ACK.
+    pub fn has_syn(&self) -> bool {
+        self.has(tcp_flag::SYN)
+    }
+
+    /// RST set (with or without ACK).
+    pub fn is_rst(&self) -> bool {
+        self.has(tcp_flag::RST)
+    }
+
+    /// FIN set (with or without ACK).
+    pub fn is_fin(&self) -> bool {
+        self.has(tcp_flag::FIN)
+    }
+
+    /// ACK set: `ack` means something.
+    pub fn has_ack(&self) -> bool {
+        self.has(tcp_flag::ACK)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("event record of {got} bytes, expected {EVENT_SIZE}")]
@@ -262,6 +298,20 @@ mod tests {
             decode(&record(|ev| ev.family = 5)),
             Err(DecodeError::UnknownFamily(5))
         );
+    }
+
+    #[test]
+    fn flag_predicates() {
+        use tcp_flag::*;
+        let with = |flags| decode(&record(|ev| ev.tcp_flags = flags)).unwrap();
+        let syn = with(SYN);
+        assert!(syn.is_syn() && syn.has_syn() && !syn.is_syn_ack() && !syn.has_ack());
+        let syn_ack = with(SYN | ACK);
+        assert!(!syn_ack.is_syn() && syn_ack.has_syn() && syn_ack.is_syn_ack());
+        let rst = with(RST | ACK);
+        assert!(rst.is_rst() && !rst.is_fin() && !rst.has_syn() && rst.has_ack());
+        let fin = with(FIN | PSH | ACK);
+        assert!(fin.is_fin() && !fin.is_rst());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod check;
+pub mod checklist;
 pub mod cli;
 pub mod doctor;
 pub mod dump;
