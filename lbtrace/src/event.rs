@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use lbtrace_common::{EVENT_SIZE, Event, family, hook, kind, tcp_flag};
 
 /// Where a packet was seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
     Tc,
@@ -16,7 +16,7 @@ pub enum Hook {
     KfreeSkb,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dir {
     In,
@@ -157,29 +157,42 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
     })
 }
 
+/// The TCP flags in tcpdump's order and letters (ACK, `.`, is written last).
+const FLAG_LETTERS: [(u8, char); 8] = [
+    (tcp_flag::FIN, 'F'),
+    (tcp_flag::SYN, 'S'),
+    (tcp_flag::RST, 'R'),
+    (tcp_flag::PSH, 'P'),
+    (tcp_flag::URG, 'U'),
+    (tcp_flag::ECE, 'E'),
+    (tcp_flag::CWR, 'W'),
+    (tcp_flag::ACK, '.'),
+];
+
 /// TCP flags in tcpdump's notation: `S`, `S.`, `R.`, `FP.` ...
 pub fn flags_str(flags: u8) -> String {
-    let mut s = String::with_capacity(6);
-    for (bit, c) in [
-        (tcp_flag::FIN, 'F'),
-        (tcp_flag::SYN, 'S'),
-        (tcp_flag::RST, 'R'),
-        (tcp_flag::PSH, 'P'),
-        (tcp_flag::URG, 'U'),
-        (tcp_flag::ECE, 'E'),
-        (tcp_flag::CWR, 'W'),
-    ] {
-        if flags & bit != 0 {
-            s.push(c);
-        }
-    }
-    if flags & tcp_flag::ACK != 0 {
-        s.push('.');
-    }
+    let mut s: String = FLAG_LETTERS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, c)| *c)
+        .collect();
     if s.is_empty() {
         s.push_str("none");
     }
     s
+}
+
+/// The inverse of [`flags_str`]; `None` for a letter it never writes.
+pub fn flags_from_str(s: &str) -> Option<u8> {
+    if s == "none" {
+        return Some(0);
+    }
+    s.chars().try_fold(0u8, |acc, c| {
+        FLAG_LETTERS
+            .iter()
+            .find(|(_, l)| *l == c)
+            .map(|(bit, _)| acc | bit)
+    })
 }
 
 /// What an ICMP / ICMPv6 error means, in words.
@@ -324,5 +337,10 @@ mod tests {
         assert_eq!(flags_str(FIN | ACK), "F.");
         assert_eq!(flags_str(FIN | PSH | ACK), "FP.");
         assert_eq!(flags_str(ACK), ".");
+        assert_eq!(flags_str(0), "none");
+        for f in 0..=u8::MAX {
+            assert_eq!(flags_from_str(&flags_str(f)), Some(f), "{f:#x}");
+        }
+        assert_eq!(flags_from_str("S?"), None);
     }
 }

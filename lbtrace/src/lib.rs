@@ -21,6 +21,7 @@ pub mod kernel;
 pub mod netif;
 pub mod pcap;
 pub mod probe;
+pub mod record;
 pub mod render;
 pub mod trace;
 pub mod watch;

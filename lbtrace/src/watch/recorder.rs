@@ -28,7 +28,7 @@ pub const BACKEND_TIMEOUT_NS: u64 = 3_000_000_000;
 /// An L7 backend connection is joined to a client connection at most this long after it.
 pub const L7_JOIN_NS: u64 = 2_000_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Join {
     /// The forwarded SYN carried the client's ISN (Layer 4).
@@ -38,7 +38,7 @@ pub enum Join {
 }
 
 /// What went wrong with a connection, tied to a checklist step.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// Step 1: the client's SYNs got no SYN-ACK and were not forwarded.
@@ -139,8 +139,13 @@ impl Conn {
     }
 
     /// The lowest failing step, if any.
+    pub fn checklist_step(&self) -> Option<Step> {
+        self.findings.iter().map(Finding::checklist_step).min()
+    }
+
+    /// [`Self::checklist_step`]'s number.
     pub fn step(&self) -> Option<u8> {
-        self.findings.iter().map(Finding::step).min()
+        self.checklist_step().map(Step::number)
     }
 
     fn push(&mut self, ev: &KernelEvent) {
@@ -200,7 +205,7 @@ impl Conn {
 }
 
 /// The recorder's own accounting, reported by `dump` and the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Accounting {
     pub entries: usize,
     pub limit: usize,
