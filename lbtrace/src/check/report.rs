@@ -125,6 +125,8 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "events": events.len(),
             "lost": c.lost(),
             "drops": drop_counts(&ctx).iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
+            "events_cap": ctx.collected.events_cap,
+            "events_not_kept": ctx.collected.events_not_kept,
         },
     })
 }
@@ -282,6 +284,17 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
     ));
     if c.lost() > 0 {
         out.push_str("WARNING: events were lost (ring buffer full): verdicts may miss evidence\n");
+    }
+    if ctx.collected.events_not_kept > 0 {
+        out.push_str(&format!(
+            "NOTE: {} events arrived after the first {} and were not kept: the verdict is about the connections of the first {:.1} s\n",
+            ctx.collected.events_not_kept,
+            ctx.collected.events_cap,
+            events
+                .last()
+                .zip(events.first())
+                .map_or(0.0, |(l, f)| l.ts_ns.saturating_sub(f.ts_ns) as f64 / 1e9)
+        ));
     }
     out
 }
