@@ -71,6 +71,8 @@ struct Active {
     message: String,
 }
 
+/// The alert engine: findings counted per alert key over a sliding window; fires, de-duplicates
+/// and recovers alerts.
 pub struct Alerts {
     th: Thresholds,
     seen: HashMap<String, VecDeque<u64>>,

@@ -214,6 +214,8 @@ pub struct Accounting {
     pub total: u64,
 }
 
+/// The flight recorder: the last `limit` client connections to the VIPs, each with its client
+/// leg, its backend leg and its findings, indexed by tuple and by ISN.
 pub struct Recorder {
     reasons: DropReasons,
     vips: Vec<Endpoint>,
@@ -223,6 +225,8 @@ pub struct Recorder {
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     /// (lb side, backend) -> connection id, for events of the backend leg.
     by_backend: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Client ISN -> id of the newest connection with that ISN: the Layer 4 join.
+    by_isn: HashMap<u32, u64>,
     limit: usize,
     evicted: u64,
     next_id: u64,
@@ -245,6 +249,7 @@ impl Recorder {
             conns: VecDeque::new(),
             by_tuple: HashMap::new(),
             by_backend: HashMap::new(),
+            by_isn: HashMap::new(),
             limit: limit.max(1),
             evicted: 0,
             next_id: 1,
@@ -312,6 +317,11 @@ impl Recorder {
         if self.by_tuple.get(&(c.vip, c.client)) == Some(&c.id) {
             self.by_tuple.remove(&(c.vip, c.client));
         }
+        if let Some(isn) = c.isn
+            && self.by_isn.get(&isn) == Some(&c.id)
+        {
+            self.by_isn.remove(&isn);
+        }
         if let Some(b) = &c.backend
             && self.by_backend.get(&(b.lb, b.backend)) == Some(&c.id)
         {
@@ -358,6 +368,7 @@ impl Recorder {
                 (Detail::Packet, true) if syn => {
                     if c.isn.is_none() {
                         c.isn = Some(ev.seq);
+                        self.by_isn.insert(ev.seq, id);
                     } else if c.server_isn.is_some()
                         && !c
                             .backend
@@ -465,11 +476,10 @@ impl Recorder {
     /// Ties a SYN towards a backend to a client connection: by ISN (L4), else by time (L7).
     fn join(&mut self, lb: SocketAddr, backend: SocketAddr, ev: &KernelEvent) -> Option<u64> {
         let by_isn = self
-            .conns
-            .iter()
-            .rev()
-            .find(|c| c.isn == Some(ev.seq) && c.backend.is_none())
-            .map(|c| c.id);
+            .by_isn
+            .get(&ev.seq)
+            .copied()
+            .filter(|&id| self.conn(id).is_some_and(|c| c.backend.is_none()));
         let (id, join) = match by_isn {
             Some(id) => (id, Join::Isn),
             None => {

@@ -245,3 +245,40 @@ fn worst_case_connection_size_is_what_the_docs_say() {
     // README and --help: at most 4 KiB per connection, 40 MiB for the default 10,000.
     assert!(worst <= 4096, "{worst}");
 }
+
+#[test]
+fn l4_joins_find_the_client_by_isn_among_many() {
+    let n = 10_000u32;
+    let mut r = rec(n as usize);
+    for i in 0..n {
+        let c = format!(
+            "10.10.{}.{}:{}",
+            1 + i / 250,
+            i % 250 + 1,
+            40000 + i % 20000
+        );
+        let isn = 7 + i * 1000;
+        r.ingest(&pkt(u64::from(i), Dir::In, &c, VIP, SYN, isn, 0));
+        r.ingest(&pkt(u64::from(i), Dir::Out, &c, BE1, SYN, isn, 0));
+    }
+    // An ISN seen again for a new client: the newest connection without a backend leg takes it.
+    let late = "10.10.200.1:5000";
+    r.ingest(&pkt(20_000, Dir::In, late, VIP, SYN, 7, 0));
+    r.ingest(&pkt(20_000, Dir::Out, late, BE1, SYN, 7, 0));
+    let joined = r
+        .conns()
+        .filter(|c| {
+            c.backend
+                .as_ref()
+                .is_some_and(|b| b.join == Join::Isn && Some(b.isn) == c.isn && b.lb == c.client)
+        })
+        .count();
+    assert_eq!(
+        joined, n as usize,
+        "every connection but the evicted first one, and the late one"
+    );
+    assert_eq!(
+        r.conns().last().unwrap().client,
+        late.parse::<std::net::SocketAddr>().unwrap()
+    );
+}
