@@ -128,9 +128,12 @@ pub struct FilterArgs {
     pub xdp: bool,
     /// Packet-event records in MiB, split evenly over the online CPUs, one ring each (at least 256
     /// records).
-    #[arg(long, value_name = "MIB", default_value = "8", value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_RING_MIB, value_parser = parse_ring_mib)]
     pub ring_size: u32,
 }
+
+/// `--ring-size`'s default, and the ring size of `check` (which has no such option).
+pub const DEFAULT_RING_MIB: u32 = 8;
 
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {

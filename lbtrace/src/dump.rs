@@ -2,7 +2,7 @@
 //! as timelines (client leg and backend leg side by side, times relative to the first SYN), as
 //! JSON objects, and optionally as a pcap file.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -13,181 +13,69 @@ use tokio::{
 
 use crate::{
     cli::DumpArgs,
-    event::{Detail, Dir, Hook, KernelEvent},
+    event::KernelEvent,
     kernel::tracer::netns_inum,
-    render::{Clock, Format},
-    watch::{history::Query, socket},
+    record::{ConnRecord, ConnStatus, DumpRecord, EventRecord, RecorderRecord},
+    render::{self, Clock, Format},
+    watch::{history::Query, recorder::Join, socket},
 };
 
-/// Rebuilds a kernel event from its JSON object (for the pcap file).
-pub fn event_from_json(v: &Value) -> Option<KernelEvent> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str);
-    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let flags = s("flags").map_or(0, |f| {
-        f.chars().fold(0u8, |acc, c| {
-            acc | match c {
-                'F' => 0x01,
-                'S' => 0x02,
-                'R' => 0x04,
-                'P' => 0x08,
-                '.' => 0x10,
-                'U' => 0x20,
-                'E' => 0x40,
-                'W' => 0x80,
-                _ => 0,
-            }
-        })
-    });
-    let dir = match s("dir") {
-        Some("in") => Some(Dir::In),
-        Some("out") => Some(Dir::Out),
-        _ => None,
-    };
-    let hook = match s("hook") {
-        Some("xdp") => Hook::Xdp,
-        Some("kfree_skb") => Hook::KfreeSkb,
-        _ => Hook::Tc,
-    };
-    let (src, dst, detail): (SocketAddr, SocketAddr, Detail) = match s("type")? {
-        "packet" => (
-            s("src")?.parse().ok()?,
-            s("dst")?.parse().ok()?,
-            Detail::Packet,
-        ),
-        "drop" => (
-            s("src")?.parse().ok()?,
-            s("dst")?.parse().ok()?,
-            Detail::Drop {
-                reason: u32::try_from(n("reason_code")).ok()?,
-            },
-        ),
-        "icmp" => (
-            s("inner_src")?.parse().ok()?,
-            s("inner_dst")?.parse().ok()?,
-            Detail::Icmp {
-                outer_src: s("src")?.parse().ok()?,
-                outer_dst: s("dst")?.parse().ok()?,
-                icmp_type: u8::try_from(n("icmp_type")).ok()?,
-                icmp_code: u8::try_from(n("icmp_code")).ok()?,
-            },
-        ),
-        _ => return None,
-    };
-    Some(KernelEvent {
-        ts_ns: n("ts_ns"),
-        ifindex: u32::try_from(n("ifindex")).unwrap_or(0),
-        hook,
-        dir,
-        src,
-        dst,
-        flags,
-        seq: u32::try_from(n(if matches!(detail, Detail::Icmp { .. }) {
-            "inner_seq"
-        } else {
-            "seq"
-        }))
-        .unwrap_or(0),
-        ack: u32::try_from(n("ack")).unwrap_or(0),
-        payload_len: u16::try_from(n("len")).unwrap_or(0),
-        detail,
-    })
+/// How long `dump` waits for the tripwire: connecting, sending the request, reading the answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn findings_text(c: &ConnRecord) -> String {
+    c.findings
+        .iter()
+        .filter_map(|f| serde_json::to_value(f).ok())
+        .filter_map(|v| v["kind"].as_str().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// One event object as a timeline line, its time relative to `base_ns`.
-fn event_line(v: &Value, base_ns: u64) -> String {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
-    let ts = v.get("ts_ns").and_then(Value::as_u64).unwrap_or(base_ns);
-    let rel = (i128::from(ts) - i128::from(base_ns)) as f64 / 1e9;
-    let iface = v.get("iface").and_then(Value::as_str).unwrap_or("-");
-    match s("type") {
-        "icmp" => format!(
-            "{rel:+10.6}s {iface:<10} {:<4} ICMP {} > {}: {} for {} > {}",
-            s("dir"),
-            s("src"),
-            s("dst"),
-            s("what"),
-            s("inner_src"),
-            s("inner_dst")
-        ),
-        "drop" => format!(
-            "{rel:+10.6}s {iface:<10} drop {} > {}: Flags [{}], seq {}, drop {}",
-            s("src"),
-            s("dst"),
-            s("flags"),
-            v["seq"],
-            s("reason")
-        ),
-        _ => format!(
-            "{rel:+10.6}s {iface:<10} {:<4} {} > {}: Flags [{}], seq {}{}",
-            s("dir"),
-            s("src"),
-            s("dst"),
-            s("flags"),
-            v["seq"],
-            if s("flags").contains('.') {
-                format!(", ack {}", v["ack"])
-            } else {
-                String::new()
-            }
-        ),
-    }
-}
-
-fn findings_text(c: &Value) -> String {
-    c["findings"]
-        .as_array()
-        .map(|fs| {
-            fs.iter()
-                .filter_map(|f| f["kind"].as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
-}
-
-pub fn timeline_text(c: &Value) -> String {
-    let base = c["start_ns"].as_u64().unwrap_or(0);
-    let status = match (c["status"].as_str(), c["step"].as_u64()) {
-        (Some("fail"), Some(step)) => format!("FAIL at step {step} ({})", findings_text(c)),
-        (Some(s), _) => s.to_owned(),
-        _ => String::new(),
+/// A connection's timeline: a header line, then its client leg and backend leg, each event as
+/// `trace` prints it, times relative to the connection's start.
+pub fn timeline_text(c: &ConnRecord) -> String {
+    let base = Some(c.start_ns);
+    let clock = Clock::new();
+    let line =
+        |e: &EventRecord| render::record_text(e, &render::time_text(e.ts_ns(), &clock, base));
+    let status = match (c.status, c.step) {
+        (ConnStatus::Fail, Some(step)) => {
+            format!("FAIL at step {} ({})", step.number(), findings_text(c))
+        }
+        (ConnStatus::Fail, None) => "fail".to_owned(),
+        (ConnStatus::Ok, _) => "ok".to_owned(),
+        (ConnStatus::Open, _) => "open".to_owned(),
     };
     let mut out = format!(
         "#{} {} > {}  {}  started {}, {:.1} ms\n",
-        c["id"],
-        c["client"].as_str().unwrap_or(""),
-        c["vip"].as_str().unwrap_or(""),
-        status,
-        c["start"].as_str().unwrap_or(""),
-        c["duration_ms"].as_f64().unwrap_or(0.0)
+        c.id, c.client, c.vip, status, c.start, c.duration_ms
     );
     out.push_str("  client leg:\n");
-    for e in c["client_leg"].as_array().into_iter().flatten() {
-        out.push_str(&format!("    {}\n", event_line(e, base)));
+    for e in &c.client_leg {
+        out.push_str(&format!("    {}\n", line(e)));
     }
-    match c.get("backend_leg").filter(|b| !b.is_null()) {
+    match &c.backend_leg {
         Some(b) => {
             out.push_str(&format!(
-                "  backend leg {} > {} (joined by {}{}):\n",
-                b["lb"].as_str().unwrap_or(""),
-                b["backend"].as_str().unwrap_or(""),
-                b["join"].as_str().unwrap_or(""),
-                if b["join"] == "inferred" {
-                    ": the LB's own connection, matched by time"
-                } else {
-                    ": the client's ISN"
+                "  backend leg {} > {} (joined by {}):\n",
+                b.lb,
+                b.backend,
+                match b.join {
+                    Join::Inferred => "inferred: the LB's own connection, matched by time",
+                    Join::Isn => "isn: the client's ISN",
                 }
             ));
-            for e in b["events"].as_array().into_iter().flatten() {
-                out.push_str(&format!("    {}\n", event_line(e, base)));
+            for e in &b.events {
+                out.push_str(&format!("    {}\n", line(e)));
             }
         }
         None => out.push_str("  backend leg: none seen\n"),
     }
-    if c["truncated_events"].as_u64().unwrap_or(0) > 0 {
+    if c.truncated_events > 0 {
         out.push_str(&format!(
             "  ({} more events not kept)\n",
-            c["truncated_events"]
+            c.truncated_events
         ));
     }
     out
@@ -200,7 +88,7 @@ fn permission_denied(path: &std::path::Path) -> anyhow::Error {
     )
 }
 
-async fn request(path: &PathBuf, q: &Query) -> Result<Value> {
+async fn request(path: &PathBuf, q: &Query) -> Result<DumpRecord> {
     let mut s = UnixStream::connect(path).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {
             permission_denied(path)
@@ -227,7 +115,23 @@ async fn request(path: &PathBuf, q: &Query) -> Result<Value> {
             v["error"].as_str().unwrap_or("?")
         );
     }
-    Ok(v)
+    if v["type"] != "dump" {
+        bail!("the tripwire's answer is not a dump: {}", v["type"]);
+    }
+    serde_json::from_value(v).context("the tripwire's answer is not a dump")
+}
+
+/// [`request`], given up after `timeout`.
+async fn request_within(path: &PathBuf, q: &Query, timeout: Duration) -> Result<DumpRecord> {
+    tokio::time::timeout(timeout, request(path, q))
+        .await
+        .unwrap_or_else(|_| {
+            bail!(
+                "the tripwire at {} did not answer within {} s: it is stalled or overloaded; try again, and look at its health lines",
+                path.display(),
+                timeout.as_secs()
+            )
+        })
 }
 
 pub async fn run(args: &DumpArgs) -> Result<u8> {
@@ -252,30 +156,32 @@ pub async fn run(args: &DumpArgs) -> Result<u8> {
         backend: args.backend.map(|b| b.to_string()),
         failed: args.failed,
     };
-    let v = request(&path, &q).await?;
-    let conns = v["connections"].as_array().cloned().unwrap_or_default();
+    let d = request_within(&path, &q, ANSWER_TIMEOUT).await?;
+    let conns = &d.connections;
     match args.format {
         Format::Json => {
-            for c in &conns {
-                println!("{c}");
+            for c in conns {
+                println!("{}", serde_json::to_string(c)?);
             }
             println!(
                 "{}",
-                serde_json::json!({"type": "recorder", "recorder": v["recorder"]})
+                serde_json::to_string(&RecorderRecord {
+                    recorder: d.recorder
+                })?
             );
         }
         Format::Text => {
-            for c in &conns {
+            for c in conns {
                 println!("{}", timeline_text(c));
             }
-            let r = &v["recorder"];
+            let r = &d.recorder;
             println!(
                 "{} connection(s) shown; the recorder holds {} of at most {} ({} KiB), {} evicted",
                 conns.len(),
-                r["entries"],
-                r["limit"],
-                r["bytes"].as_u64().unwrap_or(0) / 1024,
-                r["evicted"]
+                r.entries,
+                r.limit,
+                r.bytes / 1024,
+                r.evicted
             );
         }
     }
@@ -283,24 +189,16 @@ pub async fn run(args: &DumpArgs) -> Result<u8> {
         let mut evs: Vec<KernelEvent> = conns
             .iter()
             .flat_map(|c| {
-                let mut v: Vec<Value> = c["client_leg"].as_array().cloned().unwrap_or_default();
-                v.extend(
-                    c["backend_leg"]["events"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                v
+                c.client_leg
+                    .iter()
+                    .chain(c.backend_leg.iter().flat_map(|b| &b.events))
             })
-            .filter_map(|e| event_from_json(&e))
+            .filter_map(EventRecord::to_event)
             .collect();
         evs.sort_by_key(|e| e.ts_ns);
         let refs: Vec<&KernelEvent> = evs.iter().collect();
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        );
-        crate::pcap::write(&mut f, &refs, &Clock::new())
-            .with_context(|| format!("writing {}", p.display()))?;
+        crate::pcap::write_file(p, &refs, &Clock::new())
+            .with_context(|| format!("--pcap {}", p.display()))?;
         eprintln!("lbtrace: wrote {} packets to {}", refs.len(), p.display());
     }
     Ok(0)
@@ -308,19 +206,100 @@ pub async fn run(args: &DumpArgs) -> Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{kernel::btf::DropReasons, render::IfNames, testutil::pkt};
+    use lbtrace_common::tcp_flag::{ACK, RST, SYN};
 
+    use super::*;
+    use crate::{
+        event::Dir,
+        kernel::btf::DropReasons,
+        render::IfNames,
+        testutil::{drop, pkt},
+        watch::recorder::Finding,
+    };
+
+    /// `dump`'s timeline lines are `trace`'s lines, times relative to the connection's start.
     #[test]
-    fn event_objects_round_trip_for_the_pcap() {
-        let ev = pkt(5, Dir::Out, "10.0.0.10:80", "10.0.0.5:4000", 0x12, 77, 1001);
-        let v = crate::render::event_json(
-            &ev,
-            &Clock::new(),
-            &mut IfNames::default(),
-            &DropReasons::default(),
+    fn timelines_use_the_trace_lines() {
+        let clock = Clock::new();
+        let reasons = DropReasons::from_pairs(&[(2, "NO_SOCKET")]);
+        let evs = [
+            pkt(1000, Dir::In, "10.0.0.5:4000", "10.0.0.10:80", SYN, 77, 0),
+            drop(1000, "10.0.0.5:4000", "10.0.0.10:80", SYN, 77, 2),
+            pkt(
+                1001,
+                Dir::Out,
+                "10.0.0.10:80",
+                "10.0.0.5:4000",
+                RST | ACK,
+                0,
+                78,
+            ),
+        ];
+        let mut names = IfNames::default();
+        names.insert(2, "eth0".into());
+        let c = ConnRecord {
+            id: 7,
+            vip: "10.0.0.10:80".parse().unwrap(),
+            client: "10.0.0.5:4000".parse().unwrap(),
+            start: clock.rfc3339(evs[0].ts_ns),
+            start_ns: evs[0].ts_ns,
+            duration_ms: 1.0,
+            step: Some(crate::checklist::Step::LbHandling),
+            status: ConnStatus::Fail,
+            findings: vec![Finding::NoListener],
+            client_leg: evs
+                .iter()
+                .map(|e| EventRecord::of(e, &clock, &mut names, &reasons))
+                .collect(),
+            backend_leg: None,
+            truncated_events: 0,
+        };
+        let text = timeline_text(&c);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("#7 10.0.0.5:4000 > 10.0.0.10:80  FAIL at step 2 (no_listener)"),
+            "{text}"
         );
-        let back = event_from_json(&v).unwrap();
-        assert_eq!(back, KernelEvent { ifindex: 2, ..ev });
+        for (i, e) in evs.iter().enumerate() {
+            let trace = render::event_text(e, &clock, &mut names, &reasons, Some(c.start_ns));
+            assert_eq!(lines[2 + i], format!("    {trace}"));
+        }
+        assert_eq!(
+            lines[3],
+            "     +0.000000s eth0       drop    10.0.0.5:4000 > 10.0.0.10:80: Flags [S], seq 77, length 0, drop NO_SOCKET"
+        );
+        assert_eq!(lines[5], "  backend leg: none seen");
+    }
+
+    /// A tripwire that accepts the connection and never answers: `dump` gives up after its
+    /// timeout with one line that says so.
+    #[tokio::test]
+    async fn a_silent_tripwire_times_out_with_a_clear_message() {
+        let path = std::env::temp_dir().join(format!(
+            "lbtrace-dump-test-{}-{}.sock",
+            std::process::id(),
+            Clock::monotonic_ns()
+        ));
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let silent = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            std::mem::drop(conn);
+        });
+        let started = std::time::Instant::now();
+        let err = request_within(&path, &Query::default(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        let msg = crate::one_line(&err);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            msg.starts_with(&format!(
+                "the tripwire at {} did not answer within",
+                path.display()
+            )) && !msg.contains('\n'),
+            "{msg}"
+        );
+        silent.abort();
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use lbtrace_common::{EVENT_SIZE, Event, family, hook, kind, tcp_flag};
 
 /// Where a packet was seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
     Tc,
@@ -16,7 +16,7 @@ pub enum Hook {
     KfreeSkb,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dir {
     In,
@@ -55,6 +55,42 @@ pub struct KernelEvent {
     pub ack: u32,
     pub payload_len: u16,
     pub detail: Detail,
+}
+
+impl KernelEvent {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// A connection's first packet: SYN without ACK.
+    pub fn is_syn(&self) -> bool {
+        self.has(tcp_flag::SYN) && !self.has(tcp_flag::ACK)
+    }
+
+    /// The answer to a SYN: SYN and ACK.
+    pub fn is_syn_ack(&self) -> bool {
+        self.has(tcp_flag::SYN) && self.has(tcp_flag::ACK)
+    }
+
+    /// Either of the two above: the SYN flag, with or without ACK.
+    pub fn has_syn(&self) -> bool {
+        self.has(tcp_flag::SYN)
+    }
+
+    /// RST set (with or without ACK).
+    pub fn is_rst(&self) -> bool {
+        self.has(tcp_flag::RST)
+    }
+
+    /// FIN set (with or without ACK).
+    pub fn is_fin(&self) -> bool {
+        self.has(tcp_flag::FIN)
+    }
+
+    /// ACK set: `ack` means something.
+    pub fn has_ack(&self) -> bool {
+        self.has(tcp_flag::ACK)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -121,29 +157,42 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
     })
 }
 
+/// The TCP flags in tcpdump's order and letters (ACK, `.`, is written last).
+const FLAG_LETTERS: [(u8, char); 8] = [
+    (tcp_flag::FIN, 'F'),
+    (tcp_flag::SYN, 'S'),
+    (tcp_flag::RST, 'R'),
+    (tcp_flag::PSH, 'P'),
+    (tcp_flag::URG, 'U'),
+    (tcp_flag::ECE, 'E'),
+    (tcp_flag::CWR, 'W'),
+    (tcp_flag::ACK, '.'),
+];
+
 /// TCP flags in tcpdump's notation: `S`, `S.`, `R.`, `FP.` ...
 pub fn flags_str(flags: u8) -> String {
-    let mut s = String::with_capacity(6);
-    for (bit, c) in [
-        (tcp_flag::FIN, 'F'),
-        (tcp_flag::SYN, 'S'),
-        (tcp_flag::RST, 'R'),
-        (tcp_flag::PSH, 'P'),
-        (tcp_flag::URG, 'U'),
-        (tcp_flag::ECE, 'E'),
-        (tcp_flag::CWR, 'W'),
-    ] {
-        if flags & bit != 0 {
-            s.push(c);
-        }
-    }
-    if flags & tcp_flag::ACK != 0 {
-        s.push('.');
-    }
+    let mut s: String = FLAG_LETTERS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, c)| *c)
+        .collect();
     if s.is_empty() {
         s.push_str("none");
     }
     s
+}
+
+/// The inverse of [`flags_str`]; `None` for a letter it never writes.
+pub fn flags_from_str(s: &str) -> Option<u8> {
+    if s == "none" {
+        return Some(0);
+    }
+    s.chars().try_fold(0u8, |acc, c| {
+        FLAG_LETTERS
+            .iter()
+            .find(|(_, l)| *l == c)
+            .map(|(bit, _)| acc | bit)
+    })
 }
 
 /// What an ICMP / ICMPv6 error means, in words.
@@ -265,6 +314,20 @@ mod tests {
     }
 
     #[test]
+    fn flag_predicates() {
+        use tcp_flag::*;
+        let with = |flags| decode(&record(|ev| ev.tcp_flags = flags)).unwrap();
+        let syn = with(SYN);
+        assert!(syn.is_syn() && syn.has_syn() && !syn.is_syn_ack() && !syn.has_ack());
+        let syn_ack = with(SYN | ACK);
+        assert!(!syn_ack.is_syn() && syn_ack.has_syn() && syn_ack.is_syn_ack());
+        let rst = with(RST | ACK);
+        assert!(rst.is_rst() && !rst.is_fin() && !rst.has_syn() && rst.has_ack());
+        let fin = with(FIN | PSH | ACK);
+        assert!(fin.is_fin() && !fin.is_rst());
+    }
+
+    #[test]
     fn flags_use_tcpdump_notation() {
         use tcp_flag::*;
         assert_eq!(flags_str(SYN), "S");
@@ -274,5 +337,10 @@ mod tests {
         assert_eq!(flags_str(FIN | ACK), "F.");
         assert_eq!(flags_str(FIN | PSH | ACK), "FP.");
         assert_eq!(flags_str(ACK), ".");
+        assert_eq!(flags_str(0), "none");
+        for f in 0..=u8::MAX {
+            assert_eq!(flags_from_str(&flags_str(f)), Some(f), "{f:#x}");
+        }
+        assert_eq!(flags_from_str("S?"), None);
     }
 }

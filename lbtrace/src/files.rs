@@ -172,12 +172,12 @@ mod tests {
         let f = sticky.join("capture.pcap");
         write_private(&f, b"1").unwrap();
         assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
-        let again = write_private(&f, b"2").unwrap_err().to_string();
+        let again = format!("{:#}", write_private(&f, b"2").unwrap_err());
         assert!(again.contains("already exists"), "{again}");
         assert_eq!(fs::read_to_string(&f).unwrap(), "1");
 
         let open = tempdir(0o777);
-        let e = check_target(&open.join("x")).unwrap_err().to_string();
+        let e = format!("{:#}", check_target(&open.join("x")).unwrap_err());
         assert!(e.contains("not sticky"), "{e}");
         fs::remove_dir_all(&sticky).unwrap();
         fs::remove_dir_all(&open).unwrap();
@@ -185,9 +185,10 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_named() {
-        let e = check_target(Path::new("/nonexistent-lbtrace-dir/ready"))
-            .unwrap_err()
-            .to_string();
+        let e = format!(
+            "{:#}",
+            check_target(Path::new("/nonexistent-lbtrace-dir/ready")).unwrap_err()
+        );
         assert!(e.contains("/nonexistent-lbtrace-dir"), "{e}");
     }
 

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod check;
+pub mod checklist;
 pub mod cli;
 pub mod doctor;
 pub mod dump;
@@ -22,6 +23,7 @@ pub mod kernel;
 pub mod netif;
 pub mod pcap;
 pub mod probe;
+pub mod record;
 pub mod render;
 pub mod session;
 pub mod trace;

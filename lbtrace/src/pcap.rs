@@ -131,6 +131,17 @@ pub fn packet_bytes(ev: &KernelEvent) -> Vec<u8> {
     }
 }
 
+/// Writes the pcap file `path` (mode 0600, never through a symbolic link: see [`crate::files`]).
+pub fn write_file(
+    path: &std::path::Path,
+    events: &[&KernelEvent],
+    clock: &Clock,
+) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    write(&mut bytes, events, clock)?;
+    crate::files::write_private(path, &bytes)
+}
+
 /// Writes a pcap file of `events`.
 pub fn write(out: &mut impl Write, events: &[&KernelEvent], clock: &Clock) -> io::Result<()> {
     // Global header: magic (microseconds), version 2.4, snaplen, link type.

@@ -4,11 +4,12 @@
 
 use std::{collections::HashMap, io::Write};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
-    event::{Detail, Dir, Hook, KernelEvent, flags_str, icmp_what},
+    event::{Dir, Hook, KernelEvent},
     kernel::btf::DropReasons,
+    record::{EventRecord, Tcp},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -106,43 +107,27 @@ pub fn event_json(
     ifnames: &mut IfNames,
     reasons: &DropReasons,
 ) -> Value {
-    let iface = ifnames.name(ev.ifindex);
-    let hook = match ev.hook {
-        Hook::Tc => "tc",
-        Hook::Xdp => "xdp",
-        Hook::KfreeSkb => "kfree_skb",
-    };
-    let dir = ev.dir.map(|d| match d {
-        Dir::In => "in",
-        Dir::Out => "out",
-    });
-    match &ev.detail {
-        Detail::Packet => json!({
-            "type": "packet", "time": clock.rfc3339(ev.ts_ns), "ts_ns": ev.ts_ns,
-            "iface": iface, "ifindex": ev.ifindex, "hook": hook, "dir": dir,
-            "src": ev.src.to_string(), "dst": ev.dst.to_string(), "flags": flags_str(ev.flags),
-            "seq": ev.seq, "ack": ev.ack, "len": ev.payload_len,
-        }),
-        Detail::Icmp {
-            outer_src,
-            outer_dst,
-            icmp_type,
-            icmp_code,
-        } => json!({
-            "type": "icmp", "time": clock.rfc3339(ev.ts_ns), "ts_ns": ev.ts_ns,
-            "iface": iface, "ifindex": ev.ifindex, "hook": hook, "dir": dir,
-            "src": outer_src.to_string(), "dst": outer_dst.to_string(),
-            "icmp_type": icmp_type, "icmp_code": icmp_code,
-            "what": icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code),
-            "inner_src": ev.src.to_string(), "inner_dst": ev.dst.to_string(), "inner_seq": ev.seq,
-        }),
-        Detail::Drop { reason } => json!({
-            "type": "drop", "time": clock.rfc3339(ev.ts_ns), "ts_ns": ev.ts_ns,
-            "iface": iface, "ifindex": ev.ifindex, "hook": hook,
-            "reason": reasons.name(*reason), "reason_code": reason,
-            "src": ev.src.to_string(), "dst": ev.dst.to_string(), "flags": flags_str(ev.flags),
-            "seq": ev.seq, "ack": ev.ack, "len": ev.payload_len,
-        }),
+    serde_json::to_value(EventRecord::of(ev, clock, ifnames, reasons)).unwrap_or(Value::Null)
+}
+
+/// The time column of a text line: relative to `base_ns` when given (evidence in reports and
+/// timelines), else wall-clock time of day.
+pub fn time_text(ts_ns: u64, clock: &Clock, base_ns: Option<u64>) -> String {
+    match base_ns {
+        Some(b) => format!(
+            "{:+10.6}s",
+            (i128::from(ts_ns) - i128::from(b)) as f64 / 1e9
+        ),
+        None => {
+            let t = clock.wall(ts_ns);
+            format!(
+                "{:02}:{:02}:{:02}.{:06}",
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.microsecond()
+            )
+        }
     }
 }
 
@@ -155,63 +140,44 @@ pub fn event_text(
     reasons: &DropReasons,
     base_ns: Option<u64>,
 ) -> String {
-    let time = match base_ns {
-        Some(b) => format!(
-            "{:+10.6}s",
-            (i128::from(ev.ts_ns) - i128::from(b)) as f64 / 1e9
-        ),
-        None => {
-            let t = clock.wall(ev.ts_ns);
-            format!(
-                "{:02}:{:02}:{:02}.{:06}",
-                t.hour(),
-                t.minute(),
-                t.second(),
-                t.microsecond()
-            )
-        }
+    record_text(
+        &EventRecord::of(ev, clock, ifnames, reasons),
+        &time_text(ev.ts_ns, clock, base_ns),
+    )
+}
+
+/// The tcpdump-like text line of an event record, after the time column `time`.
+pub fn record_text(rec: &EventRecord, time: &str) -> String {
+    let iface = rec.iface().unwrap_or("-");
+    let dir = match rec {
+        EventRecord::Packet(p) => p.dir,
+        EventRecord::Icmp(i) => i.dir,
+        EventRecord::Drop(_) => None,
     };
-    let iface = ifnames.name(ev.ifindex).unwrap_or_else(|| "-".to_owned());
-    let dir = match (ev.hook, ev.dir) {
+    let dir = match (rec.seen().hook, dir) {
         (Hook::Xdp, _) => "in(xdp)",
         (_, Some(Dir::In)) => "in",
         (_, Some(Dir::Out)) => "out",
         (_, None) => "drop",
     };
-    let tcp = |ev: &KernelEvent| {
-        let mut s = format!(
-            "{} > {}: Flags [{}], seq {}",
-            ev.src,
-            ev.dst,
-            flags_str(ev.flags),
-            ev.seq
-        );
-        if ev.flags & lbtrace_common::tcp_flag::ACK != 0 {
-            s.push_str(&format!(", ack {}", ev.ack));
+    let tcp = |t: &Tcp| {
+        let mut s = format!("{} > {}: Flags [{}], seq {}", t.src, t.dst, t.flags, t.seq);
+        if t.flags.contains('.') {
+            s.push_str(&format!(", ack {}", t.ack));
         }
-        s.push_str(&format!(", length {}", ev.payload_len));
+        s.push_str(&format!(", length {}", t.len));
         s
     };
-    match &ev.detail {
-        Detail::Packet => format!("{time} {iface:<10} {dir:<7} {}", tcp(ev)),
-        Detail::Drop { reason } => {
-            format!(
-                "{time} {iface:<10} {dir:<7} {}, drop {}",
-                tcp(ev),
-                reasons.name(*reason)
-            )
-        }
-        Detail::Icmp {
-            outer_src,
-            outer_dst,
-            icmp_type,
-            icmp_code,
-        } => format!(
-            "{time} {iface:<10} {dir:<7} ICMP {outer_src} > {outer_dst}: {} (type {icmp_type} code {icmp_code}) for {} > {} seq {}",
-            icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code),
-            ev.src,
-            ev.dst,
-            ev.seq
+    match rec {
+        EventRecord::Packet(p) => format!("{time} {iface:<10} {dir:<7} {}", tcp(&p.tcp)),
+        EventRecord::Drop(d) => format!(
+            "{time} {iface:<10} {dir:<7} {}, drop {}",
+            tcp(&d.tcp),
+            d.reason
+        ),
+        EventRecord::Icmp(i) => format!(
+            "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",
+            i.src, i.dst, i.what, i.icmp_type, i.icmp_code, i.inner_src, i.inner_dst, i.inner_seq
         ),
     }
 }

@@ -5,31 +5,39 @@
 //! Exit codes: 0 no step fails and none is unknown; 1 a step fails; 3 none fails, some unknown;
 //! 2 the check could not run.
 
+pub mod observe;
 pub mod report;
 pub mod verdict;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+use tokio::task::JoinHandle;
 
 use crate::{
-    cli::{CheckArgs, FilterArgs},
+    cli::{CheckArgs, DEFAULT_RING_MIB, FilterArgs},
     event::KernelEvent,
-    kernel::{self, Tracer},
+    kernel::{self, Tracer, btf::DropReasons},
     probe::{self, HttpSpec, ProbeReport, ProbeSpec, TcpOutcome, TlsSpec},
     render::Clock,
     session,
 };
+use observe::ProbeResults;
 use verdict::{Facts, ProbeFacts, Status, TcpResult};
 
 /// Everything a check collected, for the report.
 pub struct Collected {
+    /// The kernel events kept, in time order.
     pub events: Vec<KernelEvent>,
     pub probes: Vec<ProbeReport>,
     pub vip_probe: Option<ProbeReport>,
     pub window: Duration,
     pub counters: kernel::counters::Counters,
     pub data_drops: Vec<(String, u64)>,
+    /// The most events a check keeps ([`observe::MAX_EVENTS`]).
+    pub events_cap: usize,
+    /// Events that arrived once `events_cap` were kept.
+    pub events_not_kept: u64,
 }
 
 pub fn facts_of(p: &ProbeReport) -> ProbeFacts {
@@ -50,6 +58,41 @@ pub fn facts_of(p: &ProbeReport) -> ProbeFacts {
         tcp,
         why,
         http_status,
+    }
+}
+
+/// The probes' reports reduced to what the verdict engine uses.
+pub struct ProbeSet {
+    pub backends: Vec<ProbeFacts>,
+    pub vip: Option<ProbeFacts>,
+}
+
+impl ProbeSet {
+    pub fn of(backends: &[ProbeReport], vip: Option<&ProbeReport>) -> Self {
+        Self {
+            backends: backends.iter().map(facts_of).collect(),
+            vip: vip.map(facts_of),
+        }
+    }
+}
+
+/// The facts the verdict engine judges, from the arguments, the probes and the events so far.
+pub fn facts<'a>(
+    args: &'a CheckArgs,
+    probes: &'a ProbeSet,
+    events: &'a [KernelEvent],
+    window: Duration,
+    reasons: &'a DropReasons,
+) -> Facts<'a> {
+    Facts {
+        vip: args.vip,
+        backends: &args.backend,
+        client: args.client,
+        events,
+        probes: &probes.backends,
+        vip_probe: probes.vip.as_ref(),
+        window_secs: window.as_secs_f64(),
+        reasons,
     }
 }
 
@@ -74,13 +117,8 @@ fn spec(args: &CheckArgs, target: SocketAddr, is_vip: bool) -> ProbeSpec {
     }
 }
 
-/// Ends the observation early once every step has its verdict and all pass.
-fn all_pass(f: &Facts<'_>) -> bool {
-    let v = verdict::judge(f);
-    v.steps.iter().all(|s| s.status == Status::Pass)
-}
-
-pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
+/// The VIP as ADDR:PORT; the arguments check needs and `clap` cannot check.
+fn vip_addr(args: &CheckArgs) -> Result<SocketAddr> {
     let vip = args.vip;
     let Some(vip_port) = vip.port else {
         bail!(
@@ -91,149 +129,118 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
     if let Some(b) = args.backend.iter().find(|b| b.port.is_none()) {
         bail!("--backend {b} has no port: check probes backends, give ADDR:PORT");
     }
+    Ok(SocketAddr::new(vip.addr, vip_port))
+}
+
+/// Starts every probe (backends concurrently, then the VIP); their SYNs are in the kernel
+/// events too.
+fn spawn_probes(args: &CheckArgs, vip: SocketAddr) -> JoinHandle<ProbeResults> {
+    let backend_specs: Vec<ProbeSpec> = args
+        .backend
+        .iter()
+        .map(|b| spec(args, SocketAddr::new(b.addr, b.port.unwrap_or(0)), false))
+        .collect();
+    let vip_spec = spec(args, vip, true);
+    tokio::spawn(async move {
+        let backend = futures_join(backend_specs).await;
+        let vip = probe::run(&vip_spec).await;
+        (backend, vip)
+    })
+}
+
+/// Writes the kept events to a pcap file for the teams who own the network.
+fn write_pcap(path: &Path, events: &[KernelEvent], clock: &Clock) -> Result<()> {
+    let evs: Vec<&KernelEvent> = events.iter().collect();
+    crate::pcap::write_file(path, &evs, clock)
+        .with_context(|| format!("--pcap {}", path.display()))?;
+    eprintln!(
+        "lbtrace: wrote {} packets of evidence to {}",
+        evs.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<u8> {
+    let vip = vip_addr(&args)?;
     kernel::preflight::check()?;
+    // Every file is checked before anything is loaded.
+    session::check_ready_file(args.ready_file.as_deref())?;
+    if let Some(p) = &args.pcap {
+        crate::files::check_target(p).with_context(|| format!("--pcap {}", p.display()))?;
+    }
     let filter = FilterArgs {
-        vip: vec![vip],
+        vip: vec![args.vip],
         backend: args.backend.clone(),
         iface: args.iface.clone(),
         xdp: args.xdp,
-        ring_size: 8,
+        ring_size: DEFAULT_RING_MIB,
     };
     let cfg = session::tracer_config(&filter)?;
     let mut tracer = Tracer::start(&cfg)?;
     let mut rings = tracer.rings()?;
     session::announce(&tracer);
     session::write_ready_file(args.ready_file.as_deref())?;
-
-    // The probes run while the window is open; their SYNs are in the kernel events too.
-    let backend_specs: Vec<ProbeSpec> = args
-        .backend
-        .iter()
-        .map(|b| spec(&args, SocketAddr::new(b.addr, b.port.unwrap_or(0)), false))
-        .collect();
-    let vip_spec = spec(&args, SocketAddr::new(vip.addr, vip_port), true);
-    let probes = tokio::spawn(async move {
-        let backend = futures_join(backend_specs).await;
-        let vip = probe::run(&vip_spec).await;
-        (backend, vip)
-    });
+    let probes = spawn_probes(&args, vip);
 
     let who = args
         .client
         .map_or_else(String::new, |c| format!(" from {c}"));
     eprintln!(
-        "lbtrace: waiting for client connections to {vip}{who} - connect from a client in another subnet now (telnet {} {vip_port}); observing for {}",
-        vip.addr,
+        "lbtrace: waiting for client connections to {}{who} - connect from a client in another subnet now (telnet {} {}); observing for {}",
+        args.vip,
+        vip.ip(),
+        vip.port(),
         humantime::format_duration(args.observe)
     );
     let clock = Clock::new();
     let started = tokio::time::Instant::now();
-    let mut events: Vec<KernelEvent> = Vec::new();
-    let mut decode_errors = 0;
-    let mut probes_done: Option<(Vec<ProbeReport>, ProbeReport)> = None;
-    let mut probes = Some(probes);
-    let mut last_progress = started;
     let reasons = tracer.reasons.clone();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep_until(started + args.observe) => break,
-            r = async { probes.as_mut().expect("polled only while pending").await }, if probes.is_some() => {
-                probes = None;
-                probes_done = Some(r.context("the probe task failed")?);
-            }
-            () = rings.wait() => {
-                events.extend(session::drain(&mut rings, &mut decode_errors));
-            }
-        }
-        if last_progress.elapsed() >= Duration::from_secs(2) {
-            last_progress = tokio::time::Instant::now();
-            let vip_sa = SocketAddr::new(vip.addr, vip_port);
-            let syns = events
-                .iter()
-                .filter(|e| {
-                    e.dst == vip_sa
-                        && e.flags & lbtrace_common::tcp_flag::SYN != 0
-                        && e.flags & lbtrace_common::tcp_flag::ACK == 0
-                })
-                .count();
-            eprintln!(
-                "lbtrace: {:>3.0} s: {syns} client SYN(s) to {vip} so far, backend probes {}",
-                started.elapsed().as_secs_f64(),
-                if probes_done.is_some() {
-                    "done"
-                } else {
-                    "running"
-                }
-            );
-        }
-        if let Some((bp, vp)) = &probes_done {
-            let facts: Vec<ProbeFacts> = bp.iter().map(facts_of).collect();
-            let vf = facts_of(vp);
-            let f = Facts {
-                vip,
-                backends: &args.backend,
-                client: args.client,
-                events: &events,
-                probes: &facts,
-                vip_probe: Some(&vf),
-                window_secs: started.elapsed().as_secs_f64(),
-                reasons: &reasons,
-            };
-            if all_pass(&f) {
-                break;
-            }
-        }
-    }
+    let mut decode_errors = 0;
+    let observed = observe::observe(
+        &args,
+        vip,
+        started,
+        &mut rings,
+        probes,
+        &reasons,
+        &mut decode_errors,
+        shutdown,
+    )
+    .await?;
     // Probes still running when the window closes are given their own timeout to finish.
-    if let Some(p) = probes.take() {
-        probes_done = Some(p.await.context("the probe task failed")?);
-    }
+    let (probe_reports, vip_probe) = match (observed.probes, observed.pending) {
+        (Some(done), _) => done,
+        (None, Some(p)) => p.await.context("the probe task failed")?,
+        (None, None) => bail!("probes did not run"),
+    };
     tracer.detach();
-    events.extend(session::drain(&mut rings, &mut decode_errors));
-    events.sort_by_key(|e| e.ts_ns);
-    let (probe_reports, vip_probe) = probes_done.context("probes did not run")?;
+    let mut log = observed.log;
+    log.extend(session::drain(&mut rings, &mut decode_errors));
     let collected = Collected {
-        events,
+        events_cap: log.cap(),
+        events_not_kept: log.not_kept(),
+        events: log.into_sorted(),
         probes: probe_reports,
         vip_probe: Some(vip_probe),
         window: started.elapsed(),
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),
     };
-    let facts: Vec<ProbeFacts> = collected.probes.iter().map(facts_of).collect();
-    let vip_facts = collected.vip_probe.as_ref().map(facts_of);
-    let f = Facts {
-        vip,
-        backends: &args.backend,
-        client: args.client,
-        events: &collected.events,
-        probes: &facts,
-        vip_probe: vip_facts.as_ref(),
-        window_secs: collected.window.as_secs_f64(),
-        reasons: &reasons,
-    };
-    let v = verdict::judge(&f);
-    if let Some(path) = &args.pcap {
-        let mut file = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        let evs: Vec<&KernelEvent> = collected.events.iter().collect();
-        crate::pcap::write(&mut file, &evs, &clock)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
-            "lbtrace: wrote {} packets of evidence to {}",
-            evs.len(),
-            path.display()
-        );
-    }
+    let probes = ProbeSet::of(&collected.probes, collected.vip_probe.as_ref());
+    let v = verdict::judge(&facts(
+        &args,
+        &probes,
+        &collected.events,
+        collected.window,
+        &reasons,
+    ));
     let mut ifnames = crate::render::IfNames::default();
     for l in &cfg.ifaces {
         ifnames.insert(l.ifindex, l.name.clone());
     }
     let ctx = report::Ctx {
-        vip,
+        vip: args.vip,
         collected: &collected,
         verdict: &v,
         clock: &clock,
@@ -241,6 +248,10 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         ifnames,
     };
     report::print(ctx, args.format);
+    // After the report: a capture that cannot be written must not cost the verdict.
+    if let Some(path) = &args.pcap {
+        write_pcap(path, &collected.events, &clock)?;
+    }
     Ok(exit_code(&v))
 }
 
@@ -253,17 +264,13 @@ async fn futures_join(specs: Vec<ProbeSpec>) -> Vec<ProbeReport> {
         .collect();
     let mut out = Vec::with_capacity(handles.len());
     for (h, s) in handles.into_iter().zip(specs) {
-        out.push(h.await.unwrap_or_else(|e| ProbeReport {
-            target: s.target,
-            local: None,
-            started_ns: 0,
-            ended_ns: 0,
-            tcp: TcpOutcome::Error {
-                error: format!("the probe task failed: {e}"),
-            },
-            tls: None,
-            http: None,
-        }));
+        match h.await {
+            Ok(r) => out.push(r),
+            // A bug in lbtrace is never a verdict about a backend: the panic goes on up and
+            // ends the check with an error (exit 2).
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("the probe of {} was cancelled: {e}", s.target),
+        }
     }
     out
 }

@@ -5,9 +5,13 @@ use serde_json::{Value, json};
 
 use super::{
     Collected,
-    verdict::{Mode, Status, Verdict},
+    verdict::{
+        BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, LbToBackend, Mode,
+        Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict, flow::ReasonCounts,
+    },
 };
 use crate::{
+    checklist::DropClass,
     endpoint::Endpoint,
     kernel::btf::DropReasons,
     probe::{HttpOutcome, ProbeReport},
@@ -82,8 +86,8 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         .iter()
         .map(|s| {
             let mut o = json!({
-                "step": s.step, "name": s.name, "status": status_str(s.status), "summary": s.summary,
-                "next": s.next, "evidence": ev_json(&s.evidence, &mut ctx.ifnames),
+                "step": s.step, "name": s.step.name(), "status": status_str(s.status), "summary": summary(s),
+                "next": next(s), "evidence": ev_json(&s.evidence, &mut ctx.ifnames),
             });
             if let Some(b) = s.blocked_by {
                 o["blocked_by"] = json!(b);
@@ -102,7 +106,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
                 "tcp": p.map(|p| p.tcp.name()),
                 "http_status": p.and_then(http_status),
                 "tls": p.and_then(|p| p.tls.as_ref()),
-                "finding": b.finding,
+                "finding": backend_finding(&b.finding),
                 "probe": p,
                 "evidence": ev_json(&b.evidence, &mut ctx.ifnames),
             })
@@ -121,6 +125,8 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "events": events.len(),
             "lost": c.lost(),
             "drops": drop_counts(&ctx).iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
+            "events_cap": ctx.collected.events_cap,
+            "events_not_kept": ctx.collected.events_not_kept,
         },
     })
 }
@@ -213,12 +219,15 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
         out.push_str(&format!(
             "[{:<7}] {}. {:<14} {}\n",
             status_str(s.status).to_uppercase(),
-            s.step,
-            s.name,
-            s.summary
+            s.step.number(),
+            s.step.name(),
+            summary(s)
         ));
         if let Some(b) = s.blocked_by {
-            out.push_str(&format!("            blocked by the failure of step {b}\n"));
+            out.push_str(&format!(
+                "            blocked by the failure of step {}\n",
+                b.number()
+            ));
         }
         for &i in s.evidence.iter().take(8) {
             out.push_str(&format!(
@@ -232,7 +241,7 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
                 s.evidence.len() - 8
             ));
         }
-        if let Some(n) = &s.next {
+        if let Some(n) = next(s) {
             out.push_str(&format!("            next: {n}\n"));
         }
     }
@@ -244,7 +253,11 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             .get(i)
             .map(probe_line)
             .unwrap_or_default();
-        out.push_str(&format!("  {:<24} {}\n", b.addr.to_string(), b.finding));
+        out.push_str(&format!(
+            "  {:<24} {}\n",
+            b.addr.to_string(),
+            backend_finding(&b.finding)
+        ));
         out.push_str(&format!("  {:<24} {line}\n", ""));
     }
     if let Some(p) = &ctx.collected.vip_probe {
@@ -272,6 +285,17 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
     if c.lost() > 0 {
         out.push_str("WARNING: events were lost (ring buffer full): verdicts may miss evidence\n");
     }
+    if ctx.collected.events_not_kept > 0 {
+        out.push_str(&format!(
+            "NOTE: {} events arrived after the first {} and were not kept: the verdict is about the connections of the first {:.1} s\n",
+            ctx.collected.events_not_kept,
+            ctx.collected.events_cap,
+            events
+                .last()
+                .zip(events.first())
+                .map_or(0.0, |(l, f)| l.ts_ns.saturating_sub(f.ts_ns) as f64 / 1e9)
+        ));
+    }
     out
 }
 
@@ -279,5 +303,378 @@ pub fn print(ctx: Ctx<'_>, format: Format) {
     match format {
         Format::Json => println!("{}", json(ctx)),
         Format::Text => print!("{}", text(ctx)),
+    }
+}
+
+// The words for the verdict engine's findings.
+
+/// A step's finding in one sentence.
+pub fn summary(s: &StepVerdict) -> String {
+    match &s.finding {
+        StepFinding::ClientToLb(f) => client_summary(f),
+        StepFinding::LbHandling(f) => handling_summary(f),
+        StepFinding::LbToBackend(f) => backends_summary(f),
+        StepFinding::ReturnPath(f) => return_summary(f),
+    }
+}
+
+/// The next thing to check, when the finding calls for one.
+pub fn next(s: &StepVerdict) -> Option<String> {
+    match &s.finding {
+        StepFinding::ClientToLb(ClientFinding::NoSyn { vip, .. }) => Some(format!(
+            "connect from a client in another subnet (telnet {} {}) while lbtrace runs; if nothing shows, bring this to the network team: check the route to {} and the firewalls on the way",
+            vip.addr,
+            vip.port.unwrap_or(0),
+            vip.addr
+        )),
+        StepFinding::ClientToLb(ClientFinding::Dropped { reasons, .. }) => {
+            Some(drop_advice(reasons))
+        }
+        StepFinding::ClientToLb(ClientFinding::Reached { .. }) => None,
+        StepFinding::LbHandling(HandlingFinding::NothingServes { .. }) => Some(
+            "check that the LB service is running and bound to the VIP (ss -ltn), or that its NAT rules match the VIP".to_owned(),
+        ),
+        StepFinding::LbHandling(HandlingFinding::Hang { .. }) => Some(
+            "the LB is waiting for a backend: see step 3, and the LB's timeouts".to_owned(),
+        ),
+        StepFinding::LbHandling(_) => None,
+        StepFinding::LbToBackend(f) => {
+            let base = match f.backends {
+                BackendsFinding::NoBackends => {
+                    Some("pass the backends with --backend ADDR:PORT".to_owned())
+                }
+                BackendsFinding::AllReachable { .. } => None,
+                BackendsFinding::Unreachable { .. } => Some(
+                    "bring the evidence to the server or firewall team of each backend listed"
+                        .to_owned(),
+                ),
+            };
+            base.or_else(|| f.forward_drops.as_ref().map(|_| "NEIGH_FAILED: the backend does not answer ARP/ND (host down, wrong VLAN); IP_OUTNOROUTES: no route to it".to_owned()))
+        }
+        StepFinding::ReturnPath(ReturnFinding::Bypass { .. }) => Some(
+            "check the backends' default gateway (it must be the LB), or enable SNAT on the LB"
+                .to_owned(),
+        ),
+        StepFinding::ReturnPath(ReturnFinding::SynAcksLost { .. }) => Some("the return path from the LB to the client drops them: check routing and firewalls between the LB and the client (asymmetric routing?)".to_owned()),
+        StepFinding::ReturnPath(ReturnFinding::NotAcknowledged { .. }) => {
+            Some("let the client finish its request, or observe longer (--observe)".to_owned())
+        }
+        StepFinding::ReturnPath(_) => None,
+    }
+}
+
+fn client_summary(f: &ClientFinding) -> String {
+    match f {
+        ClientFinding::NoSyn {
+            vip,
+            client,
+            window_secs,
+        } => {
+            let who = client.map_or_else(|| "clients".to_owned(), |c| format!("client {}", c.addr));
+            format!(
+                "no SYN to {vip} from {who} arrived at the LB in {window_secs:.0} s: if a client was connecting, the problem is upstream (routing, or a firewall before the LB)"
+            )
+        }
+        ClientFinding::Dropped {
+            connections,
+            of,
+            reasons,
+        } => format!(
+            "clients' SYNs reach the LB but the LB host drops them: {connections} connection(s) of {of} dropped ({reasons})"
+        ),
+        ClientFinding::Reached { syns, connections } => format!(
+            "{syns} SYN(s) from {connections} client connection(s) reached the LB and were not dropped"
+        ),
+    }
+}
+
+fn drop_advice(reasons: &ReasonCounts) -> String {
+    if reasons.any(DropClass::Netfilter) {
+        "the LB host's own firewall (nftables/iptables) drops them: list the rules (nft list ruleset) and allow the VIP".to_owned()
+    } else if reasons.any(DropClass::RpFilter) {
+        "reverse-path filtering drops them: the LB has no route back to the client through that interface (check rp_filter and routes)".to_owned()
+    } else if reasons.any(DropClass::Backlog) {
+        "the listening socket's accept queue is full: the LB software does not accept fast enough"
+            .to_owned()
+    } else {
+        format!(
+            "the kernel drops them ({reasons}): look the reason up in include/net/dropreason-core.h"
+        )
+    }
+}
+
+fn mode_sentence(mode: Mode) -> &'static str {
+    match mode {
+        Mode::L4 => "Layer 4: the client's SYN is forwarded to a backend with its ISN (NAT)",
+        Mode::L7 => "Layer 7: the LB completes the handshake itself before any backend connection",
+        Mode::Unknown => "mode unknown",
+    }
+}
+
+/// How the accepted connections ended, as a list.
+fn outcome_words(mode: Mode, o: &Outcomes) -> Vec<String> {
+    let immediate = if mode == Mode::L4 {
+        "reset before any data (at Layer 4, the backend refusing)"
+    } else {
+        "reset right after the handshake"
+    };
+    [
+        (
+            o.rst_after_request,
+            "connection(s) reset by the LB after the request",
+        ),
+        (o.rst_immediate, immediate),
+        (o.closed_empty, "closed by the LB without a response"),
+        (o.answered_closed, "answered and closed"),
+        (o.kernel_refused, "refused by the kernel (NO_SOCKET)"),
+        (o.unanswered, "unanswered"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, words)| format!("{n} {words}"))
+    .collect()
+}
+
+fn local_words(local_http: Option<u16>) -> String {
+    local_http
+        .map(|s| format!("; the LB host's own request to the VIP got HTTP {s}"))
+        .unwrap_or_default()
+}
+
+fn handling_summary(f: &HandlingFinding) -> String {
+    match f {
+        HandlingFinding::NoConnection => {
+            "no client connection reached the LB's stack: nothing to judge".to_owned()
+        }
+        HandlingFinding::NothingServes {
+            vip,
+            kernel_refused,
+        } => {
+            let what = if *kernel_refused {
+                format!(
+                    "the LB host's kernel answers SYNs to {vip} with RST (no socket listens there, drop NO_SOCKET)"
+                )
+            } else {
+                format!("SYNs to {vip} get no answer and are not forwarded to any backend")
+            };
+            format!("nothing serves the VIP: {what}")
+        }
+        HandlingFinding::Served {
+            mode,
+            connections,
+            outcomes,
+            local_http,
+        } => {
+            let extra = outcome_words(*mode, outcomes);
+            format!(
+                "{}; of {connections} connection(s): {}{}",
+                mode_sentence(*mode),
+                if extra.is_empty() {
+                    "served".to_owned()
+                } else {
+                    extra.join(", ")
+                },
+                local_words(*local_http)
+            )
+        }
+        HandlingFinding::Hang {
+            mode,
+            hang,
+            outcomes,
+            local_http,
+        } => format!(
+            "{}; {hang} connection(s) hang: the LB accepted the request and sent nothing back ({}){}",
+            mode_sentence(*mode),
+            outcome_words(*mode, outcomes).join(", "),
+            local_words(*local_http)
+        ),
+    }
+}
+
+fn backends_summary(f: &LbToBackend) -> String {
+    let base = match &f.backends {
+        BackendsFinding::NoBackends => "no --backend given: nothing to probe".to_owned(),
+        BackendsFinding::AllReachable { backends } => {
+            format!("the LB reaches all {backends} backend(s)")
+        }
+        BackendsFinding::Unreachable { down, of } => {
+            let list: Vec<String> = down
+                .iter()
+                .map(|(addr, b)| format!("{addr}: {}", backend_finding(b)))
+                .collect();
+            format!(
+                "{} of {of} backend(s) not reachable from the LB ({})",
+                down.len(),
+                list.join("; ")
+            )
+        }
+    };
+    let Some(reasons) = &f.forward_drops else {
+        return base;
+    };
+    // Client SYNs NATed towards a backend and dropped by the LB host on the way.
+    let why = format!("the LB host drops client SYNs forwarded to the backends ({reasons})");
+    if matches!(f.backends, BackendsFinding::Unreachable { .. }) {
+        format!("{base}; {why}")
+    } else {
+        why
+    }
+}
+
+/// One backend's probe result in words, with its reason.
+pub fn backend_finding(f: &BackendFinding) -> String {
+    let paren = |r: &ReasonCounts| {
+        if r.is_empty() {
+            String::new()
+        } else {
+            format!(" ({r})")
+        }
+    };
+    match f {
+        BackendFinding::NotProbed => "not probed".to_owned(),
+        BackendFinding::Connected { http: Some(s) } => format!("connected, HTTP {s}"),
+        BackendFinding::Connected { http: None } => "connected".to_owned(),
+        BackendFinding::Refused => {
+            "refused: nothing listening (the backend answered the SYN with RST)".to_owned()
+        }
+        BackendFinding::HostDown { addr, reasons } => {
+            format!("host down: ARP/neighbour resolution for {addr} failed ({reasons})")
+        }
+        BackendFinding::NoRoute { addr, reasons } => {
+            format!("no route from the LB to {addr}{}", paren(reasons))
+        }
+        BackendFinding::Icmp { what, from } => format!("unreachable: {what} (ICMP from {from})"),
+        BackendFinding::NeighbourDiscoveryFailed { addr, reasons } => format!(
+            "host down: neighbour discovery for {addr} failed (no SYN left the LB; the kernel drops the queued SYN as {reasons})"
+        ),
+        BackendFinding::LocalDrop { reasons } => {
+            format!("the LB host drops its own SYNs ({reasons})")
+        }
+        BackendFinding::Filtered { syns_out } => format!(
+            "filtered: {syns_out} SYN(s) left the LB, nothing came back (a firewall drops them, or the host is down behind a router)"
+        ),
+        BackendFinding::TimeoutNoSyn => "timeout: no SYN was seen leaving the LB".to_owned(),
+        BackendFinding::Unreachable { why } => format!("unreachable ({why})"),
+        BackendFinding::ProbeError { why } => format!("probe error: {why}"),
+    }
+}
+
+fn pct(n: usize, of: usize) -> String {
+    if n == of {
+        format!("{n}")
+    } else {
+        format!("{n} of {of}")
+    }
+}
+
+fn return_summary(f: &ReturnFinding) -> String {
+    match f {
+        ReturnFinding::Bypass {
+            connections,
+            backends,
+        } => format!(
+            "backend replies do not come back through the LB: {connections} client SYN(s) forwarded to {} got no SYN-ACK through the LB, while the backend answers the LB's own probe: its replies bypass the LB",
+            backends.join(", ")
+        ),
+        ReturnFinding::NothingAnswered => {
+            "no SYN-ACK left the LB towards a client: nothing to judge".to_owned()
+        }
+        ReturnFinding::SynAcksLost { clients } => format!(
+            "the LB's replies do not reach the client: the LB sent SYN-ACKs, and {clients} client(s) kept retransmitting their SYN"
+        ),
+        ReturnFinding::NotAcknowledged { syn_acks } => format!(
+            "{syn_acks} SYN-ACK(s) left the LB; no client acknowledgement seen yet (connections still open?)"
+        ),
+        ReturnFinding::Acknowledged {
+            proven,
+            answered,
+            via_backend,
+            retransmitted,
+        } => {
+            let back = if *via_backend > 0 {
+                format!(
+                    "; backend SYN-ACKs came back through the LB ({})",
+                    pct(*via_backend, *answered)
+                )
+            } else {
+                String::new()
+            };
+            let partial = if *retransmitted == 0 {
+                String::new()
+            } else {
+                format!("; but {retransmitted} client(s) retransmitted their SYN after the SYN-ACK")
+            };
+            format!(
+                "{proven} of {answered} client connection(s) acknowledged the SYN-ACK{back}{partial}"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checklist::Step;
+
+    fn step(finding: StepFinding) -> StepVerdict {
+        StepVerdict {
+            step: Step::ClientToLb,
+            status: finding.status(),
+            finding,
+            evidence: Vec::new(),
+            blocked_by: None,
+        }
+    }
+
+    #[test]
+    fn client_findings_in_words() {
+        let s = step(StepFinding::ClientToLb(ClientFinding::Dropped {
+            connections: 1,
+            of: 2,
+            reasons: ReasonCounts(vec![("NETFILTER_DROP".into(), 3), ("X".into(), 1)]),
+        }));
+        assert_eq!(
+            summary(&s),
+            "clients' SYNs reach the LB but the LB host drops them: 1 connection(s) of 2 dropped (NETFILTER_DROP x3, X x1)"
+        );
+        assert!(next(&s).unwrap().contains("firewall"));
+        let s = step(StepFinding::ClientToLb(ClientFinding::NoSyn {
+            vip: "10.0.0.1:80".parse().unwrap(),
+            client: Some("10.9.9.9".parse().unwrap()),
+            window_secs: 10.0,
+        }));
+        assert!(
+            summary(&s).starts_with(
+                "no SYN to 10.0.0.1:80 from client 10.9.9.9 arrived at the LB in 10 s"
+            ) && summary(&s).contains("upstream"),
+            "{}",
+            summary(&s)
+        );
+        assert!(next(&s).unwrap().contains("telnet 10.0.0.1 80"));
+    }
+
+    #[test]
+    fn forward_drops_join_the_backend_summary() {
+        let down = BackendsFinding::Unreachable {
+            down: vec![("10.0.0.2:8080".parse().unwrap(), BackendFinding::Refused)],
+            of: 2,
+        };
+        let s = step(StepFinding::LbToBackend(LbToBackend {
+            backends: down,
+            forward_drops: Some(ReasonCounts(vec![("NEIGH_FAILED".into(), 2)])),
+        }));
+        assert_eq!(
+            summary(&s),
+            "1 of 2 backend(s) not reachable from the LB (10.0.0.2:8080: refused: nothing listening (the backend answered the SYN with RST)); the LB host drops client SYNs forwarded to the backends (NEIGH_FAILED x2)"
+        );
+        let s = step(StepFinding::LbToBackend(LbToBackend {
+            backends: BackendsFinding::NoBackends,
+            forward_drops: Some(ReasonCounts(vec![("NEIGH_FAILED".into(), 1)])),
+        }));
+        assert_eq!(s.status, Status::Fail);
+        assert_eq!(
+            next(&s).as_deref(),
+            Some("pass the backends with --backend ADDR:PORT")
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::recorder::{Conn, Finding};
-use crate::check::verdict::STEP_NAMES;
+use crate::checklist::Step;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
@@ -71,6 +71,8 @@ struct Active {
     message: String,
 }
 
+/// The alert engine: findings counted per alert key over a sliding window; fires, de-duplicates
+/// and recovers alerts.
 pub struct Alerts {
     th: Thresholds,
     seen: HashMap<String, VecDeque<u64>>,
@@ -168,7 +170,7 @@ impl Alerts {
         Some(Notice::Alert(Alert {
             key,
             step,
-            step_name: STEP_NAMES[usize::from(step - 1)],
+            step_name: f.checklist_step().name(),
             message,
             count,
             window_seconds: self.th.window.as_secs(),
@@ -234,11 +236,7 @@ impl Alerts {
                 out.push(Notice::Recovered(Recovered {
                     key: k,
                     step: a.step,
-                    step_name: if a.step == 0 {
-                        "lost-events"
-                    } else {
-                        STEP_NAMES[usize::from(a.step - 1)]
-                    },
+                    step_name: Step::from_number(a.step).map_or("lost-events", Step::name),
                     message: a.message,
                     total: a.total,
                     active_seconds: (a.last_ns.saturating_sub(a.since_ns)) as f64 / 1e9,

@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::recorder::{Accounting, Conn};
 use crate::{
     endpoint::Endpoint,
     kernel::btf::DropReasons,
-    render::{self, Clock, IfNames},
+    record::{BackendLegRecord, ConnRecord, ConnStatus, DumpRecord, EventRecord},
+    render::{Clock, IfNames},
 };
 
 /// What `dump` asks for.
@@ -60,36 +61,46 @@ pub struct Render<'a> {
     pub reasons: &'a DropReasons,
 }
 
-pub fn conn_json(c: &Conn, r: &mut Render<'_>) -> Value {
-    let evs = |evs: &[crate::event::KernelEvent], r: &mut Render<'_>| -> Vec<Value> {
+/// The record of a recorded connection.
+pub fn conn_record(c: &Conn, r: &mut Render<'_>) -> ConnRecord {
+    let evs = |evs: &[crate::event::KernelEvent], r: &mut Render<'_>| -> Vec<EventRecord> {
         evs.iter()
-            .map(|e| render::event_json(e, r.clock, r.ifnames, r.reasons))
+            .map(|e| EventRecord::of(e, r.clock, r.ifnames, r.reasons))
             .collect()
     };
-    json!({
-        "type": "connection",
-        "id": c.id,
-        "vip": c.vip.to_string(),
-        "client": c.client.to_string(),
-        "start": r.clock.rfc3339(c.first_ns),
-        "start_ns": c.first_ns,
-        "duration_ms": (c.last_ns.saturating_sub(c.first_ns)) as f64 / 1e6,
-        "step": c.step(),
-        "status": if c.failed() { "fail" } else if c.closed { "ok" } else { "open" },
-        "findings": c.findings,
-        "client_leg": evs(&c.events, r),
-        "backend_leg": c.backend.as_ref().map(|b| json!({
-            "lb": b.lb.to_string(), "backend": b.backend.to_string(), "join": b.join,
-            "answered": b.answered, "events": evs(&b.events, r),
-        })),
-        "truncated_events": c.truncated,
-    })
+    ConnRecord {
+        id: c.id,
+        vip: c.vip,
+        client: c.client,
+        start: r.clock.rfc3339(c.first_ns),
+        start_ns: c.first_ns,
+        duration_ms: (c.last_ns.saturating_sub(c.first_ns)) as f64 / 1e6,
+        step: c.checklist_step(),
+        status: if c.failed() {
+            ConnStatus::Fail
+        } else if c.closed {
+            ConnStatus::Ok
+        } else {
+            ConnStatus::Open
+        },
+        findings: c.findings.clone(),
+        client_leg: evs(&c.events, r),
+        backend_leg: c.backend.as_ref().map(|b| BackendLegRecord {
+            lb: b.lb,
+            backend: b.backend,
+            join: b.join,
+            answered: b.answered,
+            events: evs(&b.events, r),
+        }),
+        truncated_events: c.truncated,
+    }
 }
 
+/// The answer to a dump request: the selected connections and the recorder's accounting.
 pub fn dump_json(conns: &[&Conn], acct: Accounting, r: &mut Render<'_>) -> Value {
-    json!({
-        "type": "dump",
-        "recorder": acct,
-        "connections": conns.iter().map(|c| conn_json(c, r)).collect::<Vec<_>>(),
-    })
+    let d = DumpRecord {
+        recorder: acct,
+        connections: conns.iter().map(|c| conn_record(c, r)).collect(),
+    };
+    serde_json::to_value(d).unwrap_or(Value::Null)
 }

@@ -12,9 +12,8 @@ use std::{
     net::SocketAddr,
 };
 
-use lbtrace_common::tcp_flag::{ACK, FIN, RST, SYN};
-
 use crate::{
+    checklist::{DropClass, Step, kernel_refused, seq_past},
     endpoint::Endpoint,
     event::{Detail, Dir, KernelEvent},
     kernel::btf::DropReasons,
@@ -29,7 +28,7 @@ pub const BACKEND_TIMEOUT_NS: u64 = 3_000_000_000;
 /// An L7 backend connection is joined to a client connection at most this long after it.
 pub const L7_JOIN_NS: u64 = 2_000_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Join {
     /// The forwarded SYN carried the client's ISN (Layer 4).
@@ -39,7 +38,7 @@ pub enum Join {
 }
 
 /// What went wrong with a connection, tied to a checklist step.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// Step 1: the client's SYNs got no SYN-ACK and were not forwarded.
@@ -48,7 +47,8 @@ pub enum Finding {
     SynDropped { reason: String },
     /// Step 2: the LB reset the client (after the request, or right after the handshake).
     LbReset { after_request: bool },
-    /// Step 2: the kernel answered with RST: nothing listens on the VIP.
+    /// Step 2: the kernel answered the client's SYN with RST and freed it as `NO_SOCKET`:
+    /// nothing listens on the VIP.
     NoListener,
     /// Step 3: the backend refused (RST to the SYN).
     BackendRefused { backend: SocketAddr },
@@ -63,15 +63,21 @@ pub enum Finding {
 }
 
 impl Finding {
-    pub fn step(&self) -> u8 {
+    /// The checklist step this finding fails.
+    pub fn checklist_step(&self) -> Step {
         match self {
-            Self::SynUnanswered | Self::SynDropped { .. } => 1,
-            Self::LbReset { .. } | Self::NoListener => 2,
+            Self::SynUnanswered | Self::SynDropped { .. } => Step::ClientToLb,
+            Self::LbReset { .. } | Self::NoListener => Step::LbHandling,
             Self::BackendRefused { .. }
             | Self::BackendTimeout { .. }
-            | Self::BackendUnreachable { .. } => 3,
-            Self::SynAckLost | Self::AsymmetricReturn { .. } => 4,
+            | Self::BackendUnreachable { .. } => Step::LbToBackend,
+            Self::SynAckLost | Self::AsymmetricReturn { .. } => Step::ReturnPath,
         }
+    }
+
+    /// [`Self::checklist_step`]'s number.
+    pub fn step(&self) -> u8 {
+        self.checklist_step().number()
     }
 
     /// The alert this finding counts towards (one per kind and, for step 3, per backend).
@@ -133,8 +139,13 @@ impl Conn {
     }
 
     /// The lowest failing step, if any.
+    pub fn checklist_step(&self) -> Option<Step> {
+        self.findings.iter().map(Finding::checklist_step).min()
+    }
+
+    /// [`Self::checklist_step`]'s number.
     pub fn step(&self) -> Option<u8> {
-        self.findings.iter().map(Finding::step).min()
+        self.checklist_step().map(Step::number)
     }
 
     fn push(&mut self, ev: &KernelEvent) {
@@ -155,6 +166,22 @@ impl Conn {
                 self.truncated += 1;
             }
         }
+    }
+
+    /// The kernel refused this connection ([`kernel_refused`]), and no backend leg says a NAT
+    /// forwarded it.
+    fn refused_by_kernel(&self, reasons: &DropReasons) -> bool {
+        let rst = self
+            .events
+            .iter()
+            .any(|e| e.dir == Some(Dir::Out) && matches!(e.detail, Detail::Packet) && e.is_rst());
+        let no_socket = self.events.iter().any(|e| match e.detail {
+            Detail::Drop { reason } => {
+                e.is_syn() && DropClass::of(&reasons.name(reason)) == DropClass::NoSocket
+            }
+            _ => false,
+        });
+        self.backend.is_none() && kernel_refused(rst, self.server_isn.is_some(), no_socket)
     }
 
     fn find(&mut self, f: Finding) -> Option<Finding> {
@@ -178,7 +205,7 @@ impl Conn {
 }
 
 /// The recorder's own accounting, reported by `dump` and the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Accounting {
     pub entries: usize,
     pub limit: usize,
@@ -187,6 +214,8 @@ pub struct Accounting {
     pub total: u64,
 }
 
+/// The flight recorder: the last `limit` client connections to the VIPs, each with its client
+/// leg, its backend leg and its findings, indexed by tuple and by ISN.
 pub struct Recorder {
     reasons: DropReasons,
     vips: Vec<Endpoint>,
@@ -196,6 +225,8 @@ pub struct Recorder {
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     /// (lb side, backend) -> connection id, for events of the backend leg.
     by_backend: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Client ISN -> id of the newest connection with that ISN: the Layer 4 join.
+    by_isn: HashMap<u32, u64>,
     limit: usize,
     evicted: u64,
     next_id: u64,
@@ -218,6 +249,7 @@ impl Recorder {
             conns: VecDeque::new(),
             by_tuple: HashMap::new(),
             by_backend: HashMap::new(),
+            by_isn: HashMap::new(),
             limit: limit.max(1),
             evicted: 0,
             next_id: 1,
@@ -235,10 +267,7 @@ impl Recorder {
     }
 
     fn get(&mut self, id: u64) -> Option<&mut Conn> {
-        // Ids are increasing along the deque: binary search by id.
-        let first = self.conns.front()?.id;
-        let idx = usize::try_from(id.checked_sub(first)?).ok()?;
-        self.conns.get_mut(idx).filter(|c| c.id == id)
+        get_mut(&mut self.conns, id)
     }
 
     fn open(&mut self, vip: SocketAddr, client: SocketAddr, ts: u64) -> u64 {
@@ -288,6 +317,11 @@ impl Recorder {
         if self.by_tuple.get(&(c.vip, c.client)) == Some(&c.id) {
             self.by_tuple.remove(&(c.vip, c.client));
         }
+        if let Some(isn) = c.isn
+            && self.by_isn.get(&isn) == Some(&c.id)
+        {
+            self.by_isn.remove(&isn);
+        }
         if let Some(b) = &c.backend
             && self.by_backend.get(&(b.lb, b.backend)) == Some(&c.id)
         {
@@ -306,7 +340,7 @@ impl Recorder {
             } else {
                 (s, d, false)
             };
-            let syn = ev.flags & SYN != 0 && ev.flags & ACK == 0;
+            let syn = ev.is_syn();
             let existing = self.by_tuple.get(&(vip, client)).copied();
             // A SYN with a new ISN on a known tuple is a new connection (port reuse).
             let id = match existing {
@@ -324,42 +358,51 @@ impl Recorder {
                 Some(id) => id,
                 None => return out,
             };
-            let Some(c) = self.get(id) else { return out };
+            let reasons = &self.reasons;
+            let Some(c) = get_mut(&mut self.conns, id) else {
+                return out;
+            };
             let b0 = before(c);
             c.push(ev);
             match (&ev.detail, to_vip) {
                 (Detail::Packet, true) if syn => {
                     if c.isn.is_none() {
                         c.isn = Some(ev.seq);
+                        self.by_isn.insert(ev.seq, id);
                     } else if c.server_isn.is_some()
-                        && !c.backend.as_ref().is_some_and(|b| {
-                            b.answered && c.events.iter().any(|e| e.flags & FIN != 0)
-                        })
+                        && !c
+                            .backend
+                            .as_ref()
+                            .is_some_and(|b| b.answered && c.events.iter().any(KernelEvent::is_fin))
                     {
                         // The client retransmits its SYN after the LB's SYN-ACK.
                         out.extend(c.find(Finding::SynAckLost).map(|f| (id, f)));
                     }
                 }
                 (Detail::Packet, true) => {
-                    if ev.flags & (FIN | RST) != 0 {
+                    if ev.is_fin() || ev.is_rst() {
                         c.closed = true;
                     }
                 }
                 (Detail::Packet, false) => {
-                    if ev.flags & SYN != 0 && ev.flags & ACK != 0 {
+                    if ev.is_syn_ack() {
                         c.server_isn.get_or_insert(ev.seq);
-                    } else if ev.flags & RST != 0 {
+                    } else if ev.is_rst() {
                         c.closed = true;
                         let answered = c.server_isn.is_some();
-                        let after_request = c.isn.is_some_and(|isn| {
-                            ev.ack.wrapping_sub(isn) > 1 && ev.ack.wrapping_sub(isn) < 1 << 30
-                        });
+                        let after_request = c.isn.is_some_and(|isn| seq_past(ev.ack, isn));
                         if answered || c.backend.is_some() {
                             out.extend(c.find(Finding::LbReset { after_request }).map(|f| (id, f)));
+                        } else if c.refused_by_kernel(reasons) {
+                            out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                         }
-                    } else if ev.flags & FIN != 0 {
+                    } else if ev.is_fin() {
                         c.closed = true;
                     }
+                }
+                // The kernel's RST and its NO_SOCKET drop of the SYN come in either order.
+                (Detail::Drop { .. }, true) if ev.is_syn() && c.refused_by_kernel(reasons) => {
+                    out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                 }
                 (Detail::Drop { .. }, _) => {}
                 (Detail::Icmp { .. }, _) => {}
@@ -374,7 +417,7 @@ impl Recorder {
             } else {
                 (d, s, false)
             };
-            let syn = ev.flags & SYN != 0 && ev.flags & ACK == 0;
+            let syn = ev.is_syn();
             let id = match self.by_backend.get(&(lb, backend)).copied() {
                 Some(id)
                     if !(to_backend
@@ -401,14 +444,12 @@ impl Recorder {
             c.push_backend(ev);
             if let Some(b) = &mut c.backend {
                 match &ev.detail {
-                    Detail::Packet if !to_backend && ev.flags & SYN != 0 && ev.flags & ACK != 0 => {
-                        b.answered = true
-                    }
-                    Detail::Packet if !to_backend && ev.flags & RST != 0 && !b.answered => {
+                    Detail::Packet if !to_backend && ev.is_syn_ack() => b.answered = true,
+                    Detail::Packet if !to_backend && ev.is_rst() && !b.answered => {
                         let f = Finding::BackendRefused { backend };
                         out.extend(c.find(f).map(|f| (id, f)));
                     }
-                    Detail::Packet if ev.flags & (FIN | RST) != 0 => b.closed = true,
+                    Detail::Packet if ev.is_fin() || ev.is_rst() => b.closed = true,
                     Detail::Icmp {
                         outer_src,
                         icmp_type,
@@ -435,11 +476,10 @@ impl Recorder {
     /// Ties a SYN towards a backend to a client connection: by ISN (L4), else by time (L7).
     fn join(&mut self, lb: SocketAddr, backend: SocketAddr, ev: &KernelEvent) -> Option<u64> {
         let by_isn = self
-            .conns
-            .iter()
-            .rev()
-            .find(|c| c.isn == Some(ev.seq) && c.backend.is_none())
-            .map(|c| c.id);
+            .by_isn
+            .get(&ev.seq)
+            .copied()
+            .filter(|&id| self.conn(id).is_some_and(|c| c.backend.is_none()));
         let (id, join) = match by_isn {
             Some(id) => (id, Join::Isn),
             None => {
@@ -468,6 +508,7 @@ impl Recorder {
     }
 
     /// Judges what only time reveals: unanswered SYNs, backend timeouts, asymmetric return.
+    /// (A kernel refusal is found as it happens, in [`Self::ingest`]: it closes the connection.)
     pub fn expire(&mut self, now_ns: u64) -> Vec<(u64, Finding)> {
         let mut out = Vec::new();
         let reasons = &self.reasons;
@@ -476,18 +517,11 @@ impl Recorder {
                 continue;
             }
             let dropped = c.events.iter().find_map(|e| match e.detail {
-                Detail::Drop { reason } if e.flags & SYN != 0 => Some(reason),
+                Detail::Drop { reason } if e.has_syn() => Some(reason),
                 _ => None,
             });
-            let kernel_rst = c
-                .events
-                .iter()
-                .any(|e| e.dir == Some(Dir::Out) && e.flags & RST != 0)
-                && c.server_isn.is_none();
             let found = if c.server_isn.is_none() && c.backend.is_none() {
-                if kernel_rst {
-                    Some(Finding::NoListener)
-                } else if let Some(r) = dropped {
+                if let Some(r) = dropped {
                     Some(Finding::SynDropped {
                         reason: reasons.name(r),
                     })
@@ -531,4 +565,11 @@ impl Recorder {
             total: self.next_id - 1,
         }
     }
+}
+
+/// Connection `id` in `conns`: ids increase by one along the deque, so its index is `id - first`.
+fn get_mut(conns: &mut VecDeque<Conn>, id: u64) -> Option<&mut Conn> {
+    let first = conns.front()?.id;
+    let idx = usize::try_from(id.checked_sub(first)?).ok()?;
+    conns.get_mut(idx).filter(|c| c.id == id)
 }

@@ -22,7 +22,7 @@ fn rec(limit: usize) -> Recorder {
         vec![VIP.parse().unwrap()],
         vec![BE1.parse().unwrap()],
         limit,
-        DropReasons::from_pairs(&[(6, "NETFILTER_DROP")]),
+        DropReasons::from_pairs(&[(2, "NO_SOCKET"), (6, "NETFILTER_DROP")]),
     )
 }
 
@@ -96,6 +96,57 @@ fn unanswered_and_dropped_syns_are_found_on_expiry() {
     assert!(
         r.expire(5_000_000_000).is_empty(),
         "findings are reported once"
+    );
+}
+
+#[test]
+fn a_kernel_refusal_is_no_listener_at_step_two() {
+    // Nothing listens on the VIP: the kernel answers the SYN with RST and frees it as NO_SOCKET,
+    // in either order.
+    let mut r = rec(100);
+    let (c1, c2) = (client(1), client(2));
+    r.ingest(&pkt(0, Dir::In, &c1, VIP, SYN, 1000, 0));
+    assert!(r.ingest(&drop(0, &c1, VIP, SYN, 1000, 2)).is_empty());
+    let f1 = r.ingest(&pkt(0, Dir::Out, VIP, &c1, RST | ACK, 0, 1001));
+    r.ingest(&pkt(1, Dir::In, &c2, VIP, SYN, 2000, 0));
+    assert!(
+        r.ingest(&pkt(1, Dir::Out, VIP, &c2, RST | ACK, 0, 2001))
+            .is_empty()
+    );
+    let f2 = r.ingest(&drop(1, &c2, VIP, SYN, 2000, 2));
+    for f in [&f1, &f2] {
+        let found: Vec<(Finding, u8)> = f.iter().map(|(_, f)| (f.clone(), f.step())).collect();
+        assert_eq!(found, vec![(Finding::NoListener, 2)]);
+    }
+    assert!(r.conns().all(|c| c.failed() && c.step() == Some(2)));
+    assert!(
+        r.expire(10_000_000_000).is_empty(),
+        "found once, not again on expiry"
+    );
+}
+
+#[test]
+fn a_reset_without_no_socket_is_not_no_listener() {
+    // A firewall's `reject with tcp reset`: RST, but the SYN was not freed as NO_SOCKET.
+    let mut r = rec(100);
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&drop(0, &c, VIP, SYN, 1000, 6));
+    assert!(
+        r.ingest(&pkt(0, Dir::Out, VIP, &c, RST | ACK, 0, 1001))
+            .is_empty()
+    );
+    // An L7 LB resetting after its SYN-ACK is the LB's doing, not a refusal.
+    let c = client(2);
+    r.ingest(&pkt(1, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    r.ingest(&drop(2, &c, VIP, SYN, 1000, 2));
+    let f = r.ingest(&pkt(3, Dir::Out, VIP, &c, RST | ACK, 5001, 1001));
+    assert_eq!(
+        f.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+        vec![Finding::LbReset {
+            after_request: false
+        }]
     );
 }
 
@@ -193,4 +244,41 @@ fn worst_case_connection_size_is_what_the_docs_say() {
     println!("KernelEvent {ev} B, worst-case connection {worst} B");
     // README and --help: at most 4 KiB per connection, 40 MiB for the default 10,000.
     assert!(worst <= 4096, "{worst}");
+}
+
+#[test]
+fn l4_joins_find_the_client_by_isn_among_many() {
+    let n = 10_000u32;
+    let mut r = rec(n as usize);
+    for i in 0..n {
+        let c = format!(
+            "10.10.{}.{}:{}",
+            1 + i / 250,
+            i % 250 + 1,
+            40000 + i % 20000
+        );
+        let isn = 7 + i * 1000;
+        r.ingest(&pkt(u64::from(i), Dir::In, &c, VIP, SYN, isn, 0));
+        r.ingest(&pkt(u64::from(i), Dir::Out, &c, BE1, SYN, isn, 0));
+    }
+    // An ISN seen again for a new client: the newest connection without a backend leg takes it.
+    let late = "10.10.200.1:5000";
+    r.ingest(&pkt(20_000, Dir::In, late, VIP, SYN, 7, 0));
+    r.ingest(&pkt(20_000, Dir::Out, late, BE1, SYN, 7, 0));
+    let joined = r
+        .conns()
+        .filter(|c| {
+            c.backend
+                .as_ref()
+                .is_some_and(|b| b.join == Join::Isn && Some(b.isn) == c.isn && b.lb == c.client)
+        })
+        .count();
+    assert_eq!(
+        joined, n as usize,
+        "every connection but the evicted first one, and the late one"
+    );
+    assert_eq!(
+        r.conns().last().unwrap().client,
+        late.parse::<std::net::SocketAddr>().unwrap()
+    );
 }

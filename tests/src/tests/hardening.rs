@@ -590,3 +590,121 @@ fn metrics_answer_only_their_path_and_a_port_scan_stays_bounded() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "405");
     watch.stop();
 }
+
+#[test]
+fn captures_never_follow_links_and_a_failed_capture_keeps_the_report() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    let dir = lab.dir();
+    let victim = dir.join("victim");
+    fs::write(&victim, "precious").unwrap();
+    let link = dir.join("evidence.pcap");
+    symlink(&victim, &link).unwrap();
+    let (vip, backends) = lab.endpoints(Family::V4);
+    let mut check = vec!["check".to_owned(), "--vip".to_owned(), vip];
+    for b in backends {
+        check.extend(["--backend".to_owned(), b]);
+    }
+    check.extend(
+        [
+            "--observe",
+            "2s",
+            "--probe-timeout",
+            "1s",
+            "--format",
+            "json",
+        ]
+        .map(str::to_owned),
+    );
+
+    // A planted link: refused before anything is loaded.
+    let mut argv = check.clone();
+    argv.extend(["--pcap".to_owned(), link.to_string_lossy().into_owned()]);
+    let out = lbtrace_output(&lab.lb, Duration::from_secs(30), &argv);
+    let (stdout, stderr) = text(&out);
+    assert_refused_before_loading(
+        "check --pcap LINK",
+        out.status.code(),
+        &stderr,
+        "symbolic link",
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+
+    // A capture that cannot be written at the end: the report first, then the error (exit 2).
+    let late = dir.join("late.pcap");
+    let ready = dir.join("check.ready");
+    let mut argv = vec![lbtrace_bin().to_string_lossy().into_owned()];
+    argv.extend(check.iter().cloned());
+    argv.extend([
+        "--pcap".to_owned(),
+        late.to_string_lossy().into_owned(),
+        "--ready-file".to_owned(),
+        ready.to_string_lossy().into_owned(),
+    ]);
+    let mut proc = lab.lb.spawn("check", dir, &argv);
+    proc.wait_until("ready", Duration::from_secs(20), |_| ready.exists());
+    fs::create_dir(&late).unwrap();
+    let done = proc.wait(Duration::from_secs(30));
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no report on stdout ({e}):\n{}\n{}",
+            done.stdout, done.stderr
+        )
+    });
+    assert_eq!(
+        report["steps"].as_array().map(Vec::len),
+        Some(4),
+        "{report}"
+    );
+    assert!(
+        done.stderr
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("--pcap")),
+        "the error is not the last line:\n{}",
+        done.stderr
+    );
+    let ready_mode = fs::metadata(&ready).unwrap().mode() & 0o777;
+    assert_eq!(ready_mode, 0o600);
+
+    // dump --pcap: a planted link is refused, a new file is 0600.
+    let sock = dir.join("d.sock");
+    let watch = Watch::start(
+        "watch",
+        &lab.lb,
+        dir,
+        &args(&lab, &["--socket", &sock.to_string_lossy()]),
+    );
+    lab.get_vip(Family::V4);
+    let out = lbtrace_output(
+        &lab.lb,
+        Duration::from_secs(20),
+        &[
+            "dump",
+            "--socket",
+            &sock.to_string_lossy(),
+            "--pcap",
+            &link.to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    let fresh = dir.join("fresh.pcap");
+    let out = lbtrace_output(
+        &lab.lb,
+        Duration::from_secs(20),
+        &[
+            "dump",
+            "--socket",
+            &sock.to_string_lossy(),
+            "--pcap",
+            &fresh.to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o777, 0o600);
+    watch.stop();
+}

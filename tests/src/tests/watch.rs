@@ -1032,3 +1032,88 @@ fn metrics_are_served() {
     );
     watch.stop();
 }
+
+/// The LB service is down, the VIP address up: the lb's kernel answers every client SYN with RST
+/// (and frees it as NO_SOCKET). Each refused connection is a step-2 finding, the `no_listener`
+/// alert fires, and `health` counts the failures under `lb-handling`.
+#[test]
+fn watch_alerts_no_listener() {
+    let lab = Lab::topology();
+    assert!(
+        !lab.lb.listening(VIP_PORT),
+        "something listens on the lb's port {VIP_PORT}"
+    );
+    let sock = lab.dir().join("w.sock");
+    let watch = Watch::start(
+        "watch",
+        &lab.lb,
+        lab.dir(),
+        &watch_args(&lab, Some(&sock), &[]),
+    );
+
+    let refused = 4;
+    for _ in 0..refused {
+        let (code, err) = lab.curl(&vip_url(), 2);
+        assert!(
+            code == "000" && err.contains("Failed to connect"),
+            "the lb's kernel should refuse the connection: code {code}: {err}"
+        );
+    }
+    let alert = expect_alert(&watch, "no_listener", Duration::from_secs(8));
+    let a = &alert["alert"];
+    assert_eq!(
+        (a["step"].as_u64(), a["step_name"].as_str()),
+        (Some(2), Some("lb-handling")),
+        "{alert}"
+    );
+    assert_eq!(a["example_vip"], vip().as_str(), "{alert}");
+    assert!(
+        a["example_client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&format!("{}:", CLIENT.v4))),
+        "{alert}"
+    );
+
+    let (failed, _) = dump_json(&lab.lb, &sock, &["--failed"]);
+    assert_eq!(failed.len(), refused, "{failed:#?}");
+    for c in &failed {
+        assert_eq!(
+            (c["step"].as_u64(), c["status"].as_str()),
+            (Some(2), Some("fail")),
+            "{c}"
+        );
+        assert!(
+            c["findings"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["kind"] == "no_listener")),
+            "{c}"
+        );
+        let evs = client_events(c);
+        assert!(
+            evs.iter().any(|e| e["type"] == "packet"
+                && e["dir"] == "out"
+                && e["flags"] == "R."
+                && e["src"] == vip().as_str()),
+            "no RST from the VIP in the client leg: {c}"
+        );
+        assert!(
+            evs.iter()
+                .any(|e| e["type"] == "drop" && e["reason"] == "NO_SOCKET" && e["flags"] == "S"),
+            "no NO_SOCKET drop of the SYN in the client leg: {c}"
+        );
+        assert!(c["backend_leg"].is_null(), "{c}");
+    }
+    let (objects, stderr) = watch.stop();
+    let health = last_health(&objects);
+    assert_eq!(health["lost"], 0, "{health}\n{stderr}");
+    assert_eq!(
+        health["failures"]["lb-handling"].as_u64(),
+        Some(refused as u64),
+        "{health}"
+    );
+    assert_eq!(
+        keys(&objects, "alert"),
+        vec!["no_listener".to_owned()],
+        "exactly one alert expected\n{stderr}"
+    );
+}

@@ -1,0 +1,214 @@
+//! The observation window of `lbtrace check`: kernel events collected while the probes run and
+//! clients connect, in bounded memory, until the window closes, a signal arrives, or every step
+//! passes.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::task::JoinHandle;
+
+use super::{ProbeSet, facts, verdict};
+use crate::{
+    cli::CheckArgs, event::KernelEvent, kernel::btf::DropReasons, kernel::rings::Rings,
+    probe::ProbeReport, session,
+};
+
+/// Kernel events a check keeps (128 bytes each: 12.8 MB): later ones are counted, not kept, and
+/// the observation ends once the probes are done. A busy VIP fills it in seconds; the verdict
+/// is then about the connections of those seconds.
+pub const MAX_EVENTS: usize = 100_000;
+
+/// How often, at most, the observation judges the events so far to end early once every step
+/// passes (judging is linear in the events kept).
+pub const JUDGE_EVERY: Duration = Duration::from_millis(500);
+
+/// The kernel events of the window, at most `cap` of them, in arrival order.
+#[derive(Debug)]
+pub struct EventLog {
+    events: Vec<KernelEvent>,
+    cap: usize,
+    not_kept: u64,
+    vip: SocketAddr,
+    client_syns: u64,
+}
+
+impl EventLog {
+    /// An empty log for `vip`, keeping at most `cap` events.
+    pub fn new(vip: SocketAddr, cap: usize) -> Self {
+        Self {
+            events: Vec::new(),
+            cap,
+            not_kept: 0,
+            vip,
+            client_syns: 0,
+        }
+    }
+
+    pub fn extend(&mut self, evs: impl IntoIterator<Item = KernelEvent>) {
+        for e in evs {
+            if e.dst == self.vip && e.is_syn() {
+                self.client_syns += 1;
+            }
+            if self.events.len() < self.cap {
+                self.events.push(e);
+            } else {
+                self.not_kept += 1;
+            }
+        }
+    }
+
+    /// The cap is reached: later events are only counted.
+    pub fn full(&self) -> bool {
+        self.events.len() >= self.cap
+    }
+
+    pub fn events(&self) -> &[KernelEvent] {
+        &self.events
+    }
+
+    /// Events that arrived after the cap was reached.
+    pub fn not_kept(&self) -> u64 {
+        self.not_kept
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// SYNs to the VIP seen so far, kept or not.
+    pub fn client_syns(&self) -> u64 {
+        self.client_syns
+    }
+
+    /// The kept events, in time order.
+    pub fn into_sorted(mut self) -> Vec<KernelEvent> {
+        self.events.sort_by_key(|e| e.ts_ns);
+        self.events
+    }
+}
+
+/// The backend probes' reports (in `--backend` order) and the VIP probe's.
+pub type ProbeResults = (Vec<ProbeReport>, ProbeReport);
+
+/// What the window collected.
+pub struct Observed {
+    pub log: EventLog,
+    /// `None` when the window closed before the probes ended.
+    pub probes: Option<ProbeResults>,
+    pub pending: Option<JoinHandle<ProbeResults>>,
+}
+
+/// Collects events until `args.observe` passes, `shutdown` resolves, or (once the probes are
+/// done) every step passes or the log is full.
+#[allow(clippy::too_many_arguments)]
+pub async fn observe(
+    args: &CheckArgs,
+    vip: SocketAddr,
+    started: tokio::time::Instant,
+    rings: &mut Rings,
+    probes: JoinHandle<ProbeResults>,
+    reasons: &DropReasons,
+    decode_errors: &mut u64,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Observed> {
+    let mut log = EventLog::new(vip, MAX_EVENTS);
+    let mut done: Option<ProbeResults> = None;
+    let mut pending = Some(probes);
+    let mut last_progress = started;
+    // When the events were last judged, and how many there were.
+    let mut judged: Option<(tokio::time::Instant, usize)> = None;
+    tokio::pin!(shutdown);
+    loop {
+        // Judge again only when there is something new, and not more often than JUDGE_EVERY.
+        let judge_at = judged.map_or(started, |(at, _)| at + JUDGE_EVERY);
+        let unjudged = done.is_some() && judged.is_none_or(|(_, n)| n != log.events().len());
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep_until(started + args.observe) => break,
+            r = async { pending.as_mut().expect("polled only while pending").await }, if pending.is_some() => {
+                pending = None;
+                done = Some(r.context("the probe task failed")?);
+            }
+            () = rings.wait() => log.extend(session::drain(rings, decode_errors)),
+            () = tokio::time::sleep_until(judge_at), if unjudged => {}
+        }
+        if last_progress.elapsed() >= Duration::from_secs(2) {
+            last_progress = tokio::time::Instant::now();
+            eprintln!(
+                "lbtrace: {:>3.0} s: {} client SYN(s) to {} so far, backend probes {}",
+                started.elapsed().as_secs_f64(),
+                log.client_syns(),
+                args.vip,
+                if done.is_some() { "done" } else { "running" }
+            );
+        }
+        let Some((bp, vp)) = &done else { continue };
+        if log.full() {
+            eprintln!(
+                "lbtrace: {} events kept, the most a check keeps: ending the observation",
+                log.cap()
+            );
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= judge_at && judged.is_none_or(|(_, n)| n != log.events().len()) {
+            judged = Some((now, log.events().len()));
+            let probes = ProbeSet::of(bp, Some(vp));
+            let f = facts(args, &probes, log.events(), started.elapsed(), reasons);
+            if verdict::judge(&f)
+                .steps
+                .iter()
+                .all(|s| s.status == verdict::Status::Pass)
+            {
+                break;
+            }
+        }
+    }
+    Ok(Observed {
+        log,
+        probes: done,
+        pending,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use lbtrace_common::tcp_flag::{ACK, SYN};
+
+    use super::*;
+    use crate::{event::Dir, testutil::pkt};
+
+    #[test]
+    fn the_log_keeps_at_most_its_cap_and_counts_the_rest() {
+        let vip: SocketAddr = "10.0.0.10:80".parse().unwrap();
+        let mut log = EventLog::new(vip, 3);
+        log.extend((0..5).map(|i| pkt(i, Dir::In, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1, 0)));
+        log.extend([pkt(
+            9,
+            Dir::Out,
+            "10.0.0.10:80",
+            "10.0.0.5:4000",
+            SYN | ACK,
+            2,
+            2,
+        )]);
+        assert!(log.full());
+        assert_eq!(log.events().len(), 3);
+        assert_eq!((log.not_kept(), log.client_syns()), (3, 5));
+        let kept = log.into_sorted();
+        assert_eq!(
+            kept.iter().map(|e| e.ts_ns).collect::<Vec<_>>(),
+            [0, 1_000_000, 2_000_000]
+        );
+    }
+
+    #[test]
+    fn the_cap_is_about_ten_mib() {
+        let bytes = MAX_EVENTS * std::mem::size_of::<KernelEvent>();
+        println!(
+            "KernelEvent {} B, cap {MAX_EVENTS} events = {bytes} B",
+            std::mem::size_of::<KernelEvent>()
+        );
+        assert!(bytes <= 16 << 20, "{bytes}");
+    }
+}

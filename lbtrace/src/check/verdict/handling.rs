@@ -1,0 +1,181 @@
+//! Step 2, `lb-handling`: Layer 4 or Layer 7, and what the LB does with the connections it
+//! accepts, including when it cannot serve them.
+
+use super::{
+    Facts, Mode, Status, StepFinding, StepVerdict,
+    flow::{Flow, evidence_of},
+};
+use crate::{checklist::Step, endpoint::Endpoint};
+
+/// What became of the connections the LB took (answered or forwarded), by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Reset by the LB after the client's request.
+    pub rst_after_request: usize,
+    /// Reset before any data (at Layer 4: the backend refusing).
+    pub rst_immediate: usize,
+    /// Closed by the LB without a response.
+    pub closed_empty: usize,
+    /// Answered, then closed.
+    pub answered_closed: usize,
+    /// Refused by the LB host's kernel (NO_SOCKET).
+    pub kernel_refused: usize,
+    /// Neither answered, nor forwarded, nor reset.
+    pub unanswered: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HandlingFinding {
+    /// No client connection got past the LB host's stack.
+    NoConnection,
+    /// Nothing serves the VIP: the kernel refuses (`kernel_refused`), or nothing answers.
+    NothingServes { vip: Endpoint, kernel_refused: bool },
+    /// The LB served the connections (`outcomes` says how each ended).
+    Served {
+        mode: Mode,
+        connections: usize,
+        outcomes: Outcomes,
+        /// The LB host's own HTTP request to the VIP got this status.
+        local_http: Option<u16>,
+    },
+    /// `hang` connections: the LB accepted the request and sent nothing back.
+    Hang {
+        mode: Mode,
+        hang: usize,
+        outcomes: Outcomes,
+        local_http: Option<u16>,
+    },
+}
+
+impl HandlingFinding {
+    pub fn status(&self) -> Status {
+        match self {
+            Self::NoConnection => Status::Unknown,
+            Self::NothingServes { .. } => Status::Fail,
+            Self::Served { .. } => Status::Pass,
+            Self::Hang { .. } => Status::Warn,
+        }
+    }
+}
+
+/// Layer 4 when at least as many connections were forwarded as answered by the LB itself.
+pub fn mode(live: &[&Flow]) -> Mode {
+    let l4 = live.iter().filter(|fl| fl.l4()).count();
+    let l7 = live.iter().filter(|fl| fl.answered() && !fl.l4()).count();
+    if l4 > 0 && l4 >= l7 {
+        Mode::L4
+    } else if l7 > 0 {
+        Mode::L7
+    } else {
+        Mode::Unknown
+    }
+}
+
+/// `live`: the client connections the LB host's stack kept.
+pub fn judge(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> StepVerdict {
+    let (finding, evidence) = find(f, live, mode);
+    StepVerdict::new(Step::LbHandling, StepFinding::LbHandling(finding), evidence)
+}
+
+fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usize>) {
+    let ev = f.events;
+    if live.is_empty() {
+        return (HandlingFinding::NoConnection, Vec::new());
+    }
+    let kernel_refused = live
+        .iter()
+        .filter(|fl| fl.kernel_refused(ev, f.reasons))
+        .count();
+    let unanswered = live
+        .iter()
+        .filter(|fl| !fl.answered() && !fl.l4() && fl.lb_rsts.is_empty())
+        .count();
+    let served = live.len() - kernel_refused - unanswered;
+    let local_http = f.vip_probe.and_then(|p| p.http_status);
+    if served == 0 {
+        let first: Vec<&Flow> = live.iter().take(3).copied().collect();
+        return (
+            HandlingFinding::NothingServes {
+                vip: f.vip,
+                kernel_refused: kernel_refused > 0,
+            },
+            evidence_of(&first, Flow::evidence),
+        );
+    }
+    // What it does with the connections it accepted.
+    let mut hang: Vec<&Flow> = Vec::new();
+    let mut rst_after_req: Vec<&Flow> = Vec::new();
+    let mut rst_immediate: Vec<&Flow> = Vec::new();
+    let mut closed_empty: Vec<&Flow> = Vec::new();
+    let mut answered_closed = 0;
+    for fl in live.iter().copied().filter(|fl| fl.answered() || fl.l4()) {
+        if fl.client_gave_up(ev) {
+            hang.push(fl);
+        } else if let Some(&r) = fl.lb_rsts.first() {
+            let acked_data = fl
+                .isn
+                .is_some_and(|isn| crate::checklist::seq_past(ev[r].ack, isn));
+            if fl.client_sent_request(ev) || acked_data {
+                rst_after_req.push(fl);
+            } else {
+                rst_immediate.push(fl);
+            }
+        } else if fl.server_sent_data(ev) {
+            answered_closed += 1;
+        } else if !fl.lb_fins.is_empty() {
+            closed_empty.push(fl);
+        } else if fl.client_sent_request(ev) && fl.client_got_syn_ack(ev) {
+            hang.push(fl);
+        }
+    }
+    let outcomes = Outcomes {
+        rst_after_request: rst_after_req.len(),
+        rst_immediate: rst_immediate.len(),
+        closed_empty: closed_empty.len(),
+        answered_closed,
+        kernel_refused,
+        unanswered,
+    };
+    let first: Vec<&Flow> = live.iter().take(2).copied().collect();
+    let mut evid = evidence_of(&first, Flow::evidence);
+    evid.extend(
+        rst_after_req
+            .iter()
+            .flat_map(|fl| fl.lb_rsts.iter().copied()),
+    );
+    evid.extend(
+        rst_immediate
+            .iter()
+            .flat_map(|fl| fl.lb_rsts.iter().copied()),
+    );
+    evid.extend(
+        closed_empty
+            .iter()
+            .flat_map(|fl| fl.lb_fins.iter().copied()),
+    );
+    evid.sort_unstable();
+    evid.dedup();
+    if !hang.is_empty() {
+        evid.extend(hang.iter().flat_map(|fl| fl.evidence()));
+        evid.sort_unstable();
+        evid.dedup();
+        return (
+            HandlingFinding::Hang {
+                mode,
+                hang: hang.len(),
+                outcomes,
+                local_http,
+            },
+            evid,
+        );
+    }
+    (
+        HandlingFinding::Served {
+            mode,
+            connections: live.len(),
+            outcomes,
+            local_http,
+        },
+        evid,
+    )
+}

@@ -1,0 +1,190 @@
+//! The verdict engine of `lbtrace check`: kernel events and probe outcomes in, a verdict for each
+//! step of the checklist out. Pure: no IO, no clock (the window is passed in), unit-tested with
+//! hand-made event sequences.
+//!
+//! Client connections to the VIP are followed by their tuple ([`flow`]). The Layer 4 / Layer 7
+//! question is answered from behaviour: a NAT forwards the client's SYN with its initial sequence
+//! number (ISN) intact, with or without SNAT; a proxy answers the SYN itself. Whether a packet
+//! reached the other side is read from the sequence space ([`crate::checklist::seq_past`]): a
+//! client FIN or RST acknowledging the LB's ISN + 1 proves the SYN-ACK arrived; a client FIN with
+//! seq past its ISN + 1 proves it sent a request; an LB FIN past its ISN + 1 proves it answered.
+//!
+//! Each step has its own module and its own typed finding ([`StepFinding`]); the words for them
+//! are in [`super::report`].
+
+pub mod backends;
+pub mod client;
+pub mod flow;
+pub mod handling;
+pub mod return_path;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+
+pub use backends::{BackendFinding, BackendsFinding, LbToBackend};
+pub use client::ClientFinding;
+pub use handling::{HandlingFinding, Outcomes};
+pub use return_path::ReturnFinding;
+
+use crate::{checklist::Step, endpoint::Endpoint, event::KernelEvent, kernel::btf::DropReasons};
+use flow::Flow;
+
+/// How a step came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Warn,
+    Unknown,
+}
+
+/// How the LB forwards: NAT (the client's SYN goes on to a backend) or proxy (it answers itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    L4,
+    L7,
+    Unknown,
+}
+
+/// The TCP result of a probe, as the engine needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpResult {
+    Connected,
+    Refused,
+    Timeout,
+    Unreachable,
+    Error,
+}
+
+/// What a probe found, reduced to what the rules use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeFacts {
+    pub target: SocketAddr,
+    /// The probe socket's local port: ties kernel events to the probe.
+    pub local_port: Option<u16>,
+    pub tcp: TcpResult,
+    /// The OS's word for an unreachable / error result.
+    pub why: Option<String>,
+    pub http_status: Option<u16>,
+}
+
+/// Everything the rules look at.
+pub struct Facts<'a> {
+    pub vip: Endpoint,
+    pub backends: &'a [Endpoint],
+    /// `--client`: only this client's connections count as client evidence.
+    pub client: Option<Endpoint>,
+    /// Kernel events, in time order.
+    pub events: &'a [KernelEvent],
+    /// One per backend, in `backends` order (absent when a probe could not run).
+    pub probes: &'a [ProbeFacts],
+    /// The LB host's own probe of the VIP, when it ran.
+    pub vip_probe: Option<&'a ProbeFacts>,
+    pub window_secs: f64,
+    pub reasons: &'a DropReasons,
+}
+
+/// What a step found, typed per step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepFinding {
+    ClientToLb(ClientFinding),
+    LbHandling(HandlingFinding),
+    LbToBackend(LbToBackend),
+    ReturnPath(ReturnFinding),
+}
+
+impl StepFinding {
+    pub fn status(&self) -> Status {
+        match self {
+            Self::ClientToLb(f) => f.status(),
+            Self::LbHandling(f) => f.status(),
+            Self::LbToBackend(f) => f.status(),
+            Self::ReturnPath(f) => f.status(),
+        }
+    }
+}
+
+/// The verdict of one checklist step: its finding and the events that back it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepVerdict {
+    pub step: Step,
+    pub status: Status,
+    pub finding: StepFinding,
+    /// Indices into `Facts::events`.
+    pub evidence: Vec<usize>,
+    /// A step left without evidence by an earlier step's failure.
+    pub blocked_by: Option<Step>,
+}
+
+impl StepVerdict {
+    fn new(step: Step, finding: StepFinding, evidence: Vec<usize>) -> Self {
+        Self {
+            step,
+            status: finding.status(),
+            finding,
+            evidence,
+            blocked_by: None,
+        }
+    }
+}
+
+/// One backend as the LB host's probe found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendVerdict {
+    pub addr: SocketAddr,
+    /// The probe's result, with its reason.
+    pub finding: BackendFinding,
+    pub reachable: bool,
+    pub evidence: Vec<usize>,
+}
+
+/// The whole checklist: the mode, each step's verdict and each backend's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub mode: Mode,
+    pub first_failed_step: Option<Step>,
+    /// The four steps, in order.
+    pub steps: Vec<StepVerdict>,
+    pub backends: Vec<BackendVerdict>,
+}
+
+/// Judges every step.
+pub fn judge(f: &Facts<'_>) -> Verdict {
+    let c = flow::classify(f);
+    let syn_flows: Vec<&Flow> = c.flows.iter().filter(|fl| !fl.syns.is_empty()).collect();
+    let s1 = client::judge(f, &syn_flows);
+    // Connections the LB host's stack kept: what the LB did with them is steps 2 to 4.
+    let live: Vec<&Flow> = syn_flows
+        .iter()
+        .copied()
+        .filter(|fl| !fl.stack_drop(f.events, f.reasons))
+        .collect();
+    let mode = handling::mode(&live);
+    let s2 = handling::judge(f, &live, mode);
+    let (s3, backends) = backends::judge(f, &live, &c.probe_events);
+    let s4 = return_path::judge(f, &live);
+    let mut steps = vec![s1, s2, s3, s4];
+    // Steps left without evidence by an earlier failure are unknown, blocked by it.
+    let first_fail = steps
+        .iter()
+        .find(|s| s.status == Status::Fail)
+        .map(|s| s.step);
+    if let Some(ff) = first_fail {
+        for s in steps
+            .iter_mut()
+            .filter(|s| s.step > ff && s.status == Status::Unknown)
+        {
+            s.blocked_by = Some(ff);
+        }
+    }
+    Verdict {
+        mode,
+        first_failed_step: first_fail,
+        steps,
+        backends,
+    }
+}

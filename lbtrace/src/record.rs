@@ -1,0 +1,376 @@
+//! The JSON records lbtrace prints, as types: one [`EventRecord`] per kernel event (what `trace`
+//! prints and what `check`, `watch` and `dump` embed) and one [`ConnRecord`] per recorded
+//! connection (what the tripwire hands to `dump`). Written by `render` and `watch::history`,
+//! read back by `dump`; field order is the order of docs/output.md.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{
+    checklist::Step,
+    event::{Detail, Dir, Hook, KernelEvent, flags_from_str, flags_str, icmp_what},
+    kernel::btf::DropReasons,
+    render::{Clock, IfNames},
+    watch::recorder::{Accounting, Finding, Join},
+};
+
+/// Where and when an event was seen: the keys every event object starts with.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    pub time: String,
+    pub ts_ns: u64,
+    pub iface: Option<String>,
+    pub ifindex: u32,
+    pub hook: Hook,
+}
+
+/// A TCP header's tuple and control fields: the keys packet and drop objects end with.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tcp {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub flags: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u16,
+}
+
+/// A TCP control packet of a watched tuple (`"type": "packet"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PacketRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub dir: Option<Dir>,
+    #[serde(flatten)]
+    pub tcp: Tcp,
+}
+
+/// An ICMP error quoting a watched tuple (`"type": "icmp"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IcmpRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub dir: Option<Dir>,
+    /// The ICMP packet's own addresses.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub what: String,
+    /// The quoted TCP packet's tuple.
+    pub inner_src: SocketAddr,
+    pub inner_dst: SocketAddr,
+    pub inner_seq: u32,
+}
+
+/// A packet of a watched tuple the kernel freed with a drop reason (`"type": "drop"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DropRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub reason: String,
+    pub reason_code: u32,
+    #[serde(flatten)]
+    pub tcp: Tcp,
+}
+
+/// One kernel event as printed: the event object of docs/output.md.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EventRecord {
+    Packet(PacketRecord),
+    Icmp(IcmpRecord),
+    Drop(DropRecord),
+}
+
+impl EventRecord {
+    /// The record of `ev`: wall-clock time from `clock`, interface name from `ifnames`, drop
+    /// reason name from `reasons`.
+    pub fn of(
+        ev: &KernelEvent,
+        clock: &Clock,
+        ifnames: &mut IfNames,
+        reasons: &DropReasons,
+    ) -> Self {
+        let seen = Seen {
+            time: clock.rfc3339(ev.ts_ns),
+            ts_ns: ev.ts_ns,
+            iface: ifnames.name(ev.ifindex),
+            ifindex: ev.ifindex,
+            hook: ev.hook,
+        };
+        let tcp = || Tcp {
+            src: ev.src,
+            dst: ev.dst,
+            flags: flags_str(ev.flags),
+            seq: ev.seq,
+            ack: ev.ack,
+            len: ev.payload_len,
+        };
+        match &ev.detail {
+            Detail::Packet => Self::Packet(PacketRecord {
+                seen,
+                dir: ev.dir,
+                tcp: tcp(),
+            }),
+            Detail::Icmp {
+                outer_src,
+                outer_dst,
+                icmp_type,
+                icmp_code,
+            } => Self::Icmp(IcmpRecord {
+                seen,
+                dir: ev.dir,
+                src: *outer_src,
+                dst: *outer_dst,
+                icmp_type: *icmp_type,
+                icmp_code: *icmp_code,
+                what: icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code).to_owned(),
+                inner_src: ev.src,
+                inner_dst: ev.dst,
+                inner_seq: ev.seq,
+            }),
+            Detail::Drop { reason } => Self::Drop(DropRecord {
+                seen,
+                reason: reasons.name(*reason),
+                reason_code: *reason,
+                tcp: tcp(),
+            }),
+        }
+    }
+
+    /// Where and when the event was seen.
+    pub fn seen(&self) -> &Seen {
+        match self {
+            Self::Packet(p) => &p.seen,
+            Self::Icmp(i) => &i.seen,
+            Self::Drop(d) => &d.seen,
+        }
+    }
+
+    pub fn ts_ns(&self) -> u64 {
+        self.seen().ts_ns
+    }
+
+    pub fn iface(&self) -> Option<&str> {
+        self.seen().iface.as_deref()
+    }
+
+    /// The kernel event back (for a pcap file); `None` for flags lbtrace never writes.
+    pub fn to_event(&self) -> Option<KernelEvent> {
+        let seen = self.seen();
+        let from_tcp = |dir, t: &Tcp, detail| -> Option<KernelEvent> {
+            Some(KernelEvent {
+                ts_ns: seen.ts_ns,
+                ifindex: seen.ifindex,
+                hook: seen.hook,
+                dir,
+                src: t.src,
+                dst: t.dst,
+                flags: flags_from_str(&t.flags)?,
+                seq: t.seq,
+                ack: t.ack,
+                payload_len: t.len,
+                detail,
+            })
+        };
+        match self {
+            Self::Packet(p) => from_tcp(p.dir, &p.tcp, Detail::Packet),
+            Self::Drop(d) => from_tcp(
+                None,
+                &d.tcp,
+                Detail::Drop {
+                    reason: d.reason_code,
+                },
+            ),
+            Self::Icmp(i) => Some(KernelEvent {
+                ts_ns: seen.ts_ns,
+                ifindex: seen.ifindex,
+                hook: seen.hook,
+                dir: i.dir,
+                src: i.inner_src,
+                dst: i.inner_dst,
+                flags: 0,
+                seq: i.inner_seq,
+                ack: 0,
+                payload_len: 0,
+                detail: Detail::Icmp {
+                    outer_src: i.src,
+                    outer_dst: i.dst,
+                    icmp_type: i.icmp_type,
+                    icmp_code: i.icmp_code,
+                },
+            }),
+        }
+    }
+}
+/// A recorded connection's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnStatus {
+    /// Closed without a finding.
+    Ok,
+    /// At least one finding.
+    Fail,
+    /// Still open, no finding yet.
+    Open,
+}
+
+/// The backend side of a recorded connection.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackendLegRecord {
+    pub lb: SocketAddr,
+    pub backend: SocketAddr,
+    pub join: Join,
+    pub answered: bool,
+    pub events: Vec<EventRecord>,
+}
+
+/// One client connection of the tripwire's history (`"type": "connection"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename = "connection")]
+pub struct ConnRecord {
+    pub id: u64,
+    pub vip: SocketAddr,
+    pub client: SocketAddr,
+    pub start: String,
+    pub start_ns: u64,
+    pub duration_ms: f64,
+    /// The lowest failing step.
+    pub step: Option<Step>,
+    pub status: ConnStatus,
+    pub findings: Vec<Finding>,
+    pub client_leg: Vec<EventRecord>,
+    pub backend_leg: Option<BackendLegRecord>,
+    pub truncated_events: u32,
+}
+
+/// The tripwire's answer to a dump request (`"type": "dump"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename = "dump")]
+pub struct DumpRecord {
+    pub recorder: Accounting,
+    pub connections: Vec<ConnRecord>,
+}
+
+/// The last line of `lbtrace dump --format json` (`"type": "recorder"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename = "recorder")]
+pub struct RecorderRecord {
+    pub recorder: Accounting,
+}
+
+#[cfg(test)]
+mod tests {
+    use lbtrace_common::tcp_flag::{ACK, FIN, PSH, SYN};
+
+    use super::*;
+    use crate::testutil::{drop, pkt};
+
+    fn reasons() -> DropReasons {
+        DropReasons::from_pairs(&[(6, "NETFILTER_DROP")])
+    }
+
+    /// Serialized records, parsed back, serialize to the same bytes and give the event back.
+    #[test]
+    fn event_records_round_trip() {
+        let icmp = KernelEvent {
+            detail: Detail::Icmp {
+                outer_src: "10.0.0.9".parse().unwrap(),
+                outer_dst: "10.0.0.1".parse().unwrap(),
+                icmp_type: 3,
+                icmp_code: 3,
+            },
+            ..pkt(7, Dir::In, "10.0.0.1:4000", "10.0.0.9:80", 0, 55, 0)
+        };
+        for ev in [
+            pkt(
+                5,
+                Dir::Out,
+                "10.0.0.10:80",
+                "10.0.0.5:4000",
+                SYN | ACK,
+                77,
+                1001,
+            ),
+            pkt(
+                6,
+                Dir::In,
+                "[fd00::5]:4000",
+                "[fd00::10]:80",
+                FIN | PSH | ACK,
+                9,
+                3,
+            ),
+            drop(8, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1000, 6),
+            icmp,
+        ] {
+            let rec = EventRecord::of(&ev, &Clock::new(), &mut IfNames::default(), &reasons());
+            let json = serde_json::to_string(&rec).unwrap();
+            let back: EventRecord = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, rec);
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+            assert_eq!(back.to_event().unwrap(), ev, "{json}");
+        }
+    }
+
+    #[test]
+    fn event_records_have_the_documented_keys_in_order() {
+        let ev = drop(8, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1000, 6);
+        let rec = EventRecord::of(&ev, &Clock::new(), &mut IfNames::default(), &reasons());
+        let v = serde_json::to_value(&rec).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "type",
+                "time",
+                "ts_ns",
+                "iface",
+                "ifindex",
+                "hook",
+                "reason",
+                "reason_code",
+                "src",
+                "dst",
+                "flags",
+                "seq",
+                "ack",
+                "len"
+            ]
+        );
+        assert_eq!(v["type"], "drop");
+        assert_eq!(v["hook"], "kfree_skb");
+        assert_eq!(v["reason"], "NETFILTER_DROP");
+        assert_eq!(v["src"], "10.0.0.5:4000");
+        assert_eq!(v["flags"], "S");
+    }
+
+    #[test]
+    fn connection_records_round_trip() {
+        let c = ConnRecord {
+            id: 3,
+            vip: "10.0.0.10:80".parse().unwrap(),
+            client: "10.0.0.5:4000".parse().unwrap(),
+            start: "2026-11-29T10:00:00.5Z".into(),
+            start_ns: 5,
+            duration_ms: 1.25,
+            step: Some(Step::LbHandling),
+            status: ConnStatus::Fail,
+            findings: vec![Finding::NoListener],
+            client_leg: Vec::new(),
+            backend_leg: None,
+            truncated_events: 0,
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.starts_with(r#"{"type":"connection","id":3,"vip":"10.0.0.10:80""#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""step":2,"status":"fail","findings":[{"kind":"no_listener"}]"#),
+            "{json}"
+        );
+        let back: ConnRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+}
