@@ -121,9 +121,27 @@ async fn request(path: &PathBuf, q: &Query) -> Result<DumpRecord> {
     serde_json::from_value(v).context("the tripwire's answer is not a dump")
 }
 
-/// [`request`], given up after `timeout`.
+/// [`request`], asked again while the tripwire says it is busy (all its client slots taken),
+/// given up after `timeout`.
 async fn request_within(path: &PathBuf, q: &Query, timeout: Duration) -> Result<DumpRecord> {
-    tokio::time::timeout(timeout, request(path, q))
+    let again = async {
+        loop {
+            match request(path, q).await {
+                // Busy, or closed by a tripwire at its limit of clients: ask again.
+                Err(e)
+                    if e.to_string().contains(socket::BUSY)
+                        || e.chain().any(|c| {
+                            c.downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+                        }) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, again)
         .await
         .unwrap_or_else(|_| {
             bail!(

@@ -43,6 +43,8 @@ pub const RUN_DIR: &str = "/run/lbtrace";
 pub const MAX_CLIENTS: usize = 64;
 /// The longest request line a client may send.
 pub const MAX_REQUEST: u64 = 64 * 1024;
+/// How an answer starts when every client slot is taken (`lbtrace dump` then asks again).
+pub const BUSY: &str = "busy:";
 /// A client has this long to send its request, and again to take the answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -189,31 +191,35 @@ pub struct DumpRequest {
     pub reply: oneshot::Sender<String>,
 }
 
-/// Accepts dump clients until the listener fails, each served by a task of its own.
+/// Accepts dump clients until the listener fails, each served by a task of its own. Past
+/// [`MAX_CLIENTS`], a client is told "busy" (after its request is read: closing with it unread
+/// would reset the connection before the answer is seen); past four times that, it is closed.
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<DumpRequest>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let busy_slots = Arc::new(Semaphore::new(MAX_CLIENTS * 4));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        match Arc::clone(&slots).try_acquire_owned() {
-            Ok(permit) => {
-                let requests = requests.clone();
-                tokio::spawn(async move {
-                    client(stream, requests).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let busy =
-                        format!("busy: {MAX_CLIENTS} dump clients are being served; try again");
-                    answer(stream, error_body(&busy)).await;
-                });
-            }
+        if let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                client(stream, requests).await;
+                drop(permit);
+            });
+        } else if let Ok(permit) = Arc::clone(&busy_slots).try_acquire_owned() {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), read_query(&mut stream)).await;
+                let busy = format!("{BUSY} {MAX_CLIENTS} dump clients are being served; try again");
+                answer(stream, error_body(&busy)).await;
+                drop(permit);
+            });
         }
+        // else: dropped here, closed.
     }
 }
 
