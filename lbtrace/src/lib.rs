@@ -2,13 +2,21 @@
 //!
 //! # Layout
 //! ```text
-//! kernel::Tracer ──(ring buffers)──▶ event::decode ──KernelEvent──▶ render::{text,json}
-//!     │  btf: offsets + drop-reason names from /sys/kernel/btf/vmlinux
-//!     │  counters: per-CPU sums (emitted, lost, parsed, per-endpoint)
-//! netif: which interfaces carry the endpoints' traffic; XDP holders
-//! endpoint: `--vip` / `--backend` parsing and map keys
-//! trace / doctor: the commands
+//! kernel::Tracer ──(per-CPU rings, ring buffer)──▶ session::drain ──KernelEvent──┐
+//!   │ btf: sk_buff offsets and drop-reason names from /sys/kernel/btf/vmlinux     │
+//!   │ counters: per-CPU sums (emitted, lost, parsed, per endpoint)                │
+//!   ▼                                                                             ▼
+//! trace   render: text / JSON lines (record: the typed JSON shared with dump)
+//! check   probe (TCP / TLS / HTTP, series) + host (the LB's own limits) + events
+//!           ──▶ check::verdict: one module per checklist step ──▶ check::report
+//! watch   watch::recorder (connections, findings) ──▶ watch::alerts ──▶ stdout,
+//!           --on-alert (watch::on_alert), metrics, the dump socket (watch::socket)
+//! dump    asks watch's socket; doctor: what this host supports
 //! ```
+//! `checklist` is the vocabulary check and watch share (steps, TCP flag and sequence rules, drop
+//! classes); `session` the plumbing every tracing command shares (config, signals, ready file,
+//! non-blocking output); `files` how files are created as root; `netif` which interfaces carry
+//! the endpoints' traffic; `endpoint` the `--vip` / `--backend` values.
 
 pub mod check;
 pub mod checklist;
