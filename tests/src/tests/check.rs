@@ -824,3 +824,41 @@ fn check_pcap_has_syn_to_vip() {
         "no SYN to 10.10.2.10.80 in the capture:\n{text}"
     );
 }
+
+/// The LB service is down, its VIP address up (the healthy HAProxy scenario without HAProxy):
+/// the lb's kernel answers every client SYN with RST and frees it as NO_SOCKET. Step 2 fails:
+/// nothing serves the VIP; step 1 passes (the SYNs arrived), step 4 has nothing to judge.
+#[test]
+fn check_lb_service_down() {
+    let s = scenario::find("haproxy-http-healthy").expect("the healthy HAProxy scenario");
+    let lab = Lab::new();
+    let o = check_on(&lab, s, &[]);
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 1,
+            mode: "unknown",
+            steps: ["pass", "fail", "pass", "unknown"],
+            first_failed: Some(2),
+            backends: HEALTHY,
+        },
+    );
+    assert_contains(&o, 2, "nothing serves the VIP");
+    assert_contains(&o, 2, "NO_SOCKET");
+    let evidence = &o.step(2)["evidence"];
+    assert!(
+        !Outcome::drops_in(evidence, "NO_SOCKET").is_empty(),
+        "no NO_SOCKET drop in step 2's evidence\n{}",
+        o.dump()
+    );
+    assert!(
+        evidence
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["type"] == "packet"
+                && e["flags"] == "R."
+                && e["src"] == o.scenario.vip().as_str())),
+        "no RST from the VIP in step 2's evidence\n{}",
+        o.dump()
+    );
+    assert_clients(&o, |c| c.code == "000", "connections refused (000)");
+}
