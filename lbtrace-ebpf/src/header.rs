@@ -149,49 +149,54 @@ pub(crate) fn l2(b: &Bounds) -> Option<(usize, u16)> {
 
 /// An IPv4 header (RFC 791) whose version is 4 and whose IHL covers the fixed header.
 #[derive(Clone, Copy)]
-pub(crate) struct Ip4<'a>(Hdr<'a, IP4_LEN>);
+pub(crate) struct Ip4<'a> {
+    h: Hdr<'a, IP4_LEN>,
+    /// Header length with options, in bytes.
+    ihl: usize,
+}
 
 impl<'a> Ip4<'a> {
     #[inline(always)]
     pub(crate) fn new(h: Hdr<'a, IP4_LEN>) -> Option<Self> {
         let vihl = h.u8::<0>();
-        if vihl >> 4 != 4 || ((vihl & 0x0f) as usize) * 4 < IP4_LEN {
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || ihl < IP4_LEN {
             return None;
         }
-        Some(Self(h))
+        Some(Self { h, ihl })
     }
 
     /// Header length with options: where the L4 header starts.
     #[inline(always)]
     pub(crate) fn ihl(self) -> usize {
-        ((self.0.u8::<0>() & 0x0f) as usize) * 4
+        self.ihl
     }
 
     #[inline(always)]
     pub(crate) fn proto(self) -> u8 {
-        self.0.u8::<9>()
+        self.h.u8::<9>()
     }
 
     /// Not the first fragment: only the first one carries the L4 header.
     #[inline(always)]
     pub(crate) fn later_fragment(self) -> bool {
-        self.0.be16::<6>() & 0x1fff != 0
+        self.h.be16::<6>() & 0x1fff != 0
     }
 
     /// L4 bytes (header and payload) as the total length tells.
     #[inline(always)]
     pub(crate) fn l4_len(self) -> u16 {
-        self.0.be16::<2>().saturating_sub(self.ihl() as u16)
+        self.h.be16::<2>().saturating_sub(self.ihl() as u16)
     }
 
     #[inline(always)]
     pub(crate) fn saddr(self) -> [u8; 16] {
-        self.0.addr4::<12>()
+        self.h.addr4::<12>()
     }
 
     #[inline(always)]
     pub(crate) fn daddr(self) -> [u8; 16] {
-        self.0.addr4::<16>()
+        self.h.addr4::<16>()
     }
 }
 
