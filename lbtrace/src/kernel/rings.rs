@@ -20,6 +20,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, RingBuf},
 };
+
+use super::loader::RawRings;
 use lbtrace_common::{EVENT_SIZE, RING_CURSOR_HEAD, RING_CURSOR_SIZE, RING_CURSOR_TAIL, names};
 use tokio::io::unix::AsyncFd;
 
@@ -259,11 +261,7 @@ pub struct Rings {
     priority: AsyncFd<RingBuf<MapData>>,
 }
 
-fn take_ringbuf(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} missing from the eBPF object"))?;
-    let rb = RingBuf::try_from(map).with_context(|| format!("map {name} is not a ring buffer"))?;
+fn register(rb: RingBuf<MapData>, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the RingBuf owns its map fd and is moved into the AsyncFd, so the fd stays open for
     // as long as it is registered.
     unsafe { AsyncFd::register(rb) }
@@ -271,11 +269,17 @@ fn take_ringbuf(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>
 }
 
 impl Rings {
-    pub fn take(ebpf: &mut Ebpf, layout: &RingLayout) -> Result<Self> {
+    /// The rings of a loaded object, registered with the current tokio reactor.
+    pub fn new(raw: RawRings) -> Result<Self> {
+        let RawRings {
+            packets,
+            wakeup,
+            priority,
+        } = raw;
         Ok(Self {
-            packets: CpuRings::take(ebpf, layout)?,
-            wakeup: take_ringbuf(ebpf, names::RING_WAKEUP)?,
-            priority: take_ringbuf(ebpf, names::PRIORITY_EVENTS)?,
+            packets,
+            wakeup: register(wakeup, names::RING_WAKEUP)?,
+            priority: register(priority, names::PRIORITY_EVENTS)?,
         })
     }
 

@@ -9,9 +9,12 @@
 use std::{fs::File, os::fd::AsFd as _, sync::mpsc, thread, time::Duration};
 
 use aya::{
-    EbpfLoader,
     maps::PerCpuArray,
     programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+};
+use lbtrace::kernel::{
+    loader::{self, Programs},
+    rings::RingLayout,
 };
 use lbtrace_common::{EndpointKey, EndpointStats, family, names};
 use serde_json::Value;
@@ -48,35 +51,26 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
             "setns into {path}: {}",
             std::io::Error::last_os_error()
         );
-        let layout =
-            lbtrace::kernel::rings::RingLayout::new(1 << 16, 1 << 16).expect("ring layout");
-        let mut loader = EbpfLoader::new();
-        layout.apply(&mut loader).expect("ring layout");
-        let mut ebpf = loader
-            .load(lbtrace::kernel::EBPF_OBJECT)
-            .expect("loading the stand-in program");
         let mut vip = [0u8; 16];
         vip[..4].copy_from_slice(&VIP.v4.parse::<std::net::Ipv4Addr>().unwrap().octets());
-        lbtrace::kernel::tracer::fill_endpoints(
-            &mut ebpf,
-            &[(
-                EndpointKey {
-                    addr: vip,
-                    port: VIP_PORT,
-                    family: family::V4,
-                    _pad: 0,
-                },
-                0,
-            )],
-        )
-        .expect("filling ENDPOINTS and PORTS");
+        let key = EndpointKey {
+            addr: vip,
+            port: VIP_PORT,
+            family: family::V4,
+            _pad: 0,
+        };
+        let layout = RingLayout::new(1 << 16, 1 << 16).expect("ring layout");
+        let mut opts = loader::Options::new(lbtrace::kernel::EBPF_OBJECT, layout, vec![(key, 0)]);
+        opts.programs = Programs { tc: !xdp, xdp };
+        let mut ebpf = loader::load(&opts)
+            .expect("loading the stand-in program")
+            .ebpf;
         let prog_id = if xdp {
             let p: &mut Xdp = ebpf
                 .program_mut(names::PROG_XDP_INGRESS)
                 .unwrap()
                 .try_into()
                 .unwrap();
-            p.load().unwrap();
             p.attach(&iface, XdpMode::default())
                 .expect("attaching the stand-in XDP program");
             p.info().unwrap().id()
@@ -86,7 +80,6 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
                 .unwrap()
                 .try_into()
                 .unwrap();
-            p.load().unwrap();
             // Default order: after every program already attached (lbtrace's).
             p.attach_with_options(
                 &iface,

@@ -18,12 +18,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::{EbpfLoader, programs::SchedClassifier};
 use lbtrace::kernel::{
     counters,
+    loader::{self, Programs},
     rings::{RingLayout, Rings},
 };
-use lbtrace_common::names;
 
 use super::{
     frames::{self, VIP, VIP_PORT},
@@ -76,29 +75,26 @@ struct Run {
 }
 
 fn one(secs: f64) -> Result<Run> {
-    let no_wildcard = 0u8;
-    let layout = RingLayout::new(RING_BYTES, 1 << 20)?;
-    let mut loader = EbpfLoader::new();
-    loader.override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true);
-    layout.apply(&mut loader)?;
-    let mut ebpf = loader
-        .load(&super::kernel::object()?)
-        .context("loading lbtrace's eBPF object")?;
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(names::PROG_TC_INGRESS)
-        .context("no tc_ingress program")?
-        .try_into()?;
-    tc.load().context("loading tc_ingress")?;
-    lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, &frames::endpoints())
-        .context("filling ENDPOINTS and PORTS")?;
+    let object = super::kernel::object()?;
+    let mut opts = loader::Options::new(
+        &object,
+        RingLayout::new(RING_BYTES, 1 << 20)?,
+        frames::endpoints().to_vec(),
+    );
+    opts.programs = Programs {
+        tc: true,
+        xdp: false,
+    };
+    let mut loaded = loader::load(&opts).context("loading lbtrace's eBPF object")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building a tokio runtime")?;
     let rings = {
         let _entered = rt.enter();
-        Rings::take(&mut ebpf, &layout)?
+        Rings::new(loaded.take_rings()?)?
     };
+    let ebpf = loaded.ebpf;
 
     let cpus = sys::cpus();
     let stop = Arc::new(AtomicBool::new(false));
