@@ -284,6 +284,9 @@ pub mod names {
     pub const PROG_TC_INGRESS: &str = "tc_ingress";
     pub const PROG_TC_EGRESS: &str = "tc_egress";
     pub const PROG_XDP_INGRESS: &str = "xdp_ingress";
+    /// `tc_ingress` / `tc_egress` under the names lbtrace's legacy TC (cls_bpf) filters carry.
+    pub const PROG_LEGACY_TC_INGRESS: &str = "lbtrace_tc_in";
+    pub const PROG_LEGACY_TC_EGRESS: &str = "lbtrace_tc_eg";
     pub const PROG_KFREE_SKB: &str = "tp_kfree_skb";
 
     /// `KernelOffsets` for the drop tracer.

@@ -56,6 +56,20 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     tc(&ctx, hook::TC_EGRESS)
 }
 
+/// `tc_ingress` for legacy TC (clsact + cls_bpf, kernels without TCX): the same body under a name
+/// that makes lbtrace's filters recognisable in `tc filter show` (the filter takes the program's
+/// name). TC_ACT_UNSPEC there means "continue with the next filter".
+#[classifier]
+pub fn lbtrace_tc_in(ctx: TcContext) -> i32 {
+    tc(&ctx, hook::TC_INGRESS)
+}
+
+/// `tc_egress` for legacy TC, see `lbtrace_tc_in`.
+#[classifier]
+pub fn lbtrace_tc_eg(ctx: TcContext) -> i32 {
+    tc(&ctx, hook::TC_EGRESS)
+}
+
 /// Frags-aware (`xdp.frags`): attaching it does not cap the interface's MTU. Headers are read from
 /// the first buffer only, which always holds them.
 #[xdp(frags)]

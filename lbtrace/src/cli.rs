@@ -38,6 +38,9 @@ pub enum Command {
     Check(CheckArgs),
     /// What this kernel and host support, before anyone trusts lbtrace on a production box.
     Doctor(DoctorArgs),
+    /// Removes what a killed lbtrace left attached (legacy TC filters, and the clsact qdiscs it
+    /// created, on kernels without TCX) and says what it removed.
+    Cleanup,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

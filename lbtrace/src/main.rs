@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                 lbtrace::watch::run::run(args, lbtrace::shutdown_signal()).await
             }
             Some(Command::Dump(args)) => lbtrace::dump::run(&args).await,
+            Some(Command::Cleanup) => lbtrace::kernel::legacy_tc::run(),
             None => lbtrace::watch::run::run(cli.watch, lbtrace::shutdown_signal()).await,
         }
     });

@@ -36,8 +36,10 @@ pub struct DropParams {
 /// Which programs to put through the verifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Programs {
-    /// `tc_ingress` and `tc_egress`.
+    /// `tc_ingress` and `tc_egress` (TCX).
     pub tc: bool,
+    /// `lbtrace_tc_in` and `lbtrace_tc_eg` (the same, for legacy TC filters).
+    pub legacy_tc: bool,
     /// `xdp_ingress`.
     pub xdp: bool,
 }
@@ -70,6 +72,7 @@ impl<'a> Options<'a> {
             has_wildcard,
             programs: Programs {
                 tc: true,
+                legacy_tc: false,
                 xdp: true,
             },
             drops: None,
@@ -81,6 +84,31 @@ impl<'a> Options<'a> {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub layout: RingLayout,
+    /// What the user should know about how it was loaded (e.g. a memlock limit left low).
+    pub notes: Vec<String>,
+}
+
+/// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to (64 KiB by default on a
+/// plain 5.10 system: not even the rings fit). From 5.11 maps are charged to the memory cgroup
+/// and the limit does not matter, so failing to raise it (no CAP_SYS_RESOURCE) is only worth a
+/// note where it does.
+fn raise_memlock() -> Option<String> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return None;
+    }
+    let err = std::io::Error::last_os_error();
+    if super::preflight::kernel_at_least(5, 11, 0) {
+        log::debug!("RLIMIT_MEMLOCK not raised ({err}); this kernel charges BPF maps to the memory cgroup");
+        return None;
+    }
+    Some(format!(
+        "could not raise RLIMIT_MEMLOCK ({err}): this kernel charges BPF maps to it, so loading may fail; raise it (LimitMEMLOCK=infinity, ulimit -l unlimited)"
+    ))
 }
 
 /// Loads the object with `opts`. The verifier's log is in the error when it rejects a program.
@@ -91,6 +119,7 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
             opts.endpoints.len()
         );
     }
+    let notes: Vec<String> = raise_memlock().into_iter().collect();
     let wildcard = u8::from(opts.has_wildcard);
     let mut loader = EbpfLoader::new();
     loader.override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
@@ -106,9 +135,15 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
         .load(opts.object)
         .context("loading the eBPF object")?;
 
-    let Programs { tc, xdp } = opts.programs;
-    if tc {
-        for prog in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
+    let Programs { tc, legacy_tc, xdp } = opts.programs;
+    let tc_progs = [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS]
+        .into_iter()
+        .filter(|_| tc);
+    let legacy_progs = [names::PROG_LEGACY_TC_INGRESS, names::PROG_LEGACY_TC_EGRESS]
+        .into_iter()
+        .filter(|_| legacy_tc);
+    {
+        for prog in tc_progs.chain(legacy_progs) {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the eBPF object"))?
@@ -148,6 +183,7 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
     Ok(Loaded {
         ebpf,
         layout: opts.layout.clone(),
+        notes,
     })
 }
 

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod counters;
+pub mod legacy_tc;
 pub mod loader;
 pub mod preflight;
 pub mod rings;

@@ -68,6 +68,11 @@ pub fn kernel_version() -> Result<KernelVersion, PreflightError> {
     KernelVersion::current().map_err(|e| PreflightError::Version(e.to_string()))
 }
 
+/// Whether the running kernel is at least `major.minor.patch` (false when it cannot be read).
+pub fn kernel_at_least(major: u8, minor: u8, patch: u16) -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(major, minor, patch))
+}
+
 pub fn fmt_version(v: KernelVersion) -> String {
     let code = v.code();
     format!("{}.{}.{}", code >> 16, (code >> 8) & 0xff, code & 0xff)

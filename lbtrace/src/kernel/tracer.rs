@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, os::unix::fs::MetadataExt as _};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     programs::{
@@ -20,6 +20,7 @@ use lbtrace_common::{EndpointKey, names};
 use super::{
     btf::{DropReasons, KernelBtf},
     counters::{self, Counters},
+    legacy_tc::{self, LegacyTc},
     loader::{self, DropParams, Loaded, Programs},
     rings::{RingLayout, Rings},
 };
@@ -44,13 +45,41 @@ pub struct TracerConfig {
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
-    /// `tcx-ingress`, `tcx-egress`, `xdp`.
+    /// `tcx-ingress`, `tcx-egress`, `xdp`; with legacy TC `tc-ingress`, `tc-egress`.
     pub hook: &'static str,
 }
 
+/// How the TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcMode {
+    /// TCX bpf_links (6.6+): gone with the process.
+    Tcx,
+    /// clsact + cls_bpf through netlink (before 6.6): recorded and cleaned up, see `legacy_tc`.
+    Legacy,
+}
+
+impl TcMode {
+    /// TCX where the kernel has it, else legacy TC. The hidden `LBTRACE_ATTACH=tc` (or `tcx`)
+    /// forces one, to test the legacy path on a kernel that has TCX.
+    pub fn select() -> Result<Self> {
+        match std::env::var("LBTRACE_ATTACH").as_deref() {
+            Ok("tc") => Ok(Self::Legacy),
+            Ok("tcx") => Ok(Self::Tcx),
+            Ok(other) => bail!("LBTRACE_ATTACH={other:?}: expected tc or tcx"),
+            Err(_) if super::preflight::kernel_at_least(6, 6, 0) => Ok(Self::Tcx),
+            Err(_) => Ok(Self::Legacy),
+        }
+    }
+}
+
+/// The loaded programs and their attachments: what `trace`, `check` and `watch` run on. Dropping
+/// it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
     links: Vec<FdLink>,
+    /// The legacy TC filters (and their record), when attached that way.
+    legacy: Option<LegacyTc>,
+    pub tc_mode: TcMode,
     pub attachments: Vec<Attachment>,
     /// Things the user should know about how lbtrace attached (e.g. TCX instead of XDP).
     pub notes: Vec<String>,
@@ -97,6 +126,7 @@ impl Tracer {
         let kbtf = KernelBtf::load()?;
         let reasons = kbtf.drop_reasons()?;
         let inum = netns_inum()?;
+        let tc_mode = TcMode::select()?;
         let keys: Vec<(EndpointKey, u32)> = cfg
             .endpoints
             .iter()
@@ -109,7 +139,8 @@ impl Tracer {
             keys,
         );
         opts.programs = Programs {
-            tc: true,
+            tc: tc_mode == TcMode::Tcx,
+            legacy_tc: tc_mode == TcMode::Legacy,
             xdp: cfg.xdp,
         };
         opts.drops = Some(DropParams {
@@ -118,19 +149,45 @@ impl Tracer {
                 .context("network namespace inode does not fit 32 bits")?,
             noise: reasons.noise_values(),
         });
-        let Loaded { ebpf, layout } = loader::load(&opts)?;
+        let Loaded {
+            ebpf,
+            layout,
+            notes,
+        } = loader::load(&opts)?;
 
         let mut tracer = Self {
             ebpf,
             links: Vec::new(),
+            legacy: None,
+            tc_mode,
             attachments: Vec::new(),
-            notes: Vec::new(),
+            notes,
             reasons,
             endpoints: cfg.endpoints.clone(),
             netns_inum: inum,
             layout,
         };
         tracer.attach_drops()?;
+        if tc_mode == TcMode::Legacy {
+            // Whatever a killed lbtrace left here goes first.
+            let stale = legacy_tc::cleanup(inum);
+            tracer.notes.extend(
+                stale
+                    .removed
+                    .iter()
+                    .map(|l| format!("removed a stale lbtrace attachment: {l}")),
+            );
+            tracer.legacy = Some(LegacyTc::new(inum)?);
+            tracer.notes.push(format!(
+                "attached with legacy TC (clsact + cls_bpf filters, recorded in {}): {}",
+                legacy_tc::run_dir().display(),
+                if std::env::var_os("LBTRACE_ATTACH").is_some() {
+                    "chosen with LBTRACE_ATTACH"
+                } else {
+                    "this kernel has no TCX"
+                }
+            ));
+        }
         let mut seen = BTreeSet::new();
         for iface in &cfg.ifaces {
             if seen.insert(iface.ifindex) {
@@ -199,30 +256,41 @@ impl Tracer {
             }
         }
         if !ingress_done {
-            let link = tcx(
-                &mut self.ebpf,
-                names::PROG_TC_INGRESS,
-                iface,
-                TcAttachType::Ingress,
-            )?;
-            self.links.push(link);
-            self.attachments.push(Attachment {
-                iface: iface.name.clone(),
-                ifindex: iface.ifindex,
-                hook: "tcx-ingress",
-            });
+            self.attach_tc(iface, TcAttachType::Ingress)?;
         }
-        let link = tcx(
-            &mut self.ebpf,
-            names::PROG_TC_EGRESS,
-            iface,
-            TcAttachType::Egress,
-        )?;
-        self.links.push(link);
+        self.attach_tc(iface, TcAttachType::Egress)
+    }
+
+    /// Attaches the TC program of direction `ty` to `iface`, with TCX or legacy TC.
+    fn attach_tc(&mut self, iface: &Link, ty: TcAttachType) -> Result<()> {
+        let ingress = ty == TcAttachType::Ingress;
+        let hook = match (&mut self.legacy, ingress) {
+            (None, _) => {
+                let prog = if ingress {
+                    names::PROG_TC_INGRESS
+                } else {
+                    names::PROG_TC_EGRESS
+                };
+                let link = tcx(&mut self.ebpf, prog, iface, ty)?;
+                self.links.push(link);
+                if ingress { "tcx-ingress" } else { "tcx-egress" }
+            }
+            (Some(legacy), _) => {
+                let prog = if ingress {
+                    names::PROG_LEGACY_TC_INGRESS
+                } else {
+                    names::PROG_LEGACY_TC_EGRESS
+                };
+                if let Some(note) = legacy.attach(&mut self.ebpf, prog, iface, ty)? {
+                    self.notes.push(note);
+                }
+                if ingress { "tc-ingress" } else { "tc-egress" }
+            }
+        };
         self.attachments.push(Attachment {
             iface: iface.name.clone(),
             ifindex: iface.ifindex,
-            hook: "tcx-egress",
+            hook,
         });
         Ok(())
     }
@@ -234,8 +302,9 @@ impl Tracer {
 
     /// Detaches every program (the maps stay readable until the tracer is dropped).
     pub fn detach(&mut self) {
-        // Closing a bpf_link's last fd detaches it.
+        // Closing a bpf_link's last fd detaches it; legacy filters are deleted.
         self.links.clear();
+        self.legacy = None;
     }
 
     pub fn counters(&self) -> Counters {

@@ -128,7 +128,7 @@ impl Harness {
             wakeup,
             priority,
         } = loaded.take_rings().expect("taking the rings");
-        let Loaded { ebpf, layout } = loaded;
+        let Loaded { ebpf, layout, .. } = loaded;
         let mut ids: Vec<u32> = endpoints.iter().map(|(_, id)| *id).collect();
         ids.sort_unstable();
         ids.dedup();

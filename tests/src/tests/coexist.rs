@@ -61,7 +61,11 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
         };
         let layout = RingLayout::new(1 << 16, 1 << 16).expect("ring layout");
         let mut opts = loader::Options::new(lbtrace::kernel::EBPF_OBJECT, layout, vec![(key, 0)]);
-        opts.programs = Programs { tc: !xdp, xdp };
+        opts.programs = Programs {
+            tc: !xdp,
+            legacy_tc: false,
+            xdp,
+        };
         let mut ebpf = loader::load(&opts)
             .expect("loading the stand-in program")
             .ebpf;

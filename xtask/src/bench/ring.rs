@@ -83,6 +83,7 @@ fn one(secs: f64) -> Result<Run> {
     );
     opts.programs = Programs {
         tc: true,
+        legacy_tc: false,
         xdp: false,
     };
     let mut loaded = loader::load(&opts).context("loading lbtrace's eBPF object")?;
