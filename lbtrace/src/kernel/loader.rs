@@ -103,7 +103,9 @@ fn raise_memlock() -> Option<String> {
     }
     let err = std::io::Error::last_os_error();
     if super::preflight::kernel_at_least(5, 11, 0) {
-        log::debug!("RLIMIT_MEMLOCK not raised ({err}); this kernel charges BPF maps to the memory cgroup");
+        log::debug!(
+            "RLIMIT_MEMLOCK not raised ({err}); this kernel charges BPF maps to the memory cgroup"
+        );
         return None;
     }
     Some(format!(

@@ -74,7 +74,11 @@ fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool) {
     let capture = tcpdump.stop();
     if legacy {
         assert_eq!(
-            (lbtrace_filters(&lab.lb), attachments(&lab.lb), records(&lab)),
+            (
+                lbtrace_filters(&lab.lb),
+                attachments(&lab.lb),
+                records(&lab)
+            ),
             (vec![], vec![], vec![]),
             "left behind by lbtrace after it stopped\n{}",
             trace.dump()
@@ -584,7 +588,9 @@ fn legacy_tc_sigkill_then_cleanup_or_next_start_leaves_nothing() {
         } else {
             let lbtrace = Lbtrace::start_env("lbtrace-next", &lab.lb, lab.dir(), &env, &args);
             assert!(
-                lbtrace.stderr().contains("removed a stale lbtrace attachment"),
+                lbtrace
+                    .stderr()
+                    .contains("removed a stale lbtrace attachment"),
                 "the next lbtrace did not say it removed the stale filters:\n{}",
                 lbtrace.stderr()
             );
@@ -593,7 +599,11 @@ fn legacy_tc_sigkill_then_cleanup_or_next_start_leaves_nothing() {
             lbtrace.stop();
         }
         assert_eq!(
-            (lbtrace_filters(&lab.lb), attachments(&lab.lb), records(&lab)),
+            (
+                lbtrace_filters(&lab.lb),
+                attachments(&lab.lb),
+                records(&lab)
+            ),
             (vec![], vec![], vec![]),
             "left after the killed lbtrace and {next}"
         );
