@@ -168,7 +168,7 @@ impl Tracer {
             layout,
         };
         tracer.attach_drops()?;
-        if tc_mode == TcMode::Legacy {
+        if tc_mode == TcMode::Legacy && !cfg.ifaces.is_empty() {
             // Whatever a killed lbtrace left here goes first.
             let stale = legacy_tc::cleanup(inum);
             tracer.notes.extend(

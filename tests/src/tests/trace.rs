@@ -569,12 +569,20 @@ fn legacy_tc_sigkill_then_cleanup_or_next_start_leaves_nothing() {
             "the filters went away by themselves"
         );
         assert_eq!(records(&lab).len(), 1, "the killed lbtrace's record");
-        if next == "cleanup" {
+        let run = |cmd: &str| {
             let mut argv: Vec<String> = vec!["env".into()];
             argv.extend(env.iter().map(|e| (*e).to_owned()));
             argv.push(crate::runner::lbtrace_bin().to_string_lossy().into_owned());
-            argv.push("cleanup".into());
-            let out = lab.lb.exec(&argv);
+            argv.push(cmd.into());
+            lab.lb.exec(&argv)
+        };
+        let doctor = run("doctor");
+        assert!(
+            doctor.contains("warn  leftovers") && doctor.contains("4 filter(s) of pid"),
+            "doctor does not report the killed lbtrace's filters:\n{doctor}"
+        );
+        if next == "cleanup" {
+            let out = run("cleanup");
             for f in ["ingress", "egress"] {
                 assert!(
                     out.contains(&format!("removed the tc {f} filter of pid")),
