@@ -33,13 +33,17 @@ use aya_ebpf::{
 };
 use lbtrace_common::{counter, hook};
 
-use crate::{header::Bounds, maps::count};
+use crate::{
+    header::Bounds,
+    maps::count,
+    ring::{PacketSink, PerCpuRings, SharedRing},
+};
 
 #[inline(always)]
-fn tc(ctx: &TcContext, hook: u8) -> i32 {
+fn tc<S: PacketSink>(ctx: &TcContext, hook: u8) -> i32 {
     // SAFETY: `skb` is the program's `__sk_buff` context, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if packet::handle(&Bounds::tc(ctx), ifindex, hook).is_err() {
+    if packet::handle::<S>(&Bounds::tc(ctx), ifindex, hook).is_err() {
         count(counter::PARSE_ERRORS);
     }
     // TCX_NEXT: never end the chain, whatever happened.
@@ -48,12 +52,12 @@ fn tc(ctx: &TcContext, hook: u8) -> i32 {
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    tc(&ctx, hook::TC_INGRESS)
+    tc::<PerCpuRings>(&ctx, hook::TC_INGRESS)
 }
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    tc(&ctx, hook::TC_EGRESS)
+    tc::<PerCpuRings>(&ctx, hook::TC_EGRESS)
 }
 
 /// `tc_ingress` for legacy TC (clsact + cls_bpf, kernels without TCX): the same body under a name
@@ -61,24 +65,58 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// name). TC_ACT_UNSPEC there means "continue with the next filter".
 #[classifier]
 pub fn lbtrace_tc_in(ctx: TcContext) -> i32 {
-    tc(&ctx, hook::TC_INGRESS)
+    tc::<PerCpuRings>(&ctx, hook::TC_INGRESS)
 }
 
 /// `tc_egress` for legacy TC, see `lbtrace_tc_in`.
 #[classifier]
 pub fn lbtrace_tc_eg(ctx: TcContext) -> i32 {
-    tc(&ctx, hook::TC_EGRESS)
+    tc::<PerCpuRings>(&ctx, hook::TC_EGRESS)
 }
 
 /// Frags-aware (`xdp.frags`): attaching it does not cap the interface's MTU. Headers are read from
 /// the first buffer only, which always holds them.
 #[xdp(frags)]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    xdp::<PerCpuRings>(&ctx)
+}
+
+#[inline(always)]
+fn xdp<S: PacketSink>(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    if packet::handle(&Bounds::xdp(&ctx), ifindex, hook::XDP_INGRESS).is_err() {
+    if packet::handle::<S>(&Bounds::xdp(ctx), ifindex, hook::XDP_INGRESS).is_err() {
         count(counter::PARSE_ERRORS);
     }
     xdp_action::XDP_PASS
+}
+
+// The `_rb` variants: the same programs writing packet events to the `PACKET_EVENTS` BPF ring
+// buffer, for kernels whose verifier refuses the per-CPU rings' atomic fetch-add (before 5.12).
+// Userspace loads one set or the other.
+
+#[classifier]
+pub fn tc_ingress_rb(ctx: TcContext) -> i32 {
+    tc::<SharedRing>(&ctx, hook::TC_INGRESS)
+}
+
+#[classifier]
+pub fn tc_egress_rb(ctx: TcContext) -> i32 {
+    tc::<SharedRing>(&ctx, hook::TC_EGRESS)
+}
+
+#[classifier]
+pub fn lbtrace_tc_in_rb(ctx: TcContext) -> i32 {
+    tc::<SharedRing>(&ctx, hook::TC_INGRESS)
+}
+
+#[classifier]
+pub fn lbtrace_tc_eg_rb(ctx: TcContext) -> i32 {
+    tc::<SharedRing>(&ctx, hook::TC_EGRESS)
+}
+
+#[xdp(frags)]
+pub fn xdp_ingress_rb(ctx: XdpContext) -> u32 {
+    xdp::<SharedRing>(&ctx)
 }
 
 /// `skb:kfree_skb(skb, location, reason, rx_sk)`.

@@ -30,6 +30,10 @@ pub(crate) static RING_CURSORS: Array<RingCursor> = Array::with_max_entries(1, B
 /// Wake-up records (the CPU number): one when a CPU's ring reaches `WAKEUP_EVENTS` unread.
 #[map]
 pub(crate) static RING_WAKEUP: RingBuf = RingBuf::with_byte_size(4096, 0);
+/// Packet events for kernels whose verifier refuses the per-CPU rings' atomic fetch-add (before
+/// 5.12): the `*_rb` program variants write them here instead. Sized by userspace.
+#[map]
+pub(crate) static PACKET_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 /// ICMP-error and drop events, in a ring of their own so that a SYN flood filling `EVENTS` cannot
 /// starve them.
 #[map]
@@ -80,7 +84,8 @@ pub(crate) static RING_SLOTS: Global<u64> = Global::new(1);
 /// Unread records of one CPU at which it writes a wake-up record.
 #[unsafe(no_mangle)]
 pub(crate) static WAKEUP_EVENTS: Global<u64> = Global::new(1);
-/// Unread bytes of `PRIORITY_EVENTS` above which a submit wakes the reader.
+/// Unread bytes of `PRIORITY_EVENTS` (and of `PACKET_EVENTS`) above which a submit wakes the
+/// reader.
 #[unsafe(no_mangle)]
 pub(crate) static PRIORITY_WAKEUP_BYTES: Global<u64> = Global::new(1 << 18);
 

@@ -1,7 +1,8 @@
 //! The body of the TC and XDP programs: parse Ethernet (up to two VLAN tags), IPv4 (with
 //! options) / IPv6, then TCP or an ICMP / ICMPv6 error, and turn the control packets (SYN,
 //! SYN-ACK, RST, FIN) of watched tuples and ICMP errors quoting a watched TCP tuple into events.
-//! Any other packet costs a few header loads and one counter.
+//! Any other packet costs a few header loads and one counter. Generic over where packet events
+//! go ([`PacketSink`]): each program has a variant per sink.
 
 use lbtrace_common::{Event, counter, family, kind, tcp_flag};
 
@@ -12,7 +13,7 @@ use crate::{
     },
     lookup::{count_flags, ports, stats, watched},
     maps::count,
-    ring::{emit_packet, emit_priority, now_ns},
+    ring::{PacketSink, emit_priority, now_ns},
 };
 
 /// An IP header, bounds-checked for its fixed length. Addresses are read from it only once a
@@ -83,7 +84,7 @@ fn ipv6(b: &Bounds, off: usize) -> Result<Option<L3<'_>>, ()> {
 
 /// The shared body of the TC and XDP programs.
 #[inline(always)]
-pub(crate) fn handle(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
+pub(crate) fn handle<S: PacketSink>(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
     count(counter::PACKETS);
     let (l3off, ethertype) = l2(b).ok_or(())?;
     let l3 = match ethertype {
@@ -93,7 +94,7 @@ pub(crate) fn handle(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
     };
     let Some(l3) = l3 else { return Ok(()) };
     match l3.proto {
-        IPPROTO_TCP => tcp(b, &l3, ifindex, hook),
+        IPPROTO_TCP => tcp::<S>(b, &l3, ifindex, hook),
         IPPROTO_ICMP if l3.fam == family::V4 => icmp(b, &l3, ifindex, hook),
         IPPROTO_ICMPV6 if l3.fam == family::V6 => icmp(b, &l3, ifindex, hook),
         _ => Ok(()),
@@ -101,7 +102,7 @@ pub(crate) fn handle(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn tcp(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
+fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
     let t = Tcp(b.at::<TCP_LEN>(l3.l4).ok_or(())?);
     let flags = t.flags();
     // The fast path: data and pure ACKs stop here, before any map lookup.
@@ -118,7 +119,7 @@ fn tcp(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
     };
     count_flags(id, flags);
     let doff = t.doff();
-    emit_packet(|e| {
+    S::emit(|e| {
         e.ts_ns = now_ns();
         e.ifindex = ifindex;
         e.kind = kind::PACKET;

@@ -7,12 +7,13 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    maps::RingBuf,
 };
 use lbtrace_common::{Event, counter};
 
 use crate::maps::{
-    EVENTS, PRIORITY_EVENTS, PRIORITY_WAKEUP_BYTES, RING_CURSORS, RING_SLOTS, RING_WAKEUP,
-    WAKEUP_EVENTS, count,
+    EVENTS, PACKET_EVENTS, PRIORITY_EVENTS, PRIORITY_WAKEUP_BYTES, RING_CURSORS, RING_SLOTS,
+    RING_WAKEUP, WAKEUP_EVENTS, count,
 };
 
 /// Makes the record before `head` visible to the reader, which loads `head` with acquire: a
@@ -46,11 +47,63 @@ fn this_cpu() -> u32 {
     unsafe { bpf_get_smp_processor_id() }
 }
 
+/// The submit flags of the `n`th event of this CPU on `ring`: the reader is only woken when the
+/// unread data passes `PRIORITY_WAKEUP_BYTES`, asked on every 64th event; otherwise it finds the
+/// events on its next timer tick.
+#[inline(always)]
+fn wakeup_flags(ring: &RingBuf, n: u64) -> u64 {
+    let wake = n.is_multiple_of(64)
+        && ring.query(BPF_RB_AVAIL_DATA as u64) >= PRIORITY_WAKEUP_BYTES.load();
+    u64::from(if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    })
+}
+
+/// Where a program variant writes its packet events; chosen at load time by loading one variant
+/// or the other.
+pub(crate) trait PacketSink {
+    fn emit(fill_in: impl FnOnce(&mut Event));
+}
+
+/// This CPU's ring in `EVENTS` (the default: plain stores and one atomic add, 5.12+).
+pub(crate) struct PerCpuRings;
+
+impl PacketSink for PerCpuRings {
+    #[inline(always)]
+    fn emit(fill_in: impl FnOnce(&mut Event)) {
+        emit_packet(fill_in);
+    }
+}
+
+/// The `PACKET_EVENTS` BPF ring buffer (5.8+), for kernels that refuse the atomic fetch-add.
+/// Counted in the same counters as the per-CPU rings.
+pub(crate) struct SharedRing;
+
+impl PacketSink for SharedRing {
+    #[inline(always)]
+    fn emit(fill_in: impl FnOnce(&mut Event)) {
+        match PACKET_EVENTS.reserve::<Event>(0) {
+            Some(mut entry) => {
+                let mut ev = Event::zeroed();
+                fill_in(&mut ev);
+                entry.write(ev);
+                let n = count(counter::EVENTS_EMITTED);
+                entry.submit(wakeup_flags(&PACKET_EVENTS, n));
+            }
+            None => {
+                count(counter::EVENTS_LOST);
+            }
+        }
+    }
+}
+
 /// Writes a packet event to this CPU's ring, counting it as emitted or lost (ring full). The
 /// record is built only once there is room, straight into its slot. The reader polls on a timer;
 /// a CPU whose unread records reach `WAKEUP_EVENTS` also wakes it, once per crossing.
 #[inline(always)]
-pub(crate) fn emit_packet(fill_in: impl FnOnce(&mut Event)) {
+fn emit_packet(fill_in: impl FnOnce(&mut Event)) {
     let cpu = this_cpu();
     let Some(cur) = RING_CURSORS.get_ptr_mut(cpu) else {
         count(counter::EVENTS_LOST);
@@ -108,14 +161,7 @@ pub(crate) fn emit_priority(ev: impl FnOnce() -> Event) {
         Some(mut entry) => {
             entry.write(ev());
             let n = count(counter::PRIORITY_EMITTED);
-            let flags = if n.is_multiple_of(64)
-                && PRIORITY_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= PRIORITY_WAKEUP_BYTES.load()
-            {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags as u64);
+            entry.submit(wakeup_flags(&PRIORITY_EVENTS, n));
         }
         None => {
             count(counter::PRIORITY_LOST);

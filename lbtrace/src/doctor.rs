@@ -234,11 +234,17 @@ pub fn checks() -> Vec<Check> {
     // The real thing: load the object (the verifier runs) and attach the drop tracer.
     if privileged && btf.is_ok() {
         out.push(match load_and_attach_tracepoint() {
-            Ok(()) => check(
+            Ok(kernel::rings::RingMode::PerCpu) => check(
                 "load",
                 Status::Pass,
-                "programs verified; skb:kfree_skb attached and detached",
+                "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached",
                 "lbtrace's programs load on this kernel",
+            ),
+            Ok(kernel::rings::RingMode::RingBuf) => check(
+                "load",
+                Status::Warn,
+                "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached",
+                "lbtrace's programs load on this kernel; the per-CPU rings are not used (no BPF atomics before 5.12, or LBTRACE_RINGS=ringbuf): each event costs a ring-buffer reserve",
             ),
             Err(e) => check(
                 "load",
@@ -253,7 +259,7 @@ pub fn checks() -> Vec<Check> {
 
 /// Loads every program through the same path as `trace` (the verifier runs, the drop tracer
 /// attaches), with no endpoint and no interface; dropping the tracer detaches it.
-fn load_and_attach_tracepoint() -> anyhow::Result<()> {
+fn load_and_attach_tracepoint() -> anyhow::Result<kernel::rings::RingMode> {
     let cfg = kernel::TracerConfig {
         endpoints: Vec::new(),
         ifaces: Vec::new(),
@@ -261,7 +267,7 @@ fn load_and_attach_tracepoint() -> anyhow::Result<()> {
         ring_bytes: 1 << 16,
         priority_ring_bytes: 1 << 16,
     };
-    kernel::Tracer::start(&cfg).map(drop)
+    kernel::Tracer::start(&cfg).map(|t| t.layout.mode)
 }
 
 pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {

@@ -20,7 +20,7 @@ use lbtrace_common::{
     PortEntry, PortSlot, names,
 };
 
-use super::rings::{CpuRings, RingLayout};
+use super::rings::{CpuRings, PacketRing, RingLayout, RingMode};
 
 /// What the drop tracer needs to know about this kernel and this process.
 #[derive(Clone, Debug)]
@@ -144,8 +144,10 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
     let legacy_progs = [names::PROG_LEGACY_TC_INGRESS, names::PROG_LEGACY_TC_EGRESS]
         .into_iter()
         .filter(|_| legacy_tc);
+    let mode = opts.layout.mode;
     {
         for prog in tc_progs.chain(legacy_progs) {
+            let prog = &mode.program(prog);
             let p: &mut SchedClassifier = ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the eBPF object"))?
@@ -155,7 +157,7 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
         }
     }
     if xdp {
-        let prog = names::PROG_XDP_INGRESS;
+        let prog = &mode.program(names::PROG_XDP_INGRESS);
         let p: &mut Xdp = ebpf
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
@@ -189,11 +191,54 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
     })
 }
 
+/// The ring mode `LBTRACE_RINGS` forces (`percpu` or `ringbuf`, hidden: to run the ring-buffer
+/// variant on a kernel that has BPF atomics), if any.
+pub fn forced_ring_mode() -> Result<Option<RingMode>> {
+    match std::env::var("LBTRACE_RINGS").as_deref() {
+        Ok("percpu") => Ok(Some(RingMode::PerCpu)),
+        Ok("ringbuf") => Ok(Some(RingMode::RingBuf)),
+        Ok(other) => bail!("LBTRACE_RINGS={other:?}: expected percpu or ringbuf"),
+        Err(_) => Ok(None),
+    }
+}
+
+/// [`load`] with the per-CPU rings, or, when this kernel's verifier refuses them (no BPF atomic
+/// fetch-add before 5.12), again with the ring-buffer program variants; `LBTRACE_RINGS` forces
+/// one. The notes say when the ring buffer runs.
+pub fn load_probing(opts: &mut Options<'_>) -> Result<Loaded> {
+    if let Some(mode) = forced_ring_mode()? {
+        opts.layout.mode = mode;
+        let mut loaded = load(opts)?;
+        if mode == RingMode::RingBuf {
+            loaded
+                .notes
+                .push("packet events go through a BPF ring buffer (LBTRACE_RINGS=ringbuf)".into());
+        }
+        return Ok(loaded);
+    }
+    opts.layout.mode = RingMode::PerCpu;
+    let first = match load(opts) {
+        Ok(loaded) => return Ok(loaded),
+        Err(e) => e,
+    };
+    opts.layout.mode = RingMode::RingBuf;
+    match load(opts) {
+        Ok(mut loaded) => {
+            loaded.notes.push(format!(
+                "packet events go through a BPF ring buffer: this kernel refused the per-CPU rings ({})",
+                crate::one_line(&first)
+            ));
+            Ok(loaded)
+        }
+        Err(_) => Err(first),
+    }
+}
+
 /// The rings of a loaded object, taken out of it, without an async reactor: what test runs
 /// drain after each call. [`super::rings::Rings::new`] registers them with tokio.
 pub struct RawRings {
-    /// The per-CPU packet-event rings.
-    pub packets: CpuRings,
+    /// The packet-event ring(s).
+    pub packets: PacketRing,
     /// Wake-up records (a CPU number each).
     pub wakeup: RingBuf<MapData>,
     /// ICMP-error and drop events.
@@ -217,8 +262,12 @@ pub fn take_rings(ebpf: &mut Ebpf, layout: &RingLayout) -> Result<RawRings> {
     };
     let wakeup = ringbuf(names::RING_WAKEUP)?;
     let priority = ringbuf(names::PRIORITY_EVENTS)?;
+    let packets = match layout.mode {
+        RingMode::PerCpu => PacketRing::PerCpu(CpuRings::take(ebpf, layout)?),
+        RingMode::RingBuf => PacketRing::RingBuf(ringbuf(names::PACKET_EVENTS)?),
+    };
     Ok(RawRings {
-        packets: CpuRings::take(ebpf, layout)?,
+        packets,
         wakeup,
         priority,
     })

@@ -48,7 +48,7 @@ pub enum PreflightError {
     #[error("lbtrace needs root or {0} to load and attach eBPF programs: run it with sudo")]
     Privileges(Caps),
     #[error(
-        "kernel {0} is too old: lbtrace needs 5.17 or newer (skb:kfree_skb drop reasons: 5.17, BPF atomics: 5.12; below 6.6 it attaches with legacy TC instead of TCX)"
+        "kernel {0} is too old: lbtrace needs 5.17 or newer (skb:kfree_skb drop reasons: 5.17; below 6.6 it attaches with legacy TC instead of TCX, below 5.12 its packet events go through a BPF ring buffer)"
     )]
     Kernel(String),
     #[error("cannot read the kernel version: {0}")]
@@ -78,9 +78,10 @@ pub fn fmt_version(v: KernelVersion) -> String {
     format!("{}.{}.{}", code >> 16, (code >> 8) & 0xff, code & 0xff)
 }
 
-/// The oldest kernel lbtrace runs on: the drop tracer reads `skb:kfree_skb`'s `reason` (5.17)
-/// and the packet rings publish with a BPF atomic fetch-add (5.12). Below 6.6 (no TCX) the TC
-/// programs attach as legacy cls_bpf filters (`legacy_tc`).
+/// The oldest kernel lbtrace runs on: the drop tracer reads `skb:kfree_skb`'s `reason` (5.17).
+/// Below 6.6 (no TCX) the TC programs attach as legacy cls_bpf filters (`legacy_tc`); below
+/// 5.12 (no BPF atomic fetch-add) the `_rb` program variants write packet events to a BPF ring
+/// buffer (`loader::load_probing`).
 pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 17, 0);
 
 /// Privileges and kernel version. BTF is checked where it is read (`btf::KernelBtf::load`).

@@ -153,7 +153,7 @@ impl Tracer {
             ebpf,
             layout,
             notes,
-        } = loader::load(&opts)?;
+        } = loader::load_probing(&mut opts)?;
 
         let mut tracer = Self {
             ebpf,
@@ -214,7 +214,7 @@ impl Tracer {
     fn attach_xdp(&mut self, iface: &Link) -> Result<FdLink, String> {
         let p: &mut Xdp = self
             .ebpf
-            .program_mut(names::PROG_XDP_INGRESS)
+            .program_mut(&self.layout.mode.program(names::PROG_XDP_INGRESS))
             .ok_or("program missing")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
@@ -266,22 +266,22 @@ impl Tracer {
         let ingress = ty == TcAttachType::Ingress;
         let hook = match (&mut self.legacy, ingress) {
             (None, _) => {
-                let prog = if ingress {
+                let prog = self.layout.mode.program(if ingress {
                     names::PROG_TC_INGRESS
                 } else {
                     names::PROG_TC_EGRESS
-                };
-                let link = tcx(&mut self.ebpf, prog, iface, ty)?;
+                });
+                let link = tcx(&mut self.ebpf, &prog, iface, ty)?;
                 self.links.push(link);
                 if ingress { "tcx-ingress" } else { "tcx-egress" }
             }
             (Some(legacy), _) => {
-                let prog = if ingress {
+                let prog = self.layout.mode.program(if ingress {
                     names::PROG_LEGACY_TC_INGRESS
                 } else {
                     names::PROG_LEGACY_TC_EGRESS
-                };
-                if let Some(note) = legacy.attach(&mut self.ebpf, prog, iface, ty)? {
+                });
+                if let Some(note) = legacy.attach(&mut self.ebpf, &prog, iface, ty)? {
                     self.notes.push(note);
                 }
                 if ingress { "tc-ingress" } else { "tc-egress" }

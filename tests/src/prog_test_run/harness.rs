@@ -98,7 +98,7 @@ pub(super) fn stats_delta(after: EndpointStats, before: EndpointStats) -> Endpoi
 pub(super) struct Harness {
     pub(super) ebpf: Ebpf,
     pub(super) layout: RingLayout,
-    pub(super) events: CpuRings,
+    pub(super) events: PacketRing,
     pub(super) wakeup: RingBuf<MapData>,
     pub(super) priority: RingBuf<MapData>,
     pub(super) ids: Vec<u32>,
@@ -119,7 +119,25 @@ impl Harness {
         events_bytes: u64,
         priority_bytes: u32,
     ) -> Self {
-        let layout = RingLayout::new(events_bytes, priority_bytes).expect("ring layout");
+        Self::with_mode(
+            endpoints,
+            wildcard,
+            events_bytes,
+            priority_bytes,
+            RingMode::PerCpu,
+        )
+    }
+
+    /// The programs of ring mode `mode` (the `_rb` variants for [`RingMode::RingBuf`]).
+    pub(super) fn with_mode(
+        endpoints: &[(EndpointKey, u32)],
+        wildcard: bool,
+        events_bytes: u64,
+        priority_bytes: u32,
+        mode: RingMode,
+    ) -> Self {
+        let mut layout = RingLayout::new(events_bytes, priority_bytes).expect("ring layout");
+        layout.mode = mode;
         let mut opts = loader::Options::new(EBPF_OBJECT, layout, endpoints.to_vec());
         opts.has_wildcard = wildcard;
         let mut loaded = loader::load(&opts).expect("loading the eBPF object (are you root?)");
@@ -161,7 +179,10 @@ impl Harness {
             repeat,
             ..TestRunOptions::new()
         };
-        let program = self.ebpf.program(prog.name()).unwrap();
+        let program = self
+            .ebpf
+            .program(&self.layout.mode.program(prog.name()))
+            .unwrap();
         let res = match prog {
             Prog::TcIngress | Prog::TcEgress => {
                 let p: &SchedClassifier = program.try_into().unwrap();

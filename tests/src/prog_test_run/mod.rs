@@ -13,7 +13,8 @@
 //!
 //! Layout: `addrs` (addresses, endpoints), `expect` (the records and stats a frame should give),
 //! `harness` (loading through `lbtrace::kernel::loader`, running, checking); the frames come
-//! from the library's [`crate::frames`]; then one file per behaviour.
+//! from the library's [`crate::frames`]; then one file per behaviour (`ringbuf_variant`: the
+//! programs that write packet events to a BPF ring buffer, for kernels before 5.12).
 //!
 //! Kernel facts these tests rely on (net/bpf/test_run.c):
 //! * frames shorter than `ETH_HLEN` (14 bytes) are refused by the syscall itself with `EINVAL`
@@ -34,6 +35,7 @@ mod icmp;
 mod malformed;
 mod no_record;
 mod port_slots;
+mod ringbuf_variant;
 mod rings;
 mod tcp;
 mod wildcard;
@@ -52,7 +54,7 @@ use aya::{
 use lbtrace::kernel::{
     EBPF_OBJECT,
     loader::{self, Loaded, RawRings},
-    rings::{CpuRings, MIN_SLOTS, RingLayout},
+    rings::{MIN_SLOTS, PacketRing, RingLayout, RingMode},
 };
 use lbtrace_common::{
     EVENT_SIZE, EndpointKey, EndpointStats, Event, PORT_HASHED, PORT_SLOT_ENTRIES, counter, family,

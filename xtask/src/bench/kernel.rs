@@ -10,7 +10,7 @@ use aya::{
 };
 use lbtrace::kernel::{
     loader::{self, RawRings},
-    rings::{CpuRings, MIN_SLOTS, RingLayout},
+    rings::{MIN_SLOTS, PacketRing, RingLayout},
 };
 use lbtrace_common::{EVENT_SIZE, names};
 
@@ -154,7 +154,7 @@ pub fn cases() -> Vec<Case> {
 
 struct Loaded {
     ebpf: Ebpf,
-    events: CpuRings,
+    events: PacketRing,
     priority: RingBuf<MapData>,
 }
 
