@@ -284,6 +284,14 @@ pub mod names {
     pub const PROG_TC_INGRESS: &str = "tc_ingress";
     pub const PROG_TC_EGRESS: &str = "tc_egress";
     pub const PROG_XDP_INGRESS: &str = "xdp_ingress";
+    /// `tc_ingress` / `tc_egress` under the names lbtrace's legacy TC (cls_bpf) filters carry.
+    pub const PROG_LEGACY_TC_INGRESS: &str = "lbtrace_tc_in";
+    pub const PROG_LEGACY_TC_EGRESS: &str = "lbtrace_tc_eg";
+    /// The packet programs' variants that write packet events to `PACKET_EVENTS` (kernels that
+    /// refuse the per-CPU rings' atomic fetch-add): each name above with this suffix.
+    pub const RINGBUF_VARIANT_SUFFIX: &str = "_rb";
+    /// BPF ring buffer of packet events, used by the `_rb` program variants only.
+    pub const PACKET_EVENTS: &str = "PACKET_EVENTS";
     pub const PROG_KFREE_SKB: &str = "tp_kfree_skb";
 
     /// `KernelOffsets` for the drop tracer.

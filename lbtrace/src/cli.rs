@@ -52,6 +52,9 @@ pub enum Command {
     /// What this kernel and host support, before anyone trusts lbtrace on a production box.
     #[command(after_help = "Examples:\n  lbtrace doctor\n  lbtrace doctor --format json")]
     Doctor(DoctorArgs),
+    /// Removes what a killed lbtrace left attached (legacy TC filters, and the clsact qdiscs it
+    /// created, on kernels without TCX) and says what it removed.
+    Cleanup,
 }
 
 const SECOND: Duration = Duration::from_secs(1);

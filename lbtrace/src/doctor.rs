@@ -72,18 +72,26 @@ pub fn checks() -> Vec<Check> {
     let version = preflight::kernel_version().ok();
     let vs = version.map_or_else(|| "unknown".to_owned(), preflight::fmt_version);
     let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
+    let supported = version.is_some_and(|v| v >= preflight::MIN_KERNEL);
     out.push(check(
         "kernel",
         if at_least(6, 6) {
             Status::Pass
+        } else if supported {
+            Status::Warn
         } else {
             Status::Fail
         },
         vs.clone(),
         if at_least(6, 6) {
             "new enough for every lbtrace feature (ring buffer 5.8, TCX 6.6)".to_owned()
+        } else if supported {
+            format!("kernel {vs} has no TCX: lbtrace attaches legacy TC filters (see tcx)")
         } else {
-            format!("kernel {vs}: lbtrace needs 6.6 or newer for TCX links")
+            format!(
+                "kernel {vs}: lbtrace needs {} or newer",
+                preflight::fmt_version(preflight::MIN_KERNEL)
+            )
         },
     ));
 
@@ -144,16 +152,45 @@ pub fn checks() -> Vec<Check> {
         },
     ));
     let tcx = at_least(6, 6) && is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
-    out.push(check(
-        "tcx",
-        if tcx { Status::Pass } else { Status::Fail },
-        if tcx {
-            "TCX bpf_links (6.6+)"
-        } else {
-            "no TCX"
-        },
-        "the default, low-impact hook; its links vanish when lbtrace exits",
-    ));
+    let mode = kernel::tracer::TcMode::select();
+    out.push(match (tcx, &mode) {
+        (_, Err(e)) => check("tcx", Status::Fail, e.to_string(), "unset LBTRACE_ATTACH"),
+        (true, Ok(kernel::tracer::TcMode::Tcx)) => check(
+            "tcx",
+            Status::Pass,
+            "TCX bpf_links (6.6+)",
+            "the default, low-impact hook; its links vanish when lbtrace exits",
+        ),
+        (_, Ok(m)) => check(
+            "tcx",
+            Status::Warn,
+            if *m == kernel::tracer::TcMode::Legacy && tcx {
+                "TCX available, legacy TC chosen with LBTRACE_ATTACH=tc"
+            } else {
+                "no TCX (6.6+): legacy TC (clsact + cls_bpf filters)"
+            },
+            format!(
+                "legacy filters outlive a killed lbtrace: they are recorded in {} and removed at the next start or by `lbtrace cleanup`",
+                kernel::legacy_tc::run_dir().display()
+            ),
+        ),
+    });
+    let leftovers = kernel::legacy_tc::leftovers();
+    out.push(if leftovers.is_empty() {
+        check(
+            "leftovers",
+            Status::Pass,
+            "no stale lbtrace attachment",
+            "nothing of a killed lbtrace is attached",
+        )
+    } else {
+        check(
+            "leftovers",
+            Status::Warn,
+            leftovers.join("; "),
+            "legacy TC filters of an lbtrace that is gone (they pass every packet on): run `lbtrace cleanup`",
+        )
+    });
     let xdp = is_program_supported(ProgramType::Xdp).unwrap_or(false);
     out.push(check(
         "xdp",
@@ -197,11 +234,17 @@ pub fn checks() -> Vec<Check> {
     // The real thing: load the object (the verifier runs) and attach the drop tracer.
     if privileged && btf.is_ok() {
         out.push(match load_and_attach_tracepoint() {
-            Ok(()) => check(
+            Ok(kernel::rings::RingMode::PerCpu) => check(
                 "load",
                 Status::Pass,
-                "programs verified; skb:kfree_skb attached and detached",
+                "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached",
                 "lbtrace's programs load on this kernel",
+            ),
+            Ok(kernel::rings::RingMode::RingBuf) => check(
+                "load",
+                Status::Warn,
+                "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached",
+                "lbtrace's programs load on this kernel; the per-CPU rings are not used (no BPF atomics before 5.12, or LBTRACE_RINGS=ringbuf): each event costs a ring-buffer reserve",
             ),
             Err(e) => check(
                 "load",
@@ -216,7 +259,7 @@ pub fn checks() -> Vec<Check> {
 
 /// Loads every program through the same path as `trace` (the verifier runs, the drop tracer
 /// attaches), with no endpoint and no interface; dropping the tracer detaches it.
-fn load_and_attach_tracepoint() -> anyhow::Result<()> {
+fn load_and_attach_tracepoint() -> anyhow::Result<kernel::rings::RingMode> {
     let cfg = kernel::TracerConfig {
         endpoints: Vec::new(),
         ifaces: Vec::new(),
@@ -224,7 +267,7 @@ fn load_and_attach_tracepoint() -> anyhow::Result<()> {
         ring_bytes: 1 << 16,
         priority_ring_bytes: 1 << 16,
     };
-    kernel::Tracer::start(&cfg).map(drop)
+    kernel::Tracer::start(&cfg).map(|t| t.layout.mode)
 }
 
 pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Some(Command::Doctor(args)) => lbtrace::doctor::run(&args),
             Some(Command::Watch(args)) => lbtrace::watch::run::run(args, shutdown()?).await,
             Some(Command::Dump(args)) => lbtrace::dump::run(&args).await,
+            Some(Command::Cleanup) => lbtrace::kernel::legacy_tc::run(),
             None => lbtrace::watch::run::run(cli.watch, shutdown()?).await,
         }
     });

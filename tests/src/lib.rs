@@ -1,6 +1,7 @@
 #[cfg(test)]
 mod prog_test_run;
 
+pub mod frames;
 pub mod lab;
 pub mod packet;
 pub mod runner;

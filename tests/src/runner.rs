@@ -47,10 +47,29 @@ impl Lbtrace {
 
     /// [`Lbtrace::start`] with `name` for its output files in `dir` (to run it several times).
     pub fn start_named<S: AsRef<str>>(name: &str, ns: &Netns, dir: &Path, args: &[S]) -> Lbtrace {
+        Lbtrace::start_env(name, ns, dir, &[], args)
+    }
+
+    /// [`Lbtrace::start_named`] with `env` (`KEY=VALUE`) in lbtrace's environment.
+    pub fn start_env<S: AsRef<str>>(
+        name: &str,
+        ns: &Netns,
+        dir: &Path,
+        env: &[&str],
+        args: &[S],
+    ) -> Lbtrace {
         let ready = dir.join(format!("{name}.ready"));
         let _ = fs::remove_file(&ready);
         let bin = lbtrace_bin();
-        let mut argv = vec![bin.to_string_lossy().into_owned(), "trace".to_owned()];
+        let mut argv: Vec<String> = if env.is_empty() {
+            Vec::new()
+        } else {
+            std::iter::once("env")
+                .chain(env.iter().copied())
+                .map(str::to_owned)
+                .collect()
+        };
+        argv.extend([bin.to_string_lossy().into_owned(), "trace".to_owned()]);
         argv.extend(args.iter().map(|a| a.as_ref().to_owned()));
         argv.extend(["--format", "json", "--ready-file"].map(str::to_owned));
         argv.push(ready.to_string_lossy().into_owned());

@@ -2,13 +2,15 @@
 //! attaching it (bpf_links only), the ring buffers and the per-CPU counters.
 //!
 //! ```text
-//! EBPF_OBJECT ──load(offsets, netns, endpoints)──▶ Tracer ──attach──▶ TCX / XDP links, raw_tp link
+//! EBPF_OBJECT ──loader::load(offsets, netns, endpoints)──▶ Tracer ──attach──▶ TCX / XDP links, raw_tp link
 //!                                                     └──▶ Rings (EVENTS, PRIORITY_EVENTS) ──▶ records
 //!                                                     └──▶ Counters (per-CPU sums)
 //! ```
 
 pub mod btf;
 pub mod counters;
+pub mod legacy_tc;
+pub mod loader;
 pub mod preflight;
 pub mod rings;
 pub mod tracer;

@@ -48,7 +48,7 @@ pub enum PreflightError {
     #[error("lbtrace needs root or {0} to load and attach eBPF programs: run it with sudo")]
     Privileges(Caps),
     #[error(
-        "kernel {0} is too old: lbtrace needs 6.6 or newer (BPF ring buffer: 5.8, TCX links: 6.6)"
+        "kernel {0} is too old: lbtrace needs 5.17 or newer (skb:kfree_skb drop reasons: 5.17; below 6.6 it attaches with legacy TC instead of TCX, below 5.12 its packet events go through a BPF ring buffer)"
     )]
     Kernel(String),
     #[error("cannot read the kernel version: {0}")]
@@ -68,10 +68,21 @@ pub fn kernel_version() -> Result<KernelVersion, PreflightError> {
     KernelVersion::current().map_err(|e| PreflightError::Version(e.to_string()))
 }
 
+/// Whether the running kernel is at least `major.minor.patch` (false when it cannot be read).
+pub fn kernel_at_least(major: u8, minor: u8, patch: u16) -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(major, minor, patch))
+}
+
 pub fn fmt_version(v: KernelVersion) -> String {
     let code = v.code();
     format!("{}.{}.{}", code >> 16, (code >> 8) & 0xff, code & 0xff)
 }
+
+/// The oldest kernel lbtrace runs on: the drop tracer reads `skb:kfree_skb`'s `reason` (5.17).
+/// Below 6.6 (no TCX) the TC programs attach as legacy cls_bpf filters (`legacy_tc`); below
+/// 5.12 (no BPF atomic fetch-add) the `_rb` program variants write packet events to a BPF ring
+/// buffer (`loader::load_probing`).
+pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 17, 0);
 
 /// Privileges and kernel version. BTF is checked where it is read (`btf::KernelBtf::load`).
 pub fn check() -> Result<(), PreflightError> {
@@ -80,7 +91,7 @@ pub fn check() -> Result<(), PreflightError> {
         return Err(PreflightError::Privileges(Caps(missing)));
     }
     let v = kernel_version()?;
-    if v < KernelVersion::new(6, 6, 0) {
+    if v < MIN_KERNEL {
         return Err(PreflightError::Kernel(fmt_version(v)));
     }
     Ok(())

@@ -20,6 +20,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, RingBuf},
 };
+
+use super::loader::RawRings;
 use lbtrace_common::{EVENT_SIZE, RING_CURSOR_HEAD, RING_CURSOR_SIZE, RING_CURSOR_TAIL, names};
 use tokio::io::unix::AsyncFd;
 
@@ -30,9 +32,35 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Fewest records per CPU ring, whatever the requested size.
 pub const MIN_SLOTS: u64 = 256;
 
+/// Where packet events go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RingMode {
+    /// One single-producer ring per CPU (`EVENTS`), published with a BPF atomic fetch-add: the
+    /// default, the cheapest per event; the verifier accepts it from 5.12.
+    PerCpu,
+    /// The `PACKET_EVENTS` BPF ring buffer (5.8+), through the `_rb` program variants: for
+    /// kernels that refuse the atomic. The same counters account for every event.
+    RingBuf,
+}
+
+impl RingMode {
+    /// The name of program `base` (a `names::PROG_*`) in this mode.
+    pub fn program(self, base: &str) -> String {
+        match self {
+            Self::PerCpu => base.to_owned(),
+            Self::RingBuf => format!("{base}{}", names::RINGBUF_VARIANT_SUFFIX),
+        }
+    }
+}
+
 /// How the rings are sized for this host: set on the loader before the object is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingLayout {
+    pub mode: RingMode,
+    /// Bytes of the `PACKET_EVENTS` ring buffer in [`RingMode::RingBuf`] (the requested event
+    /// bytes rounded down to a power of two, at least a page).
+    pub shared_bytes: u32,
     /// Possible CPUs (`bpf_get_smp_processor_id()` is below this).
     pub cpus: u32,
     /// Records per CPU ring (a power of two).
@@ -69,7 +97,10 @@ impl RingLayout {
         } else {
             1 << per_cpu.ilog2()
         };
+        let shared = event_bytes.clamp(4096, 1 << 30);
         Self {
+            mode: RingMode::PerCpu,
+            shared_bytes: u32::try_from(1u64 << shared.ilog2()).unwrap_or(1 << 30),
             cpus,
             slots,
             wakeup_events: slots / 4,
@@ -78,9 +109,12 @@ impl RingLayout {
         }
     }
 
-    /// Records in `EVENTS` (all CPUs).
+    /// Records in `EVENTS` (all CPUs): one per CPU (unused) with the shared ring.
     pub fn records(&self) -> u64 {
-        u64::from(self.cpus) * self.slots
+        match self.mode {
+            RingMode::PerCpu => u64::from(self.cpus) * self.slots,
+            RingMode::RingBuf => u64::from(self.cpus),
+        }
     }
 
     /// Bytes of packet-event records in all.
@@ -96,9 +130,15 @@ impl RingLayout {
                 self.cpus, self.slots
             )
         })?;
+        // The ring of the other mode stays as small as it can be.
+        let shared = match self.mode {
+            RingMode::PerCpu => u32::try_from(page_size()).unwrap_or(4096),
+            RingMode::RingBuf => self.shared_bytes,
+        };
         loader
             .map_max_entries(names::EVENTS, records)
             .map_max_entries(names::RING_CURSORS, self.cpus)
+            .map_max_entries(names::PACKET_EVENTS, shared)
             .map_max_entries(names::PRIORITY_EVENTS, self.priority_bytes)
             .override_global(names::GLOBAL_RING_SLOTS, &self.slots, true)
             .override_global(names::GLOBAL_WAKEUP_EVENTS, &self.wakeup_events, true)
@@ -253,17 +293,42 @@ impl CpuRings {
     }
 }
 
+/// The packet-event ring of either mode, without a reactor.
+pub enum PacketRing {
+    PerCpu(CpuRings),
+    RingBuf(RingBuf<MapData>),
+}
+
+impl PacketRing {
+    /// Hands every unread packet record to `f`; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
+        match self {
+            Self::PerCpu(r) => r.drain(f),
+            Self::RingBuf(rb) => {
+                let mut n = 0;
+                while let Some(item) = rb.next() {
+                    f(&item);
+                    n += 1;
+                }
+                n
+            }
+        }
+    }
+}
+
+/// Every ring of a loaded object, registered with tokio: what `trace`, `check` and `watch` drain.
 pub struct Rings {
-    packets: CpuRings,
+    packets: Packets,
     wakeup: AsyncFd<RingBuf<MapData>>,
     priority: AsyncFd<RingBuf<MapData>>,
 }
 
-fn take_ringbuf(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} missing from the eBPF object"))?;
-    let rb = RingBuf::try_from(map).with_context(|| format!("map {name} is not a ring buffer"))?;
+enum Packets {
+    PerCpu(CpuRings),
+    RingBuf(AsyncFd<RingBuf<MapData>>),
+}
+
+fn register(rb: RingBuf<MapData>, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the RingBuf owns its map fd and is moved into the AsyncFd, so the fd stays open for
     // as long as it is registered.
     unsafe { AsyncFd::register(rb) }
@@ -271,19 +336,39 @@ fn take_ringbuf(ebpf: &mut Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>
 }
 
 impl Rings {
-    pub fn take(ebpf: &mut Ebpf, layout: &RingLayout) -> Result<Self> {
+    /// The rings of a loaded object, registered with the current tokio reactor.
+    pub fn new(raw: RawRings) -> Result<Self> {
+        let RawRings {
+            packets,
+            wakeup,
+            priority,
+        } = raw;
         Ok(Self {
-            packets: CpuRings::take(ebpf, layout)?,
-            wakeup: take_ringbuf(ebpf, names::RING_WAKEUP)?,
-            priority: take_ringbuf(ebpf, names::PRIORITY_EVENTS)?,
+            packets: match packets {
+                PacketRing::PerCpu(r) => Packets::PerCpu(r),
+                PacketRing::RingBuf(rb) => Packets::RingBuf(register(rb, names::PACKET_EVENTS)?),
+            },
+            wakeup: register(wakeup, names::RING_WAKEUP)?,
+            priority: register(priority, names::PRIORITY_EVENTS)?,
         })
     }
 
     /// Waits until a ring signals data or the poll interval passes.
     pub async fn wait(&self) {
+        let shared = async {
+            match &self.packets {
+                Packets::RingBuf(rb) => {
+                    if let Ok(mut g) = rb.readable().await {
+                        g.clear_ready();
+                    }
+                }
+                Packets::PerCpu(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = self.wakeup.readable() => if let Ok(mut g) = r { g.clear_ready() },
             r = self.priority.readable() => if let Ok(mut g) = r { g.clear_ready() },
+            () = shared => {}
             () = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
@@ -300,7 +385,18 @@ impl Rings {
         // Wake-up records only carry the CPU number: the drain below reads every CPU anyway.
         let wk = self.wakeup.get_mut();
         while wk.next().is_some() {}
-        n + self.packets.drain(f)
+        n + match &mut self.packets {
+            Packets::PerCpu(r) => r.drain(f),
+            Packets::RingBuf(rb) => {
+                let rb = rb.get_mut();
+                let mut m = 0;
+                while let Some(item) = rb.next() {
+                    f(&item);
+                    m += 1;
+                }
+                m
+            }
+        }
     }
 }
 

@@ -9,21 +9,19 @@ use std::{collections::BTreeSet, os::unix::fs::MetadataExt as _};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap},
+    Ebpf,
     programs::{
         LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
         tc::TcAttachOptions,
     },
 };
-use lbtrace_common::{
-    EndpointKey, MAX_DROP_REASONS, MAX_ENDPOINTS, PORT_HASHED, PORT_SLOT_ENTRIES, PortEntry,
-    PortSlot, names,
-};
+use lbtrace_common::{EndpointKey, names};
 
 use super::{
     btf::{DropReasons, KernelBtf},
     counters::{self, Counters},
+    legacy_tc::{self, LegacyTc},
+    loader::{self, DropParams, Loaded, Programs},
     rings::{RingLayout, Rings},
 };
 use crate::{endpoint::Watched, netif::Link};
@@ -47,13 +45,41 @@ pub struct TracerConfig {
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
-    /// `tcx-ingress`, `tcx-egress`, `xdp`.
+    /// `tcx-ingress`, `tcx-egress`, `xdp`; with legacy TC `tc-ingress`, `tc-egress`.
     pub hook: &'static str,
 }
 
+/// How the TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcMode {
+    /// TCX bpf_links (6.6+): gone with the process.
+    Tcx,
+    /// clsact + cls_bpf through netlink (before 6.6): recorded and cleaned up, see `legacy_tc`.
+    Legacy,
+}
+
+impl TcMode {
+    /// TCX where the kernel has it, else legacy TC. The hidden `LBTRACE_ATTACH=tc` (or `tcx`)
+    /// forces one, to test the legacy path on a kernel that has TCX.
+    pub fn select() -> Result<Self> {
+        match std::env::var("LBTRACE_ATTACH").as_deref() {
+            Ok("tc") => Ok(Self::Legacy),
+            Ok("tcx") => Ok(Self::Tcx),
+            Ok(other) => bail!("LBTRACE_ATTACH={other:?}: expected tc or tcx"),
+            Err(_) if super::preflight::kernel_at_least(6, 6, 0) => Ok(Self::Tcx),
+            Err(_) => Ok(Self::Legacy),
+        }
+    }
+}
+
+/// The loaded programs and their attachments: what `trace`, `check` and `watch` run on. Dropping
+/// it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
     links: Vec<FdLink>,
+    /// The legacy TC filters (and their record), when attached that way.
+    legacy: Option<LegacyTc>,
+    pub tc_mode: TcMode,
     pub attachments: Vec<Attachment>,
     /// Things the user should know about how lbtrace attached (e.g. TCX instead of XDP).
     pub notes: Vec<String>,
@@ -61,77 +87,6 @@ pub struct Tracer {
     pub endpoints: Vec<Watched>,
     pub netns_inum: u64,
     pub layout: RingLayout,
-}
-
-/// Fills `ENDPOINTS` (key -> endpoint id), and `PORTS` / `PORT_SLOTS`, the per-port table the
-/// programs look endpoints up in without hashing. Every loader of the object goes through here,
-/// so the maps never disagree.
-pub fn fill_endpoints(ebpf: &mut Ebpf, keys: &[(EndpointKey, u32)]) -> Result<()> {
-    {
-        let mut eps: HashMap<_, EndpointKey, u32> = HashMap::try_from(
-            ebpf.map_mut(names::ENDPOINTS)
-                .context("ENDPOINTS map missing")?,
-        )?;
-        for (k, id) in keys {
-            eps.insert(k, id, 0).context("filling ENDPOINTS")?;
-        }
-    }
-    let (ports, slots) = port_table(keys);
-    {
-        let mut map: Array<_, PortSlot> = Array::try_from(
-            ebpf.map_mut(names::PORT_SLOTS)
-                .context("PORT_SLOTS map missing")?,
-        )?;
-        for (i, slot) in slots.iter().enumerate() {
-            map.set(u32::try_from(i)?, slot, 0)
-                .context("filling PORT_SLOTS")?;
-        }
-    }
-    let mut map: Array<_, u16> =
-        Array::try_from(ebpf.map_mut(names::PORTS).context("PORTS map missing")?)?;
-    for (port, v) in ports {
-        map.set(u32::from(port), v, 0).context("filling PORTS")?;
-    }
-    Ok(())
-}
-
-/// The `PORTS` entries and `PORT_SLOTS` for `keys`: each watched port (not 0, the all-ports
-/// wildcard, which is only in the hash map) gets a slot with its endpoints, or `PORT_HASHED`
-/// when it has more than a slot holds.
-pub fn port_table(keys: &[(EndpointKey, u32)]) -> (Vec<(u16, u16)>, Vec<PortSlot>) {
-    let mut by_port: std::collections::BTreeMap<u16, Vec<(EndpointKey, u32)>> = Default::default();
-    for &(k, id) in keys {
-        if k.port != 0 {
-            let v = by_port.entry(k.port).or_default();
-            if !v.iter().any(|(o, _)| *o == k) {
-                v.push((k, id));
-            }
-        }
-    }
-    let mut ports = Vec::new();
-    let mut slots = Vec::new();
-    for (port, eps) in by_port {
-        if eps.len() > PORT_SLOT_ENTRIES {
-            ports.push((port, PORT_HASHED));
-            continue;
-        }
-        let mut slot = PortSlot {
-            len: u32::try_from(eps.len()).unwrap_or(0),
-            ..Default::default()
-        };
-        for (e, (k, id)) in slot.entries.iter_mut().zip(eps) {
-            *e = PortEntry {
-                addr: k.addr_words(),
-                id,
-                family: k.family,
-                _pad: [0; 3],
-            };
-        }
-        slots.push(slot);
-        // Slot indexes stay below MAX_PORT_SLOTS (= MAX_ENDPOINTS), so + 1 fits a u16.
-        ports.push((port, u16::try_from(slots.len()).unwrap_or(PORT_HASHED)));
-    }
-    (ports, slots)
 }
 
 /// The inode number of this process's network namespace (what `ip netns identify` matches on).
@@ -169,77 +124,70 @@ impl Tracer {
     /// attaches everything. On error, whatever was attached is detached again (dropped).
     pub fn start(cfg: &TracerConfig) -> Result<Self> {
         let kbtf = KernelBtf::load()?;
-        let offsets = kbtf.offsets()?;
         let reasons = kbtf.drop_reasons()?;
         let inum = netns_inum()?;
-        let inum32 = u32::try_from(inum).context("network namespace inode does not fit 32 bits")?;
-        let wildcard: u8 = u8::from(cfg.endpoints.iter().any(|w| w.endpoint.port.is_none()));
-        let layout = RingLayout::new(u64::from(cfg.ring_bytes), cfg.priority_ring_bytes)?;
-        if cfg.endpoints.len() > MAX_ENDPOINTS as usize {
-            bail!(
-                "too many endpoints ({}): lbtrace watches at most {MAX_ENDPOINTS}",
-                cfg.endpoints.len()
-            );
-        }
-
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global(names::GLOBAL_OFFSETS, &offsets, true)
-            .override_global(names::GLOBAL_NETNS_INUM, &inum32, true)
-            .override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
-        layout.apply(&mut loader)?;
-        let mut ebpf = loader
-            .load(super::EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-
+        let tc_mode = TcMode::select()?;
         let keys: Vec<(EndpointKey, u32)> = cfg
             .endpoints
             .iter()
             .enumerate()
             .map(|(id, w)| Ok((w.endpoint.key(), u32::try_from(id)?)))
             .collect::<Result<_>>()?;
-        fill_endpoints(&mut ebpf, &keys)?;
-        {
-            let mut noise: Array<_, u8> = Array::try_from(
-                ebpf.map_mut(names::NOISE_REASONS)
-                    .context("NOISE_REASONS map missing")?,
-            )?;
-            for v in reasons.noise_values() {
-                if v < MAX_DROP_REASONS {
-                    noise.set(v, 1, 0).context("filling NOISE_REASONS")?;
-                }
-            }
-        }
-
-        for prog in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(prog)
-                .context("program missing")?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
-        }
-        if cfg.xdp {
-            let p: &mut Xdp = ebpf
-                .program_mut(names::PROG_XDP_INGRESS)
-                .context("program missing")?
-                .try_into()?;
-            p.load().with_context(|| {
-                format!("the kernel's verifier rejected {}", names::PROG_XDP_INGRESS)
-            })?;
-        }
+        let mut opts = loader::Options::new(
+            super::EBPF_OBJECT,
+            RingLayout::new(u64::from(cfg.ring_bytes), cfg.priority_ring_bytes)?,
+            keys,
+        );
+        opts.programs = Programs {
+            tc: tc_mode == TcMode::Tcx,
+            legacy_tc: tc_mode == TcMode::Legacy,
+            xdp: cfg.xdp,
+        };
+        opts.drops = Some(DropParams {
+            offsets: kbtf.offsets()?,
+            netns_inum: u32::try_from(inum)
+                .context("network namespace inode does not fit 32 bits")?,
+            noise: reasons.noise_values(),
+        });
+        let Loaded {
+            ebpf,
+            layout,
+            notes,
+        } = loader::load_probing(&mut opts)?;
 
         let mut tracer = Self {
             ebpf,
             links: Vec::new(),
+            legacy: None,
+            tc_mode,
             attachments: Vec::new(),
-            notes: Vec::new(),
+            notes,
             reasons,
             endpoints: cfg.endpoints.clone(),
             netns_inum: inum,
-            layout: layout.clone(),
+            layout,
         };
         tracer.attach_drops()?;
+        if tc_mode == TcMode::Legacy && !cfg.ifaces.is_empty() {
+            // Whatever a killed lbtrace left here goes first.
+            let stale = legacy_tc::cleanup(inum);
+            tracer.notes.extend(
+                stale
+                    .removed
+                    .iter()
+                    .map(|l| format!("removed a stale lbtrace attachment: {l}")),
+            );
+            tracer.legacy = Some(LegacyTc::new(inum)?);
+            tracer.notes.push(format!(
+                "attached with legacy TC (clsact + cls_bpf filters, recorded in {}): {}",
+                legacy_tc::run_dir().display(),
+                if std::env::var_os("LBTRACE_ATTACH").is_some() {
+                    "chosen with LBTRACE_ATTACH"
+                } else {
+                    "this kernel has no TCX"
+                }
+            ));
+        }
         let mut seen = BTreeSet::new();
         for iface in &cfg.ifaces {
             if seen.insert(iface.ifindex) {
@@ -255,8 +203,6 @@ impl Tracer {
             .program_mut(names::PROG_KFREE_SKB)
             .context("program missing")?
             .try_into()?;
-        p.load()
-            .with_context(|| format!("the kernel's verifier rejected {}", names::PROG_KFREE_SKB))?;
         let id = p
             .attach("kfree_skb")
             .context("attaching the drop tracer to the raw tracepoint skb:kfree_skb")?;
@@ -268,7 +214,7 @@ impl Tracer {
     fn attach_xdp(&mut self, iface: &Link) -> Result<FdLink, String> {
         let p: &mut Xdp = self
             .ebpf
-            .program_mut(names::PROG_XDP_INGRESS)
+            .program_mut(&self.layout.mode.program(names::PROG_XDP_INGRESS))
             .ok_or("program missing")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
@@ -310,43 +256,55 @@ impl Tracer {
             }
         }
         if !ingress_done {
-            let link = tcx(
-                &mut self.ebpf,
-                names::PROG_TC_INGRESS,
-                iface,
-                TcAttachType::Ingress,
-            )?;
-            self.links.push(link);
-            self.attachments.push(Attachment {
-                iface: iface.name.clone(),
-                ifindex: iface.ifindex,
-                hook: "tcx-ingress",
-            });
+            self.attach_tc(iface, TcAttachType::Ingress)?;
         }
-        let link = tcx(
-            &mut self.ebpf,
-            names::PROG_TC_EGRESS,
-            iface,
-            TcAttachType::Egress,
-        )?;
-        self.links.push(link);
+        self.attach_tc(iface, TcAttachType::Egress)
+    }
+
+    /// Attaches the TC program of direction `ty` to `iface`, with TCX or legacy TC.
+    fn attach_tc(&mut self, iface: &Link, ty: TcAttachType) -> Result<()> {
+        let ingress = ty == TcAttachType::Ingress;
+        let hook = match (&mut self.legacy, ingress) {
+            (None, _) => {
+                let prog = self.layout.mode.program(if ingress {
+                    names::PROG_TC_INGRESS
+                } else {
+                    names::PROG_TC_EGRESS
+                });
+                let link = tcx(&mut self.ebpf, &prog, iface, ty)?;
+                self.links.push(link);
+                if ingress { "tcx-ingress" } else { "tcx-egress" }
+            }
+            (Some(legacy), _) => {
+                let prog = self.layout.mode.program(if ingress {
+                    names::PROG_LEGACY_TC_INGRESS
+                } else {
+                    names::PROG_LEGACY_TC_EGRESS
+                });
+                if let Some(note) = legacy.attach(&mut self.ebpf, &prog, iface, ty)? {
+                    self.notes.push(note);
+                }
+                if ingress { "tc-ingress" } else { "tc-egress" }
+            }
+        };
         self.attachments.push(Attachment {
             iface: iface.name.clone(),
             ifindex: iface.ifindex,
-            hook: "tcx-egress",
+            hook,
         });
         Ok(())
     }
 
     /// Takes the rings out to be drained from tokio.
     pub fn rings(&mut self) -> Result<Rings> {
-        Rings::take(&mut self.ebpf, &self.layout)
+        Rings::new(loader::take_rings(&mut self.ebpf, &self.layout)?)
     }
 
     /// Detaches every program (the maps stay readable until the tracer is dropped).
     pub fn detach(&mut self) {
-        // Closing a bpf_link's last fd detaches it.
+        // Closing a bpf_link's last fd detaches it; legacy filters are deleted.
         self.links.clear();
+        self.legacy = None;
     }
 
     pub fn counters(&self) -> Counters {
@@ -362,45 +320,5 @@ impl Tracer {
             .into_iter()
             .map(|(r, n)| (self.reasons.name(r), n))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use lbtrace_common::family;
-
-    use super::*;
-
-    fn key(last: u8, port: u16) -> EndpointKey {
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&[10, 0, 0, last]);
-        EndpointKey {
-            addr,
-            port,
-            family: family::V4,
-            _pad: 0,
-        }
-    }
-
-    #[test]
-    fn port_table_gives_each_port_a_slot_until_it_is_full() {
-        let mut keys = vec![(key(10, 443), 0), (key(0, 0), 1)];
-        // 8 backends on :80 (a full slot), 9 on :8080 (hashed); a duplicate key counts once.
-        keys.extend((0..8).map(|i| (key(20 + i, 80), 2 + u32::from(i))));
-        keys.extend((0..9).map(|i| (key(40 + i, 8080), 10 + u32::from(i))));
-        keys.push((key(20, 80), 2));
-        let (ports, slots) = port_table(&keys);
-        // Port 0 (every port of 10.0.0.0) is only in the hash map.
-        assert_eq!(ports, vec![(80, 1), (443, 2), (8080, PORT_HASHED)]);
-        assert_eq!(slots.len(), 2);
-        assert_eq!(slots[0].len, 8);
-        assert_eq!(slots[1].len, 1);
-        let e = slots[1].entries[0];
-        assert_eq!((e.id, e.family), (0, family::V4));
-        assert_eq!(e.addr, key(10, 443).addr_words());
-        assert_eq!(
-            slots[0].entries.iter().map(|e| e.id).collect::<Vec<_>>(),
-            (2..10).collect::<Vec<_>>()
-        );
     }
 }

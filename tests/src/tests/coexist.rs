@@ -9,9 +9,15 @@
 use std::{fs::File, os::fd::AsFd as _, sync::mpsc, thread, time::Duration};
 
 use aya::{
-    EbpfLoader,
     maps::PerCpuArray,
-    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
+};
+use lbtrace::kernel::{
+    loader::{self, Programs},
+    rings::RingLayout,
 };
 use lbtrace_common::{EndpointKey, EndpointStats, family, names};
 use serde_json::Value;
@@ -21,6 +27,17 @@ use crate::{
     runner::Lbtrace,
 };
 
+/// Where the stand-in program attaches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Xdp,
+    /// TCX ingress, after every program already there.
+    Tcx,
+    /// A legacy cls_bpf filter (direct-action) at priority 1 on TC ingress, adding a clsact
+    /// qdisc: what an LB of a kernel before 6.6 has.
+    LegacyTc,
+}
+
 /// What the stand-in program saw, reported when the test lets it go.
 struct Seen {
     prog_id: u32,
@@ -29,7 +46,12 @@ struct Seen {
 
 /// Runs `attach` in `ns` on a thread of its own; it reports its program id, then keeps the
 /// program attached until `stop` is sent, and reports the SYNs its `ENDPOINT_STATS` counted.
-fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mpsc::Receiver<Seen>) {
+fn hold_in_netns(
+    ns: &Netns,
+    iface: String,
+    hook: Hook,
+) -> (mpsc::Sender<()>, mpsc::Receiver<Seen>) {
+    let xdp = hook == Hook::Xdp;
     let path = format!("/run/netns/{}", ns.name());
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (seen_tx, seen_rx) = mpsc::channel::<Seen>();
@@ -48,35 +70,30 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
             "setns into {path}: {}",
             std::io::Error::last_os_error()
         );
-        let layout =
-            lbtrace::kernel::rings::RingLayout::new(1 << 16, 1 << 16).expect("ring layout");
-        let mut loader = EbpfLoader::new();
-        layout.apply(&mut loader).expect("ring layout");
-        let mut ebpf = loader
-            .load(lbtrace::kernel::EBPF_OBJECT)
-            .expect("loading the stand-in program");
         let mut vip = [0u8; 16];
         vip[..4].copy_from_slice(&VIP.v4.parse::<std::net::Ipv4Addr>().unwrap().octets());
-        lbtrace::kernel::tracer::fill_endpoints(
-            &mut ebpf,
-            &[(
-                EndpointKey {
-                    addr: vip,
-                    port: VIP_PORT,
-                    family: family::V4,
-                    _pad: 0,
-                },
-                0,
-            )],
-        )
-        .expect("filling ENDPOINTS and PORTS");
+        let key = EndpointKey {
+            addr: vip,
+            port: VIP_PORT,
+            family: family::V4,
+            _pad: 0,
+        };
+        let layout = RingLayout::new(1 << 16, 1 << 16).expect("ring layout");
+        let mut opts = loader::Options::new(lbtrace::kernel::EBPF_OBJECT, layout, vec![(key, 0)]);
+        opts.programs = Programs {
+            tc: !xdp,
+            legacy_tc: false,
+            xdp,
+        };
+        let mut ebpf = loader::load(&opts)
+            .expect("loading the stand-in program")
+            .ebpf;
         let prog_id = if xdp {
             let p: &mut Xdp = ebpf
                 .program_mut(names::PROG_XDP_INGRESS)
                 .unwrap()
                 .try_into()
                 .unwrap();
-            p.load().unwrap();
             p.attach(&iface, XdpMode::default())
                 .expect("attaching the stand-in XDP program");
             p.info().unwrap().id()
@@ -86,14 +103,18 @@ fn hold_in_netns(ns: &Netns, iface: String, xdp: bool) -> (mpsc::Sender<()>, mps
                 .unwrap()
                 .try_into()
                 .unwrap();
-            p.load().unwrap();
-            // Default order: after every program already attached (lbtrace's).
-            p.attach_with_options(
-                &iface,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .expect("attaching the stand-in TCX program");
+            let opts = if hook == Hook::LegacyTc {
+                tc::qdisc_add_clsact(&iface).expect("adding a clsact qdisc");
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: 1,
+                    ..NlOptions::default()
+                })
+            } else {
+                // Default order: after every program already attached (lbtrace's).
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            };
+            p.attach_with_options(&iface, TcAttachType::Ingress, opts)
+                .expect("attaching the stand-in TC program");
             p.info().unwrap().id()
         };
         seen_tx.send(Seen { prog_id, syns: 0 }).unwrap();
@@ -140,7 +161,7 @@ fn syns_in(trace: &crate::runner::Trace, iface: &str) -> Vec<Value> {
 fn xdp_program_already_attached_is_left_alone() {
     let lab = Lab::new();
     let _haproxy = lab.haproxy();
-    let (stop, seen) = hold_in_netns(&lab.lb, lab.lb_ext.clone(), true);
+    let (stop, seen) = hold_in_netns(&lab.lb, lab.lb_ext.clone(), Hook::Xdp);
     let theirs = seen
         .recv_timeout(Duration::from_secs(20))
         .expect("the XDP program attached")
@@ -186,7 +207,7 @@ fn tcx_program_attached_after_lbtrace_sees_every_packet() {
     let _haproxy = lab.haproxy();
     let vip = format!("{}:{VIP_PORT}", VIP.v4);
     let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &["--vip", &vip]);
-    let (stop, seen) = hold_in_netns(&lab.lb, lab.lb_ext.clone(), false);
+    let (stop, seen) = hold_in_netns(&lab.lb, lab.lb_ext.clone(), Hook::Tcx);
     seen.recv_timeout(Duration::from_secs(20))
         .expect("the TCX program attached");
     for _ in 0..5 {
@@ -205,4 +226,74 @@ fn tcx_program_attached_after_lbtrace_sees_every_packet() {
         after.syns, 5,
         "the TCX program attached after lbtrace missed packets"
     );
+}
+
+/// With legacy TC, the tc filters that were there first keep their place and keep running, and
+/// lbtrace leaves them and the clsact qdisc (which it did not make) as they were. On ingress,
+/// another cls_bpf filter at priority 1: lbtrace's joins that priority with a handle of its own
+/// and is listed, so run, first; the other still sees every packet after it. On egress, a u32
+/// filter at priority 1 (another kind: the priority cannot be shared): lbtrace takes priority 2
+/// and says so.
+#[test]
+fn legacy_tc_leaves_existing_tc_filters_alone_and_running() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    let ext = lab.lb_ext.clone();
+    let (stop, seen) = hold_in_netns(&lab.lb, ext.clone(), Hook::LegacyTc);
+    seen.recv_timeout(Duration::from_secs(20))
+        .expect("the legacy TC program attached");
+    lab.lb.exec(&[
+        "tc", "filter", "add", "dev", &ext, "egress", "pref", "1", "protocol", "ip", "u32",
+        "match", "ip", "tos", "0xff", "0xff", "classid", "1:1",
+    ]);
+    let theirs = super::trace::tc_filters(&lab.lb);
+
+    let vip = format!("{}:{VIP_PORT}", VIP.v4);
+    let env = super::trace::legacy_env(&lab);
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let lbtrace = Lbtrace::start_env("lbtrace", &lab.lb, lab.dir(), &env, &["--vip", &vip]);
+    assert!(
+        lbtrace.stderr().contains(&format!(
+            "{ext}: egress filters at priority 1..1 run before lbtrace's"
+        )),
+        "lbtrace must say its egress filter runs second:\n{}",
+        lbtrace.stderr()
+    );
+    let all = super::trace::tc_filters(&lab.lb);
+    let ingress: Vec<&String> = all
+        .iter()
+        .filter(|f| f.starts_with(&format!("{ext} ingress ")))
+        .collect();
+    assert!(
+        ingress.len() == 2
+            && ingress[0] == &format!("{ext} ingress \"bpf\" 1 lbtrace_tc_in")
+            && ingress[1].ends_with(" 1 tc_ingress"),
+        "ingress filters on {ext} (lbtrace's first, both at priority 1): {all:?}"
+    );
+    assert!(
+        all.contains(&format!("{ext} egress \"bpf\" 2 lbtrace_tc_eg")),
+        "lbtrace's egress filter on {ext} is not at priority 2: {all:?}"
+    );
+    for _ in 0..5 {
+        lab.get_vip(Family::V4);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let trace = lbtrace.stop();
+    assert_eq!(
+        super::trace::tc_filters(&lab.lb),
+        theirs,
+        "the filters after lbtrace exited"
+    );
+    let qdiscs = lab.lb.exec(&["tc", "qdisc", "show", "dev", &ext]);
+    assert!(
+        qdiscs.contains("clsact"),
+        "lbtrace removed a clsact qdisc it did not create: {qdiscs}"
+    );
+    stop.send(()).unwrap();
+    let after = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the legacy TC program's counts");
+    // Both saw the 5 SYNs: lbtrace returned TC_ACT_UNSPEC, so the other filter still ran.
+    assert_eq!(after.syns, 5, "the existing filter missed packets");
+    assert_eq!(syns_in(&trace, &ext).len(), 5, "{}", trace.dump());
 }

@@ -39,6 +39,13 @@ fn endpoint_args(vips: &[String], backends: &[String]) -> Vec<String> {
 /// XDP: lbtrace may use generic XDP there or fall back to TCX, so its ingress hook is not
 /// checked, only its tuples. None of these differences may change the tuples, flags or numbers.
 fn matches_tcpdump(kind: LbKind, family: Family, xdp: bool) {
+    matches_tcpdump_on(kind, family, xdp, false, &[]);
+}
+
+/// [`matches_tcpdump`], with legacy TC (clsact + cls_bpf) instead of TCX when `legacy`: then
+/// lbtrace's filters must be there while it runs, and nothing of them (filters, the clsact
+/// qdiscs it created, its record) once it stopped. `env` goes to lbtrace's environment too.
+fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool, env: &[&str]) {
     const CURLS: usize = 5;
     let lab = Lab::new();
     let _haproxy = matches!(kind, LbKind::HaProxy).then(|| lab.haproxy());
@@ -50,7 +57,23 @@ fn matches_tcpdump(kind: LbKind, family: Family, xdp: bool) {
         args.push("--xdp".to_owned());
     }
     let tcpdump = Tcpdump::start(&lab.lb, lab.dir());
-    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &args);
+    let legacy_vars = legacy_env(&lab);
+    let mut vars: Vec<&str> = legacy_vars
+        .iter()
+        .map(String::as_str)
+        .filter(|_| legacy)
+        .collect();
+    vars.extend(env);
+    let lbtrace = Lbtrace::start_env("lbtrace", &lab.lb, lab.dir(), &vars, &args);
+    if legacy {
+        let filters = lbtrace_filters(&lab.lb);
+        // Ingress (unless XDP has it) and egress on the lb's two interfaces.
+        let egress = filters.iter().filter(|f| f.contains(" egress ")).count();
+        assert!(
+            egress == 2 && (xdp || filters.len() == 4),
+            "lbtrace's legacy TC filters: {filters:?}"
+        );
+    }
     for _ in 0..CURLS {
         lab.get_vip(family);
     }
@@ -58,6 +81,23 @@ fn matches_tcpdump(kind: LbKind, family: Family, xdp: bool) {
     thread::sleep(Duration::from_secs(1));
     let trace = lbtrace.stop();
     let capture = tcpdump.stop();
+    if legacy {
+        assert_eq!(
+            (
+                lbtrace_filters(&lab.lb),
+                attachments(&lab.lb),
+                records(&lab)
+            ),
+            (vec![], vec![], vec![]),
+            "left behind by lbtrace after it stopped\n{}",
+            trace.dump()
+        );
+        assert!(
+            trace.stderr.contains("tc-egress)") && !trace.stderr.contains("tcx-"),
+            "lbtrace did not say it attached with legacy TC:\n{}",
+            trace.stderr
+        );
+    }
 
     let traced = trace.ifaces();
     assert!(
@@ -163,6 +203,80 @@ fn tcx_matches_tcpdump_ipv6() {
 #[test]
 fn tcx_matches_tcpdump_ipv6_nft_dnat_l4() {
     matches_tcpdump(LbKind::NftDnat, Family::V6, false);
+}
+
+#[test]
+fn legacy_tc_matches_tcpdump_nft_dnat_l4() {
+    matches_tcpdump_on(LbKind::NftDnat, Family::V4, false, true, &[]);
+}
+
+#[test]
+fn legacy_tc_matches_tcpdump_haproxy_ipv6() {
+    matches_tcpdump_on(LbKind::HaProxy, Family::V6, false, true, &[]);
+}
+
+/// The ring-buffer program variants (kernels before 5.12), forced here: every control packet
+/// tcpdump saw, none lost; with TCX, and with legacy TC and XDP as an old kernel would run them.
+#[test]
+fn ringbuf_variant_matches_tcpdump() {
+    const RINGBUF: &[&str] = &["LBTRACE_RINGS=ringbuf"];
+    matches_tcpdump_on(LbKind::NftDnat, Family::V4, false, false, RINGBUF);
+    matches_tcpdump_on(LbKind::HaProxy, Family::V4, true, true, RINGBUF);
+}
+
+/// The environment that makes lbtrace attach with legacy TC on a kernel that has TCX, and keeps
+/// its records in the lab's directory.
+pub(super) fn legacy_env(lab: &Lab) -> Vec<String> {
+    vec![
+        "LBTRACE_ATTACH=tc".to_owned(),
+        format!("LBTRACE_RUN_DIR={}", run_dir(lab).display()),
+    ]
+}
+
+fn run_dir(lab: &Lab) -> std::path::PathBuf {
+    lab.dir().join("run")
+}
+
+/// lbtrace's records of legacy TC attachments in the lab's run directory.
+fn records(lab: &Lab) -> Vec<String> {
+    fs::read_dir(run_dir(lab))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// lbtrace's cls_bpf filters in `ns` (`tc filter show`, by their `lbtrace_tc_*` names), as
+/// `iface direction pref handle`.
+pub(super) fn lbtrace_filters(ns: &Netns) -> Vec<String> {
+    tc_filters(ns)
+        .into_iter()
+        .filter(|f| f.contains("lbtrace_tc_"))
+        .collect()
+}
+
+/// Every tc filter in `ns`, as `iface direction kind pref name-or-handle`.
+pub(super) fn tc_filters(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for link in ns.links() {
+        let iface = link["ifname"].as_str().unwrap_or_default().to_owned();
+        for dir in ["ingress", "egress"] {
+            let o = ns.output(&["tc", "-j", "filter", "show", "dev", &iface, dir]);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(Vec::new()));
+            for f in v.as_array().into_iter().flatten() {
+                // Each filter comes with a header entry without options.
+                let Some(opts) = f.get("options") else {
+                    continue;
+                };
+                let name = opts["bpf_name"]
+                    .as_str()
+                    .map_or_else(|| opts["handle"].to_string(), str::to_owned);
+                out.push(format!("{iface} {dir} {} {} {name}", f["kind"], f["pref"]));
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -450,5 +564,74 @@ fn sigkill_leaves_nothing_attached() {
                  attachments {attached:?} remain (it held {held:?})"
             );
         }
+    }
+}
+
+/// Legacy TC filters survive SIGKILL (unlike bpf_links): `lbtrace cleanup` removes them, and so
+/// does the next lbtrace at its start; neither leaves a clsact qdisc lbtrace created.
+#[test]
+fn legacy_tc_sigkill_then_cleanup_or_next_start_leaves_nothing() {
+    let lab = Lab::new();
+    let args = v4_args(&lab);
+    let env = legacy_env(&lab);
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    for next in ["cleanup", "next start"] {
+        let lbtrace = Lbtrace::start_env("lbtrace-killed", &lab.lb, lab.dir(), &env, &args);
+        let filters = lbtrace_filters(&lab.lb);
+        assert_eq!(filters.len(), 4, "before SIGKILL: {filters:?}");
+        lbtrace.kill();
+        // What a netlink filter does: it stays. The test is not vacuous.
+        assert_eq!(
+            lbtrace_filters(&lab.lb),
+            filters,
+            "the filters went away by themselves"
+        );
+        assert_eq!(records(&lab).len(), 1, "the killed lbtrace's record");
+        let run = |cmd: &str| {
+            let mut argv: Vec<String> = vec!["env".into()];
+            argv.extend(env.iter().map(|e| (*e).to_owned()));
+            argv.push(crate::runner::lbtrace_bin().to_string_lossy().into_owned());
+            argv.push(cmd.into());
+            lab.lb.exec(&argv)
+        };
+        let doctor = run("doctor");
+        assert!(
+            doctor.contains("warn  leftovers") && doctor.contains("4 filter(s) of pid"),
+            "doctor does not report the killed lbtrace's filters:\n{doctor}"
+        );
+        if next == "cleanup" {
+            let out = run("cleanup");
+            for f in ["ingress", "egress"] {
+                assert!(
+                    out.contains(&format!("removed the tc {f} filter of pid")),
+                    "lbtrace cleanup said:\n{out}"
+                );
+            }
+            assert!(
+                out.contains("removed the clsact qdisc of"),
+                "lbtrace cleanup said:\n{out}"
+            );
+        } else {
+            let lbtrace = Lbtrace::start_env("lbtrace-next", &lab.lb, lab.dir(), &env, &args);
+            assert!(
+                lbtrace
+                    .stderr()
+                    .contains("removed a stale lbtrace attachment"),
+                "the next lbtrace did not say it removed the stale filters:\n{}",
+                lbtrace.stderr()
+            );
+            // Only its own four filters now.
+            assert_eq!(lbtrace_filters(&lab.lb).len(), 4);
+            lbtrace.stop();
+        }
+        assert_eq!(
+            (
+                lbtrace_filters(&lab.lb),
+                attachments(&lab.lb),
+                records(&lab)
+            ),
+            (vec![], vec![], vec![]),
+            "left after the killed lbtrace and {next}"
+        );
     }
 }

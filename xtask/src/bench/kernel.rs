@@ -4,11 +4,14 @@
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
-    Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
+    Ebpf, TestRun as _, TestRunOptions,
     maps::{MapData, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
-use lbtrace::kernel::rings::{CpuRings, MIN_SLOTS, RingLayout};
+use lbtrace::kernel::{
+    loader::{self, RawRings},
+    rings::{MIN_SLOTS, PacketRing, RingLayout},
+};
 use lbtrace_common::{EVENT_SIZE, names};
 
 use super::{
@@ -151,7 +154,7 @@ pub fn cases() -> Vec<Case> {
 
 struct Loaded {
     ebpf: Ebpf,
-    events: CpuRings,
+    events: PacketRing,
     priority: RingBuf<MapData>,
 }
 
@@ -173,7 +176,6 @@ pub fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
 }
 
 fn load(slots: u64, priority_bytes: u32) -> Result<Loaded> {
-    let no_wildcard = 0u8;
     // Rings for the bench CPU only (the calls are pinned there): 1M records of 104 bytes is
     // 104 MiB per CPU. The reader would be woken at a quarter full; here nobody reads during a
     // call, so the threshold is never reached: every record takes the production path of a
@@ -187,31 +189,20 @@ fn load(slots: u64, priority_bytes: u32) -> Result<Loaded> {
     );
     layout.wakeup_events = u64::MAX;
     layout.priority_wakeup_bytes = u64::MAX;
-    let mut loader = EbpfLoader::new();
-    loader.override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true);
-    layout.apply(&mut loader)?;
-    let mut ebpf = loader
-        .load(&object()?)
-        .context("loading lbtrace's eBPF object")?;
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(names::PROG_TC_INGRESS)
-        .context("no tc_ingress program")?
-        .try_into()?;
-    tc.load().context("loading tc_ingress")?;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(names::PROG_XDP_INGRESS)
-        .context("no xdp_ingress program")?
-        .try_into()?;
-    xdp.load().context("loading xdp_ingress")?;
-    lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, &frames::endpoints())
-        .context("filling ENDPOINTS and PORTS")?;
-    let events = CpuRings::take(&mut ebpf, &layout)?;
-    let priority = RingBuf::try_from(
-        ebpf.take_map(names::PRIORITY_EVENTS)
-            .context("no PRIORITY_EVENTS map")?,
-    )?;
+    let object = object()?;
+    let mut loaded = loader::load(&loader::Options::new(
+        &object,
+        layout,
+        frames::endpoints().to_vec(),
+    ))
+    .context("loading lbtrace's eBPF object")?;
+    let RawRings {
+        packets: events,
+        priority,
+        ..
+    } = loaded.take_rings()?;
     Ok(Loaded {
-        ebpf,
+        ebpf: loaded.ebpf,
         events,
         priority,
     })

@@ -4,7 +4,7 @@
 //! The object is loaded as `lbtrace trace` loads it (8 MiB of packet records split over the
 //! per-CPU rings, wake-up at a quarter of a ring); a producer thread runs `tc_ingress` through BPF_PROG_TEST_RUN (repeat 100,000 watched SYNs
 //! per call, in a loop) on one CPU while a consumer thread on another CPU drains with
-//! `kernel::rings::Rings` and decodes with `trace::drain` under a tokio current-thread runtime,
+//! `kernel::rings::Rings` and decodes with `session::drain` under a tokio current-thread runtime,
 //! as lbtrace does. The accounting must be exact: emitted == delivered + unread at the end,
 //! emitted + lost == produced.
 
@@ -18,12 +18,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::{EbpfLoader, programs::SchedClassifier};
 use lbtrace::kernel::{
     counters,
+    loader::{self, Programs},
     rings::{RingLayout, Rings},
 };
-use lbtrace_common::names;
 
 use super::{
     frames::{self, VIP, VIP_PORT},
@@ -33,7 +32,7 @@ use super::{
     sys,
 };
 
-pub const SECTION: &str = "ring buffer: userspace drain + decode (lbtrace's Rings + trace::drain)";
+pub const SECTION: &str = "ring buffer: userspace drain + decode (lbtrace's Rings + session::drain)";
 const RING_BYTES: u64 = 8 << 20;
 const REPEAT: u32 = 100_000;
 
@@ -76,29 +75,27 @@ struct Run {
 }
 
 fn one(secs: f64) -> Result<Run> {
-    let no_wildcard = 0u8;
-    let layout = RingLayout::new(RING_BYTES, 1 << 20)?;
-    let mut loader = EbpfLoader::new();
-    loader.override_global(names::GLOBAL_HAS_WILDCARD, &no_wildcard, true);
-    layout.apply(&mut loader)?;
-    let mut ebpf = loader
-        .load(&super::kernel::object()?)
-        .context("loading lbtrace's eBPF object")?;
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(names::PROG_TC_INGRESS)
-        .context("no tc_ingress program")?
-        .try_into()?;
-    tc.load().context("loading tc_ingress")?;
-    lbtrace::kernel::tracer::fill_endpoints(&mut ebpf, &frames::endpoints())
-        .context("filling ENDPOINTS and PORTS")?;
+    let object = super::kernel::object()?;
+    let mut opts = loader::Options::new(
+        &object,
+        RingLayout::new(RING_BYTES, 1 << 20)?,
+        frames::endpoints().to_vec(),
+    );
+    opts.programs = Programs {
+        tc: true,
+        legacy_tc: false,
+        xdp: false,
+    };
+    let mut loaded = loader::load(&opts).context("loading lbtrace's eBPF object")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building a tokio runtime")?;
     let rings = {
         let _entered = rt.enter();
-        Rings::take(&mut ebpf, &layout)?
+        Rings::new(loaded.take_rings()?)?
     };
+    let ebpf = loaded.ebpf;
 
     let cpus = sys::cpus();
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,7 +123,7 @@ fn one(secs: f64) -> Result<Run> {
                         max_gap = max_gap.max(now - last_drain);
                         last_drain = now;
                         delivered +=
-                            lbtrace::trace::drain(&mut rings, &mut decode_errors).len() as u64;
+                            lbtrace::session::drain(&mut rings, &mut decode_errors).len() as u64;
                         if last {
                             break;
                         }
@@ -158,7 +155,7 @@ fn one(secs: f64) -> Result<Run> {
     let (produced, producer_wall) = producer?;
     let unread = {
         let _entered = rt.enter();
-        lbtrace::trace::drain(&mut rings, &mut decode_errors).len() as u64
+        lbtrace::session::drain(&mut rings, &mut decode_errors).len() as u64
     };
     let c = counters::read(&ebpf);
     Ok(Run {

@@ -1,0 +1,153 @@
+//! The drop tracer's body: `skb:kfree_skb(skb, location, reason, rx_sk)` for watched tuples in
+//! the traced network namespace. Control packets become `DROP` events with the kernel's reason;
+//! data-packet drops are only counted, by reason.
+//!
+//! The skb's headers are copied out of kernel memory (`bpf_probe_read_kernel`) into arrays and
+//! read through the same header types as the packet programs.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    programs::RawTracePointContext,
+};
+use lbtrace_common::{Event, MAX_DROP_REASONS, counter, family, hook, kind, tcp_flag};
+
+use crate::{
+    header::{Hdr, IP4_LEN, IP6_LEN, IPPROTO_TCP, Ip4, Ip6, TCP_LEN, Tcp},
+    lookup::{ports, stats, watched},
+    maps::{DATA_DROP_REASONS, NETNS_INUM, NOISE_REASONS, OFFSETS, count},
+    ring::{emit_priority, now_ns},
+};
+
+/// A `T` at kernel address `base + off`, or `None` when the read faults.
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address itself and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// `N` bytes at kernel address `at`, or `None` when the read faults.
+#[inline(always)]
+fn read_buf<const N: usize>(at: u64) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: as in `read`; `buf` is N writable bytes.
+    unsafe { bpf_probe_read_kernel_buf(at as *const u8, &mut buf).ok()? };
+    Some(buf)
+}
+
+pub(crate) fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
+    let skb: u64 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    let reason = reason as u32;
+    let off = OFFSETS.load();
+
+    // The tracepoint fires for every namespace: keep only drops in the traced one, told by the
+    // device's namespace, or the socket's when the skb has no device.
+    let dev: u64 = read(skb, off.skb_dev)?;
+    let net: u64 = if dev != 0 {
+        read(dev, off.dev_nd_net)?
+    } else {
+        let sk: u64 = read(skb, off.skb_sk)?;
+        if sk == 0 {
+            return None;
+        }
+        read(sk, off.sk_net)?
+    };
+    if net == 0 {
+        return None;
+    }
+    let inum: u32 = read(net, off.net_inum)?;
+    if inum != NETNS_INUM.load() {
+        count(counter::DROPS_OTHER_NETNS);
+        return None;
+    }
+    let ridx = if reason < MAX_DROP_REASONS {
+        reason
+    } else {
+        MAX_DROP_REASONS - 1
+    };
+    if NOISE_REASONS.get(ridx).is_some_and(|noise| *noise != 0) {
+        count(counter::DROPS_NOISE);
+        return None;
+    }
+
+    let head: u64 = read(skb, off.skb_head)?;
+    let nh: u16 = read(skb, off.skb_network_header)?;
+    if nh == 0xffff {
+        return None;
+    }
+    let ip = head + nh as u64;
+    let hdr = read_buf::<IP6_LEN>(ip)?;
+    let h = Hdr::of(&hdr);
+    let (fam, saddr, daddr, tcp_at, l4_len) = match h.u8::<0>() >> 4 {
+        4 => {
+            let h = Ip4::new(h.prefix::<IP4_LEN>())?;
+            if h.proto() != IPPROTO_TCP {
+                return None;
+            }
+            (
+                family::V4,
+                h.saddr(),
+                h.daddr(),
+                ip + h.ihl() as u64,
+                h.l4_len(),
+            )
+        }
+        6 => {
+            let h = Ip6::new(h)?;
+            if h.next() != IPPROTO_TCP {
+                return None;
+            }
+            (
+                family::V6,
+                h.saddr(),
+                h.daddr(),
+                ip + IP6_LEN as u64,
+                h.l4_len(),
+            )
+        }
+        _ => return None,
+    };
+    let tcp = read_buf::<TCP_LEN>(tcp_at)?;
+    let t = Tcp(Hdr::of(&tcp));
+    let (sport, dport) = (t.sport(), t.dport());
+    let p = ports(sport, dport)?;
+    let id = watched(fam, saddr, daddr, &p)?;
+    stats(id, |s| s.drops += 1);
+    let flags = t.flags();
+    if flags & tcp_flag::CONTROL == 0 {
+        // Data packets are aggregated by reason, never one event each.
+        count(counter::DATA_DROPS);
+        if let Some(c) = DATA_DROP_REASONS.get_ptr_mut(ridx) {
+            // SAFETY: the map's value for this CPU, valid for the program run.
+            unsafe { *c += 1 };
+        }
+        return Some(());
+    }
+    let ifindex: u32 = if dev != 0 {
+        read(dev, off.dev_ifindex).unwrap_or(0)
+    } else {
+        0
+    };
+    emit_priority(|| Event {
+        ts_ns: now_ns(),
+        ifindex,
+        kind: kind::DROP,
+        hook: hook::KFREE_SKB,
+        family: fam,
+        tcp_flags: flags,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        seq: t.seq(),
+        ack: t.ack(),
+        reason,
+        outer_src: [0; 16],
+        outer_dst: [0; 16],
+        icmp_type: 0,
+        icmp_code: 0,
+        payload_len: l4_len.saturating_sub(t.doff()),
+        _pad: [0; 4],
+    });
+    Some(())
+}

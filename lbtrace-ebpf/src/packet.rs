@@ -1,0 +1,197 @@
+//! The body of the TC and XDP programs: parse Ethernet (up to two VLAN tags), IPv4 (with
+//! options) / IPv6, then TCP or an ICMP / ICMPv6 error, and turn the control packets (SYN,
+//! SYN-ACK, RST, FIN) of watched tuples and ICMP errors quoting a watched TCP tuple into events.
+//! Any other packet costs a few header loads and one counter. Generic over where packet events
+//! go ([`PacketSink`]): each program has a variant per sink.
+
+use lbtrace_common::{Event, counter, family, kind, tcp_flag};
+
+use crate::{
+    header::{
+        Bounds, ETH_P_IP, ETH_P_IPV6, IP4_LEN, IP6_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        Ip4, Ip6, TCP_LEN, Tcp, l2,
+    },
+    lookup::{count_flags, ports, stats, watched},
+    maps::count,
+    ring::{PacketSink, emit_priority, now_ns},
+};
+
+/// An IP header, bounds-checked for its fixed length. Addresses are read from it only once a
+/// packet turns out to matter.
+#[derive(Clone, Copy)]
+enum Ip<'a> {
+    V4(Ip4<'a>),
+    V6(Ip6<'a>),
+}
+
+impl Ip<'_> {
+    #[inline(always)]
+    fn saddr(self) -> [u8; 16] {
+        match self {
+            Self::V4(h) => h.saddr(),
+            Self::V6(h) => h.saddr(),
+        }
+    }
+
+    #[inline(always)]
+    fn daddr(self) -> [u8; 16] {
+        match self {
+            Self::V4(h) => h.daddr(),
+            Self::V6(h) => h.daddr(),
+        }
+    }
+}
+
+/// Where a TCP header or ICMP error sits once L3 is parsed.
+struct L3<'a> {
+    fam: u8,
+    /// Offset of the L4 header.
+    l4: usize,
+    proto: u8,
+    ip: Ip<'a>,
+    /// L4 bytes (header and payload) as the IP header tells.
+    l4_len: u16,
+}
+
+/// The IPv4 header at `off`; `None` for a later fragment (no L4 header), `Err` when malformed.
+#[inline(always)]
+fn ipv4(b: &Bounds, off: usize) -> Result<Option<L3<'_>>, ()> {
+    let h = Ip4::new(b.at::<IP4_LEN>(off).ok_or(())?).ok_or(())?;
+    if h.later_fragment() {
+        return Ok(None);
+    }
+    Ok(Some(L3 {
+        fam: family::V4,
+        l4: off + h.ihl(),
+        proto: h.proto(),
+        ip: Ip::V4(h),
+        l4_len: h.l4_len(),
+    }))
+}
+
+/// The IPv6 header at `off`: TCP and ICMPv6 directly after the fixed header only.
+#[inline(always)]
+fn ipv6(b: &Bounds, off: usize) -> Result<Option<L3<'_>>, ()> {
+    let h = Ip6::new(b.at::<IP6_LEN>(off).ok_or(())?).ok_or(())?;
+    Ok(Some(L3 {
+        fam: family::V6,
+        l4: off + IP6_LEN,
+        proto: h.next(),
+        ip: Ip::V6(h),
+        l4_len: h.l4_len(),
+    }))
+}
+
+/// The shared body of the TC and XDP programs.
+#[inline(always)]
+pub(crate) fn handle<S: PacketSink>(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
+    count(counter::PACKETS);
+    let (l3off, ethertype) = l2(b).ok_or(())?;
+    let l3 = match ethertype {
+        ETH_P_IP => ipv4(b, l3off)?,
+        ETH_P_IPV6 => ipv6(b, l3off)?,
+        _ => return Ok(()),
+    };
+    let Some(l3) = l3 else { return Ok(()) };
+    match l3.proto {
+        IPPROTO_TCP => tcp::<S>(b, &l3, ifindex, hook),
+        IPPROTO_ICMP if l3.fam == family::V4 => icmp(b, &l3, ifindex, hook),
+        IPPROTO_ICMPV6 if l3.fam == family::V6 => icmp(b, &l3, ifindex, hook),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
+    let t = Tcp(b.at::<TCP_LEN>(l3.l4).ok_or(())?);
+    let flags = t.flags();
+    // The fast path: data and pure ACKs stop here, before any map lookup.
+    if flags & tcp_flag::CONTROL == 0 {
+        return Ok(());
+    }
+    let (sport, dport) = (t.sport(), t.dport());
+    let Some(p) = ports(sport, dport) else {
+        return Ok(());
+    };
+    let (saddr, daddr) = (l3.ip.saddr(), l3.ip.daddr());
+    let Some(id) = watched(l3.fam, saddr, daddr, &p) else {
+        return Ok(());
+    };
+    count_flags(id, flags);
+    let doff = t.doff();
+    S::emit(|e| {
+        e.ts_ns = now_ns();
+        e.ifindex = ifindex;
+        e.kind = kind::PACKET;
+        e.hook = hook;
+        e.family = l3.fam;
+        e.tcp_flags = flags;
+        e.saddr = saddr;
+        e.daddr = daddr;
+        e.sport = sport;
+        e.dport = dport;
+        e.seq = t.seq();
+        e.ack = t.ack();
+        e.payload_len = l3.l4_len.saturating_sub(doff);
+    });
+    Ok(())
+}
+
+/// ICMP destination unreachable / time exceeded (and ICMPv6 packet too big) quoting TCP.
+#[inline(always)]
+fn icmp(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
+    let h = b.at::<8>(l3.l4).ok_or(())?;
+    let ty = h.u8::<0>();
+    let is_error = if l3.fam == family::V4 {
+        ty == 3 || ty == 11
+    } else {
+        ty == 1 || ty == 2 || ty == 3
+    };
+    if !is_error {
+        return Ok(());
+    }
+    let inner = l3.l4 + 8;
+    let q = if l3.fam == family::V4 {
+        ipv4(b, inner)?
+    } else {
+        ipv6(b, inner)?
+    };
+    let Some(q) = q else { return Ok(()) };
+    if q.proto != IPPROTO_TCP {
+        return Ok(());
+    }
+    // RFC 792 guarantees 8 bytes of the quoted L4 header: ports and sequence number.
+    let t = Tcp(b.at::<8>(q.l4).ok_or(())?);
+    let (sport, dport) = (t.sport(), t.dport());
+    let Some(p) = ports(sport, dport) else {
+        return Ok(());
+    };
+    let (saddr, daddr) = (q.ip.saddr(), q.ip.daddr());
+    let Some(id) = watched(q.fam, saddr, daddr, &p) else {
+        return Ok(());
+    };
+    stats(id, |s| s.icmp += 1);
+    let (outer_src, outer_dst, icmp_code) = (l3.ip.saddr(), l3.ip.daddr(), h.u8::<1>());
+    emit_priority(|| Event {
+        ts_ns: now_ns(),
+        ifindex,
+        kind: kind::ICMP,
+        hook,
+        family: q.fam,
+        tcp_flags: 0,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        seq: t.seq(),
+        ack: 0,
+        reason: 0,
+        outer_src,
+        outer_dst,
+        icmp_type: ty,
+        icmp_code,
+        payload_len: 0,
+        _pad: [0; 4],
+    });
+    Ok(())
+}
