@@ -25,6 +25,10 @@ pub enum BtfError {
     Read(#[source] btf_rs::Error),
 }
 
+/// The running kernel's own type information (/sys/kernel/btf/vmlinux): where `sk_buff` and
+/// `net_device` keep the fields the drop tracer reads (Rust eBPF has no CO-RE, so the offsets
+/// are passed in as globals), and the names of `enum skb_drop_reason`, which differ between
+/// kernels.
 pub struct KernelBtf {
     btf: Btf,
 }

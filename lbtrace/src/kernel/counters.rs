@@ -7,6 +7,9 @@ use aya::{
 };
 use lbtrace_common::{EndpointStats, MAX_DROP_REASONS, counter, names};
 
+/// The kernel programs' own counters, summed over the CPUs: packets parsed, events emitted and
+/// lost per ring, parse errors, drops. Counted before any ring is touched, so they are exact
+/// even when events were lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub packets: u64,

@@ -32,7 +32,8 @@ use super::{
     sys,
 };
 
-pub const SECTION: &str = "ring buffer: userspace drain + decode (lbtrace's Rings + session::drain)";
+pub const SECTION: &str =
+    "ring buffer: userspace drain + decode (lbtrace's Rings + session::drain)";
 const RING_BYTES: u64 = 8 << 20;
 const REPEAT: u32 = 100_000;
 
