@@ -11,6 +11,7 @@ use std::{
 
 use super::recorder::{Conn, Finding};
 use crate::checklist::Step;
+use crate::host::{Moved, Pressure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
@@ -116,6 +117,55 @@ fn describe(f: &Finding) -> String {
     }
 }
 
+/// The words for a limit of the LB host, with the counters that moved.
+fn describe_pressure(p: &Pressure) -> String {
+    let moved = |c: &[Moved]| {
+        c.iter()
+            .map(|m| format!("{} +{} ({} -> {})", m.counter, m.delta(), m.before, m.after))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match p {
+        Pressure::AcceptQueueFull { listener, counters } => format!(
+            "the LB process does not accept fast enough: accept queue full{} ({}): check the LB's maxconn, backlog and worker saturation",
+            listener.map_or_else(String::new, |l| format!(
+                " on {} (Recv-Q {}/{})",
+                l.listener, l.depth, l.backlog
+            )),
+            moved(counters)
+        ),
+        Pressure::SynCookies { counters } => format!(
+            "the LB host answers SYNs with SYN cookies ({}): its SYN queue overflows (a flood, or too small a backlog); cookies drop TCP options such as window scaling",
+            moved(counters)
+        ),
+        Pressure::Conntrack {
+            count,
+            max,
+            counters,
+        } => format!(
+            "conntrack table {count}/{max}{}{}: NATed connections are dropped",
+            if counters.is_empty() { "" } else { ", " },
+            moved(counters)
+        ),
+        Pressure::SourcePorts { ports, exhausted } => format!(
+            "local ports from {} to backend {}: {} of {} in use{}",
+            ports.source,
+            ports.backend,
+            ports.used,
+            ports.usable,
+            if *exhausted {
+                ": exhausted, new connections fail (EADDRNOTAVAIL)"
+            } else {
+                ": nearly exhausted"
+            }
+        ),
+        Pressure::NoForwarding => "this host does not forward IPv4 (ip_forward=0)".to_owned(),
+        Pressure::StrictRpFilter { iface } => {
+            format!("strict reverse-path filtering on {iface} (rp_filter=1)")
+        }
+    }
+}
+
 impl Alerts {
     pub fn new(th: Thresholds) -> Self {
         Self {
@@ -130,17 +180,23 @@ impl Alerts {
         u64::try_from(self.th.window.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Counts a finding; returns an alert when its kind crosses the threshold.
-    pub fn record(&mut self, now_ns: u64, conn: &Conn, f: &Finding) -> Option<Notice> {
-        let key = f.alert_key();
+    /// Counts one finding of `key`; returns the count in the window and the message when it
+    /// raises a new alert (an active alert only counts it).
+    fn count(
+        &mut self,
+        now_ns: u64,
+        key: &str,
+        step: u8,
+        message: impl FnOnce() -> String,
+    ) -> Option<(u32, String)> {
         let win = self.window_ns();
-        let q = self.seen.entry(key.clone()).or_default();
+        let q = self.seen.entry(key.to_owned()).or_default();
         q.push_back(now_ns);
         while q.front().is_some_and(|&t| now_ns.saturating_sub(t) > win) {
             q.pop_front();
         }
         let count = u32::try_from(q.len()).unwrap_or(u32::MAX);
-        if let Some(a) = self.active.get_mut(&key) {
+        if let Some(a) = self.active.get_mut(key) {
             a.last_ns = now_ns;
             a.total += 1;
             return None;
@@ -148,10 +204,9 @@ impl Alerts {
         if count < self.th.count {
             return None;
         }
-        let step = f.step();
-        let message = describe(f);
+        let message = message();
         self.active.insert(
-            key.clone(),
+            key.to_owned(),
             Active {
                 since_ns: now_ns,
                 last_ns: now_ns,
@@ -160,6 +215,14 @@ impl Alerts {
                 message: message.clone(),
             },
         );
+        Some((count, message))
+    }
+
+    /// Counts a finding; returns an alert when its kind crosses the threshold.
+    pub fn record(&mut self, now_ns: u64, conn: &Conn, f: &Finding) -> Option<Notice> {
+        let key = f.alert_key();
+        let step = f.step();
+        let (count, message) = self.count(now_ns, &key, step, || describe(f))?;
         let backend: Option<SocketAddr> = match f {
             Finding::BackendRefused { backend }
             | Finding::BackendTimeout { backend }
@@ -178,6 +241,37 @@ impl Alerts {
             example_vip: Some(conn.vip.to_string()),
             example_backend: backend.map(|b| b.to_string()),
             conn_id: Some(conn.id),
+        }))
+    }
+
+    /// Counts a limit of the LB host that ran out in the last sample (an accept queue, SYN
+    /// cookies, conntrack, source ports); returns an alert when its kind crosses the threshold.
+    /// Settings that do not change (forwarding off, strict rp_filter) are not alerts: the
+    /// caller says them once.
+    pub fn host(&mut self, now_ns: u64, p: &Pressure) -> Option<Notice> {
+        let (key, backend) = match p {
+            Pressure::AcceptQueueFull { .. } => ("accept_queue_full".to_owned(), None),
+            Pressure::SynCookies { .. } => ("syn_cookies".to_owned(), None),
+            Pressure::Conntrack { .. } => ("conntrack".to_owned(), None),
+            Pressure::SourcePorts { ports, .. } => (
+                format!("source_ports:{}", ports.backend),
+                Some(ports.backend.to_string()),
+            ),
+            Pressure::NoForwarding | Pressure::StrictRpFilter { .. } => return None,
+        };
+        let step = p.step();
+        let (count, message) = self.count(now_ns, &key, step, || describe_pressure(p))?;
+        Some(Notice::Alert(Alert {
+            key,
+            step,
+            step_name: Step::from_number(step).map_or("host", Step::name),
+            message,
+            count,
+            window_seconds: self.th.window.as_secs(),
+            example_client: None,
+            example_vip: None,
+            example_backend: backend,
+            conn_id: None,
         }))
     }
 

@@ -53,6 +53,8 @@ struct Tally {
 struct Loop {
     out: Output,
     host: tokio::sync::watch::Receiver<Option<host::Sample>>,
+    /// The host sample the last pressure was computed against.
+    host_prev: Option<host::Sample>,
     log: Arc<Output>,
     labels: Labels,
     format: Format,
@@ -167,8 +169,27 @@ impl Loop {
         }
     }
 
+    /// Compares a new host sample with the previous one and counts what ran out.
+    fn host_pressure(&mut self, now: u64) {
+        if !self.host.has_changed().unwrap_or(false) {
+            return;
+        }
+        let Some(cur) = self.host.borrow_and_update().clone() else {
+            return;
+        };
+        if let Some(prev) = self.host_prev.replace(cur.clone()) {
+            for p in host::pressure(&prev, &cur, None) {
+                *self.tally.findings.entry(host_key(&p)).or_default() += 1;
+                if let Some(n) = self.alerts.host(now, &p) {
+                    self.notice(n);
+                }
+            }
+        }
+    }
+
     fn tick(&mut self) {
         let now = Clock::monotonic_ns();
+        self.host_pressure(now);
         let found = self.rec.expire(now);
         self.findings(now, found);
         let lost = self.tracer.counters().lost();
@@ -294,6 +315,18 @@ impl Loop {
     }
 }
 
+/// The findings-metric key of a host limit.
+fn host_key(p: &host::Pressure) -> String {
+    match p {
+        host::Pressure::AcceptQueueFull { .. } => "accept_queue_full".to_owned(),
+        host::Pressure::SynCookies { .. } => "syn_cookies".to_owned(),
+        host::Pressure::Conntrack { .. } => "conntrack".to_owned(),
+        host::Pressure::SourcePorts { ports, .. } => format!("source_ports:{}", ports.backend),
+        host::Pressure::NoForwarding => "no_forwarding".to_owned(),
+        host::Pressure::StrictRpFilter { iface } => format!("rp_filter_strict:{iface}"),
+    }
+}
+
 /// Writes the whole history for SIGUSR1 into a new file in `dir` (0600, `O_EXCL | O_NOFOLLOW`:
 /// a name planted in advance is skipped, never followed or overwritten).
 fn write_usr1_dump(l: &mut Loop, dir: &Path, netns: u64) -> Result<PathBuf> {
@@ -395,12 +428,25 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         backends.clone(),
         cfg.ifaces.iter().map(|l| l.name.clone()).collect(),
     );
+    // Settings that do not change are said once, not alerted on every sample.
+    let first = host::sample(&sampler.vips, &sampler.backends, &sampler.ifaces);
+    for iface in &first.rp_filter_strict {
+        eprintln!(
+            "lbtrace: note: strict reverse-path filtering on {iface} (rp_filter=1): clients reaching the VIP over an asymmetric path are dropped (IP_RPFILTER)"
+        );
+    }
+    if first.ip_forward == Some(false) {
+        eprintln!(
+            "lbtrace: note: this host does not forward IPv4 (ip_forward=0): a Layer-4 (NAT) VIP cannot reach its backends"
+        );
+    }
     let host = sampler
         .spawn(Duration::from_secs(1))
         .context("starting the host sampler thread")?;
     let mut l = Loop {
         out: Output::spawn("stdout", std::io::stdout(), STDOUT_QUEUE),
         host,
+        host_prev: None,
         log: Arc::clone(&log),
         labels: Labels::default(),
         format: targs.format,

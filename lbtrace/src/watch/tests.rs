@@ -282,3 +282,74 @@ fn l4_joins_find_the_client_by_isn_among_many() {
         late.parse::<std::net::SocketAddr>().unwrap()
     );
 }
+
+#[test]
+fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
+    use crate::host::{Moved, PortUse, Pressure};
+    let mut al = Alerts::new(Thresholds {
+        count: 2,
+        window: Duration::from_secs(30),
+        recover_after: Duration::from_secs(5),
+    });
+    let s = 1_000_000_000u64;
+    let cookies = Pressure::SynCookies {
+        counters: vec![Moved {
+            counter: "TcpExt.SyncookiesSent".into(),
+            before: 10,
+            after: 14,
+        }],
+    };
+    assert!(al.host(s, &cookies).is_none());
+    let Some(Notice::Alert(a)) = al.host(2 * s, &cookies) else {
+        panic!("no alert on the second sample")
+    };
+    assert_eq!(
+        (a.key.as_str(), a.step, a.step_name),
+        ("syn_cookies", 1, "client-to-lb")
+    );
+    assert!(
+        a.message.contains("TcpExt.SyncookiesSent +4 (10 -> 14)"),
+        "{}",
+        a.message
+    );
+    assert!(
+        al.host(3 * s, &cookies).is_none(),
+        "de-duplicated while active"
+    );
+    let ports = |backend: &str| Pressure::SourcePorts {
+        ports: PortUse {
+            source: "10.10.3.1".parse().unwrap(),
+            backend: backend.parse().unwrap(),
+            used: 9,
+            usable: 10,
+        },
+        exhausted: false,
+    };
+    al.host(s, &ports("10.10.3.11:8080"));
+    let Some(Notice::Alert(b)) = al.host(2 * s, &ports("10.10.3.11:8080")) else {
+        panic!("no source-port alert")
+    };
+    assert_eq!(
+        (b.key.as_str(), b.step),
+        ("source_ports:10.10.3.11:8080", 3)
+    );
+    assert_eq!(b.example_backend.as_deref(), Some("10.10.3.11:8080"));
+    assert!(
+        al.host(2 * s, &ports("10.10.3.12:8080")).is_none(),
+        "another backend counts apart"
+    );
+    for _ in 0..5 {
+        assert!(al.host(2 * s, &Pressure::NoForwarding).is_none());
+        assert!(
+            al.host(
+                2 * s,
+                &Pressure::StrictRpFilter {
+                    iface: "eth0".into()
+                }
+            )
+            .is_none()
+        );
+    }
+    let rec = al.tick(9 * s);
+    assert_eq!(rec.len(), 2, "both recover after 5 s of quiet: {rec:?}");
+}

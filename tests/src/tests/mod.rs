@@ -7,3 +7,4 @@ mod hardening;
 mod lab_smoke;
 mod trace;
 mod watch;
+mod watch_pressure;
