@@ -74,13 +74,15 @@ connect() {
     echo "hello from $1" | ip netns exec client /bin/busybox timeout 20 "$NC" -N -w 5 -p "$1" "$LB_IP" "$2"
 }
 
-# lbtrace trace NAME ARGS...: starts `lbtrace trace ARGS --format json` in the background (stdout
-# in /tmp/NAME.out, stderr in /tmp/NAME.err) and waits until it has attached.
+# lbtrace_start NAME COMMAND ARGS...: starts `lbtrace COMMAND ARGS --format json` (trace, watch,
+# check) in the background (stdout in /tmp/NAME.out, stderr in /tmp/NAME.err) and waits until it
+# has attached (its --ready-file exists).
 lbtrace_start() {
     name=$1
-    shift
+    command=$2
+    shift 2
     rm -f "/tmp/$name.ready"
-    lbtrace trace "$@" --format json --ready-file "/tmp/$name.ready" \
+    lbtrace "$command" "$@" --format json --ready-file "/tmp/$name.ready" \
         >"/tmp/$name.out" 2>"/tmp/$name.err" &
     LBT_PID=$!
     waited=0
@@ -90,25 +92,25 @@ lbtrace_start() {
             rc=$?
             LBT_PID=""
             cat "/tmp/$name.err"
-            fail "lbtrace trace exited ($rc) before attaching: $(grep -v '^$' "/tmp/$name.err" | tail -n 1)"
+            fail "lbtrace $command exited ($rc) before attaching: $(grep -v '^$' "/tmp/$name.err" | tail -n 1)"
         fi
-        [ "$waited" -lt $((READY_TIMEOUT * 10)) ] || fail "lbtrace trace not attached after ${READY_TIMEOUT}s"
+        [ "$waited" -lt $((READY_TIMEOUT * 10)) ] || fail "lbtrace $command not attached after ${READY_TIMEOUT}s"
         sleep 0.1
         waited=$((waited + 1))
     done
     echo "lbtrace ($name) attached after $((waited / 10)).$((waited % 10))s"
 }
 
-# Stops the lbtrace started last with SIGINT; fails unless it exits 0 within 60 s. Shows its
-# output.
+# Stops the lbtrace started last with SIGINT (or, with a second argument "wait", waits for it to
+# end by itself); fails unless it exits 0 within 60 s. Shows its output.
 lbtrace_stop() {
     name=$1
-    kill -INT "$LBT_PID"
+    [ "$2" = wait ] || kill -INT "$LBT_PID"
     waited=0
     while kill -0 "$LBT_PID" 2>/dev/null; do
         if [ "$waited" -ge 600 ]; then
             cat "/tmp/$name.err"
-            fail "lbtrace trace still running 60s after SIGINT"
+            fail "lbtrace $name still running after 60s"
         fi
         sleep 0.1
         waited=$((waited + 1))
@@ -121,7 +123,7 @@ lbtrace_stop() {
     echo "--- lbtrace ($name) stdout:"
     cat "/tmp/$name.out"
     echo "---"
-    [ "$rc" -eq 0 ] || fail "lbtrace trace exited $rc after SIGINT: $(grep -v '^$' "/tmp/$name.err" | tail -n 1)"
+    [ "$rc" -eq 0 ] || fail "lbtrace ($name) exited $rc: $(grep -v '^$' "/tmp/$name.err" | tail -n 1)"
 }
 
 # Whether lbtrace's JSON output FILE has an event with exactly this text (keys in the documented
@@ -141,4 +143,34 @@ bpf_filters() {
     for hook in ingress egress; do
         tc filter show dev "$1" "$hook" 2>/dev/null | grep 'direct-action' | sed "s/^/$hook: /"
     done
+}
+
+# A second veth pair to a backend namespace (the LB side 10.78.0.1, the backend 10.78.0.2).
+BACKEND_IF=lbb0
+LB_BACKEND_IP=10.78.0.1
+BACKEND_IP=10.78.0.2
+backend_up() {
+    ip netns add backend || fail "cannot create the backend namespace"
+    on_exit "ip netns del backend 2>/dev/null"
+    ip link add "$BACKEND_IF" type veth peer name lbb1 || fail "cannot create the backend veth pair"
+    on_exit "ip link del $BACKEND_IF 2>/dev/null"
+    ip link set lbb1 netns backend &&
+        ip addr add "$LB_BACKEND_IP/24" dev "$BACKEND_IF" &&
+        ip link set "$BACKEND_IF" up &&
+        ip -n backend addr add "$BACKEND_IP/24" dev lbb1 &&
+        ip -n backend link set lbb1 up &&
+        ip -n backend link set lo up || fail "cannot set up the backend veth pair"
+}
+
+# http_server ADDR:PORT [NS]: busybox httpd on ADDR:PORT serving /tmp/www, in namespace NS ("" for the LB's own).
+http_server() {
+    mkdir -p /tmp/www
+    echo "lbtrace vm test" >/tmp/www/index.html
+    if [ -n "$2" ]; then
+        ip netns exec "$2" /bin/busybox httpd -f -p "$1" -h /tmp/www &
+    else
+        busybox httpd -f -p "$1" -h /tmp/www &
+    fi
+    SERVER_PIDS="$SERVER_PIDS $!"
+    sleep 0.2
 }

@@ -17,7 +17,7 @@ filter_before=$(tc filter show dev "$LB_IF" ingress | grep matchall)
 server 8080
 n0=$(counted)
 
-lbtrace_start coexist --vip "$LB_IP:8080" --iface "$LB_IF"
+lbtrace_start coexist trace --vip "$LB_IP:8080" --iface "$LB_IF"
 echo "while lbtrace runs:"
 tc -s filter show dev "$LB_IF" ingress
 connect 40021 8080 || fail "connection while lbtrace runs failed"

@@ -10,7 +10,7 @@ on_exit "nft delete table inet lbtvm 2>/dev/null"
 nft add chain inet lbtvm input '{ type filter hook input priority 0; }'
 nft add rule inet lbtvm input tcp dport 8081 drop || fail "nft cannot add the drop rule"
 
-lbtrace_start drop --vip "$LB_IP" --iface "$LB_IF"
+lbtrace_start drop trace --vip "$LB_IP" --iface "$LB_IF"
 connect 40011 8081 && fail "the connection to the dropped port succeeded"
 lbtrace_stop drop
 

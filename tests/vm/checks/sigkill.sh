@@ -5,7 +5,7 @@
 
 lab_up
 qdiscs_before=$(tc qdisc show dev "$LB_IF")
-lbtrace_start first --vip "$LB_IP:8080" --iface "$LB_IF"
+lbtrace_start first trace --vip "$LB_IP:8080" --iface "$LB_IF"
 echo "attached:"
 bpf_filters "$LB_IF"
 tc qdisc show dev "$LB_IF"
@@ -17,7 +17,7 @@ stale=$(bpf_filters "$LB_IF" | wc -l)
 echo "after SIGKILL: $stale lbtrace tc filter(s), programs: $(lbtrace_progs | tr '\n' ' ')"
 bpf_filters "$LB_IF"
 
-lbtrace_start second --vip "$LB_IP:8080" --iface "$LB_IF"
+lbtrace_start second trace --vip "$LB_IP:8080" --iface "$LB_IF"
 running=$(bpf_filters "$LB_IF")
 echo "while the next lbtrace runs:"
 echo "$running"

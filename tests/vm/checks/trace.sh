@@ -5,7 +5,7 @@
 
 lab_up
 server 8080
-lbtrace_start trace --vip "$LB_IP:8080" --iface "$LB_IF"
+lbtrace_start trace trace --vip "$LB_IP:8080" --iface "$LB_IF"
 for port in 40001 40002 40003; do
     connect "$port" 8080 || fail "connection from port $port failed"
 done

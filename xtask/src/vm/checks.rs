@@ -41,6 +41,14 @@ pub const CHECKS: &[Check] = &[
         name: "coexist",
         timeout_secs: 240,
     },
+    Check {
+        name: "check",
+        timeout_secs: 240,
+    },
+    Check {
+        name: "watch",
+        timeout_secs: 240,
+    },
 ];
 
 /// The pseudo-check the guest reports first: modules loaded, filesystems mounted.

@@ -94,32 +94,45 @@ pub fn cache_root() -> Result<PathBuf> {
 }
 
 /// The newest kernel of `series`: from the cache when the package lists say nothing newer exists,
-/// else downloaded and extracted. When the archive cannot be reached, the newest cached kernel of
-/// the series is used (with a warning).
+/// else downloaded and extracted (when the newest package cannot be downloaded, the next newest,
+/// with a warning). When the archive cannot be reached at all, the newest cached kernel of the
+/// series is used (with a warning).
 pub fn fetch(series: &'static Series) -> Result<Kernel> {
     let cache = cache_root()?.join("kernels");
     let apt = Apt::new(&cache, series.dist)?;
-    let newest = apt
+    let candidates = apt
         .update()
-        .and_then(|()| apt.newest(series.name))
+        .and_then(|()| apt.candidates(series.name))
         .with_context(|| format!("finding the newest {} cloud kernel", series.name));
-    let package = match newest {
-        Ok(package) => package,
+    let candidates = match candidates {
+        Ok(candidates) => candidates,
         Err(err) => {
             let Some(cached) = newest_cached(&cache, series.name)? else {
                 return Err(err);
             };
             eprintln!("xtask: warning: {err:#}; using the cached {cached}");
-            cached
+            vec![cached]
         }
     };
-    let dir = cache.join(&package);
-    if !dir.join(".complete").exists() {
-        apt.download_extract(&package, &dir)?;
+    let mut errors = Vec::new();
+    for package in &candidates {
+        let dir = cache.join(package);
+        if !dir.join(".complete").exists()
+            && let Err(err) = apt.download_extract(package, &dir)
+        {
+            eprintln!("xtask: warning: {err:#}");
+            errors.push(format!("{err:#}"));
+            continue;
+        }
+        let kernel = open(package, &dir)?;
+        prune(&cache, series.name, package);
+        return Ok(kernel);
     }
-    let kernel = open(&package, &dir)?;
-    prune(&cache, series.name, &package);
-    Ok(kernel)
+    bail!(
+        "no {} kernel could be fetched: {}",
+        series.name,
+        errors.join("; ")
+    )
 }
 
 /// A private apt configuration for one distribution under `<cache>/apt/<dist>`.
@@ -193,21 +206,23 @@ impl Apt {
         Ok(())
     }
 
-    /// The newest `linux-image-<series>.*-cloud-amd64-unsigned` the lists know.
-    fn newest(&self, series: &str) -> Result<String> {
+    /// The `linux-image-<series>.*-cloud-amd64-unsigned` packages the lists know, newest first.
+    fn candidates(&self, series: &str) -> Result<Vec<String>> {
         let names = process::output(self.command("apt-cache").args(["pkgnames", PREFIX]))?;
-        names
+        let mut names: Vec<String> = names
             .lines()
             .filter(|name| in_series(name, series))
-            .max_by(|a, b| compare_versions(a, b))
             .map(str::to_owned)
-            .with_context(|| {
-                format!(
-                    "no {PREFIX}{series}.*{SUFFIX} in {} ({})",
-                    self.dist.name,
-                    self.dir.display()
-                )
-            })
+            .collect();
+        if names.is_empty() {
+            bail!(
+                "no {PREFIX}{series}.*{SUFFIX} in {} ({})",
+                self.dist.name,
+                self.dir.display()
+            );
+        }
+        names.sort_by(|a, b| compare_versions(b, a));
+        Ok(names)
     }
 
     /// `apt-get download` into `<apt>/debs`, `dpkg-deb -x` into `dest` (through a temporary
@@ -219,7 +234,13 @@ impl Apt {
             self.command("apt-get")
                 .args(["download", package])
                 .current_dir(&debs),
-        )?;
+        )
+        .map_err(|err| {
+            // apt's own "E: Failed to fetch URL  404 ..." says it all; the command line is long.
+            let msg = format!("{err:#}");
+            let short = msg.find("E: ").map_or(msg.as_str(), |at| &msg[at..]);
+            anyhow::anyhow!("apt-get download {package}: {short}")
+        })?;
         let deb = fs::read_dir(&debs)?
             .filter_map(Result::ok)
             .map(|e| e.path())

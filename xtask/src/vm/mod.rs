@@ -30,7 +30,8 @@ pub struct Args {
     /// Kernel series to boot: 5.10, 6.1, 6.12 or all (repeat for several).
     #[arg(long = "kernel", default_value = "all")]
     kernels: Vec<String>,
-    /// Run only this check (repeat): doctor, prog_test_run, trace, drop, sigkill, coexist.
+    /// Run only this check (repeat): doctor, prog_test_run, trace, drop, sigkill, coexist,
+    /// check, watch.
     #[arg(long = "check")]
     checks: Vec<String>,
     /// Keep each kernel's initramfs tree and archive in target/vmtest/<series>/.
@@ -39,6 +40,9 @@ pub struct Args {
     /// Show the output of every check, not only of those that did not pass.
     #[arg(long)]
     verbose: bool,
+    /// Virtual CPUs per VM (TCG runs one host thread per CPU; the checks spread over them).
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
     /// Test the release build.
     #[arg(long)]
     release: bool,
@@ -73,7 +77,7 @@ pub fn cmd(args: Args) -> Result<()> {
 
     let mut reports = Vec::new();
     for series in series {
-        let report = run_kernel(series, &payload, &out, args.keep)
+        let report = run_kernel(series, &payload, &out, args.cpus, args.keep)
             .unwrap_or_else(|err| failed_report(series.name, &format!("{err:#}")));
         reports.push(report);
     }
@@ -137,6 +141,7 @@ fn run_kernel(
     series: &'static kernel::Series,
     payload: &initramfs::Payload,
     out: &Path,
+    cpus: u32,
     keep: bool,
 ) -> Result<results::KernelReport> {
     let prefix = format!("xtask: [{}] ", series.name);
@@ -167,7 +172,7 @@ fn run_kernel(
             .map(|c| Duration::from_secs(c.timeout_secs.into()))
             .sum::<Duration>();
     let log = dir.join("console.log");
-    let run = qemu::run(&kernel.image, &archive, limit, &log, &prefix)?;
+    let run = qemu::run(&kernel.image, &archive, cpus, limit, &log, &prefix)?;
     let ended = if run.timed_out {
         format!("the VM was killed after {limit:?}")
     } else if run.lines.iter().any(|l| l.contains("LBT-DONE")) {

@@ -29,11 +29,20 @@ pub struct Run {
 /// Guest memory: the initramfs is unpacked into RAM (about 100 MB with a debug build).
 const MEMORY_MB: &str = "1024";
 
-/// Boots `image` with `initrd`, kills QEMU after `limit`. `echo` prefixes the lines shown live
+/// Boots `image` with `initrd` on `cpus` virtual CPUs (one host thread each), kills QEMU after
+/// `limit`. `echo` prefixes the lines shown live
 /// (results and boot line) on stderr; everything goes to `log`.
-pub fn run(image: &Path, initrd: &Path, limit: Duration, log: &Path, echo: &str) -> Result<Run> {
+pub fn run(
+    image: &Path,
+    initrd: &Path,
+    cpus: u32,
+    limit: Duration,
+    log: &Path,
+    echo: &str,
+) -> Result<Run> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", MEMORY_MB])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", MEMORY_MB])
+        .args(["-smp", &cpus.to_string()])
         // No NIC (and so no iPXE option ROM and its boot prompt), no display, serial on stdout,
         // no monitor; a guest reboot (panic=-1) ends QEMU.
         .args(["-nic", "none", "-display", "none", "-monitor", "none"])
