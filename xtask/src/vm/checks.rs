@@ -19,35 +19,35 @@ pub struct Check {
 pub const CHECKS: &[Check] = &[
     Check {
         name: "doctor",
-        timeout_secs: 120,
+        timeout_secs: 90,
     },
     Check {
         name: "prog_test_run",
-        timeout_secs: 300,
+        timeout_secs: 360,
     },
     Check {
         name: "trace",
-        timeout_secs: 240,
+        timeout_secs: 120,
     },
     Check {
         name: "drop",
-        timeout_secs: 240,
+        timeout_secs: 120,
     },
     Check {
         name: "sigkill",
-        timeout_secs: 300,
+        timeout_secs: 150,
     },
     Check {
         name: "coexist",
-        timeout_secs: 240,
+        timeout_secs: 120,
     },
     Check {
         name: "check",
-        timeout_secs: 240,
+        timeout_secs: 150,
     },
     Check {
         name: "watch",
-        timeout_secs: 240,
+        timeout_secs: 120,
     },
 ];
 

@@ -160,7 +160,12 @@ impl Apt {
             };
             sources.push_str(&format!("deb [signed-by={keyring}] {url} {suite} main\n"));
         }
-        fs::write(dir.join("sources.list"), sources)?;
+        let list = dir.join("sources.list");
+        if fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
+            // Other sources (a mirror was set): the lists must be fetched again.
+            let _ = fs::remove_file(dir.join("lists/.updated"));
+            fs::write(&list, sources)?;
+        }
         Ok(Apt { dir, dist })
     }
 

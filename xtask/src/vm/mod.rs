@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Args as ClapArgs;
 
-use crate::{apt, build, setup, test};
+use crate::{build, setup, test};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -49,12 +49,18 @@ pub struct Args {
 }
 
 /// Time for the kernel to boot and load its modules, on top of the checks' own limits.
-const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+const BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
+
+/// Lines of a check's output shown here; the console log has all.
+const LOG_LINES: usize = 150;
+
+/// No VM runs longer than this, whatever the checks' limits add up to: three kernels stay within
+/// 45 minutes even when every check hangs (a normal run takes 2-4 minutes per kernel).
+const VM_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 pub fn cmd(args: Args) -> Result<()> {
     let started = Instant::now();
-    let env = setup::ensure(true)?;
-    apt::ensure_vm()?;
+    let env = setup::ensure_vm()?;
     let series = select_series(&args.kernels)?;
     let checks = checks::select(&args.checks)?;
 
@@ -87,8 +93,16 @@ pub fn cmd(args: Args) -> Result<()> {
         for (name, o) in &r.outcomes {
             if !o.log.is_empty() {
                 println!("--- {} {name} output:", r.series);
-                for line in &o.log {
+                for line in o.log.iter().take(LOG_LINES) {
                     println!("    {line}");
+                }
+                if o.log.len() > LOG_LINES {
+                    let log = out.join(&r.series).join("console.log");
+                    println!(
+                        "    ... {} more lines in {}",
+                        o.log.len() - LOG_LINES,
+                        log.display()
+                    );
                 }
             }
         }
@@ -149,6 +163,7 @@ fn run_kernel(
     eprintln!("{prefix}{} ({})", kernel.release, kernel.package);
     let dir = out.join(series.name);
     fs::create_dir_all(&dir)?;
+    remove_stale_scratch(&dir);
     // The tree and the archive (~100 MB with a debug build) go away unless --keep.
     let scratch = tempfile::Builder::new()
         .prefix("initramfs-")
@@ -165,12 +180,14 @@ fn run_kernel(
         size as f64 / 1e6,
         kernel.image.display()
     );
-    let limit = BOOT_ALLOWANCE
-        + payload
-            .checks
-            .iter()
-            .map(|c| Duration::from_secs(c.timeout_secs.into()))
-            .sum::<Duration>();
+    let limit = VM_LIMIT.min(
+        BOOT_ALLOWANCE
+            + payload
+                .checks
+                .iter()
+                .map(|c| Duration::from_secs(c.timeout_secs.into()))
+                .sum::<Duration>(),
+    );
     let log = dir.join("console.log");
     let run = qemu::run(&kernel.image, &archive, cpus, limit, &log, &prefix)?;
     let ended = if run.timed_out {
@@ -189,6 +206,22 @@ fn run_kernel(
         elapsed: Some(run.elapsed),
         outcomes: results::parse(&run.lines, &expected, &ended),
     })
+}
+
+/// Removes the scratch directories of runs that were interrupted (Ctrl-C skips their cleanup).
+fn remove_stale_scratch(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("initramfs-")
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A kernel that could not be tested at all (fetch or initramfs failed).

@@ -7,7 +7,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -59,7 +59,8 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().context("cannot start qemu-system-x86_64")?;
+    let mut child = Qemu(cmd.spawn().context("cannot start qemu-system-x86_64")?);
+    let child = &mut child.0;
     let (tx, rx) = mpsc::channel();
     for stream in [
         child
@@ -122,4 +123,16 @@ pub fn run(
     child.wait().context("waiting for qemu")?;
     run.elapsed = started.elapsed();
     Ok(run)
+}
+
+/// The QEMU process, killed when dropped: an error on the way (or a panic) leaves no VM behind.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
