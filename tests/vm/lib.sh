@@ -101,29 +101,36 @@ lbtrace_start() {
     echo "lbtrace ($name) attached after $((waited / 10)).$((waited % 10))s"
 }
 
-# Stops the lbtrace started last with SIGINT (or, with a second argument "wait", waits for it to
-# end by itself); fails unless it exits 0 within 60 s. Shows its output.
+# lbtrace_stop NAME: stops the lbtrace started last with SIGINT and fails unless it exits 0
+# within 60 s. lbtrace_stop NAME wait: waits up to 150 s for it to end by itself and leaves its
+# exit status in LBT_RC for the caller to judge. Shows its output either way.
 lbtrace_stop() {
     name=$1
-    [ "$2" = wait ] || kill -INT "$LBT_PID"
+    limit=600
+    if [ "$2" = wait ]; then
+        limit=1500
+    else
+        kill -INT "$LBT_PID"
+    fi
     waited=0
     while kill -0 "$LBT_PID" 2>/dev/null; do
-        if [ "$waited" -ge 600 ]; then
+        if [ "$waited" -ge "$limit" ]; then
             cat "/tmp/$name.err"
-            fail "lbtrace $name still running after 60s"
+            fail "lbtrace $name still running after $((limit / 10))s"
         fi
         sleep 0.1
         waited=$((waited + 1))
     done
     wait "$LBT_PID"
-    rc=$?
+    LBT_RC=$?
     LBT_PID=""
     echo "--- lbtrace ($name) stderr:"
     cat "/tmp/$name.err"
     echo "--- lbtrace ($name) stdout:"
     cat "/tmp/$name.out"
     echo "---"
-    [ "$rc" -eq 0 ] || fail "lbtrace ($name) exited $rc: $(grep -v '^$' "/tmp/$name.err" | tail -n 1)"
+    [ "$2" = wait ] || [ "$LBT_RC" -eq 0 ] ||
+        fail "lbtrace ($name) exited $LBT_RC: $(grep -v '^$' "/tmp/$name.err" | tail -n 1)"
 }
 
 # Whether lbtrace's JSON output FILE has an event with exactly this text (keys in the documented

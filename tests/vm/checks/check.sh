@@ -30,4 +30,5 @@ for step in client-to-lb lb-handling lb-to-backend return-path; do
 done
 grep -q "\"addr\":\"$BACKEND_IP:9090\",\"tcp\":\"connected\",\"http_status\":200" "$out" ||
     fail "backend probe: $(grep -o '"backends":\[{[^}]*' "$out" | cut -c1-200)"
+[ "$LBT_RC" -eq 0 ] || fail "lbtrace check exited $LBT_RC although every step passed"
 detail "mode l7, 4 of 4 steps pass, backend connected with HTTP 200"

@@ -18,6 +18,8 @@ echo "after SIGKILL: $stale lbtrace tc filter(s), programs: $(lbtrace_progs | tr
 bpf_filters "$LB_IF"
 
 lbtrace_start second trace --vip "$LB_IP:8080" --iface "$LB_IF"
+# The leftover checks below look for these programs: make sure they see them while lbtrace runs.
+[ -n "$(lbtrace_progs)" ] || fail "bpftool lists no lbtrace program while lbtrace runs: $(bpftool prog show 2>&1 | head -n 3)"
 running=$(bpf_filters "$LB_IF")
 echo "while the next lbtrace runs:"
 echo "$running"

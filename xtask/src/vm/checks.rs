@@ -43,7 +43,7 @@ pub const CHECKS: &[Check] = &[
     },
     Check {
         name: "check",
-        timeout_secs: 150,
+        timeout_secs: 240,
     },
     Check {
         name: "watch",
