@@ -29,6 +29,17 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
 ];
 
+/// What `cargo xtask vmtest` needs on top: (program, package). QEMU (TCG), the static busybox of
+/// the guests' initramfs (checked separately: a dynamic busybox provides the same program), the
+/// decompressors of kernel images and modules, objcopy to strip the binaries.
+const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
+    ("objcopy", "binutils"),
+    ("dpkg-deb", "dpkg"),
+];
+
 /// Services the packages start that the tests run themselves, in network namespaces.
 const SERVICES: &[&str] = &["haproxy", "nginx"];
 
@@ -56,6 +67,34 @@ pub fn ensure() -> Result<bool> {
     Ok(true)
 }
 
+/// Installs what the VM tests need and is missing; returns whether it installed any.
+pub fn ensure_vm() -> Result<bool> {
+    let search = search_path()?;
+    let mut missing: Vec<&str> = VM_PACKAGES
+        .iter()
+        .filter(|(program, _)| which::which_in(program, Some(&search), "/").is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    if !installed("busybox-static") {
+        missing.push("busybox-static");
+    }
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    for package in &missing {
+        eprintln!("xtask: installing {package} (apt, for the VM tests) ...");
+    }
+    apt_get(&missing).with_context(|| format!("installing {}", missing.join(" ")))?;
+    Ok(true)
+}
+
+/// Whether dpkg has `package` installed.
+fn installed(package: &str) -> bool {
+    let mut query = std::process::Command::new("dpkg-query");
+    query.args(["-W", "-f", "${db:Status-Status}", package]);
+    process::output(&mut query).is_ok_and(|status| status.trim() == "installed")
+}
+
 fn apt_get(packages: &[&str]) -> Result<()> {
     let frontend: &[(&str, &OsStr)] = &[("DEBIAN_FRONTEND", OsStr::new("noninteractive"))];
     let apt_get = Path::new("apt-get");
@@ -66,7 +105,7 @@ fn apt_get(packages: &[&str]) -> Result<()> {
 }
 
 /// PATH plus the sbin directories, which a non-root PATH may lack.
-fn search_path() -> Result<OsString> {
+pub fn search_path() -> Result<OsString> {
     let path = env::var_os("PATH").unwrap_or_default();
     let sbin = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(Into::into);
     Ok(env::join_paths(env::split_paths(&path).chain(sbin))?)

@@ -13,6 +13,7 @@ mod process;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -73,6 +74,8 @@ enum Cmd {
     Lint,
     /// Measure lbtrace's costs: kernel ns/packet, throughput, connection rate, ring drain, idle.
     Bench(bench::Args),
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels in QEMU and run lbtrace's checks in each.
+    Vmtest(vm::Args),
 }
 
 /// Errors are printed with their causes on one line, without the backtrace that anyhow would
@@ -104,5 +107,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => test::cmd(release, unit_only, &filter),
         Cmd::Lint => lint::cmd(),
         Cmd::Bench(args) => bench::cmd(args),
+        Cmd::Vmtest(args) => vm::cmd(args),
     }
 }

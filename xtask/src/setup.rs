@@ -79,6 +79,17 @@ pub fn ensure(apt: bool) -> Result<Env> {
     })
 }
 
+/// [`ensure`] with the apt packages, plus what `cargo xtask vmtest` needs (QEMU, busybox-static,
+/// the decompressors).
+pub fn ensure_vm() -> Result<Env> {
+    let env = ensure(true)?;
+    let started = Instant::now();
+    if apt::ensure_vm()? {
+        eprintln!("xtask: VM setup took {:.1?}", started.elapsed());
+    }
+    Ok(env)
+}
+
 fn ensure_rust_src(toolchain: &str) -> Result<bool> {
     let list = ["component", "list", "--installed", "--toolchain", toolchain];
     let installed = process::output(Command::new("rustup").args(list))?;

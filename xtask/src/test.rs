@@ -75,7 +75,7 @@ fn integration(env: &Env, release: bool, filter: &[OsString]) -> Result<()> {
 
 /// Builds the integration tests without running them; returns each test executable with the
 /// directory of its package (cargo runs tests there).
-fn test_binaries(env: &Env, release: bool) -> Result<Vec<(PathBuf, PathBuf)>> {
+pub fn test_binaries(env: &Env, release: bool) -> Result<Vec<(PathBuf, PathBuf)>> {
     let mut cmd = env.cargo();
     cmd.args(["test", "-p", "lbtrace-integration", "--no-run"])
         .arg("--message-format=json-render-diagnostics")

@@ -1,0 +1,38 @@
+# lbtrace trace --format json on the LB side of the veth catches, for each of 3 connections from
+# the client namespace (fixed source ports), the client's SYN, the SYN-ACK and both FINs, each
+# with the right tuple and direction; nothing is lost.
+. /lbtrace-vm/lib.sh
+
+lab_up
+server 8080
+lbtrace_start trace trace --vip "$LB_IP:8080" --iface "$LB_IF"
+for port in 40001 40002 40003; do
+    connect "$port" 8080 || fail "connection from port $port failed"
+done
+sleep 1
+lbtrace_stop trace
+
+out=/tmp/trace.out
+vip="$LB_IP:8080"
+missing=""
+found=0
+for port in 40001 40002 40003; do
+    client="$CLIENT_IP:$port"
+    for want in \
+        "\"dir\":\"in\",\"src\":\"$client\",\"dst\":\"$vip\",\"flags\":\"S\"" \
+        "\"dir\":\"out\",\"src\":\"$vip\",\"dst\":\"$client\",\"flags\":\"S.\"" \
+        "\"dir\":\"in\",\"src\":\"$client\",\"dst\":\"$vip\",\"flags\":\"F" \
+        "\"dir\":\"out\",\"src\":\"$vip\",\"dst\":\"$client\",\"flags\":\"F"; do
+        if has_event "$out" "$want"; then
+            found=$((found + 1))
+        else
+            missing="$missing [$want]"
+        fi
+    done
+done
+[ -z "$missing" ] || fail "$found of 12 control packets; missing:$missing"
+grep -q '"type":"summary".*"lost":0,' "$out" || fail "12 of 12 control packets, but the summary reports losses or is missing"
+# Retransmissions are fine; a SYN of another connection is not (the filter or a tuple is wrong).
+others=$(grep '"flags":"S"' "$out" | grep -vE "\"src\":\"$CLIENT_IP:4000[123]\"")
+[ -z "$others" ] || fail "12 of 12 control packets, but also SYNs of other tuples: $others"
+detail "3 connections: 12 of 12 control packets (SYN, SYN-ACK, FIN both ways) with their tuples, 0 lost"
