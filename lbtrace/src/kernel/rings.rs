@@ -422,6 +422,37 @@ mod tests {
     }
 
     #[test]
+    fn ring_buffer_mode_sizes_one_shared_ring_and_names_the_variants() {
+        // 8 MiB asked: the shared ring gets all of it; 5 MB rounds down to 4 MiB; never below a
+        // page or above 1 GiB.
+        assert_eq!(
+            RingLayout::for_cpus(2, 2, 8 << 20, 1 << 20).shared_bytes,
+            8 << 20
+        );
+        assert_eq!(
+            RingLayout::for_cpus(2, 2, 5_000_000, 1 << 20).shared_bytes,
+            4 << 20
+        );
+        assert_eq!(RingLayout::for_cpus(2, 2, 1, 1 << 20).shared_bytes, 4096);
+        assert_eq!(
+            RingLayout::for_cpus(2, 2, 8 << 30, 1 << 20).shared_bytes,
+            1 << 30
+        );
+        let mut l = RingLayout::for_cpus(4, 4, 8 << 20, 1 << 20);
+        assert_eq!(l.mode, RingMode::PerCpu);
+        assert_eq!(l.records(), 4 * l.slots);
+        // The per-CPU array shrinks to one (unused) record per CPU.
+        l.mode = RingMode::RingBuf;
+        assert_eq!(l.records(), 4);
+        assert_eq!(RingMode::PerCpu.program("tc_ingress"), "tc_ingress");
+        assert_eq!(RingMode::RingBuf.program("tc_ingress"), "tc_ingress_rb");
+        assert_eq!(
+            RingMode::RingBuf.program("lbtrace_tc_in"),
+            "lbtrace_tc_in_rb"
+        );
+    }
+
+    #[test]
     fn layout_sizes_by_online_cpus_and_allocates_for_possible_ones() {
         // 4 online of 64 possible: each ring gets a quarter of 8 MiB, and there are 64 of them.
         let l = RingLayout::for_cpus(64, 4, 8 << 20, 1 << 20);

@@ -10,7 +10,7 @@ use aya::{
 };
 use lbtrace::kernel::{
     loader::{self, RawRings},
-    rings::{MIN_SLOTS, PacketRing, RingLayout},
+    rings::{MIN_SLOTS, PacketRing, RingLayout, RingMode},
 };
 use lbtrace_common::{EVENT_SIZE, names};
 
@@ -38,19 +38,26 @@ const BENCH_CPU: usize = 0;
 pub enum Prog {
     Tc,
     Xdp,
+    /// `tc_ingress_rb`: packet events through a BPF ring buffer (kernels before 5.12). Not in
+    /// the goals: it is the fallback, measured to say what it costs.
+    TcRingBuf,
 }
+
+/// Every program measured, in table order.
+const PROGS: [Prog; 3] = [Prog::Tc, Prog::Xdp, Prog::TcRingBuf];
 
 impl Prog {
     pub fn label(self) -> &'static str {
         match self {
             Prog::Tc => "tc_ingress",
             Prog::Xdp => "xdp_ingress",
+            Prog::TcRingBuf => "tc_ingress_rb",
         }
     }
 
     fn pass(self) -> u32 {
         match self {
-            Prog::Tc => bpf::TC_ACT_UNSPEC as u32,
+            Prog::Tc | Prog::TcRingBuf => bpf::TC_ACT_UNSPEC as u32,
             Prog::Xdp => bpf::XDP_PASS as u32,
         }
     }
@@ -175,7 +182,7 @@ pub fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
     }
 }
 
-fn load(slots: u64, priority_bytes: u32) -> Result<Loaded> {
+fn load(slots: u64, priority_bytes: u32, mode: RingMode) -> Result<Loaded> {
     // Rings for the bench CPU only (the calls are pinned there): 1M records of 104 bytes is
     // 104 MiB per CPU. The reader would be woken at a quarter full; here nobody reads during a
     // call, so the threshold is never reached: every record takes the production path of a
@@ -189,13 +196,12 @@ fn load(slots: u64, priority_bytes: u32) -> Result<Loaded> {
     );
     layout.wakeup_events = u64::MAX;
     layout.priority_wakeup_bytes = u64::MAX;
+    layout.mode = mode;
+    // The ring-buffer variant's ring: room for `slots` records of 8 + 104 bytes.
+    layout.shared_bytes = u32::try_from((slots * (8 + EVENT_SIZE as u64)).next_power_of_two())?;
     let object = object()?;
-    let mut loaded = loader::load(&loader::Options::new(
-        &object,
-        layout,
-        frames::endpoints().to_vec(),
-    ))
-    .context("loading lbtrace's eBPF object")?;
+    let opts = loader::Options::new(&object, layout, frames::endpoints().to_vec());
+    let mut loaded = loader::load(&opts).context("loading lbtrace's eBPF object")?;
     let RawRings {
         packets: events,
         priority,
@@ -218,10 +224,10 @@ pub fn run_lbtrace(ebpf: &Ebpf, prog: Prog, frame: &[u8], repeat: u32) -> Result
         ..TestRunOptions::new()
     };
     let res = match prog {
-        Prog::Tc => {
+        Prog::Tc | Prog::TcRingBuf => {
             let p: &SchedClassifier = ebpf
-                .program(names::PROG_TC_INGRESS)
-                .context("no tc_ingress")?
+                .program(prog.label())
+                .with_context(|| format!("no {}", prog.label()))?
                 .try_into()?;
             p.test_run(opts)
         }
@@ -260,7 +266,7 @@ struct Baselines {
 impl Baselines {
     fn run(&self, prog: Prog, frame: &[u8]) -> Result<u32> {
         let (p, want) = match prog {
-            Prog::Tc => (&self.tc, bpf::TC_ACT_UNSPEC as u32),
+            Prog::Tc | Prog::TcRingBuf => (&self.tc, bpf::TC_ACT_UNSPEC as u32),
             Prog::Xdp => (&self.xdp, bpf::XDP_PASS as u32),
         };
         let r = bpf::test_run(p.fd(), frame, REPEAT)?;
@@ -282,8 +288,23 @@ pub struct Result1 {
 pub fn measure(rounds: usize) -> Result<Result1> {
     // One CPU for every call: no migration between subject and baseline.
     let _pin = sys::pin_current_thread(BENCH_CPU);
-    let mut main = load(BIG_SLOTS, BIG_PRIORITY_RING)?;
-    let mut full = load(MIN_SLOTS, TINY_PRIORITY_RING)?;
+    let mut main = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::PerCpu)?;
+    let mut full = load(MIN_SLOTS, TINY_PRIORITY_RING, RingMode::PerCpu)?;
+    // 4 KiB for the full one: 36 records, filled by the warm-up, then every write fails.
+    // An older object (LBTRACE_BENCH_OBJECT) may have no ring-buffer variant: measured without.
+    let rb = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::RingBuf)
+        .and_then(|main| Ok((main, load(1, TINY_PRIORITY_RING, RingMode::RingBuf)?)));
+    let (mut main_rb, mut full_rb) = match rb {
+        Ok(pair) => (Some(pair.0), Some(pair.1)),
+        Err(e) => {
+            eprintln!("xtask: bench: tc_ingress_rb not measured: {e:#}");
+            (None, None)
+        }
+    };
+    let progs: Vec<Prog> = PROGS
+        .into_iter()
+        .filter(|p| *p != Prog::TcRingBuf || main_rb.is_some())
+        .collect();
     let base = Baselines {
         tc: EmptyProg::load(bpf::BPF_PROG_TYPE_SCHED_CLS, bpf::TC_ACT_UNSPEC)?,
         xdp: EmptyProg::load(bpf::BPF_PROG_TYPE_XDP, bpf::XDP_PASS)?,
@@ -291,9 +312,11 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     let cases = cases();
     let mut figures = Vec::new();
     let mut kinds = Vec::new();
-    for prog in [Prog::Tc, Prog::Xdp] {
+    for &prog in &progs {
         for case in &cases {
-            kinds.push((prog, case.kind, figures.len()));
+            if prog != Prog::TcRingBuf {
+                kinds.push((prog, case.kind, figures.len()));
+            }
             let mut f = Figure::new(SECTION, format!("{} {}", prog.label(), case.name), "ns")
                 .with_baseline("empty prog");
             if case.ring != Ring::None {
@@ -307,9 +330,11 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     }
 
     let mut one = |prog: Prog, case: &Case| -> Result<u32> {
-        let l = match case.obj {
-            Obj::Main => &mut main,
-            Obj::Full => &mut full,
+        let l = match (case.obj, prog) {
+            (Obj::Main, Prog::TcRingBuf) => main_rb.as_mut().context("no ring-buffer variant")?,
+            (Obj::Full, Prog::TcRingBuf) => full_rb.as_mut().context("no ring-buffer variant")?,
+            (Obj::Main, _) => &mut main,
+            (Obj::Full, _) => &mut full,
         };
         let ns = run_lbtrace(&l.ebpf, prog, &case.frame, REPEAT)?;
         if case.obj == Obj::Main {
@@ -330,7 +355,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     };
 
     // Warm-up: caches, the full ring filled, nothing recorded.
-    for prog in [Prog::Tc, Prog::Xdp] {
+    for &prog in &progs {
         for case in &cases {
             one(prog, case)?;
             base.run(prog, &case.frame)?;
@@ -339,7 +364,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     for round in 0..rounds {
         interrupted()?;
         let mut i = 0;
-        for prog in [Prog::Tc, Prog::Xdp] {
+        for &prog in &progs {
             for case in &cases {
                 let (s, b) = if round % 2 == 0 {
                     let b = base.run(prog, &case.frame)?;
