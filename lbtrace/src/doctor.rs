@@ -48,12 +48,29 @@ fn check(
     }
 }
 
-/// Runs every check. Nothing is left attached.
+/// Runs every check, one function each, in the order they are printed. Nothing is left
+/// attached.
 pub fn checks() -> Vec<Check> {
-    let mut out = Vec::new();
+    let privileged = preflight::missing_caps().is_empty();
+    let version = preflight::kernel_version().ok();
+    let btf = KernelBtf::load();
+    let mut out = vec![privileges(), kernel_version(version)];
+    out.extend(btf_checks(&btf));
+    out.push(ring_buffer());
+    out.push(tc_hook(version));
+    out.push(leftovers());
+    out.push(xdp());
+    out.push(xdp_holders());
+    // The real thing: load the object (the verifier runs) and attach the drop tracer.
+    if privileged && btf.is_ok() {
+        out.push(load());
+    }
+    out
+}
+
+fn privileges() -> Check {
     let missing = preflight::missing_caps();
-    let privileged = missing.is_empty();
-    out.push(if privileged {
+    if missing.is_empty() {
         check(
             "privileges",
             Status::Pass,
@@ -67,15 +84,19 @@ pub fn checks() -> Vec<Check> {
             format!("missing {}", missing.join(", ")),
             "run lbtrace with sudo (or grant those capabilities)",
         )
-    });
+    }
+}
 
-    let version = preflight::kernel_version().ok();
+fn at_least(version: Option<KernelVersion>, major: u8, minor: u8) -> bool {
+    version.is_some_and(|v| v >= KernelVersion::new(major, minor, 0))
+}
+
+fn kernel_version(version: Option<KernelVersion>) -> Check {
     let vs = version.map_or_else(|| "unknown".to_owned(), preflight::fmt_version);
-    let at_least = |a, b| version.is_some_and(|v| v >= KernelVersion::new(a, b, 0));
     let supported = version.is_some_and(|v| v >= preflight::MIN_KERNEL);
-    out.push(check(
+    check(
         "kernel",
-        if at_least(6, 6) {
+        if at_least(version, 6, 6) {
             Status::Pass
         } else if supported {
             Status::Warn
@@ -83,7 +104,7 @@ pub fn checks() -> Vec<Check> {
             Status::Fail
         },
         vs.clone(),
-        if at_least(6, 6) {
+        if at_least(version, 6, 6) {
             "new enough for every lbtrace feature (ring buffer 5.8, TCX 6.6)".to_owned()
         } else if supported {
             format!("kernel {vs} has no TCX: lbtrace attaches legacy TC filters (see tcx)")
@@ -93,13 +114,15 @@ pub fn checks() -> Vec<Check> {
                 preflight::fmt_version(preflight::MIN_KERNEL)
             )
         },
-    ));
+    )
+}
 
-    let btf = KernelBtf::load();
-    match &btf {
+/// BTF itself, and what the drop tracer takes from it: `sk_buff` offsets and drop-reason names.
+fn btf_checks(btf: &Result<KernelBtf, kernel::btf::BtfError>) -> Vec<Check> {
+    match btf {
         Ok(b) => {
             let offsets = b.offsets();
-            out.push(match offsets {
+            let mut out = vec![match offsets {
                 Ok(_) => check(
                     "btf",
                     Status::Pass,
@@ -112,7 +135,7 @@ pub fn checks() -> Vec<Check> {
                     e.to_string(),
                     "the drop tracer cannot read this kernel's sk_buff",
                 ),
-            });
+            }];
             out.push(match b.drop_reasons() {
                 Ok(r) => check(
                     "drop-reasons",
@@ -127,17 +150,20 @@ pub fn checks() -> Vec<Check> {
                     "drops are reported without a reason name",
                 ),
             });
+            out
         }
-        Err(e) => out.push(check(
+        Err(e) => vec![check(
             "btf",
             Status::Fail,
             e.to_string(),
             "lbtrace cannot run without kernel BTF",
-        )),
+        )],
     }
+}
 
+fn ring_buffer() -> Check {
     let rb = is_map_supported(MapType::RingBuf).unwrap_or(false);
-    out.push(check(
+    check(
         "ring-buffer",
         if rb { Status::Pass } else { Status::Fail },
         if rb {
@@ -150,10 +176,15 @@ pub fn checks() -> Vec<Check> {
         } else {
             "lbtrace needs BPF ring buffers (5.8+)"
         },
-    ));
-    let tcx = at_least(6, 6) && is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
+    )
+}
+
+/// TCX, or legacy TC where the kernel has no TCX (or LBTRACE_ATTACH=tc).
+fn tc_hook(version: Option<KernelVersion>) -> Check {
+    let tcx = at_least(version, 6, 6)
+        && is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
     let mode = kernel::tracer::TcMode::select();
-    out.push(match (tcx, &mode) {
+    match (tcx, &mode) {
         (_, Err(e)) => check("tcx", Status::Fail, e.to_string(), "unset LBTRACE_ATTACH"),
         (true, Ok(kernel::tracer::TcMode::Tcx)) => check(
             "tcx",
@@ -174,9 +205,13 @@ pub fn checks() -> Vec<Check> {
                 kernel::legacy_tc::run_dir().display()
             ),
         ),
-    });
+    }
+}
+
+/// Legacy TC filters of an lbtrace that is gone.
+fn leftovers() -> Check {
     let leftovers = kernel::legacy_tc::leftovers();
-    out.push(if leftovers.is_empty() {
+    if leftovers.is_empty() {
         check(
             "leftovers",
             Status::Pass,
@@ -190,9 +225,12 @@ pub fn checks() -> Vec<Check> {
             leftovers.join("; "),
             "legacy TC filters of an lbtrace that is gone (they pass every packet on): run `lbtrace cleanup`",
         )
-    });
+    }
+}
+
+fn xdp() -> Check {
     let xdp = is_program_supported(ProgramType::Xdp).unwrap_or(false);
-    out.push(check(
+    check(
         "xdp",
         if xdp { Status::Pass } else { Status::Warn },
         if xdp {
@@ -201,14 +239,18 @@ pub fn checks() -> Vec<Check> {
             "XDP not supported"
         },
         "--xdp traces ingress before the stack (opt-in: it changes offloads, see README)",
-    ));
+    )
+}
+
+/// XDP programs already on an interface (lbtrace never displaces them).
+fn xdp_holders() -> Check {
     match netif::links() {
         Ok(links) => {
             let held: Vec<String> = links
                 .iter()
                 .filter_map(|l| l.xdp_prog.map(|id| format!("{} (prog id {id})", l.name)))
                 .collect();
-            out.push(if held.is_empty() {
+            if held.is_empty() {
                 check(
                     "xdp-holders",
                     Status::Pass,
@@ -222,39 +264,39 @@ pub fn checks() -> Vec<Check> {
                     held.join(", "),
                     "lbtrace --xdp leaves these alone and traces them with TCX",
                 )
-            });
+            }
         }
-        Err(e) => out.push(check(
+        Err(e) => check(
             "interfaces",
             Status::Fail,
             format!("{e:#}"),
             "lbtrace cannot find the interfaces to trace",
-        )),
+        ),
     }
-    // The real thing: load the object (the verifier runs) and attach the drop tracer.
-    if privileged && btf.is_ok() {
-        out.push(match load_and_attach_tracepoint() {
-            Ok(kernel::rings::RingMode::PerCpu) => check(
-                "load",
-                Status::Pass,
-                "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached",
-                "lbtrace's programs load on this kernel",
-            ),
-            Ok(kernel::rings::RingMode::RingBuf) => check(
-                "load",
-                Status::Warn,
-                "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached",
-                "lbtrace's programs load on this kernel; the per-CPU rings are not used (no BPF atomics before 5.12, or LBTRACE_RINGS=ringbuf): each event costs a ring-buffer reserve",
-            ),
-            Err(e) => check(
-                "load",
-                Status::Fail,
-                crate::one_line(&e),
-                "lbtrace's programs do not load here",
-            ),
-        });
+}
+
+/// Loads and attaches for real (the verifier runs), then detaches.
+fn load() -> Check {
+    match load_and_attach_tracepoint() {
+        Ok(kernel::rings::RingMode::PerCpu) => check(
+            "load",
+            Status::Pass,
+            "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached",
+            "lbtrace's programs load on this kernel",
+        ),
+        Ok(kernel::rings::RingMode::RingBuf) => check(
+            "load",
+            Status::Warn,
+            "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached",
+            "lbtrace's programs load on this kernel; the per-CPU rings are not used (no BPF atomics before 5.12, or LBTRACE_RINGS=ringbuf): each event costs a ring-buffer reserve",
+        ),
+        Err(e) => check(
+            "load",
+            Status::Fail,
+            crate::one_line(&e),
+            "lbtrace's programs do not load here",
+        ),
     }
-    out
 }
 
 /// Loads every program through the same path as `trace` (the verifier runs, the drop tracer
