@@ -45,6 +45,10 @@ pub struct Alert {
     pub example_vip: Option<String>,
     pub example_backend: Option<String>,
     pub conn_id: Option<u64>,
+    /// What the finding that raised it was seen on: `client` (a client connection and its
+    /// backend leg), `lb-connection` (the LB's own backend connection with no client connection
+    /// behind it: a health check, a pool), `host` (the LB host's counters), `tracer`.
+    pub evidence: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -102,7 +106,7 @@ fn describe(f: &Finding) -> String {
             format!("backend {backend} refuses connections (RST)")
         }
         Finding::BackendTimeout { backend } => {
-            format!("backend {backend} does not answer SYNs (timeout)")
+            format!("backend {backend} does not answer SYNs (retransmitted or timed out)")
         }
         Finding::BackendUnreachable { backend, what } => {
             format!("backend {backend} unreachable: {what}")
@@ -241,6 +245,42 @@ impl Alerts {
             example_vip: Some(conn.vip.to_string()),
             example_backend: backend.map(|b| b.to_string()),
             conn_id: Some(conn.id),
+            evidence: "client",
+        }))
+    }
+
+    /// Counts a finding on the LB's own backend connection `lb` (no client connection joined:
+    /// a health check, a pooled connection); counted under the same key as the clients' (one
+    /// alert per kind and backend), and the alert says what it was seen on.
+    pub fn own(&mut self, now_ns: u64, lb: SocketAddr, f: &Finding) -> Option<Notice> {
+        let key = f.alert_key();
+        let step = f.step();
+        let (count, message) = self.count(now_ns, &key, step, || {
+            format!(
+                "{} (seen on the LB's own connections from {}, e.g. health checks)",
+                describe(f),
+                lb.ip()
+            )
+        })?;
+        let backend = match f {
+            Finding::BackendRefused { backend }
+            | Finding::BackendTimeout { backend }
+            | Finding::BackendUnreachable { backend, .. }
+            | Finding::AsymmetricReturn { backend } => Some(backend.to_string()),
+            _ => None,
+        };
+        Some(Notice::Alert(Alert {
+            key,
+            step,
+            step_name: f.checklist_step().name(),
+            message,
+            count,
+            window_seconds: self.th.window.as_secs(),
+            example_client: None,
+            example_vip: None,
+            example_backend: backend,
+            conn_id: None,
+            evidence: "lb-connection",
         }))
     }
 
@@ -272,6 +312,7 @@ impl Alerts {
             example_vip: None,
             example_backend: backend,
             conn_id: None,
+            evidence: "host",
         }))
     }
 
@@ -312,6 +353,7 @@ impl Alerts {
             example_vip: None,
             example_backend: None,
             conn_id: None,
+            evidence: "tracer",
         }))
     }
 
