@@ -83,6 +83,8 @@ pub struct Alerts {
     seen: HashMap<String, VecDeque<u64>>,
     active: HashMap<String, Active>,
     lost_seen: u64,
+    /// Per key, the last client connection that showed it: (when, client, VIP, connection id).
+    examples: HashMap<String, (u64, SocketAddr, SocketAddr, u64)>,
 }
 
 fn describe(f: &Finding) -> String {
@@ -177,6 +179,7 @@ impl Alerts {
             seen: HashMap::new(),
             active: HashMap::new(),
             lost_seen: 0,
+            examples: HashMap::new(),
         }
     }
 
@@ -226,6 +229,8 @@ impl Alerts {
     pub fn record(&mut self, now_ns: u64, conn: &Conn, f: &Finding) -> Option<Notice> {
         let key = f.alert_key();
         let step = f.step();
+        self.examples
+            .insert(key.clone(), (now_ns, conn.client, conn.vip, conn.id));
         let (count, message) = self.count(now_ns, &key, step, || describe(f))?;
         let backend: Option<SocketAddr> = match f {
             Finding::BackendRefused { backend }
@@ -255,12 +260,20 @@ impl Alerts {
     pub fn own(&mut self, now_ns: u64, lb: SocketAddr, f: &Finding) -> Option<Notice> {
         let key = f.alert_key();
         let step = f.step();
-        let (count, message) = self.count(now_ns, &key, step, || {
-            format!(
+        // Client connections that showed the same within the window are the better example.
+        let win = self.window_ns();
+        let example = self
+            .examples
+            .get(&key)
+            .filter(|e| now_ns.saturating_sub(e.0) <= win)
+            .copied();
+        let (count, message) = self.count(now_ns, &key, step, || match example {
+            Some(_) => describe(f),
+            None => format!(
                 "{} (seen on the LB's own connections from {}, e.g. health checks)",
                 describe(f),
                 lb.ip()
-            )
+            ),
         })?;
         let backend = match f {
             Finding::BackendRefused { backend }
@@ -276,11 +289,15 @@ impl Alerts {
             message,
             count,
             window_seconds: self.th.window.as_secs(),
-            example_client: None,
-            example_vip: None,
+            example_client: example.map(|e| e.1.to_string()),
+            example_vip: example.map(|e| e.2.to_string()),
             example_backend: backend,
-            conn_id: None,
-            evidence: "lb-connection",
+            conn_id: example.map(|e| e.3),
+            evidence: if example.is_some() {
+                "client"
+            } else {
+                "lb-connection"
+            },
         }))
     }
 

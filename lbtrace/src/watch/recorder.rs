@@ -586,7 +586,13 @@ impl Recorder {
 
     /// An event of a backend connection no client connection is joined to: the LB's own
     /// (health checks, pools). Its findings wait in [`Self::take_own`].
-    fn own_event(&mut self, lb: SocketAddr, backend: SocketAddr, to_backend: bool, ev: &KernelEvent) {
+    fn own_event(
+        &mut self,
+        lb: SocketAddr,
+        backend: SocketAddr,
+        to_backend: bool,
+        ev: &KernelEvent,
+    ) {
         let key = (lb, backend);
         let new_syn = to_backend
             && ev.is_syn()
@@ -601,21 +607,26 @@ impl Recorder {
                     None => break,
                 }
             }
-            if self.own.insert(key, OwnLeg {
-                leg: BackendLeg {
-                    lb,
-                    backend,
-                    join: Join::Inferred,
-                    events: Vec::new(),
-                    isn: ev.seq,
-                    answered: false,
-                    closed: false,
-                    syns: 0,
-                },
-                first_ns: ev.ts_ns,
-                findings: Vec::new(),
-            })
-            .is_none()
+            if self
+                .own
+                .insert(
+                    key,
+                    OwnLeg {
+                        leg: BackendLeg {
+                            lb,
+                            backend,
+                            join: Join::Inferred,
+                            events: Vec::new(),
+                            isn: ev.seq,
+                            answered: false,
+                            closed: false,
+                            syns: 0,
+                        },
+                        first_ns: ev.ts_ns,
+                        findings: Vec::new(),
+                    },
+                )
+                .is_none()
             {
                 self.own_order.push_back(key);
             }

@@ -173,7 +173,11 @@ impl Loop {
     /// Findings on the LB's own backend connections with no client connection behind them.
     fn own_findings(&mut self, now: u64) {
         for o in self.rec.take_own() {
-            *self.tally.findings.entry(o.finding.alert_key()).or_default() += 1;
+            *self
+                .tally
+                .findings
+                .entry(o.finding.alert_key())
+                .or_default() += 1;
             if let Some(n) = self.alerts.own(now, o.lb, &o.finding) {
                 self.notice(n);
             }

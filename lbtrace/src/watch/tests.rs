@@ -384,7 +384,10 @@ fn the_lbs_own_connections_are_findings_without_a_client() {
     for i in 0..3u32 {
         let lb = format!("{LB_IN}:{}", 50000 + i);
         let t = u64::from(i) * 500;
-        assert!(r.ingest(&pkt(t, Dir::Out, &lb, BE1, SYN, 100 + i, 0)).is_empty());
+        assert!(
+            r.ingest(&pkt(t, Dir::Out, &lb, BE1, SYN, 100 + i, 0))
+                .is_empty()
+        );
         assert!(
             r.ingest(&pkt(t + 1, Dir::In, BE1, &lb, RST | ACK, 0, 101 + i))
                 .is_empty(),
@@ -410,10 +413,49 @@ fn the_lbs_own_connections_are_findings_without_a_client() {
         panic!("one alert expected: {notices:?}")
     };
     assert_eq!(
-        (a.key.as_str(), a.step, a.evidence, a.example_backend.as_deref()),
-        ("backend_refused:10.10.3.11:8080", 3, "lb-connection", Some(BE1))
+        (
+            a.key.as_str(),
+            a.step,
+            a.evidence,
+            a.example_backend.as_deref()
+        ),
+        (
+            "backend_refused:10.10.3.11:8080",
+            3,
+            "lb-connection",
+            Some(BE1)
+        )
     );
     assert!(a.message.contains("health checks"), "{}", a.message);
+
+    // A client connection that showed it in the window is the alert's example instead (HAProxy's
+    // retries are own connections; the client's first attempt is joined).
+    let mut r = rec_reasons();
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    r.ingest(&pkt(5, Dir::Out, &format!("{LB_IN}:50010"), BE1, SYN, 5, 0));
+    let f = r.ingest(&pkt(
+        6,
+        Dir::In,
+        BE1,
+        &format!("{LB_IN}:50010"),
+        RST | ACK,
+        0,
+        6,
+    ));
+    let mut al = Alerts::new(Thresholds::default());
+    let conn = r.conns().next().unwrap().clone();
+    assert!(al.record(6_000_000, &conn, &f[0].1).is_none());
+    let lb: std::net::SocketAddr = format!("{LB_IN}:50011").parse().unwrap();
+    assert!(al.own(7_000_000, lb, &f[0].1).is_none());
+    let Some(Notice::Alert(a)) = al.own(8_000_000, lb, &f[0].1) else {
+        panic!("the third finding raises it")
+    };
+    assert_eq!(
+        (a.evidence, a.example_client, a.conn_id),
+        ("client", Some(c.clone()), Some(conn.id))
+    );
 }
 
 #[test]
@@ -430,7 +472,11 @@ fn a_retransmitted_backend_syn_is_a_timeout_at_the_retransmission() {
         vec![Finding::BackendTimeout { backend: be() }],
         "found at the first retransmission, 1 s in, not at expiry"
     );
-    assert!(r.ingest(&pkt(3010, Dir::Out, &lb, BE1, SYN, 5, 0)).is_empty(), "once");
+    assert!(
+        r.ingest(&pkt(3010, Dir::Out, &lb, BE1, SYN, 5, 0))
+            .is_empty(),
+        "once"
+    );
     assert!(r.expire(10_000_000_000).is_empty(), "not twice");
 
     // The same for a backend connection no client is joined to (HAProxy's retry).
@@ -439,7 +485,10 @@ fn a_retransmitted_backend_syn_is_a_timeout_at_the_retransmission() {
     assert!(r.take_own().is_empty());
     r.ingest(&pkt(21_000, Dir::Out, &lb2, BE1, SYN, 77, 0));
     assert_eq!(
-        r.take_own().into_iter().map(|o| o.finding).collect::<Vec<_>>(),
+        r.take_own()
+            .into_iter()
+            .map(|o| o.finding)
+            .collect::<Vec<_>>(),
         vec![Finding::BackendTimeout { backend: be() }]
     );
 }
@@ -452,7 +501,10 @@ fn an_unanswered_own_connection_times_out_on_expiry() {
     assert!(r.take_own().is_empty());
     let _ = r.expire(3_500_000_000);
     assert_eq!(
-        r.take_own().into_iter().map(|o| o.finding).collect::<Vec<_>>(),
+        r.take_own()
+            .into_iter()
+            .map(|o| o.finding)
+            .collect::<Vec<_>>(),
         vec![Finding::BackendTimeout { backend: be() }]
     );
     let _ = r.expire(60_000_000_000);

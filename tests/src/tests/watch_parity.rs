@@ -100,7 +100,10 @@ fn assert_step3(alert: &Value, be: &str, latency: Duration, bound: Duration, wha
         a["message"].as_str().is_some_and(|m| m.contains(be)),
         "{alert}"
     );
-    eprintln!("latency {what}: alert {:?} after the client connections", latency);
+    eprintln!(
+        "latency {what}: alert {:?} after the client connections",
+        latency
+    );
     assert!(
         latency <= bound,
         "{what}: the alert came {latency:?} after the client connections (bound {bound:?})"
@@ -118,8 +121,17 @@ fn watch_parity_backend_filtered_is_a_timeout_within_seconds() {
     let (alert, latency, codes) = burst_until_alert(&lab, &watch, 12, &key);
     eprintln!("codes with {be} filtered: {codes:?}");
     // The backend SYNs' first retransmission comes 1 s in: the evidence.
-    assert_step3(&alert, &be, latency, Duration::from_millis(2500), "filtered backend");
-    assert!(codes.iter().any(|c| c != "200"), "no failed request: {codes:?}");
+    assert_step3(
+        &alert,
+        &be,
+        latency,
+        Duration::from_millis(2500),
+        "filtered backend",
+    );
+    assert!(
+        codes.iter().any(|c| c != "200"),
+        "no failed request: {codes:?}"
+    );
 }
 
 #[test]
@@ -139,7 +151,13 @@ fn watch_parity_backend_host_down_is_unreachable() {
         "{alert}"
     );
     // The neighbour resolution gives up about 3 s after the first SYN: the evidence.
-    assert_step3(&alert, &be, latency, Duration::from_millis(4500), "backend host down");
+    assert_step3(
+        &alert,
+        &be,
+        latency,
+        Duration::from_millis(4500),
+        "backend host down",
+    );
 }
 
 /// The lb's own firewall drops SYNs to the VIP: the drop's reason is the evidence, at once.
@@ -183,7 +201,13 @@ fn watch_parity_health_checked_all_backends_down() {
         assert_eq!(alert["alert"]["evidence"], "lb-connection", "{alert}");
         // From the start of the tripwire (a few hundred ms to arm): checks every 500 ms, so
         // the second refusal is at most 1 s away.
-        assert_step3(&alert, &be, latency, Duration::from_secs(3), "health checks refused");
+        assert_step3(
+            &alert,
+            &be,
+            latency,
+            Duration::from_secs(3),
+            "health checks refused",
+        );
     }
     let codes = burst(&lab, 5);
     eprintln!("codes with every backend down: {codes:?}");
