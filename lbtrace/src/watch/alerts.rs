@@ -45,6 +45,10 @@ pub struct Alert {
     pub example_vip: Option<String>,
     pub example_backend: Option<String>,
     pub conn_id: Option<u64>,
+    /// What the finding that raised it was seen on: `client` (a client connection and its
+    /// backend leg), `lb-connection` (the LB's own backend connection with no client connection
+    /// behind it: a health check, a pool), `host` (the LB host's counters), `tracer`.
+    pub evidence: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -79,6 +83,8 @@ pub struct Alerts {
     seen: HashMap<String, VecDeque<u64>>,
     active: HashMap<String, Active>,
     lost_seen: u64,
+    /// Per key, the last client connection that showed it: (when, client, VIP, connection id).
+    examples: HashMap<String, (u64, SocketAddr, SocketAddr, u64)>,
 }
 
 fn describe(f: &Finding) -> String {
@@ -102,7 +108,7 @@ fn describe(f: &Finding) -> String {
             format!("backend {backend} refuses connections (RST)")
         }
         Finding::BackendTimeout { backend } => {
-            format!("backend {backend} does not answer SYNs (timeout)")
+            format!("backend {backend} does not answer SYNs (retransmitted or timed out)")
         }
         Finding::BackendUnreachable { backend, what } => {
             format!("backend {backend} unreachable: {what}")
@@ -173,6 +179,7 @@ impl Alerts {
             seen: HashMap::new(),
             active: HashMap::new(),
             lost_seen: 0,
+            examples: HashMap::new(),
         }
     }
 
@@ -222,6 +229,8 @@ impl Alerts {
     pub fn record(&mut self, now_ns: u64, conn: &Conn, f: &Finding) -> Option<Notice> {
         let key = f.alert_key();
         let step = f.step();
+        self.examples
+            .insert(key.clone(), (now_ns, conn.client, conn.vip, conn.id));
         let (count, message) = self.count(now_ns, &key, step, || describe(f))?;
         let backend: Option<SocketAddr> = match f {
             Finding::BackendRefused { backend }
@@ -241,6 +250,54 @@ impl Alerts {
             example_vip: Some(conn.vip.to_string()),
             example_backend: backend.map(|b| b.to_string()),
             conn_id: Some(conn.id),
+            evidence: "client",
+        }))
+    }
+
+    /// Counts a finding on the LB's own backend connection `lb` (no client connection joined:
+    /// a health check, a pooled connection); counted under the same key as the clients' (one
+    /// alert per kind and backend), and the alert says what it was seen on.
+    pub fn own(&mut self, now_ns: u64, lb: SocketAddr, f: &Finding) -> Option<Notice> {
+        let key = f.alert_key();
+        let step = f.step();
+        // Client connections that showed the same within the window are the better example.
+        let win = self.window_ns();
+        let example = self
+            .examples
+            .get(&key)
+            .filter(|e| now_ns.saturating_sub(e.0) <= win)
+            .copied();
+        let (count, message) = self.count(now_ns, &key, step, || match example {
+            Some(_) => describe(f),
+            None => format!(
+                "{} (seen on the LB's own connections from {}, e.g. health checks)",
+                describe(f),
+                lb.ip()
+            ),
+        })?;
+        let backend = match f {
+            Finding::BackendRefused { backend }
+            | Finding::BackendTimeout { backend }
+            | Finding::BackendUnreachable { backend, .. }
+            | Finding::AsymmetricReturn { backend } => Some(backend.to_string()),
+            _ => None,
+        };
+        Some(Notice::Alert(Alert {
+            key,
+            step,
+            step_name: f.checklist_step().name(),
+            message,
+            count,
+            window_seconds: self.th.window.as_secs(),
+            example_client: example.map(|e| e.1.to_string()),
+            example_vip: example.map(|e| e.2.to_string()),
+            example_backend: backend,
+            conn_id: example.map(|e| e.3),
+            evidence: if example.is_some() {
+                "client"
+            } else {
+                "lb-connection"
+            },
         }))
     }
 
@@ -272,6 +329,7 @@ impl Alerts {
             example_vip: None,
             example_backend: backend,
             conn_id: None,
+            evidence: "host",
         }))
     }
 
@@ -312,6 +370,7 @@ impl Alerts {
             example_vip: None,
             example_backend: None,
             conn_id: None,
+            evidence: "tracer",
         }))
     }
 

@@ -27,6 +27,13 @@ pub const ANSWER_TIMEOUT_NS: u64 = 3_000_000_000;
 pub const BACKEND_TIMEOUT_NS: u64 = 3_000_000_000;
 /// An L7 backend connection is joined to a client connection at most this long after it.
 pub const L7_JOIN_NS: u64 = 2_000_000_000;
+/// The LB's own backend connections with no client connection joined (health checks, pools)
+/// kept at once; the oldest is forgotten first.
+pub const MAX_OWN_LEGS: usize = 4096;
+/// Findings on the LB's own connections not yet taken by [`Recorder::take_own`].
+pub const MAX_OWN_FOUND: usize = 1024;
+/// An own backend connection is forgotten this long after its first SYN.
+pub const OWN_LEG_TTL_NS: u64 = 30_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +120,87 @@ pub struct BackendLeg {
     pub isn: u32,
     pub answered: bool,
     pub closed: bool,
+    /// SYNs sent with `isn` (more than one: retransmitted).
+    #[serde(skip)]
+    pub syns: u32,
+}
+
+/// What one event of a backend leg reveals, joined or not. `own`: the LB's own connection
+/// (Layer 7, or no client connection at all), whose unanswered SYN is the backend's fault; a
+/// forwarded client SYN (Layer 4) retransmitted without answer may be the return path's.
+fn backend_event(
+    reasons: &DropReasons,
+    leg: &mut BackendLeg,
+    ev: &KernelEvent,
+    to_backend: bool,
+    own: bool,
+    answered_through_lb: bool,
+) -> Option<Finding> {
+    let backend = leg.backend;
+    match &ev.detail {
+        Detail::Packet if to_backend && ev.is_syn() => {
+            if ev.seq == leg.isn {
+                leg.syns = leg.syns.saturating_add(1);
+            }
+            // The first retransmission is evidence enough: the backend is slow to connect.
+            if leg.syns >= 2 && !leg.answered {
+                if own {
+                    return Some(Finding::BackendTimeout { backend });
+                } else if !answered_through_lb {
+                    return Some(Finding::AsymmetricReturn { backend });
+                }
+            }
+            None
+        }
+        Detail::Packet if !to_backend && ev.is_syn_ack() => {
+            leg.answered = true;
+            None
+        }
+        Detail::Packet if !to_backend && ev.is_rst() && !leg.answered => {
+            leg.closed = true;
+            Some(Finding::BackendRefused { backend })
+        }
+        Detail::Packet if ev.is_fin() || ev.is_rst() => {
+            leg.closed = true;
+            None
+        }
+        Detail::Packet => None,
+        Detail::Drop { reason } if to_backend && ev.has_syn() => {
+            let name = reasons.name(*reason);
+            matches!(DropClass::of(&name), DropClass::Neigh | DropClass::NoRoute).then(|| {
+                Finding::BackendUnreachable {
+                    backend,
+                    what: format!("the LB host drops its SYNs ({name})"),
+                }
+            })
+        }
+        Detail::Drop { .. } => None,
+        Detail::Icmp {
+            outer_src,
+            icmp_type,
+            icmp_code,
+            ..
+        } => Some(Finding::BackendUnreachable {
+            backend,
+            what: crate::event::icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code).to_owned(),
+        }),
+    }
+}
+
+/// A backend connection of the LB's own that no client connection could be joined to: a health
+/// check, a pooled connection, or one opened while no client connection waits.
+struct OwnLeg {
+    leg: BackendLeg,
+    first_ns: u64,
+    findings: Vec<Finding>,
+}
+
+/// A finding on a backend connection of the LB's own, with no client connection behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnFinding {
+    /// The LB's side of the connection.
+    pub lb: SocketAddr,
+    pub finding: Finding,
 }
 
 /// One client connection to a VIP.
@@ -233,6 +321,11 @@ pub struct Recorder {
     bytes: usize,
     /// Connections opened per VIP.
     opened: HashMap<SocketAddr, u64>,
+    /// (lb side, backend) -> the LB's own connection no client connection was joined to.
+    own: HashMap<(SocketAddr, SocketAddr), OwnLeg>,
+    /// `own`'s keys, oldest first (an entry may be stale: the map is what counts).
+    own_order: VecDeque<(SocketAddr, SocketAddr)>,
+    own_found: VecDeque<OwnFinding>,
 }
 
 impl Recorder {
@@ -255,6 +348,9 @@ impl Recorder {
             next_id: 1,
             bytes: 0,
             opened: HashMap::new(),
+            own: HashMap::new(),
+            own_order: VecDeque::new(),
+            own_found: VecDeque::new(),
         }
     }
 
@@ -404,6 +500,24 @@ impl Recorder {
                 (Detail::Drop { .. }, true) if ev.is_syn() && c.refused_by_kernel(reasons) => {
                     out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                 }
+                // A drop whose reason is a verdict (a firewall, rp_filter, a full backlog, no
+                // route) is the finding at once; other reasons wait for the expiry.
+                (Detail::Drop { reason }, true)
+                    if ev.is_syn() && c.server_isn.is_none() && c.backend.is_none() =>
+                {
+                    let name = reasons.name(*reason);
+                    if matches!(
+                        DropClass::of(&name),
+                        DropClass::Netfilter
+                            | DropClass::RpFilter
+                            | DropClass::Backlog
+                            | DropClass::Neigh
+                            | DropClass::NoRoute
+                    ) {
+                        let f = Finding::SynDropped { reason: name };
+                        out.extend(c.find(f).map(|f| (id, f)));
+                    }
+                }
                 (Detail::Drop { .. }, _) => {}
                 (Detail::Icmp { .. }, _) => {}
             }
@@ -430,6 +544,14 @@ impl Recorder {
                 {
                     Some(id)
                 }
+                // Later SYNs of the LB's own connection stay with it.
+                _ if self
+                    .own
+                    .get(&(lb, backend))
+                    .is_some_and(|o| o.leg.isn == ev.seq || !syn) =>
+                {
+                    None
+                }
                 _ if to_backend
                     && syn
                     && matches!(ev.detail, Detail::Packet | Detail::Drop { .. }) =>
@@ -438,39 +560,100 @@ impl Recorder {
                 }
                 other => other,
             };
-            let Some(id) = id else { return out };
-            let Some(c) = self.get(id) else { return out };
+            let Some(id) = id else {
+                self.own_event(lb, backend, to_backend, ev);
+                return out;
+            };
+            let reasons = &self.reasons;
+            let Some(c) = get_mut(&mut self.conns, id) else {
+                return out;
+            };
             let b0 = c.bytes();
             c.push_backend(ev);
-            if let Some(b) = &mut c.backend {
-                match &ev.detail {
-                    Detail::Packet if !to_backend && ev.is_syn_ack() => b.answered = true,
-                    Detail::Packet if !to_backend && ev.is_rst() && !b.answered => {
-                        let f = Finding::BackendRefused { backend };
-                        out.extend(c.find(f).map(|f| (id, f)));
-                    }
-                    Detail::Packet if ev.is_fin() || ev.is_rst() => b.closed = true,
-                    Detail::Icmp {
-                        outer_src,
-                        icmp_type,
-                        icmp_code,
-                        ..
-                    } => {
-                        let what =
-                            crate::event::icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code)
-                                .to_owned();
-                        out.extend(
-                            c.find(Finding::BackendUnreachable { backend, what })
-                                .map(|f| (id, f)),
-                        );
-                    }
-                    _ => {}
-                }
+            let through_lb = c.server_isn.is_some();
+            let found = c.backend.as_mut().and_then(|b| {
+                let own = b.join == Join::Inferred;
+                backend_event(reasons, b, ev, to_backend, own, through_lb)
+            });
+            if let Some(f) = found {
+                out.extend(c.find(f).map(|f| (id, f)));
             }
             let b1 = c.bytes();
             self.bytes = self.bytes + b1 - b0.min(b1);
         }
         out
+    }
+
+    /// An event of a backend connection no client connection is joined to: the LB's own
+    /// (health checks, pools). Its findings wait in [`Self::take_own`].
+    fn own_event(
+        &mut self,
+        lb: SocketAddr,
+        backend: SocketAddr,
+        to_backend: bool,
+        ev: &KernelEvent,
+    ) {
+        let key = (lb, backend);
+        let new_syn = to_backend
+            && ev.is_syn()
+            && matches!(ev.detail, Detail::Packet | Detail::Drop { .. })
+            && self.own.get(&key).is_none_or(|o| o.leg.isn != ev.seq);
+        if new_syn {
+            while self.own.len() >= MAX_OWN_LEGS {
+                match self.own_order.pop_front() {
+                    Some(k) => {
+                        self.own.remove(&k);
+                    }
+                    None => break,
+                }
+            }
+            if self
+                .own
+                .insert(
+                    key,
+                    OwnLeg {
+                        leg: BackendLeg {
+                            lb,
+                            backend,
+                            join: Join::Inferred,
+                            events: Vec::new(),
+                            isn: ev.seq,
+                            answered: false,
+                            closed: false,
+                            syns: 0,
+                        },
+                        first_ns: ev.ts_ns,
+                        findings: Vec::new(),
+                    },
+                )
+                .is_none()
+            {
+                self.own_order.push_back(key);
+            }
+        }
+        let Some(o) = self.own.get_mut(&key) else {
+            return;
+        };
+        if let Some(f) = backend_event(&self.reasons, &mut o.leg, ev, to_backend, true, false)
+            && !o.findings.contains(&f)
+        {
+            o.findings.push(f.clone());
+            if self.own_found.len() >= MAX_OWN_FOUND {
+                self.own_found.pop_front();
+            }
+            self.own_found.push_back(OwnFinding { lb, finding: f });
+        }
+    }
+
+    /// Findings on the LB's own backend connections with no client connection behind them,
+    /// oldest first, since the last call.
+    pub fn take_own(&mut self) -> Vec<OwnFinding> {
+        self.own_found.drain(..).collect()
+    }
+
+    /// The LB's own backend connections not joined to a client connection, kept now.
+    pub fn own_legs(&self) -> usize {
+        self.own.len()
     }
 
     /// Ties a SYN towards a backend to a client connection: by ISN (L4), else by time (L7).
@@ -502,6 +685,7 @@ impl Recorder {
             isn: ev.seq,
             answered: false,
             closed: false,
+            syns: 0,
         });
         self.by_backend.insert((lb, backend), id);
         Some(id)
@@ -531,7 +715,11 @@ impl Recorder {
                     None
                 }
             } else if let Some(b) = &c.backend {
-                if b.answered || now_ns.saturating_sub(c.first_ns) < BACKEND_TIMEOUT_NS {
+                if b.answered
+                    || b.closed
+                    || now_ns.saturating_sub(c.first_ns) < BACKEND_TIMEOUT_NS
+                    || c.findings.iter().any(|f| f.step() == 3)
+                {
                     None
                 } else if b.join == Join::Isn && c.server_isn.is_none() {
                     // Forwarded, and no SYN-ACK came back through the LB.
@@ -548,6 +736,29 @@ impl Recorder {
                 out.extend(c.find(f).map(|f| (c.id, f)));
             }
         }
+        // The LB's own connections: unanswered past the timeout (the LB gave up), or forgotten.
+        let own_found = &mut self.own_found;
+        self.own.retain(|_, o| {
+            let age = now_ns.saturating_sub(o.first_ns);
+            if !o.leg.answered && o.findings.is_empty() && age >= BACKEND_TIMEOUT_NS {
+                let f = Finding::BackendTimeout {
+                    backend: o.leg.backend,
+                };
+                if !o.findings.contains(&f) {
+                    o.findings.push(f.clone());
+                    if own_found.len() >= MAX_OWN_FOUND {
+                        own_found.pop_front();
+                    }
+                    own_found.push_back(OwnFinding {
+                        lb: o.leg.lb,
+                        finding: f,
+                    });
+                }
+            }
+            age < OWN_LEG_TTL_NS
+        });
+        let own = &self.own;
+        self.own_order.retain(|k| own.contains_key(k));
         out
     }
 

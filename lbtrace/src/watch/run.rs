@@ -166,6 +166,21 @@ impl Loop {
             }
             let found = self.rec.ingest(&ev);
             self.findings(ev.ts_ns, found);
+            self.own_findings(ev.ts_ns);
+        }
+    }
+
+    /// Findings on the LB's own backend connections with no client connection behind them.
+    fn own_findings(&mut self, now: u64) {
+        for o in self.rec.take_own() {
+            *self
+                .tally
+                .findings
+                .entry(o.finding.alert_key())
+                .or_default() += 1;
+            if let Some(n) = self.alerts.own(now, o.lb, &o.finding) {
+                self.notice(n);
+            }
         }
     }
 
@@ -192,6 +207,7 @@ impl Loop {
         self.host_pressure(now);
         let found = self.rec.expire(now);
         self.findings(now, found);
+        self.own_findings(now);
         let lost = self.tracer.counters().lost();
         if let Some(n) = self.alerts.lost(now, lost) {
             self.notice(n);

@@ -73,26 +73,29 @@ fn l7_backend_leg_is_inferred_and_a_refusal_is_step_three() {
 }
 
 #[test]
-fn unanswered_and_dropped_syns_are_found_on_expiry() {
+fn a_dropped_syn_is_found_at_the_drop_and_an_unanswered_one_on_expiry() {
     let mut r = rec(100);
     r.ingest(&pkt(0, Dir::In, &client(1), VIP, SYN, 1, 0));
     r.ingest(&pkt(0, Dir::In, &client(2), VIP, SYN, 2, 0));
-    r.ingest(&drop(0, &client(2), VIP, SYN, 2, 6));
+    let f: Vec<Finding> = r
+        .ingest(&drop(0, &client(2), VIP, SYN, 2, 6))
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(
+        f,
+        vec![Finding::SynDropped {
+            reason: "NETFILTER_DROP".into()
+        }],
+        "the drop's reason is the evidence: no waiting"
+    );
     assert!(r.expire(1_000_000_000).is_empty(), "too early");
     let f: Vec<Finding> = r
         .expire(4_000_000_000)
         .into_iter()
         .map(|(_, f)| f)
         .collect();
-    assert_eq!(
-        f,
-        vec![
-            Finding::SynUnanswered,
-            Finding::SynDropped {
-                reason: "NETFILTER_DROP".into()
-            }
-        ]
-    );
+    assert_eq!(f, vec![Finding::SynUnanswered]);
     assert!(
         r.expire(5_000_000_000).is_empty(),
         "findings are reported once"
@@ -352,4 +355,193 @@ fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
     }
     let rec = al.tick(9 * s);
     assert_eq!(rec.len(), 2, "both recover after 5 s of quiet: {rec:?}");
+}
+
+const LB_IN: &str = "10.10.3.1";
+
+fn rec_reasons() -> Recorder {
+    Recorder::new(
+        vec![VIP.parse().unwrap()],
+        vec![BE1.parse().unwrap()],
+        100,
+        DropReasons::from_pairs(&[
+            (2, "NO_SOCKET"),
+            (6, "NETFILTER_DROP"),
+            (70, "NEIGH_FAILED"),
+            (71, "IP_OUTNOROUTES"),
+        ]),
+    )
+}
+
+fn be() -> std::net::SocketAddr {
+    BE1.parse().unwrap()
+}
+
+#[test]
+fn the_lbs_own_connections_are_findings_without_a_client() {
+    // Health checks: no client connection at all; the backend refuses each.
+    let mut r = rec_reasons();
+    for i in 0..3u32 {
+        let lb = format!("{LB_IN}:{}", 50000 + i);
+        let t = u64::from(i) * 500;
+        assert!(
+            r.ingest(&pkt(t, Dir::Out, &lb, BE1, SYN, 100 + i, 0))
+                .is_empty()
+        );
+        assert!(
+            r.ingest(&pkt(t + 1, Dir::In, BE1, &lb, RST | ACK, 0, 101 + i))
+                .is_empty(),
+            "no client connection to pin it on"
+        );
+    }
+    let own = r.take_own();
+    assert_eq!(own.len(), 3, "{own:?}");
+    assert!(
+        own.iter()
+            .all(|o| o.finding == Finding::BackendRefused { backend: be() }
+                && o.lb.ip().to_string() == LB_IN)
+    );
+    assert!(r.take_own().is_empty(), "taken once");
+    assert_eq!(r.conns().count(), 0, "not client connections");
+
+    let mut al = Alerts::new(Thresholds::default());
+    let notices: Vec<Notice> = own
+        .iter()
+        .filter_map(|o| al.own(1_000_000_000, o.lb, &o.finding))
+        .collect();
+    let [Notice::Alert(a)] = &notices[..] else {
+        panic!("one alert expected: {notices:?}")
+    };
+    assert_eq!(
+        (
+            a.key.as_str(),
+            a.step,
+            a.evidence,
+            a.example_backend.as_deref()
+        ),
+        (
+            "backend_refused:10.10.3.11:8080",
+            3,
+            "lb-connection",
+            Some(BE1)
+        )
+    );
+    assert!(a.message.contains("health checks"), "{}", a.message);
+
+    // A client connection that showed it in the window is the alert's example instead (HAProxy's
+    // retries are own connections; the client's first attempt is joined).
+    let mut r = rec_reasons();
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    r.ingest(&pkt(5, Dir::Out, &format!("{LB_IN}:50010"), BE1, SYN, 5, 0));
+    let f = r.ingest(&pkt(
+        6,
+        Dir::In,
+        BE1,
+        &format!("{LB_IN}:50010"),
+        RST | ACK,
+        0,
+        6,
+    ));
+    let mut al = Alerts::new(Thresholds::default());
+    let conn = r.conns().next().unwrap().clone();
+    assert!(al.record(6_000_000, &conn, &f[0].1).is_none());
+    let lb: std::net::SocketAddr = format!("{LB_IN}:50011").parse().unwrap();
+    assert!(al.own(7_000_000, lb, &f[0].1).is_none());
+    let Some(Notice::Alert(a)) = al.own(8_000_000, lb, &f[0].1) else {
+        panic!("the third finding raises it")
+    };
+    assert_eq!(
+        (a.evidence, a.example_client, a.conn_id),
+        ("client", Some(c.clone()), Some(conn.id))
+    );
+}
+
+#[test]
+fn a_retransmitted_backend_syn_is_a_timeout_at_the_retransmission() {
+    let mut r = rec_reasons();
+    let c = client(1);
+    let lb = format!("{LB_IN}:50001");
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    assert!(r.ingest(&pkt(5, Dir::Out, &lb, BE1, SYN, 5, 0)).is_empty());
+    let f = r.ingest(&pkt(1010, Dir::Out, &lb, BE1, SYN, 5, 0));
+    assert_eq!(
+        f.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+        vec![Finding::BackendTimeout { backend: be() }],
+        "found at the first retransmission, 1 s in, not at expiry"
+    );
+    assert!(
+        r.ingest(&pkt(3010, Dir::Out, &lb, BE1, SYN, 5, 0))
+            .is_empty(),
+        "once"
+    );
+    assert!(r.expire(10_000_000_000).is_empty(), "not twice");
+
+    // The same for a backend connection no client is joined to (HAProxy's retry).
+    let lb2 = format!("{LB_IN}:50002");
+    r.ingest(&pkt(20_000, Dir::Out, &lb2, BE1, SYN, 77, 0));
+    assert!(r.take_own().is_empty());
+    r.ingest(&pkt(21_000, Dir::Out, &lb2, BE1, SYN, 77, 0));
+    assert_eq!(
+        r.take_own()
+            .into_iter()
+            .map(|o| o.finding)
+            .collect::<Vec<_>>(),
+        vec![Finding::BackendTimeout { backend: be() }]
+    );
+}
+
+#[test]
+fn an_unanswered_own_connection_times_out_on_expiry() {
+    let mut r = rec_reasons();
+    r.ingest(&pkt(0, Dir::Out, &format!("{LB_IN}:50003"), BE1, SYN, 9, 0));
+    assert!(r.expire(1_000_000_000).is_empty());
+    assert!(r.take_own().is_empty());
+    let _ = r.expire(3_500_000_000);
+    assert_eq!(
+        r.take_own()
+            .into_iter()
+            .map(|o| o.finding)
+            .collect::<Vec<_>>(),
+        vec![Finding::BackendTimeout { backend: be() }]
+    );
+    let _ = r.expire(60_000_000_000);
+    assert_eq!(r.own_legs(), 0, "forgotten after its time");
+}
+
+#[test]
+fn a_backend_syn_dropped_for_no_neighbour_or_route_is_unreachable_at_once() {
+    let mut r = rec_reasons();
+    let c = client(1);
+    let lb = format!("{LB_IN}:50004");
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    let f = r.ingest(&drop(1000, &lb, BE1, SYN, 5, 70));
+    assert!(
+        matches!(&f[..], [(_, Finding::BackendUnreachable { backend, what })]
+            if *backend == be() && what.contains("NEIGH_FAILED")),
+        "{f:?}"
+    );
+    // No client: an own connection; and a firewall's drop is not "unreachable".
+    r.ingest(&drop(4000, &format!("{LB_IN}:50005"), BE1, SYN, 6, 71));
+    r.ingest(&drop(4000, &format!("{LB_IN}:50006"), BE1, SYN, 7, 6));
+    let own: Vec<Finding> = r.take_own().into_iter().map(|o| o.finding).collect();
+    assert!(
+        matches!(&own[..], [Finding::BackendUnreachable { what, .. }] if what.contains("IP_OUTNOROUTES")),
+        "{own:?}"
+    );
+}
+
+#[test]
+fn own_connections_stay_bounded() {
+    let mut r = rec_reasons();
+    for i in 0..(super::recorder::MAX_OWN_LEGS as u32 + 500) {
+        let lb = format!("10.10.3.{}:{}", 1 + i / 60000, 1024 + i % 60000);
+        r.ingest(&pkt(u64::from(i), Dir::Out, &lb, BE1, SYN, i, 0));
+        r.ingest(&pkt(u64::from(i), Dir::In, BE1, &lb, RST | ACK, 0, i + 1));
+    }
+    assert!(r.own_legs() <= super::recorder::MAX_OWN_LEGS);
+    assert!(r.take_own().len() <= super::recorder::MAX_OWN_FOUND);
 }

@@ -7,4 +7,5 @@ mod hardening;
 mod lab_smoke;
 mod trace;
 mod watch;
+mod watch_parity;
 mod watch_pressure;
