@@ -6,13 +6,15 @@ use serde_json::{Value, json};
 use super::{
     Collected,
     verdict::{
-        BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, LbToBackend, Mode,
-        Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict, flow::ReasonCounts,
+        BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFacts, HostFinding,
+        LbToBackend, Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict,
+        flow::ReasonCounts,
     },
 };
 use crate::{
     checklist::DropClass,
     endpoint::Endpoint,
+    host::{Moved, Pressure},
     kernel::btf::DropReasons,
     probe::{HttpOutcome, ProbeReport},
     render::{self, Clock, Format, IfNames},
@@ -92,6 +94,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             if let Some(b) = s.blocked_by {
                 o["blocked_by"] = json!(b);
             }
+            o["host"] = s.host.iter().map(host_finding_json).collect::<Vec<_>>().into();
             o
         })
         .collect();
@@ -128,6 +131,50 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "events_cap": ctx.collected.events_cap,
             "events_not_kept": ctx.collected.events_not_kept,
         },
+        "host": host_json(&ctx.collected.host, v),
+    })
+}
+
+/// One host finding: the pressure as `host::Pressure` serializes it (`kind`, its counters with
+/// `before` and `after`), plus its step, status and words.
+fn host_finding_json(h: &HostFinding) -> Value {
+    let mut o = serde_json::to_value(&h.pressure).unwrap_or_else(|_| json!({}));
+    o["step"] = json!(h.step());
+    o["status"] = json!(status_str(h.status));
+    o["summary"] = json!(host_words(h));
+    o["next"] = json!(host_next(&h.pressure));
+    if let Some((n, of)) = h.unanswered {
+        o["unanswered"] = json!(n);
+        o["connections"] = json!(of);
+    }
+    o
+}
+
+/// The host's samples before and after the window, and every finding.
+fn host_json(h: &HostFacts, v: &Verdict) -> Value {
+    let counters: serde_json::Map<String, Value> = h
+        .after
+        .counters
+        .iter()
+        .map(|(k, a)| {
+            let b = h.before.counters.get(k).copied();
+            (k.clone(), json!({"before": b, "after": a}))
+        })
+        .collect();
+    let pressure: Vec<Value> = v
+        .steps
+        .iter()
+        .flat_map(|s| s.host.iter().map(host_finding_json))
+        .collect();
+    json!({
+        "listen": {"before": h.before.listen, "after": h.after.listen},
+        "counters": counters,
+        "conntrack": {"before": h.before.conntrack, "after": h.after.conntrack},
+        "ports": {"before": h.before.ports, "after": h.after.ports},
+        "ip_forward": h.after.ip_forward,
+        "rp_filter_strict": h.after.rp_filter_strict,
+        "syncookies": h.after.syncookies,
+        "pressure": pressure,
     })
 }
 
@@ -241,6 +288,11 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
                 s.evidence.len() - 8
             ));
         }
+        for h in &s.host {
+            for line in host_evidence(&h.pressure) {
+                out.push_str(&format!("            host: {line}\n"));
+            }
+        }
         if let Some(n) = next(s) {
             out.push_str(&format!("            next: {n}\n"));
         }
@@ -267,6 +319,7 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             probe_line(p)
         ));
     }
+    out.push_str(&host_text(&ctx.collected.host));
     let c = &ctx.collected.counters;
     let drops: Vec<String> = drop_counts(&ctx)
         .iter()
@@ -310,6 +363,17 @@ pub fn print(ctx: Ctx<'_>, format: Format) {
 
 /// A step's finding in one sentence.
 pub fn summary(s: &StepVerdict) -> String {
+    let base = finding_summary(s);
+    // A host limit that fails the step is its headline; others follow the step's own finding.
+    let (first, rest): (Vec<&HostFinding>, Vec<&HostFinding>) =
+        s.host.iter().partition(|h| h.status == Status::Fail);
+    let mut parts: Vec<String> = first.iter().map(|h| host_words(h)).collect();
+    parts.push(base);
+    parts.extend(rest.iter().map(|h| host_words(h)));
+    parts.join("; ")
+}
+
+fn finding_summary(s: &StepVerdict) -> String {
     match &s.finding {
         StepFinding::ClientToLb(f) => client_summary(f),
         StepFinding::LbHandling(f) => handling_summary(f),
@@ -320,6 +384,19 @@ pub fn summary(s: &StepVerdict) -> String {
 
 /// The next thing to check, when the finding calls for one.
 pub fn next(s: &StepVerdict) -> Option<String> {
+    let host_first = s
+        .host
+        .iter()
+        .filter(|h| h.status == Status::Fail)
+        .chain(s.host.iter().filter(|h| h.status == Status::Warn))
+        .find_map(|h| host_next(&h.pressure));
+    match s.host.iter().any(|h| h.status == Status::Fail) {
+        true => host_first.or_else(|| finding_next(s)),
+        false => finding_next(s).or(host_first),
+    }
+}
+
+fn finding_next(s: &StepVerdict) -> Option<String> {
     match &s.finding {
         StepFinding::ClientToLb(ClientFinding::NoSyn { vip, .. }) => Some(format!(
             "connect from a client in another subnet (telnet {} {}) while lbtrace runs; if nothing shows, bring this to the network team: check the route to {} and the firewalls on the way",
@@ -333,6 +410,11 @@ pub fn next(s: &StepVerdict) -> Option<String> {
         StepFinding::ClientToLb(ClientFinding::Reached { .. }) => None,
         StepFinding::LbHandling(HandlingFinding::NothingServes { .. }) => Some(
             "check that the LB service is running and bound to the VIP (ss -ltn), or that its NAT rules match the VIP".to_owned(),
+        ),
+        StepFinding::LbHandling(
+            HandlingFinding::Served { outcomes, .. } | HandlingFinding::Hang { outcomes, .. },
+        ) if outcomes.unanswered > 0 => Some(
+            "SYNs the LB neither answers nor forwards, with no drop reason: a full accept queue drops them silently (ss -ltn: Recv-Q against Send-Q on the VIP; TcpExt ListenOverflows); check the LB's maxconn, its listen backlog and whether its workers are saturated".to_owned(),
         ),
         StepFinding::LbHandling(HandlingFinding::Hang { .. }) => Some(
             "the LB is waiting for a backend: see step 3, and the LB's timeouts".to_owned(),
@@ -467,7 +549,8 @@ fn handling_summary(f: &HandlingFinding) -> String {
         } => {
             let extra = outcome_words(*mode, outcomes);
             format!(
-                "{}; of {connections} connection(s): {}{}",
+                "{}{}; of {connections} connection(s): {}{}",
+                failed_share(outcomes, *connections),
                 mode_sentence(*mode),
                 if extra.is_empty() {
                     "served".to_owned()
@@ -489,6 +572,217 @@ fn handling_summary(f: &HandlingFinding) -> String {
             local_words(*local_http)
         ),
     }
+}
+
+/// The share of connections that failed at step 2, first when there is one.
+fn failed_share(o: &Outcomes, connections: usize) -> String {
+    let mut parts = Vec::new();
+    if o.unanswered > 0 {
+        parts.push(format!(
+            "{} of {connections} client connection(s) got no SYN-ACK (the LB neither answered nor forwarded them)",
+            o.unanswered
+        ));
+    }
+    if o.kernel_refused > 0 {
+        parts.push(format!(
+            "{} of {connections} client connection(s) refused by the LB host's kernel (RST, NO_SOCKET)",
+            o.kernel_refused
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", parts.join("; "))
+    }
+}
+
+/// A counter's short name (`ListenOverflows` for `TcpExt.ListenOverflows`) and its delta.
+fn moved_words(m: &[Moved]) -> String {
+    m.iter()
+        .map(|c| {
+            let name = c.counter.rsplit('.').next().unwrap_or(&c.counter);
+            format!("{name} +{}", c.delta())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A host finding in words.
+pub fn host_words(h: &HostFinding) -> String {
+    match &h.pressure {
+        Pressure::AcceptQueueFull { listener, counters } => {
+            let queue = listener.map_or_else(String::new, |l| {
+                format!("Recv-Q {}/{} on {}, ", l.depth, l.backlog, l.listener)
+            });
+            let share = match h.unanswered {
+                Some((n, of)) if n > 0 => {
+                    format!(": {n} of {of} client connection(s) got no SYN-ACK")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "the LB process does not accept fast enough: accept queue full ({queue}{}){share}",
+                moved_words(counters)
+            )
+        }
+        Pressure::SynCookies { counters } => format!(
+            "the LB host answered SYNs with SYN cookies ({}): its SYN queue overflowed or cookies are forced; those connections lose TCP options such as window scaling",
+            moved_words(counters)
+        ),
+        Pressure::Conntrack {
+            count,
+            max,
+            counters,
+        } => {
+            let moved = if counters.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", moved_words(counters))
+            };
+            format!(
+                "conntrack is full or failing (entries {count}/{max}{moved}): the LB host drops connections it cannot track"
+            )
+        }
+        Pressure::SourcePorts { ports, exhausted } => {
+            let pct = u64::from(ports.used) * 100 / u64::from(ports.usable.max(1));
+            let what = if *exhausted {
+                "used up: new connections to it fail (EADDRNOTAVAIL)"
+            } else {
+                "nearly used up"
+            };
+            format!(
+                "local ports from {} to backend {}: {} of {} in use ({pct} %), {what}",
+                ports.source, ports.backend, ports.used, ports.usable
+            )
+        }
+        Pressure::NoForwarding => {
+            "IPv4 forwarding is off on the LB host (net.ipv4.ip_forward = 0): a NAT VIP cannot forward"
+                .to_owned()
+        }
+        Pressure::StrictRpFilter { iface } => {
+            if h.status == Status::Fail {
+                format!(
+                    "strict reverse-path filtering (rp_filter = 1) on {iface} drops clients' SYNs (IP_RPFILTER)"
+                )
+            } else {
+                format!(
+                    "strict reverse-path filtering (rp_filter = 1) on {iface} (no IP_RPFILTER drop seen)"
+                )
+            }
+        }
+    }
+}
+
+/// What to look at for a host finding.
+fn host_next(p: &Pressure) -> Option<String> {
+    Some(match p {
+        Pressure::AcceptQueueFull { .. } => "check the LB's maxconn (HAProxy: global and frontend), its listen backlog (and net.core.somaxconn), and whether its workers are saturated (CPU, connections held by slow clients or backends)".to_owned(),
+        Pressure::SynCookies { .. } => "a SYN flood, or a SYN queue too small for the load: net.ipv4.tcp_max_syn_backlog, the listen backlog, net.ipv4.tcp_syncookies".to_owned(),
+        Pressure::Conntrack { .. } => "raise net.netfilter.nf_conntrack_max, shorten conntrack timeouts, or find what fills the table (conntrack -S, conntrack -L)".to_owned(),
+        Pressure::SourcePorts { .. } => "widen net.ipv4.ip_local_port_range, give the LB more source addresses toward the backend, or reuse backend connections (keep-alive)".to_owned(),
+        Pressure::NoForwarding => "enable forwarding: sysctl -w net.ipv4.ip_forward=1".to_owned(),
+        Pressure::StrictRpFilter { .. } => "set rp_filter to loose (2) on that interface, or route the replies to those clients through it".to_owned(),
+    })
+}
+
+/// The counters and readings behind a host finding, before -> after.
+fn host_evidence(p: &Pressure) -> Vec<String> {
+    let moved = |m: &[Moved]| {
+        m.iter()
+            .map(|c| format!("{} {} -> {} (+{})", c.counter, c.before, c.after, c.delta()))
+            .collect::<Vec<_>>()
+    };
+    match p {
+        Pressure::AcceptQueueFull { listener, counters } => {
+            let mut v = moved(counters);
+            if let Some(l) = listener {
+                v.push(format!(
+                    "listener {} Recv-Q {} Send-Q (backlog) {}",
+                    l.listener, l.depth, l.backlog
+                ));
+            }
+            v
+        }
+        Pressure::SynCookies { counters } => moved(counters),
+        Pressure::Conntrack {
+            count,
+            max,
+            counters,
+        } => {
+            let mut v = vec![format!("conntrack entries {count} of max {max}")];
+            v.extend(
+                moved(counters)
+                    .into_iter()
+                    .map(|l| format!("conntrack {l}")),
+            );
+            v
+        }
+        Pressure::SourcePorts { ports, .. } => vec![format!(
+            "{} -> {}: {} local ports in use of {} usable",
+            ports.source, ports.backend, ports.used, ports.usable
+        )],
+        Pressure::NoForwarding => vec!["net.ipv4.ip_forward = 0".to_owned()],
+        Pressure::StrictRpFilter { iface } => vec![format!("net.ipv4.conf.{iface}.rp_filter = 1")],
+    }
+}
+
+/// The host's limits before -> after the window, for the text report.
+fn host_text(h: &HostFacts) -> String {
+    let mut out = String::from("\nLB host (before -> after the window):\n");
+    for l in &h.after.listen {
+        let before = h
+            .before
+            .listen
+            .iter()
+            .find(|b| b.listener == l.listener)
+            .map_or_else(|| "-".to_owned(), |b| format!("{}/{}", b.depth, b.backlog));
+        out.push_str(&format!(
+            "  listener {:<22} accept queue {before} -> {}/{}\n",
+            l.listener.to_string(),
+            l.depth,
+            l.backlog
+        ));
+    }
+    let moved: Vec<String> = h
+        .after
+        .counters
+        .iter()
+        .map(|(k, a)| {
+            let b = h.before.counters.get(k).copied().unwrap_or(*a);
+            let name = k.rsplit('.').next().unwrap_or(k);
+            if *a == b {
+                format!("{name} {a}")
+            } else {
+                format!("{name} {b} -> {a}")
+            }
+        })
+        .collect();
+    if !moved.is_empty() {
+        out.push_str(&format!("  {}\n", moved.join(", ")));
+    }
+    if let (Some(b), Some(a)) = (&h.before.conntrack, &h.after.conntrack) {
+        let stat =
+            |c: &crate::host::procfs::Conntrack, k: &str| c.stats.get(k).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "  conntrack {} -> {} of {}, insert_failed {} -> {}, drop {} -> {}, early_drop {} -> {}\n",
+            b.count,
+            a.count,
+            a.max,
+            stat(b, "insert_failed"),
+            stat(a, "insert_failed"),
+            stat(b, "drop"),
+            stat(a, "drop"),
+            stat(b, "early_drop"),
+            stat(a, "early_drop")
+        ));
+    }
+    for p in &h.after.ports {
+        out.push_str(&format!(
+            "  local ports {} -> {}: {} of {}\n",
+            p.source, p.backend, p.used, p.usable
+        ));
+    }
+    out
 }
 
 fn backends_summary(f: &LbToBackend) -> String {
@@ -623,6 +917,7 @@ mod tests {
             finding,
             evidence: Vec::new(),
             blocked_by: None,
+            host: Vec::new(),
         }
     }
 
@@ -675,6 +970,64 @@ mod tests {
         assert_eq!(
             next(&s).as_deref(),
             Some("pass the backends with --backend ADDR:PORT")
+        );
+    }
+
+    #[test]
+    fn partial_failures_and_host_limits_in_words() {
+        use crate::host::{Listen, Moved};
+        let outcomes = Outcomes {
+            answered_closed: 3,
+            unanswered: 3,
+            ..Outcomes::default()
+        };
+        let mut s = step(StepFinding::LbHandling(HandlingFinding::Served {
+            mode: Mode::L7,
+            connections: 6,
+            outcomes,
+            local_http: None,
+        }));
+        assert_eq!(s.status, Status::Fail);
+        assert!(
+            summary(&s).starts_with("3 of 6 client connection(s) got no SYN-ACK"),
+            "{}",
+            summary(&s)
+        );
+        assert!(next(&s).unwrap().contains("accept queue"));
+        let moved = |n: &str| Moved {
+            counter: n.to_owned(),
+            before: 5,
+            after: 23,
+        };
+        s.host = vec![HostFinding {
+            pressure: Pressure::AcceptQueueFull {
+                listener: Some(Listen {
+                    listener: "10.10.2.10:80".parse().unwrap(),
+                    depth: 2,
+                    backlog: 2,
+                }),
+                counters: vec![moved("TcpExt.ListenOverflows")],
+            },
+            status: Status::Fail,
+            unanswered: Some((3, 6)),
+        }];
+        assert!(
+            summary(&s).starts_with("the LB process does not accept fast enough: accept queue full (Recv-Q 2/2 on 10.10.2.10:80, ListenOverflows +18): 3 of 6 client connection(s) got no SYN-ACK; "),
+            "{}",
+            summary(&s)
+        );
+        assert!(next(&s).unwrap().contains("maxconn"));
+        assert_eq!(
+            host_evidence(&s.host[0].pressure)[0],
+            "TcpExt.ListenOverflows 5 -> 23 (+18)"
+        );
+        let j = host_finding_json(&s.host[0]);
+        assert_eq!(j["kind"], "accept_queue_full");
+        assert_eq!(j["counters"][0]["before"], 5);
+        assert_eq!(j["counters"][0]["after"], 23);
+        assert_eq!(
+            (j["step"].as_u64(), j["status"].as_str()),
+            (Some(1), Some("fail"))
         );
     }
 }
