@@ -5,5 +5,6 @@ mod check;
 mod coexist;
 mod hardening;
 mod lab_smoke;
+mod pressure;
 mod trace;
 mod watch;

@@ -1,0 +1,247 @@
+//! `lbtrace check` with the LB host under pressure (issue 13): a full accept queue, SYN cookies.
+//! Each test builds its lab, puts the LB host in the state, runs `lbtrace check --format json` in
+//! the lb namespace while clients connect, and checks that the verdict names the host's limit
+//! with the counters that moved (before and after) and that no step passes with failed
+//! connections inside it.
+
+use std::{thread, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    lab::{
+        BACKEND_PORT, BACKENDS, Lab, Proc, VIP, VIP_PORT, curl,
+        scenario::{self, CheckRun},
+    },
+    runner::lbtrace_bin,
+};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HAProxy with `maxconn 1` and `backlog 1` on VIP:80 (IPv4 only), HTTP to the three backends.
+fn tiny_haproxy(lab: &Lab) -> Proc {
+    let mut cfg = String::from(
+        "global\n    maxconn 1\n\ndefaults\n    mode http\n    timeout connect 2s\n    \
+         timeout client 30s\n    timeout server 10s\n\nfrontend fe\n    backlog 1\n",
+    );
+    cfg += &format!(
+        "    bind {}:{VIP_PORT}\n    default_backend be\n\nbackend be\n",
+        VIP.v4
+    );
+    for b in &BACKENDS {
+        cfg += &format!("    server {} {}:{BACKEND_PORT}\n", b.name, b.addr.v4);
+    }
+    let path = lab.dir().join("haproxy-tiny.cfg");
+    std::fs::write(&path, cfg).expect("writing haproxy-tiny.cfg");
+    let path = path.to_string_lossy().into_owned();
+    let mut p = lab
+        .lb
+        .spawn("haproxy-tiny", lab.dir(), &["haproxy", "-db", "-f", &path]);
+    let vip = format!("{}:{VIP_PORT}", VIP.v4);
+    p.wait_until("listening on the VIP", Duration::from_secs(10), |_| {
+        lab.lb.listening_on(&vip)
+    });
+    p
+}
+
+/// Three idle connections from the client: HAProxy takes one (its maxconn), the accept queue
+/// holds the other two (backlog 1 + 1). They send nothing and stay open.
+fn holders(lab: &Lab) -> Proc {
+    let code = format!(
+        "import socket, time\n\
+         socks = []\n\
+         for _ in range(3):\n\
+         \x20   s = socket.create_connection(('{}', {VIP_PORT}), timeout=5)\n\
+         \x20   socks.append(s)\n\
+         \x20   time.sleep(0.2)\n\
+         print('holding', flush=True)\n\
+         time.sleep(60)\n",
+        VIP.v4
+    );
+    let mut p = lab
+        .client
+        .spawn("holders", lab.dir(), &["/usr/bin/python3", "-c", &code]);
+    p.wait_until("holding 3 connections", Duration::from_secs(15), |p| {
+        p.stdout().contains("holding")
+    });
+    p
+}
+
+/// Runs `lbtrace check --format json` for VIP:80 and every backend while `clients` runs.
+fn check(lab: &Lab, clients: impl FnOnce()) -> (i32, Value, String) {
+    let mut args = vec!["--vip".to_owned(), format!("{}:{VIP_PORT}", VIP.v4)];
+    for b in &BACKENDS {
+        args.extend([
+            "--backend".to_owned(),
+            format!("{}:{BACKEND_PORT}", b.addr.v4),
+        ]);
+    }
+    args.extend(
+        [
+            "--format",
+            "json",
+            "--observe",
+            "6s",
+            "--probe-timeout",
+            "2s",
+        ]
+        .map(str::to_owned),
+    );
+    let run = CheckRun::start(lab, &lbtrace_bin(), "check", &args);
+    clients();
+    let done = run.wait(CHECK_TIMEOUT);
+    let json: Value = serde_json::from_str(done.stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "lbtrace check ({}) printed no JSON object ({err})\nstdout:\n{}\nstderr:\n{}",
+            done.status, done.stdout, done.stderr
+        )
+    });
+    let shown = serde_json::to_string_pretty(&json).unwrap_or_default();
+    eprintln!("{shown}\nstderr:\n{}", done.stderr);
+    (done.status.code().unwrap_or(-1), json, shown)
+}
+
+/// `curl -m 3` to the VIP from the client, `n` of them 300 ms apart, concurrently.
+fn curls(lab: &Lab, n: u32) -> Vec<String> {
+    let url = format!("http://{}:{VIP_PORT}/", VIP.v4);
+    thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|k| {
+                let (client, url) = (&lab.client, &url);
+                s.spawn(move || {
+                    thread::sleep(Duration::from_millis(300) * k);
+                    curl(client, url, 3).0
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("a curl thread panicked"))
+            .collect()
+    })
+}
+
+/// No step may pass while a connection failed at it: step 2 with unanswered or refused
+/// connections, step 4 with retransmitted SYNs.
+fn assert_no_pass_with_failures(j: &Value, shown: &str) {
+    for st in j["steps"].as_array().into_iter().flatten() {
+        if st["status"] != "pass" {
+            continue;
+        }
+        let s = st["summary"].as_str().unwrap_or_default();
+        for bad in ["unanswered", "no SYN-ACK", "refused", "retransmitted"] {
+            assert!(
+                !s.contains(bad),
+                "step {} passes with {bad:?}\n{shown}",
+                st["step"]
+            );
+        }
+    }
+}
+
+/// The counter `name` in `host.counters`: (before, after).
+fn counter(j: &Value, name: &str) -> (u64, u64) {
+    let c = &j["host"]["counters"][name];
+    (
+        c["before"].as_u64().unwrap_or(u64::MAX),
+        c["after"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn pressure_accept_queue_full_fails_step_one() {
+    let lab = Lab::new();
+    let _haproxy = tiny_haproxy(&lab);
+    let _holders = holders(&lab);
+    let (code, j, shown) = check(&lab, || {
+        let codes = curls(&lab, 4);
+        // Nothing answers them: the accept queue is full.
+        assert!(codes.iter().all(|c| c == "000"), "{codes:?}");
+    });
+    assert_eq!(code, 1, "{shown}");
+    assert_eq!(j["first_failed_step"], 1, "{shown}");
+    let s1 = &j["steps"][0];
+    assert_eq!(s1["status"], "fail", "{shown}");
+    let summary = s1["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("the LB process does not accept fast enough: accept queue full")
+            && summary.contains("ListenOverflows +")
+            && summary.contains("got no SYN-ACK"),
+        "{shown}"
+    );
+    assert!(
+        s1["next"].as_str().is_some_and(|n| n.contains("maxconn")),
+        "{shown}"
+    );
+    // The finding carries its counters with before and after, and the full listener.
+    let f = s1["host"]
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["kind"] == "accept_queue_full"))
+        .unwrap_or_else(|| panic!("no accept_queue_full finding in step 1\n{shown}"));
+    assert_eq!(f["status"], "fail", "{shown}");
+    let overflow = f["counters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["counter"] == "TcpExt.ListenOverflows"))
+        .unwrap_or_else(|| panic!("ListenOverflows not in the finding\n{shown}"));
+    assert!(
+        overflow["after"].as_u64() > overflow["before"].as_u64(),
+        "{shown}"
+    );
+    assert_eq!(
+        f["listener"]["listener"],
+        format!("{}:{VIP_PORT}", VIP.v4),
+        "{shown}"
+    );
+    assert!(
+        f["listener"]["depth"].as_u64() >= f["listener"]["backlog"].as_u64(),
+        "the listener is not full\n{shown}"
+    );
+    // The same counter in the host's evidence, before < after.
+    let (b, a) = counter(&j, "TcpExt.ListenOverflows");
+    assert!(a > b, "host.counters ListenOverflows {b} -> {a}\n{shown}");
+    // The unanswered SYNs are step 1's evidence.
+    assert!(
+        s1["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|ev| ev["flags"] == "S")),
+        "{shown}"
+    );
+    // Step 2 does not pass over its unanswered connections.
+    assert_ne!(j["steps"][1]["status"], "pass", "{shown}");
+    assert_no_pass_with_failures(&j, &shown);
+}
+
+#[test]
+fn pressure_syn_cookies_are_a_finding() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-healthy").expect("scenario haproxy-http-healthy");
+    let _setup = s.setup(&lab);
+    // Every SYN-ACK of the lb namespace is a cookie.
+    lab.lb.sysctl("net.ipv4.tcp_syncookies", "2");
+    let (code, j, shown) = check(&lab, || {
+        let codes = curls(&lab, 4);
+        assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    });
+    let s1 = &j["steps"][0];
+    assert_eq!(s1["status"], "warn", "{shown}");
+    assert!(
+        s1["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("SYN cookies") && s.contains("SyncookiesSent +")),
+        "{shown}"
+    );
+    let (b, a) = counter(&j, "TcpExt.SyncookiesSent");
+    assert!(a > b, "host.counters SyncookiesSent {b} -> {a}\n{shown}");
+    assert!(
+        j["host"]["pressure"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|f| f["kind"] == "syn_cookies" && f["step"] == 1)),
+        "{shown}"
+    );
+    // A warning fails nothing.
+    assert_eq!(
+        (code, &j["first_failed_step"]),
+        (0, &Value::Null),
+        "{shown}"
+    );
+    assert_no_pass_with_failures(&j, &shown);
+}
