@@ -245,3 +245,80 @@ fn pressure_syn_cookies_are_a_finding() {
     );
     assert_no_pass_with_failures(&j, &shown);
 }
+
+/// `n` idle connections from the lb to backend 0 (each holds a local port toward it).
+fn hold_backend_ports(lab: &Lab, n: usize, name: &str) -> Proc {
+    let code = format!(
+        "import socket, time\n\
+         socks = [socket.create_connection(('{}', {BACKEND_PORT}), timeout=5) for _ in range({n})]\n\
+         print('holding', flush=True)\n\
+         time.sleep(60)\n",
+        BACKENDS[0].addr.v4
+    );
+    let mut p = lab
+        .lb
+        .spawn(name, lab.dir(), &["/usr/bin/python3", "-c", &code]);
+    p.wait_until("holding connections", Duration::from_secs(15), |p| {
+        p.stdout().contains("holding")
+    });
+    p
+}
+
+/// Step 3's `source_ports` finding for backend 0.
+fn ports_finding<'a>(j: &'a Value, shown: &str) -> &'a Value {
+    let be = format!("{}:{BACKEND_PORT}", BACKENDS[0].addr.v4);
+    j["steps"][2]["host"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|h| h["kind"] == "source_ports" && h["ports"]["backend"] == be)
+        })
+        .unwrap_or_else(|| panic!("no source_ports finding for {be} in step 3\n{shown}"))
+}
+
+#[test]
+fn pressure_source_ports_warn_then_fail() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-healthy").expect("scenario haproxy-http-healthy");
+    let _setup = s.setup(&lab);
+    // 20 local ports in the lb namespace.
+    lab.lb.sysctl("net.ipv4.ip_local_port_range", "40000 40019");
+    // 16 held, +1 for the probe's TIME_WAIT, + at most 2 of HAProxy's: 85-95 %.
+    let first = hold_backend_ports(&lab, 16, "holders-16");
+    let (_, j, shown) = check(&lab, || {
+        curls(&lab, 2);
+    });
+    let f = ports_finding(&j, &shown);
+    assert_eq!(
+        (&f["status"], &f["exhausted"], &f["ports"]["usable"]),
+        (&Value::from("warn"), &Value::from(false), &Value::from(20)),
+        "{shown}"
+    );
+    assert!(
+        f["ports"]["used"]
+            .as_u64()
+            .is_some_and(|u| (16..20).contains(&u)),
+        "{shown}"
+    );
+    assert_eq!(j["steps"][2]["status"], "warn", "{shown}");
+    assert!(
+        j["steps"][2]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("local ports from") && s.contains("nearly used up")),
+        "{shown}"
+    );
+    // Every port held: the LB's own probe cannot connect, and the finding fails step 3.
+    let _rest = hold_backend_ports(&lab, 4, "holders-4");
+    let (code, j, shown) = check(&lab, || {
+        curls(&lab, 2);
+    });
+    let f = ports_finding(&j, &shown);
+    assert_eq!(
+        (&f["status"], &f["exhausted"]),
+        (&Value::from("fail"), &Value::from(true)),
+        "{shown}"
+    );
+    assert_eq!(j["steps"][2]["status"], "fail", "{shown}");
+    assert_eq!(code, 1, "{shown}");
+    drop(first);
+}
