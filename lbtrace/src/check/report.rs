@@ -363,7 +363,16 @@ pub fn print(ctx: Ctx<'_>, format: Format) {
 
 /// A step's finding in one sentence.
 pub fn summary(s: &StepVerdict) -> String {
-    let base = finding_summary(s);
+    let base = match &s.finding {
+        // SYNs a full accept queue refused were dropped without a drop reason: "not dropped"
+        // would contradict the headline.
+        StepFinding::ClientToLb(ClientFinding::Reached { syns, connections })
+            if s.host.iter().any(|h| h.status == Status::Fail) =>
+        {
+            format!("{syns} SYN(s) from {connections} client connection(s) reached the LB")
+        }
+        _ => finding_summary(s),
+    };
     // A host limit that fails the step is its headline; others follow the step's own finding.
     let (first, rest): (Vec<&HostFinding>, Vec<&HostFinding>) =
         s.host.iter().partition(|h| h.status == Status::Fail);
@@ -390,9 +399,11 @@ pub fn next(s: &StepVerdict) -> Option<String> {
         .filter(|h| h.status == Status::Fail)
         .chain(s.host.iter().filter(|h| h.status == Status::Warn))
         .find_map(|h| host_next(&h.pressure));
-    match s.host.iter().any(|h| h.status == Status::Fail) {
-        true => host_first.or_else(|| finding_next(s)),
-        false => finding_next(s).or(host_first),
+    // A host limit that fails the step is what to look at first.
+    if s.host.iter().any(|h| h.status == Status::Fail) {
+        host_first.or_else(|| finding_next(s))
+    } else {
+        finding_next(s).or(host_first)
     }
 }
 
