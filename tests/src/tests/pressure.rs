@@ -18,55 +18,6 @@ use crate::{
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// HAProxy with `maxconn 1` and `backlog 1` on VIP:80 (IPv4 only), HTTP to the three backends.
-fn tiny_haproxy(lab: &Lab) -> Proc {
-    let mut cfg = String::from(
-        "global\n    maxconn 1\n\ndefaults\n    mode http\n    timeout connect 2s\n    \
-         timeout client 30s\n    timeout server 10s\n\nfrontend fe\n    backlog 1\n",
-    );
-    cfg += &format!(
-        "    bind {}:{VIP_PORT}\n    default_backend be\n\nbackend be\n",
-        VIP.v4
-    );
-    for b in &BACKENDS {
-        cfg += &format!("    server {} {}:{BACKEND_PORT}\n", b.name, b.addr.v4);
-    }
-    let path = lab.dir().join("haproxy-tiny.cfg");
-    std::fs::write(&path, cfg).expect("writing haproxy-tiny.cfg");
-    let path = path.to_string_lossy().into_owned();
-    let mut p = lab
-        .lb
-        .spawn("haproxy-tiny", lab.dir(), &["haproxy", "-db", "-f", &path]);
-    let vip = format!("{}:{VIP_PORT}", VIP.v4);
-    p.wait_until("listening on the VIP", Duration::from_secs(10), |_| {
-        lab.lb.listening_on(&vip)
-    });
-    p
-}
-
-/// Three idle connections from the client: HAProxy takes one (its maxconn), the accept queue
-/// holds the other two (backlog 1 + 1). They send nothing and stay open.
-fn holders(lab: &Lab) -> Proc {
-    let code = format!(
-        "import socket, time\n\
-         socks = []\n\
-         for _ in range(3):\n\
-         \x20   s = socket.create_connection(('{}', {VIP_PORT}), timeout=5)\n\
-         \x20   socks.append(s)\n\
-         \x20   time.sleep(0.2)\n\
-         print('holding', flush=True)\n\
-         time.sleep(60)\n",
-        VIP.v4
-    );
-    let mut p = lab
-        .client
-        .spawn("holders", lab.dir(), &["/usr/bin/python3", "-c", &code]);
-    p.wait_until("holding 3 connections", Duration::from_secs(15), |p| {
-        p.stdout().contains("holding")
-    });
-    p
-}
-
 /// Runs `lbtrace check --format json` for VIP:80 and every backend while `clients` runs.
 fn check(lab: &Lab, clients: impl FnOnce()) -> (i32, Value, String) {
     let mut args = vec!["--vip".to_owned(), format!("{}:{VIP_PORT}", VIP.v4)];
@@ -150,8 +101,9 @@ fn counter(j: &Value, name: &str) -> (u64, u64) {
 #[test]
 fn pressure_accept_queue_full_fails_step_one() {
     let lab = Lab::new();
-    let _haproxy = tiny_haproxy(&lab);
-    let _holders = holders(&lab);
+    // HAProxy with maxconn 1 and backlog 1, held by three idle clients (src/lab/fault.rs).
+    let s = scenario::find("haproxy-http-accept-queue-full").expect("scenario");
+    let _setup = s.setup(&lab);
     let (code, j, shown) = check(&lab, || {
         let codes = curls(&lab, 4);
         // Nothing answers them: the accept queue is full.
