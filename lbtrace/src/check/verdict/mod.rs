@@ -172,13 +172,24 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         .filter(|fl| !fl.stack_drop(f.events, f.reasons))
         .collect();
     let mode = handling::mode(&live);
+    let host = f
+        .host
+        .map(|h| host_findings(f, h, mode, &syn_flows, &live))
+        .unwrap_or_default();
+    // SYNs a full accept queue refused failed at step 1: the later steps judge the others.
+    let queue_full = host.iter().any(|h| {
+        h.status == Status::Fail
+            && matches!(h.pressure, crate::host::Pressure::AcceptQueueFull { .. })
+    });
+    let live: Vec<&Flow> = live
+        .into_iter()
+        .filter(|fl| !(queue_full && fl.unanswered()))
+        .collect();
     let s2 = handling::judge(f, &live, mode);
     let (s3, backends) = backends::judge(f, &live, &c.probe_events);
     let s4 = return_path::judge(f, &live);
     let mut steps = vec![s1, s2, s3, s4];
-    if let Some(h) = f.host {
-        add_host(f, h, mode, &syn_flows, &live, &mut steps);
-    }
+    add_host(host, &syn_flows, &mut steps);
     // Steps left without evidence by an earlier failure are unknown, blocked by it.
     let first_fail = steps
         .iter()
@@ -200,36 +211,43 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
     }
 }
 
-/// Gives each step the host findings tied to it, and lets them decide its status. A full accept
-/// queue's unanswered SYNs join step 1's evidence.
-fn add_host(
+/// The host's findings for the window (see [`host`] for the rule).
+fn host_findings(
     f: &Facts<'_>,
     h: &HostFacts,
     mode: Mode,
     syn_flows: &[&Flow],
     live: &[&Flow],
-    steps: &mut [StepVerdict],
-) {
-    let unanswered: Vec<&Flow> = live.iter().copied().filter(|fl| fl.unanswered()).collect();
+) -> Vec<HostFinding> {
     let rpfilter_drop = syn_flows.iter().any(|fl| {
         fl.drops.iter().any(|&i| {
             flow::drop_class(&f.events[i], f.reasons) == Some(crate::checklist::DropClass::RpFilter)
         })
     });
     let seen = host::Seen {
-        unanswered: unanswered.len(),
+        unanswered: live.iter().filter(|fl| fl.unanswered()).count(),
         syn_flows: syn_flows.len(),
         rpfilter_drop,
     };
-    for hf in host::findings(h, mode, seen) {
+    host::findings(h, mode, seen)
+}
+
+/// Gives each step the host findings tied to it, and lets them decide its status. A full accept
+/// queue's unanswered SYNs join step 1's evidence.
+fn add_host(host: Vec<HostFinding>, syn_flows: &[&Flow], steps: &mut [StepVerdict]) {
+    let unanswered: Vec<&Flow> = syn_flows
+        .iter()
+        .copied()
+        .filter(|fl| fl.unanswered() && fl.drops.is_empty())
+        .take(3)
+        .collect();
+    for hf in host {
         let Some(s) = steps.get_mut(usize::from(hf.step()).saturating_sub(1)) else {
             continue;
         };
         if matches!(hf.pressure, crate::host::Pressure::AcceptQueueFull { .. }) {
-            s.evidence.extend(flow::evidence_of(
-                &unanswered[..unanswered.len().min(3)],
-                Flow::evidence,
-            ));
+            s.evidence
+                .extend(flow::evidence_of(&unanswered, Flow::evidence));
             s.evidence.sort_unstable();
             s.evidence.dedup();
         }

@@ -647,6 +647,12 @@ fn a_full_accept_queue_fails_step_one_with_its_counters() {
     };
     assert_eq!(listener.map(|l| l.depth), Some(2));
     assert_eq!((counters[0].before, counters[0].after), (5, 23));
+    // Those connections failed at step 1: step 2 judges the three the LB served.
+    assert!(
+        matches!(handling(&v), HandlingFinding::Served { connections: 3, .. }),
+        "{v:#?}"
+    );
+    assert_eq!(v.steps[1].status, Status::Pass);
     // Step 1's evidence has the unanswered SYNs.
     assert!(
         v.steps[0]
