@@ -278,3 +278,25 @@ fn pressure_source_ports_warn_then_fail() {
     assert_eq!(code, 1, "{shown}");
     drop(first);
 }
+
+#[test]
+fn pressure_one_backend_of_three_failing_passes_no_step_with_failures() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-backend-refused").expect("scenario");
+    let _setup = s.setup(&lab);
+    let (code, j, shown) = check(&lab, || {
+        curls(&lab, 4);
+    });
+    assert_eq!(
+        (code, &j["first_failed_step"]),
+        (1, &Value::from(3)),
+        "{shown}"
+    );
+    assert!(
+        j["steps"][2]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("1 of 3 backend(s) not reachable")),
+        "{shown}"
+    );
+    assert_no_pass_with_failures(&j, &shown);
+}
