@@ -38,6 +38,8 @@ pub struct Collected {
     pub events_cap: usize,
     /// Events that arrived once `events_cap` were kept.
     pub events_not_kept: u64,
+    /// The LB host's limits before and after the window.
+    pub host: verdict::HostFacts,
 }
 
 pub fn facts_of(p: &ProbeReport) -> ProbeFacts {
@@ -83,6 +85,7 @@ pub fn facts<'a>(
     events: &'a [KernelEvent],
     window: Duration,
     reasons: &'a DropReasons,
+    host: Option<&'a verdict::HostFacts>,
 ) -> Facts<'a> {
     Facts {
         vip: args.vip,
@@ -93,6 +96,7 @@ pub fn facts<'a>(
         vip_probe: probes.vip.as_ref(),
         window_secs: window.as_secs_f64(),
         reasons,
+        host,
     }
 }
 
@@ -181,6 +185,13 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
     let mut rings = tracer.rings()?;
     session::announce(&tracer);
     session::write_ready_file(args.ready_file.as_deref())?;
+    // The host's limits before the window: what moves until the second sample is evidence.
+    let host_ifaces: Vec<String> = cfg.ifaces.iter().map(|l| l.name.clone()).collect();
+    let sample_host = {
+        let (vips, backends) = (vec![args.vip], args.backend.clone());
+        move || crate::host::sample(&vips, &backends, &host_ifaces)
+    };
+    let host_before = sample_host();
     let probes = spawn_probes(&args, vip);
 
     let who = args
@@ -214,6 +225,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         (None, Some(p)) => p.await.context("the probe task failed")?,
         (None, None) => bail!("probes did not run"),
     };
+    let host_after = sample_host();
     tracer.detach();
     let mut log = observed.log;
     log.extend(session::drain(&mut rings, &mut decode_errors));
@@ -226,6 +238,10 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         window: started.elapsed(),
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),
+        host: verdict::HostFacts {
+            before: host_before,
+            after: host_after,
+        },
     };
     let probes = ProbeSet::of(&collected.probes, collected.vip_probe.as_ref());
     let v = verdict::judge(&facts(
@@ -234,6 +250,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         &collected.events,
         collected.window,
         &reasons,
+        Some(&collected.host),
     ));
     let mut ifnames = crate::render::IfNames::default();
     for l in &cfg.ifaces {

@@ -156,7 +156,14 @@ pub async fn observe(
         let now = tokio::time::Instant::now();
         if now >= judge_at && judged.is_none_or(|(_, n)| n != log.events().len()) {
             let probes = ProbeSet::of(bp, Some(vp));
-            let f = facts(args, &probes, log.events(), started.elapsed(), reasons);
+            let f = facts(
+                args,
+                &probes,
+                log.events(),
+                started.elapsed(),
+                reasons,
+                None,
+            );
             let all_pass = verdict::judge(&f)
                 .steps
                 .iter()

@@ -15,7 +15,7 @@
 //! | [`Lab::fault_backends_bypass_lb`] | the backends' default route goes through a second link to the router | replies to clients skip the lb |
 //! | [`Lab::fault_replies_dropped`] | the router drops packets from the VIPs to the client | the lb's SYN-ACKs never arrive |
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use super::{
     BACKENDS, BRIDGE, CLIENT, LB_INTERNAL, Lab, Netns, TLS_PORT, VIP, VIP_PORT, addr, veth,
@@ -36,6 +36,8 @@ pub struct Fault<'a> {
     lab: &'a Lab,
     what: String,
     undo: Vec<Undo>,
+    /// Processes the fault runs; stopped after the undo steps.
+    procs: Vec<super::Proc>,
 }
 
 impl<'a> Fault<'a> {
@@ -44,6 +46,7 @@ impl<'a> Fault<'a> {
             lab,
             what,
             undo: Vec::new(),
+            procs: Vec::new(),
         }
     }
 
@@ -129,6 +132,35 @@ pub const BYPASS_ROUTER: super::Addr = super::Addr {
 impl Lab {
     /// The router drops SYNs to the VIPs (ports 80 and 443, both families) in its forward chain:
     /// the problem is upstream of the lb, no SYN arrives there.
+    /// Three idle connections from the client to the IPv4 VIP, sending nothing: behind
+    /// [`super::HaProxy::start_tiny`] one fills HAProxy's maxconn and two its accept queue, so
+    /// the kernel drops every further SYN (ListenOverflows) without a drop reason.
+    pub fn fault_accept_queue_full(&self) -> Fault<'_> {
+        let mut f = Fault::new(
+            self,
+            "three idle clients hold HAProxy (maxconn 1) and its accept queue (backlog 1)"
+                .to_owned(),
+        );
+        let code = format!(
+            "import socket, time\n\
+             socks = []\n\
+             for _ in range(3):\n\
+             \x20   socks.append(socket.create_connection(('{}', {VIP_PORT}), timeout=5))\n\
+             \x20   time.sleep(0.2)\n\
+             print('holding', flush=True)\n\
+             time.sleep(120)\n",
+            VIP.v4
+        );
+        let mut p = self
+            .client
+            .spawn("holders", self.dir(), &["/usr/bin/python3", "-c", &code]);
+        p.wait_until("holding 3 connections", Duration::from_secs(15), |p| {
+            p.stdout().contains("holding")
+        });
+        f.procs.push(p);
+        f
+    }
+
     pub fn fault_upstream_drop(&self) -> Fault<'_> {
         let mut f = Fault::new(self, "the router drops SYNs to the VIP".to_owned());
         let table = "lbtrace_fault_upstream";

@@ -100,6 +100,19 @@ impl HaProxy {
         HaProxy::start_cfg(ns, dir, &cfg, mode.port())
     }
 
+    /// Starts HAProxy in HTTP mode with `maxconn 1` and `backlog 1` on its frontends: one
+    /// connection in HAProxy and two in the kernel's accept queue fill it.
+    pub fn start_tiny(ns: &Netns, dir: &Path, backends: &[Backend]) -> HaProxy {
+        let cfg = HaProxy::config_mode(backends, &HaProxyMode::Http, Some(1))
+            .replacen("maxconn 256", "maxconn 1", 1)
+            .replace(
+                "\n    default_backend",
+                "\n    backlog 1\n    default_backend",
+            )
+            .replace("timeout client 10s", "timeout client 60s");
+        HaProxy::start_cfg(ns, dir, &cfg, VIP_PORT)
+    }
+
     fn start_cfg(ns: &Netns, dir: &Path, cfg: &str, port: u16) -> HaProxy {
         let cfg_path = dir.join("haproxy.cfg");
         fs::write(&cfg_path, cfg).expect("writing haproxy.cfg");

@@ -72,6 +72,8 @@ pub enum FaultKind {
     AllBackendsDown,
     BackendsBypassLb,
     RepliesDropped,
+    /// HAProxy with `maxconn 1` and `backlog 1`, held by three idle clients.
+    AcceptQueueFull,
 }
 
 /// One scenario: `name` is what `cargo xtask demo NAME` takes, and with `-` as `_` the suffix of
@@ -151,6 +153,8 @@ pub const SCENARIOS: &[Scenario] = &[
         "DNAT without SNAT, and the backends' default route skips the LB"),
     sc("haproxy-http-replies-dropped", L::HaproxyHttp, F::RepliesDropped, Family::V4,
         "a router drops the LB's replies (SYN-ACKs) to the client"),
+    sc("haproxy-http-accept-queue-full", L::HaproxyHttp, F::AcceptQueueFull, Family::V4,
+        "HAProxy (maxconn 1, backlog 1) is held by idle clients: its accept queue is full"),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -217,6 +221,9 @@ impl Scenario {
     /// Starts the load balancer, then applies the fault.
     pub fn setup<'a>(&self, lab: &'a Lab) -> Setup<'a> {
         let lb = match self.lb {
+            LbKind::HaproxyHttp if self.fault == F::AcceptQueueFull => {
+                LbGuard::HaProxy(HaProxy::start_tiny(&lab.lb, lab.dir(), &BACKENDS))
+            }
             LbKind::HaproxyHttp => LbGuard::HaProxy(lab.haproxy_mode(&HaProxyMode::Http)),
             LbKind::HaproxyTcp => LbGuard::HaProxy(lab.haproxy_mode(&HaProxyMode::Tcp)),
             LbKind::HaproxyTls => {
@@ -241,6 +248,7 @@ impl Scenario {
             F::AllBackendsDown => Some(lab.fault_all_backends_down()),
             F::BackendsBypassLb => Some(lab.fault_backends_bypass_lb()),
             F::RepliesDropped => Some(lab.fault_replies_dropped()),
+            F::AcceptQueueFull => Some(lab.fault_accept_queue_full()),
         };
         Setup { fault, lb }
     }

@@ -5,6 +5,7 @@ mod check;
 mod coexist;
 mod hardening;
 mod lab_smoke;
+mod pressure;
 mod trace;
 mod watch;
 mod watch_parity;

@@ -45,6 +45,12 @@ impl Flow {
         !self.syn_acks.is_empty()
     }
 
+    /// Neither answered, nor forwarded, nor reset: the SYN got nothing back (a full accept queue
+    /// drops it without a drop reason).
+    pub fn unanswered(&self) -> bool {
+        !self.answered() && !self.l4() && self.lb_rsts.is_empty()
+    }
+
     /// The client's SYN was forwarded to a backend (NAT).
     pub fn l4(&self) -> bool {
         !self.forwarded.is_empty() || !self.forward_drops.is_empty()

@@ -47,11 +47,27 @@ pub enum HandlingFinding {
     },
 }
 
+impl Outcomes {
+    /// Connections that failed at this step: the LB neither answered nor forwarded them, or its
+    /// kernel refused them. Both causes are on the LB host. (A reset or a close is the LB
+    /// handling a failure, usually a backend's: step 3 judges that.)
+    pub fn failed(&self) -> usize {
+        self.unanswered + self.kernel_refused
+    }
+}
+
 impl HandlingFinding {
+    /// Never `pass` while a connection failed here: any failed connection fails the step (its
+    /// cause is the LB host); hanging connections (the LB waits for a backend) are a warning.
     pub fn status(&self) -> Status {
         match self {
             Self::NoConnection => Status::Unknown,
             Self::NothingServes { .. } => Status::Fail,
+            Self::Served { outcomes, .. } | Self::Hang { outcomes, .. }
+                if outcomes.failed() > 0 =>
+            {
+                Status::Fail
+            }
             Self::Served { .. } => Status::Pass,
             Self::Hang { .. } => Status::Warn,
         }
@@ -86,10 +102,7 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
         .iter()
         .filter(|fl| fl.kernel_refused(ev, f.reasons))
         .count();
-    let unanswered = live
-        .iter()
-        .filter(|fl| !fl.answered() && !fl.l4() && fl.lb_rsts.is_empty())
-        .count();
+    let unanswered = live.iter().filter(|fl| fl.unanswered()).count();
     let served = live.len() - kernel_refused - unanswered;
     let local_http = f.vip_probe.and_then(|p| p.http_status);
     if served == 0 {
@@ -153,6 +166,14 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
             .iter()
             .flat_map(|fl| fl.lb_fins.iter().copied()),
     );
+    // The connections that failed here: their SYNs are the evidence.
+    let failed: Vec<&Flow> = live
+        .iter()
+        .copied()
+        .filter(|fl| fl.unanswered())
+        .take(3)
+        .collect();
+    evid.extend(evidence_of(&failed, Flow::evidence));
     evid.sort_unstable();
     evid.dedup();
     if !hang.is_empty() {

@@ -16,6 +16,7 @@ pub mod backends;
 pub mod client;
 pub mod flow;
 pub mod handling;
+pub mod host;
 pub mod return_path;
 
 #[cfg(test)]
@@ -26,6 +27,7 @@ use std::net::SocketAddr;
 pub use backends::{BackendFinding, BackendsFinding, LbToBackend};
 pub use client::ClientFinding;
 pub use handling::{HandlingFinding, Outcomes};
+pub use host::{HostFacts, HostFinding};
 pub use return_path::ReturnFinding;
 
 use crate::{checklist::Step, endpoint::Endpoint, event::KernelEvent, kernel::btf::DropReasons};
@@ -86,6 +88,8 @@ pub struct Facts<'a> {
     pub vip_probe: Option<&'a ProbeFacts>,
     pub window_secs: f64,
     pub reasons: &'a DropReasons,
+    /// The LB host's limits before and after the window; `None` while the window is open.
+    pub host: Option<&'a HostFacts>,
 }
 
 /// What a step found, typed per step.
@@ -118,6 +122,9 @@ pub struct StepVerdict {
     pub evidence: Vec<usize>,
     /// A step left without evidence by an earlier step's failure.
     pub blocked_by: Option<Step>,
+    /// The LB host's limits reached during the window that bear on this step; they can only
+    /// make its status worse ([`host::escalate`]).
+    pub host: Vec<HostFinding>,
 }
 
 impl StepVerdict {
@@ -128,6 +135,7 @@ impl StepVerdict {
             finding,
             evidence,
             blocked_by: None,
+            host: Vec::new(),
         }
     }
 }
@@ -164,10 +172,24 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         .filter(|fl| !fl.stack_drop(f.events, f.reasons))
         .collect();
     let mode = handling::mode(&live);
+    let host = f
+        .host
+        .map(|h| host_findings(f, h, mode, &syn_flows, &live))
+        .unwrap_or_default();
+    // SYNs a full accept queue refused failed at step 1: the later steps judge the others.
+    let queue_full = host.iter().any(|h| {
+        h.status == Status::Fail
+            && matches!(h.pressure, crate::host::Pressure::AcceptQueueFull { .. })
+    });
+    let live: Vec<&Flow> = live
+        .into_iter()
+        .filter(|fl| !(queue_full && fl.unanswered()))
+        .collect();
     let s2 = handling::judge(f, &live, mode);
     let (s3, backends) = backends::judge(f, &live, &c.probe_events);
     let s4 = return_path::judge(f, &live);
     let mut steps = vec![s1, s2, s3, s4];
+    add_host(host, &syn_flows, &mut steps);
     // Steps left without evidence by an earlier failure are unknown, blocked by it.
     let first_fail = steps
         .iter()
@@ -186,5 +208,52 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         first_failed_step: first_fail,
         steps,
         backends,
+    }
+}
+
+/// The host's findings for the window (see [`host`] for the rule).
+fn host_findings(
+    f: &Facts<'_>,
+    h: &HostFacts,
+    mode: Mode,
+    syn_flows: &[&Flow],
+    live: &[&Flow],
+) -> Vec<HostFinding> {
+    let rpfilter_drop = syn_flows.iter().any(|fl| {
+        fl.drops.iter().any(|&i| {
+            flow::drop_class(&f.events[i], f.reasons) == Some(crate::checklist::DropClass::RpFilter)
+        })
+    });
+    let seen = host::Seen {
+        unanswered: live.iter().filter(|fl| fl.unanswered()).count(),
+        syn_flows: syn_flows.len(),
+        rpfilter_drop,
+    };
+    host::findings(h, mode, seen)
+}
+
+/// Gives each step the host findings tied to it, and lets them decide its status. A full accept
+/// queue's unanswered SYNs join step 1's evidence.
+fn add_host(host: Vec<HostFinding>, syn_flows: &[&Flow], steps: &mut [StepVerdict]) {
+    let unanswered: Vec<&Flow> = syn_flows
+        .iter()
+        .copied()
+        .filter(|fl| fl.unanswered() && fl.drops.is_empty())
+        .take(3)
+        .collect();
+    for hf in host {
+        let Some(s) = steps.get_mut(usize::from(hf.step()).saturating_sub(1)) else {
+            continue;
+        };
+        if matches!(hf.pressure, crate::host::Pressure::AcceptQueueFull { .. }) {
+            s.evidence
+                .extend(flow::evidence_of(&unanswered, Flow::evidence));
+            s.evidence.sort_unstable();
+            s.evidence.dedup();
+        }
+        s.host.push(hf);
+    }
+    for s in steps.iter_mut() {
+        s.status = host::escalate(s.status, &s.host);
     }
 }

@@ -49,6 +49,7 @@ fn run(events: &[KernelEvent], probes: &[ProbeFacts]) -> Verdict {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        host: None,
     })
 }
 
@@ -488,6 +489,7 @@ fn client_filter_ignores_other_clients() {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        host: None,
     });
     assert_eq!(
         *client_finding(&v),
@@ -544,4 +546,119 @@ fn many_clients_are_judged_in_linear_time() {
     );
     println!("{n} connections judged in {took:?}");
     assert!(took.as_secs() < 10, "{n} connections judged in {took:?}");
+}
+
+/// Three of six clients answered, three SYNs never answered (a full accept queue drops them
+/// without a drop reason): step 2 used to pass "of 6 connection(s): 3 unanswered".
+fn half_answered() -> Vec<KernelEvent> {
+    let mut ev = probe_packets();
+    for i in 0..3u16 {
+        ev.extend(l7_conn(
+            10 + u64::from(i) * 10,
+            &format!("10.10.1.2:{}", 40000 + i),
+            1000,
+        ));
+    }
+    for i in 3..6u16 {
+        let c = format!("10.10.1.2:{}", 40000 + i);
+        ev.push(pkt(100 + u64::from(i), Dir::In, &c, VIP, SYN, 5000, 0));
+        ev.push(pkt(1100 + u64::from(i), Dir::In, &c, VIP, SYN, 5000, 0));
+    }
+    ev.sort_by_key(|e| e.ts_ns);
+    ev
+}
+
+#[test]
+fn unanswered_syns_never_let_step_two_pass() {
+    let ev = half_answered();
+    let v = run(&ev, &healthy_probes());
+    assert_eq!(v.steps[1].status, Status::Fail, "{v:#?}");
+    let HandlingFinding::Served {
+        connections,
+        outcomes,
+        ..
+    } = handling(&v)
+    else {
+        panic!("{v:#?}")
+    };
+    assert_eq!(
+        (*connections, outcomes.unanswered, outcomes.failed()),
+        (6, 3, 3)
+    );
+    // The unanswered SYNs are in the evidence.
+    assert!(
+        v.steps[1]
+            .evidence
+            .iter()
+            .any(|&i| ev[i].src.port() == 40005 && ev[i].is_syn()),
+        "{v:#?}"
+    );
+    // Without host evidence step 1 has nothing against it.
+    assert_eq!(v.steps[0].status, Status::Pass);
+}
+
+#[test]
+fn a_full_accept_queue_fails_step_one_with_its_counters() {
+    use crate::host::{Listen, Pressure, Sample};
+    let ev = half_answered();
+    let counters = |n: u64| {
+        [
+            ("TcpExt.ListenOverflows".to_owned(), n),
+            ("TcpExt.ListenDrops".to_owned(), n),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let host = HostFacts {
+        before: Sample {
+            counters: counters(5),
+            ..Sample::default()
+        },
+        after: Sample {
+            listen: vec![Listen {
+                listener: sa(VIP),
+                depth: 2,
+                backlog: 2,
+            }],
+            counters: counters(23),
+            ..Sample::default()
+        },
+    };
+    let backends: Vec<Endpoint> = [BE1, BE2].iter().map(|b| b.parse().unwrap()).collect();
+    let r = reasons();
+    let probes = healthy_probes();
+    let v = judge(&Facts {
+        vip: VIP.parse().unwrap(),
+        backends: &backends,
+        client: None,
+        events: &ev,
+        probes: &probes,
+        vip_probe: None,
+        window_secs: 10.0,
+        reasons: &r,
+        host: Some(&host),
+    });
+    assert_eq!(v.first_failed_step, Some(Step::ClientToLb), "{v:#?}");
+    let h = &v.steps[0].host;
+    assert_eq!(h.len(), 1, "{v:#?}");
+    assert_eq!((h[0].status, h[0].unanswered), (Status::Fail, Some((3, 6))));
+    let Pressure::AcceptQueueFull { counters, listener } = &h[0].pressure else {
+        panic!("{h:?}")
+    };
+    assert_eq!(listener.map(|l| l.depth), Some(2));
+    assert_eq!((counters[0].before, counters[0].after), (5, 23));
+    // Those connections failed at step 1: step 2 judges the three the LB served.
+    assert!(
+        matches!(handling(&v), HandlingFinding::Served { connections: 3, .. }),
+        "{v:#?}"
+    );
+    assert_eq!(v.steps[1].status, Status::Pass);
+    // Step 1's evidence has the unanswered SYNs.
+    assert!(
+        v.steps[0]
+            .evidence
+            .iter()
+            .any(|&i| ev[i].src.port() >= 40003 && ev[i].is_syn()),
+        "{v:#?}"
+    );
 }

@@ -1,13 +1,17 @@
 //! The check report: a short text a human reads top to bottom, or one JSON object
 //! (docs/output.md). Evidence is printed as `trace` prints events, times relative to the first.
 
+mod host;
+
 use serde_json::{Value, json};
 
+use self::host::{host_evidence, host_finding_json, host_json, host_next, host_text, host_words};
 use super::{
     Collected,
     verdict::{
-        BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, LbToBackend, Mode,
-        Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict, flow::ReasonCounts,
+        BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
+        Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict,
+        flow::ReasonCounts,
     },
 };
 use crate::{
@@ -92,6 +96,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             if let Some(b) = s.blocked_by {
                 o["blocked_by"] = json!(b);
             }
+            o["host"] = s.host.iter().map(host_finding_json).collect::<Vec<_>>().into();
             o
         })
         .collect();
@@ -128,6 +133,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "events_cap": ctx.collected.events_cap,
             "events_not_kept": ctx.collected.events_not_kept,
         },
+        "host": host_json(&ctx.collected.host, v),
     })
 }
 
@@ -241,6 +247,11 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
                 s.evidence.len() - 8
             ));
         }
+        for h in &s.host {
+            for line in host_evidence(&h.pressure) {
+                out.push_str(&format!("            host: {line}\n"));
+            }
+        }
         if let Some(n) = next(s) {
             out.push_str(&format!("            next: {n}\n"));
         }
@@ -267,6 +278,7 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             probe_line(p)
         ));
     }
+    out.push_str(&host_text(&ctx.collected.host));
     let c = &ctx.collected.counters;
     let drops: Vec<String> = drop_counts(&ctx)
         .iter()
@@ -310,6 +322,26 @@ pub fn print(ctx: Ctx<'_>, format: Format) {
 
 /// A step's finding in one sentence.
 pub fn summary(s: &StepVerdict) -> String {
+    let base = match &s.finding {
+        // SYNs a full accept queue refused were dropped without a drop reason: "not dropped"
+        // would contradict the headline.
+        StepFinding::ClientToLb(ClientFinding::Reached { syns, connections })
+            if s.host.iter().any(|h| h.status == Status::Fail) =>
+        {
+            format!("{syns} SYN(s) from {connections} client connection(s) reached the LB")
+        }
+        _ => finding_summary(s),
+    };
+    // A host limit that fails the step is its headline; others follow the step's own finding.
+    let (first, rest): (Vec<&HostFinding>, Vec<&HostFinding>) =
+        s.host.iter().partition(|h| h.status == Status::Fail);
+    let mut parts: Vec<String> = first.iter().map(|h| host_words(h)).collect();
+    parts.push(base);
+    parts.extend(rest.iter().map(|h| host_words(h)));
+    parts.join("; ")
+}
+
+fn finding_summary(s: &StepVerdict) -> String {
     match &s.finding {
         StepFinding::ClientToLb(f) => client_summary(f),
         StepFinding::LbHandling(f) => handling_summary(f),
@@ -320,6 +352,21 @@ pub fn summary(s: &StepVerdict) -> String {
 
 /// The next thing to check, when the finding calls for one.
 pub fn next(s: &StepVerdict) -> Option<String> {
+    let host_first = s
+        .host
+        .iter()
+        .filter(|h| h.status == Status::Fail)
+        .chain(s.host.iter().filter(|h| h.status == Status::Warn))
+        .find_map(|h| host_next(&h.pressure));
+    // A host limit that fails the step is what to look at first.
+    if s.host.iter().any(|h| h.status == Status::Fail) {
+        host_first.or_else(|| finding_next(s))
+    } else {
+        finding_next(s).or(host_first)
+    }
+}
+
+fn finding_next(s: &StepVerdict) -> Option<String> {
     match &s.finding {
         StepFinding::ClientToLb(ClientFinding::NoSyn { vip, .. }) => Some(format!(
             "connect from a client in another subnet (telnet {} {}) while lbtrace runs; if nothing shows, bring this to the network team: check the route to {} and the firewalls on the way",
@@ -333,6 +380,11 @@ pub fn next(s: &StepVerdict) -> Option<String> {
         StepFinding::ClientToLb(ClientFinding::Reached { .. }) => None,
         StepFinding::LbHandling(HandlingFinding::NothingServes { .. }) => Some(
             "check that the LB service is running and bound to the VIP (ss -ltn), or that its NAT rules match the VIP".to_owned(),
+        ),
+        StepFinding::LbHandling(
+            HandlingFinding::Served { outcomes, .. } | HandlingFinding::Hang { outcomes, .. },
+        ) if outcomes.unanswered > 0 => Some(
+            "SYNs the LB neither answers nor forwards, with no drop reason: a full accept queue drops them silently (ss -ltn: Recv-Q against Send-Q on the VIP; TcpExt ListenOverflows); check the LB's maxconn, its listen backlog and whether its workers are saturated".to_owned(),
         ),
         StepFinding::LbHandling(HandlingFinding::Hang { .. }) => Some(
             "the LB is waiting for a backend: see step 3, and the LB's timeouts".to_owned(),
@@ -467,7 +519,8 @@ fn handling_summary(f: &HandlingFinding) -> String {
         } => {
             let extra = outcome_words(*mode, outcomes);
             format!(
-                "{}; of {connections} connection(s): {}{}",
+                "{}{}; of {connections} connection(s): {}{}",
+                failed_share(outcomes, *connections),
                 mode_sentence(*mode),
                 if extra.is_empty() {
                     "served".to_owned()
@@ -488,6 +541,28 @@ fn handling_summary(f: &HandlingFinding) -> String {
             outcome_words(*mode, outcomes).join(", "),
             local_words(*local_http)
         ),
+    }
+}
+
+/// The share of connections that failed at step 2, first when there is one.
+fn failed_share(o: &Outcomes, connections: usize) -> String {
+    let mut parts = Vec::new();
+    if o.unanswered > 0 {
+        parts.push(format!(
+            "{} of {connections} client connection(s) got no SYN-ACK (the LB neither answered nor forwarded them)",
+            o.unanswered
+        ));
+    }
+    if o.kernel_refused > 0 {
+        parts.push(format!(
+            "{} of {connections} client connection(s) refused by the LB host's kernel (RST, NO_SOCKET)",
+            o.kernel_refused
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", parts.join("; "))
     }
 }
 
@@ -623,6 +698,7 @@ mod tests {
             finding,
             evidence: Vec::new(),
             blocked_by: None,
+            host: Vec::new(),
         }
     }
 
@@ -675,6 +751,64 @@ mod tests {
         assert_eq!(
             next(&s).as_deref(),
             Some("pass the backends with --backend ADDR:PORT")
+        );
+    }
+
+    #[test]
+    fn partial_failures_and_host_limits_in_words() {
+        use crate::host::{Listen, Moved, Pressure};
+        let outcomes = Outcomes {
+            answered_closed: 3,
+            unanswered: 3,
+            ..Outcomes::default()
+        };
+        let mut s = step(StepFinding::LbHandling(HandlingFinding::Served {
+            mode: Mode::L7,
+            connections: 6,
+            outcomes,
+            local_http: None,
+        }));
+        assert_eq!(s.status, Status::Fail);
+        assert!(
+            summary(&s).starts_with("3 of 6 client connection(s) got no SYN-ACK"),
+            "{}",
+            summary(&s)
+        );
+        assert!(next(&s).unwrap().contains("accept queue"));
+        let moved = |n: &str| Moved {
+            counter: n.to_owned(),
+            before: 5,
+            after: 23,
+        };
+        s.host = vec![HostFinding {
+            pressure: Pressure::AcceptQueueFull {
+                listener: Some(Listen {
+                    listener: "10.10.2.10:80".parse().unwrap(),
+                    depth: 2,
+                    backlog: 2,
+                }),
+                counters: vec![moved("TcpExt.ListenOverflows")],
+            },
+            status: Status::Fail,
+            unanswered: Some((3, 6)),
+        }];
+        assert!(
+            summary(&s).starts_with("the LB process does not accept fast enough: accept queue full (Recv-Q 2/2 on 10.10.2.10:80, ListenOverflows +18): 3 of 6 client connection(s) got no SYN-ACK; "),
+            "{}",
+            summary(&s)
+        );
+        assert!(next(&s).unwrap().contains("maxconn"));
+        assert_eq!(
+            host_evidence(&s.host[0].pressure)[0],
+            "TcpExt.ListenOverflows 5 -> 23 (+18)"
+        );
+        let j = host_finding_json(&s.host[0]);
+        assert_eq!(j["kind"], "accept_queue_full");
+        assert_eq!(j["counters"][0]["before"], 5);
+        assert_eq!(j["counters"][0]["after"], 23);
+        assert_eq!(
+            (j["step"].as_u64(), j["status"].as_str()),
+            (Some(1), Some("fail"))
         );
     }
 }

@@ -1,0 +1,302 @@
+//! `lbtrace check` with the LB host under pressure (issue 13): a full accept queue, SYN cookies.
+//! Each test builds its lab, puts the LB host in the state, runs `lbtrace check --format json` in
+//! the lb namespace while clients connect, and checks that the verdict names the host's limit
+//! with the counters that moved (before and after) and that no step passes with failed
+//! connections inside it.
+
+use std::{thread, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    lab::{
+        BACKEND_PORT, BACKENDS, Lab, Proc, VIP, VIP_PORT, curl,
+        scenario::{self, CheckRun},
+    },
+    runner::lbtrace_bin,
+};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `lbtrace check --format json` for VIP:80 and every backend while `clients` runs.
+fn check(lab: &Lab, clients: impl FnOnce()) -> (i32, Value, String) {
+    let mut args = vec!["--vip".to_owned(), format!("{}:{VIP_PORT}", VIP.v4)];
+    for b in &BACKENDS {
+        args.extend([
+            "--backend".to_owned(),
+            format!("{}:{BACKEND_PORT}", b.addr.v4),
+        ]);
+    }
+    args.extend(
+        [
+            "--format",
+            "json",
+            "--observe",
+            "6s",
+            "--probe-timeout",
+            "2s",
+        ]
+        .map(str::to_owned),
+    );
+    let run = CheckRun::start(lab, &lbtrace_bin(), "check", &args);
+    clients();
+    let done = run.wait(CHECK_TIMEOUT);
+    let json: Value = serde_json::from_str(done.stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "lbtrace check ({}) printed no JSON object ({err})\nstdout:\n{}\nstderr:\n{}",
+            done.status, done.stdout, done.stderr
+        )
+    });
+    let shown = serde_json::to_string_pretty(&json).unwrap_or_default();
+    eprintln!("{shown}\nstderr:\n{}", done.stderr);
+    (done.status.code().unwrap_or(-1), json, shown)
+}
+
+/// `curl -m 3` to the VIP from the client, `n` of them 300 ms apart, concurrently.
+fn curls(lab: &Lab, n: u32) -> Vec<String> {
+    let url = format!("http://{}:{VIP_PORT}/", VIP.v4);
+    thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|k| {
+                let (client, url) = (&lab.client, &url);
+                s.spawn(move || {
+                    thread::sleep(Duration::from_millis(300) * k);
+                    curl(client, url, 3).0
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("a curl thread panicked"))
+            .collect()
+    })
+}
+
+/// No step may pass while a connection failed at it: step 2 with unanswered or refused
+/// connections, step 4 with retransmitted SYNs.
+fn assert_no_pass_with_failures(j: &Value, shown: &str) {
+    for st in j["steps"].as_array().into_iter().flatten() {
+        if st["status"] != "pass" {
+            continue;
+        }
+        let s = st["summary"].as_str().unwrap_or_default();
+        for bad in ["unanswered", "no SYN-ACK", "refused", "retransmitted"] {
+            assert!(
+                !s.contains(bad),
+                "step {} passes with {bad:?}\n{shown}",
+                st["step"]
+            );
+        }
+    }
+}
+
+/// The counter `name` in `host.counters`: (before, after).
+fn counter(j: &Value, name: &str) -> (u64, u64) {
+    let c = &j["host"]["counters"][name];
+    (
+        c["before"].as_u64().unwrap_or(u64::MAX),
+        c["after"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn pressure_accept_queue_full_fails_step_one() {
+    let lab = Lab::new();
+    // HAProxy with maxconn 1 and backlog 1, held by three idle clients (src/lab/fault.rs).
+    let s = scenario::find("haproxy-http-accept-queue-full").expect("scenario");
+    let _setup = s.setup(&lab);
+    let (code, j, shown) = check(&lab, || {
+        let codes = curls(&lab, 4);
+        // Nothing answers them: the accept queue is full.
+        assert!(codes.iter().all(|c| c == "000"), "{codes:?}");
+    });
+    assert_eq!(code, 1, "{shown}");
+    assert_eq!(j["first_failed_step"], 1, "{shown}");
+    let s1 = &j["steps"][0];
+    assert_eq!(s1["status"], "fail", "{shown}");
+    let summary = s1["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("the LB process does not accept fast enough: accept queue full")
+            && summary.contains("ListenOverflows +")
+            && summary.contains("got no SYN-ACK"),
+        "{shown}"
+    );
+    assert!(
+        s1["next"].as_str().is_some_and(|n| n.contains("maxconn")),
+        "{shown}"
+    );
+    // The finding carries its counters with before and after, and the full listener.
+    let f = s1["host"]
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["kind"] == "accept_queue_full"))
+        .unwrap_or_else(|| panic!("no accept_queue_full finding in step 1\n{shown}"));
+    assert_eq!(f["status"], "fail", "{shown}");
+    let overflow = f["counters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["counter"] == "TcpExt.ListenOverflows"))
+        .unwrap_or_else(|| panic!("ListenOverflows not in the finding\n{shown}"));
+    assert!(
+        overflow["after"].as_u64() > overflow["before"].as_u64(),
+        "{shown}"
+    );
+    assert_eq!(
+        f["listener"]["listener"],
+        format!("{}:{VIP_PORT}", VIP.v4),
+        "{shown}"
+    );
+    assert!(
+        f["listener"]["depth"].as_u64() >= f["listener"]["backlog"].as_u64(),
+        "the listener is not full\n{shown}"
+    );
+    // The same counter in the host's evidence, before < after.
+    let (b, a) = counter(&j, "TcpExt.ListenOverflows");
+    assert!(a > b, "host.counters ListenOverflows {b} -> {a}\n{shown}");
+    // The unanswered SYNs are step 1's evidence.
+    assert!(
+        s1["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|ev| ev["flags"] == "S")),
+        "{shown}"
+    );
+    // Every client connection failed at step 1: step 2 has nothing left to judge.
+    assert_eq!(
+        (&j["steps"][1]["status"], &j["steps"][1]["blocked_by"]),
+        (&Value::from("unknown"), &Value::from(1)),
+        "{shown}"
+    );
+    assert_no_pass_with_failures(&j, &shown);
+}
+
+#[test]
+fn pressure_syn_cookies_are_a_finding() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-healthy").expect("scenario haproxy-http-healthy");
+    let _setup = s.setup(&lab);
+    // Every SYN-ACK of the lb namespace is a cookie.
+    lab.lb.sysctl("net.ipv4.tcp_syncookies", "2");
+    let (code, j, shown) = check(&lab, || {
+        let codes = curls(&lab, 4);
+        assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    });
+    let s1 = &j["steps"][0];
+    assert_eq!(s1["status"], "warn", "{shown}");
+    assert!(
+        s1["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("SYN cookies") && s.contains("SyncookiesSent +")),
+        "{shown}"
+    );
+    let (b, a) = counter(&j, "TcpExt.SyncookiesSent");
+    assert!(a > b, "host.counters SyncookiesSent {b} -> {a}\n{shown}");
+    assert!(
+        j["host"]["pressure"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|f| f["kind"] == "syn_cookies" && f["step"] == 1)),
+        "{shown}"
+    );
+    // A warning fails nothing.
+    assert_eq!(
+        (code, &j["first_failed_step"]),
+        (0, &Value::Null),
+        "{shown}"
+    );
+    assert_no_pass_with_failures(&j, &shown);
+}
+
+/// `n` idle connections from the lb to backend 0 (each holds a local port toward it).
+fn hold_backend_ports(lab: &Lab, n: usize, name: &str) -> Proc {
+    let code = format!(
+        "import socket, time\n\
+         socks = [socket.create_connection(('{}', {BACKEND_PORT}), timeout=5) for _ in range({n})]\n\
+         print('holding', flush=True)\n\
+         time.sleep(60)\n",
+        BACKENDS[0].addr.v4
+    );
+    let mut p = lab
+        .lb
+        .spawn(name, lab.dir(), &["/usr/bin/python3", "-c", &code]);
+    p.wait_until("holding connections", Duration::from_secs(15), |p| {
+        p.stdout().contains("holding")
+    });
+    p
+}
+
+/// Step 3's `source_ports` finding for backend 0.
+fn ports_finding<'a>(j: &'a Value, shown: &str) -> &'a Value {
+    let be = format!("{}:{BACKEND_PORT}", BACKENDS[0].addr.v4);
+    j["steps"][2]["host"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|h| h["kind"] == "source_ports" && h["ports"]["backend"] == be)
+        })
+        .unwrap_or_else(|| panic!("no source_ports finding for {be} in step 3\n{shown}"))
+}
+
+#[test]
+fn pressure_source_ports_warn_then_fail() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-healthy").expect("scenario haproxy-http-healthy");
+    let _setup = s.setup(&lab);
+    // 20 local ports in the lb namespace.
+    lab.lb.sysctl("net.ipv4.ip_local_port_range", "40000 40019");
+    // 16 held, +1 for the probe's TIME_WAIT, + at most 2 of HAProxy's: 85-95 %.
+    let first = hold_backend_ports(&lab, 16, "holders-16");
+    let (_, j, shown) = check(&lab, || {
+        curls(&lab, 2);
+    });
+    let f = ports_finding(&j, &shown);
+    assert_eq!(
+        (&f["status"], &f["exhausted"], &f["ports"]["usable"]),
+        (&Value::from("warn"), &Value::from(false), &Value::from(20)),
+        "{shown}"
+    );
+    assert!(
+        f["ports"]["used"]
+            .as_u64()
+            .is_some_and(|u| (16..20).contains(&u)),
+        "{shown}"
+    );
+    assert_eq!(j["steps"][2]["status"], "warn", "{shown}");
+    assert!(
+        j["steps"][2]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("local ports from") && s.contains("nearly used up")),
+        "{shown}"
+    );
+    // Every port held: the LB's own probe cannot connect, and the finding fails step 3.
+    let _rest = hold_backend_ports(&lab, 4, "holders-4");
+    let (code, j, shown) = check(&lab, || {
+        curls(&lab, 2);
+    });
+    let f = ports_finding(&j, &shown);
+    assert_eq!(
+        (&f["status"], &f["exhausted"]),
+        (&Value::from("fail"), &Value::from(true)),
+        "{shown}"
+    );
+    assert_eq!(j["steps"][2]["status"], "fail", "{shown}");
+    assert_eq!(code, 1, "{shown}");
+    drop(first);
+}
+
+#[test]
+fn pressure_one_backend_of_three_failing_passes_no_step_with_failures() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-backend-refused").expect("scenario");
+    let _setup = s.setup(&lab);
+    let (code, j, shown) = check(&lab, || {
+        curls(&lab, 4);
+    });
+    assert_eq!(
+        (code, &j["first_failed_step"]),
+        (1, &Value::from(3)),
+        "{shown}"
+    );
+    assert!(
+        j["steps"][2]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("1 of 3 backend(s) not reachable")),
+        "{shown}"
+    );
+    assert_no_pass_with_failures(&j, &shown);
+}
