@@ -38,6 +38,8 @@ pub struct Collected {
     pub events_cap: usize,
     /// Events that arrived once `events_cap` were kept.
     pub events_not_kept: u64,
+    /// Records the rings held that did not decode (should be 0).
+    pub decode_errors: u64,
     /// The LB host's limits before and after the window.
     pub host: verdict::HostFacts,
 }
@@ -232,6 +234,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
     let collected = Collected {
         events_cap: log.cap(),
         events_not_kept: log.not_kept(),
+        decode_errors,
         events: log.into_sorted(),
         probes: probe_reports,
         vip_probe: Some(vip_probe),

@@ -6,6 +6,10 @@
 //! or without SNAT, so the backend leg is the flow carrying that ISN; for Layer 7 the LB's own
 //! connection to a backend cannot be tied to a client from headers alone, so it is joined to the
 //! most recent client connection without a backend leg and marked `inferred`.
+//!
+//! Longer than 600 lines: one state machine, whose per-event rules update the client
+//! connections, the backend legs joined to them and the LB's own connections together; its unit
+//! tests are in `tests.rs`.
 
 use std::{
     collections::{HashMap, VecDeque},

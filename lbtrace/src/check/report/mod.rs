@@ -1,5 +1,9 @@
 //! The check report: a short text a human reads top to bottom, or one JSON object
 //! (docs/output.md). Evidence is printed as `trace` prints events, times relative to the first.
+//!
+//! Longer than 600 lines on purpose: the words for every finding of the four steps stand side by
+//! side, so that a change of wording is made once and compared with its neighbours (the host's
+//! words are in `host.rs`).
 
 mod host;
 
@@ -132,6 +136,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "drops": drop_counts(&ctx).iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
             "events_cap": ctx.collected.events_cap,
             "events_not_kept": ctx.collected.events_not_kept,
+            "decode_errors": ctx.collected.decode_errors,
         },
         "host": host_json(&ctx.collected.host, v),
     })
@@ -296,6 +301,13 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
     ));
     if c.lost() > 0 {
         out.push_str("WARNING: events were lost (ring buffer full): verdicts may miss evidence\n");
+    }
+    if ctx.collected.decode_errors > 0 {
+        let _ = writeln!(
+            out,
+            "NOTE: {} kernel records did not decode (a version mismatch between lbtrace's programs and its userspace?)",
+            ctx.collected.decode_errors
+        );
     }
     if ctx.collected.events_not_kept > 0 {
         out.push_str(&format!(
