@@ -120,12 +120,25 @@ pub fn checks() -> Vec<Check> {
                     format!("{} reasons in enum skb_drop_reason", r.len()),
                     "kernel drops are reported with their reason",
                 ),
-                Err(e) => check(
-                    "drop-reasons",
-                    Status::Warn,
-                    e.to_string(),
-                    "drops are reported without a reason name",
-                ),
+                Err(e) => {
+                    let k = kernel::kallsyms::Kallsyms::load();
+                    check(
+                        "drop-reasons",
+                        Status::Warn,
+                        format!(
+                            "{e}; {}",
+                            k.as_ref().map_or_else(
+                                || format!("{} shows no addresses", kernel::kallsyms::KALLSYMS),
+                                |k| format!(
+                                    "{} text symbols in {}",
+                                    k.len(),
+                                    kernel::kallsyms::KALLSYMS
+                                ),
+                            )
+                        ),
+                        "drop reasons are unavailable on this kernel: drops are reported by location (nf_hook_slow+0x5c), netfilter and no-socket locations map to NETFILTER_DROP / NO_SOCKET",
+                    )
+                }
             });
         }
         Err(e) => out.push(check(
