@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     cli::DoctorArgs,
-    kernel::{self, btf::KernelBtf, preflight},
+    kernel::{self, btf::KernelBtf, loader::DropMode, preflight},
     netif,
     render::Format,
 };
@@ -247,16 +247,26 @@ pub fn checks() -> Vec<Check> {
     // The real thing: load the object (the verifier runs) and attach the drop tracer.
     if privileged && btf.is_ok() {
         out.push(match load_and_attach_tracepoint() {
-            Ok(kernel::rings::RingMode::PerCpu) => check(
+            Ok((kernel::rings::RingMode::PerCpu, drops)) => check(
                 "load",
-                Status::Pass,
-                "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached",
+                if drops == DropMode::Reason {
+                    Status::Pass
+                } else {
+                    Status::Warn
+                },
+                format!(
+                    "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached ({})",
+                    drops_detail(drops)
+                ),
                 "lbtrace's programs load on this kernel",
             ),
-            Ok(kernel::rings::RingMode::RingBuf) => check(
+            Ok((kernel::rings::RingMode::RingBuf, drops)) => check(
                 "load",
                 Status::Warn,
-                "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached",
+                format!(
+                    "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached ({})",
+                    drops_detail(drops)
+                ),
                 "lbtrace's programs load on this kernel; the per-CPU rings are not used (no BPF atomics before 5.12, or LBTRACE_RINGS=ringbuf): each event costs a ring-buffer reserve",
             ),
             Err(e) => check(
@@ -272,7 +282,7 @@ pub fn checks() -> Vec<Check> {
 
 /// Loads every program through the same path as `trace` (the verifier runs, the drop tracer
 /// attaches), with no endpoint and no interface; dropping the tracer detaches it.
-fn load_and_attach_tracepoint() -> anyhow::Result<kernel::rings::RingMode> {
+fn load_and_attach_tracepoint() -> anyhow::Result<(kernel::rings::RingMode, DropMode)> {
     let cfg = kernel::TracerConfig {
         endpoints: Vec::new(),
         ifaces: Vec::new(),
@@ -280,7 +290,14 @@ fn load_and_attach_tracepoint() -> anyhow::Result<kernel::rings::RingMode> {
         ring_bytes: 1 << 16,
         priority_ring_bytes: 1 << 16,
     };
-    kernel::Tracer::start(&cfg).map(|t| t.layout.mode)
+    kernel::Tracer::start(&cfg).map(|t| (t.layout.mode, t.drop_mode))
+}
+
+fn drops_detail(mode: DropMode) -> &'static str {
+    match mode {
+        DropMode::Reason => "drops with their reason",
+        DropMode::Location => "drops by location: this kernel has no drop reasons",
+    }
 }
 
 pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {

@@ -209,7 +209,10 @@ ffffffff81d00000 T
         assert_eq!(l.reason(0xffff_ffff_c010_0042, ACK), code::NETFILTER_DROP);
         assert_eq!(l.reason(0xffff_ffff_81b0_0200, SYN), code::NO_SOCKET);
         // A SYN-ACK or RST freed by tcp_v4_rcv is not "nothing listens".
-        assert_eq!(l.reason(0xffff_ffff_81b0_0200, SYN | ACK), code::NOT_SPECIFIED);
+        assert_eq!(
+            l.reason(0xffff_ffff_81b0_0200, SYN | ACK),
+            code::NOT_SPECIFIED
+        );
         assert_eq!(l.reason(0xffff_ffff_81b0_0200, RST), code::NOT_SPECIFIED);
         // Route lookup failures stay a location.
         assert_eq!(l.reason(0xffff_ffff_81c0_0010, SYN), code::NOT_SPECIFIED);

@@ -153,7 +153,7 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
             opts.endpoints.len()
         );
     }
-    let notes: Vec<String> = raise_memlock().into_iter().collect();
+    let mut notes: Vec<String> = raise_memlock().into_iter().collect();
     let wildcard = u8::from(opts.has_wildcard);
     let mut loader = EbpfLoader::new();
     loader.override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
@@ -194,8 +194,18 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
             .try_into()?;
-        p.load()
-            .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+        match p.load() {
+            Ok(()) => {}
+            // The program is frags-aware (`xdp.frags`, 5.18): older kernels refuse the flag.
+            // XDP is opt-in, so it degrades to TC ingress rather than stopping lbtrace.
+            Err(e) if !super::preflight::kernel_at_least(5, 18, 0) => notes.push(format!(
+                "XDP is unavailable: this kernel refused {prog} (frags-aware XDP needs 5.18: {e}); ingress is traced with TC"
+            )),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("the kernel's verifier rejected {prog}")));
+            }
+        }
     }
     fill_endpoints(&mut ebpf, &opts.endpoints)?;
     if let Some(d) = &opts.drops {
@@ -262,7 +272,10 @@ pub fn load_probing(opts: &mut Options<'_>) -> Result<Loaded> {
             ));
             Ok(loaded)
         }
-        Err(_) => Err(first),
+        Err(second) => Err(first.context(format!(
+            "the ring-buffer variant failed too: {}",
+            crate::one_line(&second)
+        ))),
     }
 }
 

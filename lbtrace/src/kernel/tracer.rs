@@ -20,8 +20,8 @@ use lbtrace_common::{EndpointKey, names};
 use super::{
     btf::{DropReasons, KernelBtf},
     counters::{self, Counters},
-    legacy_tc::{self, LegacyTc},
     kallsyms::DropLocations,
+    legacy_tc::{self, LegacyTc},
     loader::{self, DropMode, DropParams, Loaded, Programs},
     rings::{RingLayout, Rings},
 };
@@ -138,7 +138,8 @@ impl Tracer {
                 "this kernel has no drop reasons (before 5.17)",
             ),
         };
-        let reasons = reasons.unwrap_or_else(|| DropReasons::without_reasons(DropLocations::load()));
+        let reasons =
+            reasons.unwrap_or_else(|| DropReasons::without_reasons(DropLocations::load()));
         let inum = netns_inum()?;
         let tc_mode = TcMode::select()?;
         let keys: Vec<(EndpointKey, u32)> = cfg
@@ -376,7 +377,11 @@ impl Tracer {
 /// The one note that says drops have no kernel reason on this run, and how they are named.
 fn location_note(why: &str, reasons: &DropReasons) -> String {
     let named = match reasons.locations().and_then(|l| l.kallsyms.as_ref()) {
-        Some(k) => format!("named through {} ({} symbols)", super::kallsyms::KALLSYMS, k.len()),
+        Some(k) => format!(
+            "named through {} ({} symbols)",
+            super::kallsyms::KALLSYMS,
+            k.len()
+        ),
         None => format!(
             "shown as addresses: {} gave none (kernel.kptr_restrict?)",
             super::kallsyms::KALLSYMS
