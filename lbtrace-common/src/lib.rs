@@ -55,8 +55,10 @@ pub mod family {
 /// * `ICMP`: the tuple, flags (0) and seq of the *quoted* TCP header; `outer_src` / `outer_dst`
 ///   are the addresses of the ICMP packet itself; `icmp_type` / `icmp_code` its type and code.
 /// * `DROP`: the tuple, flags, seq and ack of the dropped packet; `reason` is the kernel's
-///   `enum skb_drop_reason` value (names come from the running kernel's BTF); `ifindex` is the
-///   skb's device, 0 when it had none.
+///   `enum skb_drop_reason` value (names come from the running kernel's BTF), 0 on kernels
+///   before 5.17, which have no reasons; `ifindex` is the skb's device, 0 when it had none. The
+///   first 8 bytes of `outer_src` (unused by drops otherwise) hold the tracepoint's `location`,
+///   the kernel text address that freed the packet, native-endian ([`Event::location`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -89,7 +91,22 @@ const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 // RingBuf::reserve requires an alignment that divides 8.
 const _: () = assert!(8 % core::mem::align_of::<Event>() == 0);
 
+/// `outer_src` of a `DROP` event carrying `location` (see [`Event`]).
+#[inline(always)]
+pub const fn location_bytes(location: u64) -> [u8; 16] {
+    let b = location.to_ne_bytes();
+    [
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 0, 0, 0, 0, 0, 0, 0, 0,
+    ]
+}
+
 impl Event {
+    /// The drop's `location` (a kernel text address) of a `DROP` event; meaningless for others.
+    pub const fn location(&self) -> u64 {
+        let s = &self.outer_src;
+        u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+    }
+
     pub const fn zeroed() -> Self {
         Self {
             ts_ns: 0,
@@ -293,6 +310,9 @@ pub mod names {
     /// BPF ring buffer of packet events, used by the `_rb` program variants only.
     pub const PACKET_EVENTS: &str = "PACKET_EVENTS";
     pub const PROG_KFREE_SKB: &str = "tp_kfree_skb";
+    /// The drop tracer for kernels before 5.17, whose `skb:kfree_skb` has no `reason` argument:
+    /// it reads only `skb` and `location`.
+    pub const PROG_KFREE_SKB_LOCATION: &str = "tp_kfree_skb_loc";
 
     /// `KernelOffsets` for the drop tracer.
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";

@@ -1,6 +1,8 @@
 //! The drop tracer's body: `skb:kfree_skb(skb, location, reason, rx_sk)` for watched tuples in
-//! the traced network namespace. Control packets become `DROP` events with the kernel's reason;
-//! data-packet drops are only counted, by reason.
+//! the traced network namespace. Control packets become `DROP` events with the kernel's reason
+//! and the drop's location; data-packet drops are only counted, by reason. Before 5.17 the
+//! tracepoint is `skb:kfree_skb(skb, location)`: the location-only variant reports reason 0 and
+//! userspace names the location.
 //!
 //! The skb's headers are copied out of kernel memory (`bpf_probe_read_kernel`) into arrays and
 //! read through the same header types as the packet programs.
@@ -9,7 +11,9 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     programs::RawTracePointContext,
 };
-use lbtrace_common::{Event, MAX_DROP_REASONS, counter, family, hook, kind, tcp_flag};
+use lbtrace_common::{
+    Event, MAX_DROP_REASONS, counter, family, hook, kind, location_bytes, tcp_flag,
+};
 
 use crate::{
     header::{Hdr, IP4_LEN, IP6_LEN, IPPROTO_TCP, Ip4, Ip6, TCP_LEN, Tcp},
@@ -34,10 +38,20 @@ fn read_buf<const N: usize>(at: u64) -> Option<[u8; N]> {
     Some(buf)
 }
 
-pub(crate) fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
+/// `WITH_REASON`: read the tracepoint's third argument, `reason` (5.17 and later). Without it
+/// the program never touches `args[2]`: kernels before 5.17 refuse to attach a raw tracepoint
+/// program that reads past the tracepoint's arguments, so this is a separate program
+/// (`tp_kfree_skb_loc`), not a run-time flag. Both report `location` (`args[1]`).
+#[inline(always)]
+pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> Option<()> {
     let skb: u64 = ctx.arg(0);
-    let reason: u64 = ctx.arg(2);
-    let reason = reason as u32;
+    let location: u64 = ctx.arg(1);
+    let reason = if WITH_REASON {
+        let reason: u64 = ctx.arg(2);
+        reason as u32
+    } else {
+        0
+    };
     let off = OFFSETS.load();
 
     // The tracepoint fires for every namespace: keep only drops in the traced one, told by the
@@ -65,7 +79,7 @@ pub(crate) fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         MAX_DROP_REASONS - 1
     };
-    if NOISE_REASONS.get(ridx).is_some_and(|noise| *noise != 0) {
+    if WITH_REASON && NOISE_REASONS.get(ridx).is_some_and(|noise| *noise != 0) {
         count(counter::DROPS_NOISE);
         return None;
     }
@@ -142,7 +156,7 @@ pub(crate) fn kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         seq: t.seq(),
         ack: t.ack(),
         reason,
-        outer_src: [0; 16],
+        outer_src: location_bytes(location),
         outer_dst: [0; 16],
         icmp_type: 0,
         icmp_code: 0,

@@ -7,6 +7,7 @@
 //!   one counter.
 //! * `drop`: `tp_kfree_skb` (raw tracepoint `skb:kfree_skb`): drops of watched tuples in the
 //!   traced network namespace, with the kernel's drop reason; data-packet drops are only counted.
+//!   `tp_kfree_skb_loc` is the same for kernels before 5.17 (no `reason` argument).
 //! * `lookup`: is a tuple watched (the `PORTS` / `PORT_SLOTS` / `ENDPOINTS` tables).
 //! * `ring`: writing events, every one counted as emitted or lost.
 //! * `maps`: the maps and load-time globals, shared with userspace through `lbtrace_common`.
@@ -119,10 +120,17 @@ pub fn xdp_ingress_rb(ctx: XdpContext) -> u32 {
     xdp::<SharedRing>(&ctx)
 }
 
-/// `skb:kfree_skb(skb, location, reason, rx_sk)`.
+/// `skb:kfree_skb(skb, location, reason, rx_sk)` (5.17 and later).
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn tp_kfree_skb(ctx: RawTracePointContext) -> i32 {
-    let _ = drop::kfree_skb(&ctx);
+    let _ = drop::kfree_skb::<true>(&ctx);
+    0
+}
+
+/// `skb:kfree_skb(skb, location)` (before 5.17): the same without reading `reason`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn tp_kfree_skb_loc(ctx: RawTracePointContext) -> i32 {
+    let _ = drop::kfree_skb::<false>(&ctx);
     0
 }
 

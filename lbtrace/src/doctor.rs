@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     cli::DoctorArgs,
-    kernel::{self, btf::KernelBtf, preflight},
+    kernel::{self, btf::KernelBtf, loader::DropMode, preflight},
     netif,
     render::Format,
 };
@@ -143,12 +143,25 @@ fn btf_checks(btf: &Result<KernelBtf, kernel::btf::BtfError>) -> Vec<Check> {
                     format!("{} reasons in enum skb_drop_reason", r.len()),
                     "kernel drops are reported with their reason",
                 ),
-                Err(e) => check(
-                    "drop-reasons",
-                    Status::Warn,
-                    e.to_string(),
-                    "drops are reported without a reason name",
-                ),
+                Err(e) => {
+                    let k = kernel::kallsyms::Kallsyms::load();
+                    check(
+                        "drop-reasons",
+                        Status::Warn,
+                        format!(
+                            "{e}; {}",
+                            k.as_ref().map_or_else(
+                                || format!("{} shows no addresses", kernel::kallsyms::KALLSYMS),
+                                |k| format!(
+                                    "{} text symbols in {}",
+                                    k.len(),
+                                    kernel::kallsyms::KALLSYMS
+                                ),
+                            )
+                        ),
+                        "drop reasons are unavailable on this kernel: drops are reported by location (nf_hook_slow+0x5c), netfilter and no-socket locations map to NETFILTER_DROP / NO_SOCKET",
+                    )
+                }
             });
             out
         }
@@ -278,16 +291,26 @@ fn xdp_holders() -> Check {
 /// Loads and attaches for real (the verifier runs), then detaches.
 fn load() -> Check {
     match load_and_attach_tracepoint() {
-        Ok(kernel::rings::RingMode::PerCpu) => check(
+        Ok((kernel::rings::RingMode::PerCpu, drops)) => check(
             "load",
-            Status::Pass,
-            "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached",
+            if drops == DropMode::Reason {
+                Status::Pass
+            } else {
+                Status::Warn
+            },
+            format!(
+                "programs verified (packet events: per-CPU rings); skb:kfree_skb attached and detached ({})",
+                drops_detail(drops)
+            ),
             "lbtrace's programs load on this kernel",
         ),
-        Ok(kernel::rings::RingMode::RingBuf) => check(
+        Ok((kernel::rings::RingMode::RingBuf, drops)) => check(
             "load",
             Status::Warn,
-            "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached",
+            format!(
+                "programs verified (packet events: the BPF ring buffer variant); skb:kfree_skb attached and detached ({})",
+                drops_detail(drops)
+            ),
             "lbtrace's programs load on this kernel; the per-CPU rings are not used (no BPF atomics before 5.12, or LBTRACE_RINGS=ringbuf): each event costs a ring-buffer reserve",
         ),
         Err(e) => check(
@@ -301,7 +324,7 @@ fn load() -> Check {
 
 /// Loads every program through the same path as `trace` (the verifier runs, the drop tracer
 /// attaches), with no endpoint and no interface; dropping the tracer detaches it.
-fn load_and_attach_tracepoint() -> anyhow::Result<kernel::rings::RingMode> {
+fn load_and_attach_tracepoint() -> anyhow::Result<(kernel::rings::RingMode, DropMode)> {
     let cfg = kernel::TracerConfig {
         endpoints: Vec::new(),
         ifaces: Vec::new(),
@@ -309,7 +332,14 @@ fn load_and_attach_tracepoint() -> anyhow::Result<kernel::rings::RingMode> {
         ring_bytes: 1 << 16,
         priority_ring_bytes: 1 << 16,
     };
-    kernel::Tracer::start(&cfg).map(|t| t.layout.mode)
+    kernel::Tracer::start(&cfg).map(|t| (t.layout.mode, t.drop_mode))
+}
+
+fn drops_detail(mode: DropMode) -> &'static str {
+    match mode {
+        DropMode::Reason => "drops with their reason",
+        DropMode::Location => "drops by location: this kernel has no drop reasons",
+    }
 }
 
 pub fn run(args: &DoctorArgs) -> anyhow::Result<u8> {

@@ -55,6 +55,9 @@ pub struct KernelEvent {
     pub ack: u32,
     pub payload_len: u16,
     pub detail: Detail,
+    /// Drops: the kernel text address that freed the packet (`skb:kfree_skb`'s `location`);
+    /// 0 for other events.
+    pub location: u64,
 }
 
 impl KernelEvent {
@@ -153,6 +156,11 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             0
         },
         payload_len: ev.payload_len,
+        location: if ev.kind == kind::DROP {
+            ev.location()
+        } else {
+            0
+        },
         detail,
     })
 }
@@ -288,11 +296,17 @@ mod tests {
             ev.kind = kind::DROP;
             ev.hook = hook::KFREE_SKB;
             ev.reason = 77;
+            ev.outer_src = lbtrace_common::location_bytes(0xffff_ffff_81a0_005c);
         }))
         .unwrap();
         assert_eq!(
-            (e.hook, e.dir, e.detail),
-            (Hook::KfreeSkb, None, Detail::Drop { reason: 77 })
+            (e.hook, e.dir, e.detail, e.location),
+            (
+                Hook::KfreeSkb,
+                None,
+                Detail::Drop { reason: 77 },
+                0xffff_ffff_81a0_005c
+            )
         );
     }
 

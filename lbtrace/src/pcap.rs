@@ -197,6 +197,7 @@ mod tests {
             ack: 0,
             payload_len: 0,
             detail: Detail::Packet,
+            location: 0,
         }
     }
 

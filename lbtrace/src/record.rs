@@ -69,6 +69,10 @@ pub struct DropRecord {
     pub seen: Seen,
     pub reason: String,
     pub reason_code: u32,
+    /// Where the kernel freed the packet (`nf_hook_slow+0x5c`): on kernels without drop reasons
+    /// (before 5.17) only, where `reason` is lbtrace's nearest reason for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     #[serde(flatten)]
     pub tcp: Tcp,
 }
@@ -133,6 +137,7 @@ impl EventRecord {
                 seen,
                 reason: reasons.name(*reason),
                 reason_code: *reason,
+                location: reasons.location(ev.location),
                 tcp: tcp(),
             }),
         }
@@ -171,6 +176,7 @@ impl EventRecord {
                 ack: t.ack,
                 payload_len: t.len,
                 detail,
+                location: 0,
             })
         };
         match self {
@@ -199,6 +205,7 @@ impl EventRecord {
                     icmp_type: i.icmp_type,
                     icmp_code: i.icmp_code,
                 },
+                location: 0,
             }),
         }
     }

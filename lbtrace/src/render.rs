@@ -170,11 +170,18 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
     };
     match rec {
         EventRecord::Packet(p) => format!("{time} {iface:<10} {dir:<7} {}", tcp(&p.tcp)),
-        EventRecord::Drop(d) => format!(
-            "{time} {iface:<10} {dir:<7} {}, drop {}",
-            tcp(&d.tcp),
-            d.reason
-        ),
+        EventRecord::Drop(d) => match &d.location {
+            Some(at) => format!(
+                "{time} {iface:<10} {dir:<7} {}, drop {} at {at}",
+                tcp(&d.tcp),
+                d.reason
+            ),
+            None => format!(
+                "{time} {iface:<10} {dir:<7} {}, drop {}",
+                tcp(&d.tcp),
+                d.reason
+            ),
+        },
         EventRecord::Icmp(i) => format!(
             "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",
             i.src, i.dst, i.what, i.icmp_type, i.icmp_code, i.inner_src, i.inner_dst, i.inner_seq

@@ -129,8 +129,15 @@ pub async fn deadline(duration: Option<Duration>) {
 /// Decodes every unread record, oldest first; records that do not decode are counted.
 pub fn drain(rings: &mut kernel::rings::Rings, decode_errors: &mut u64) -> Vec<KernelEvent> {
     let mut batch = Vec::new();
+    // Kernels without drop reasons: a drop's reason is the nearest one for its location.
+    let locations = rings.locations.clone();
     rings.drain(|rec| match event::decode(rec) {
-        Ok(ev) => batch.push(ev),
+        Ok(mut ev) => {
+            if let (Some(l), event::Detail::Drop { reason }) = (&locations, &mut ev.detail) {
+                *reason = l.reason(ev.location, ev.flags);
+            }
+            batch.push(ev);
+        }
         Err(_) => *decode_errors += 1,
     });
     // The rings are drained one after the other: restore time order.

@@ -22,6 +22,7 @@ pub fn pkt(ms: u64, dir: Dir, src: &str, dst: &str, flags: u8, seq: u32, ack: u3
         ack,
         payload_len: 0,
         detail: Detail::Packet,
+        location: 0,
     }
 }
 

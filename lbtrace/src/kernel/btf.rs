@@ -2,10 +2,12 @@
 //! member offsets (Rust eBPF has no CO-RE relocations, so they are passed in as a global before
 //! load) and the names of `enum skb_drop_reason`, whose values differ between kernels.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use btf_rs::{Btf, Type};
 use lbtrace_common::KernelOffsets;
+
+use super::kallsyms::DropLocations;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -19,7 +21,7 @@ pub enum BtfError {
     NoStruct(String),
     #[error("kernel BTF: struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
-    #[error("kernel BTF has no enum skb_drop_reason (kernel older than 5.18?)")]
+    #[error("kernel BTF has no enum skb_drop_reason (kernel older than 5.17)")]
     NoDropReasons,
     #[error("kernel BTF: {0}")]
     Read(#[source] btf_rs::Error),
@@ -154,7 +156,10 @@ impl KernelBtf {
         if names.is_empty() {
             return Err(BtfError::NoDropReasons);
         }
-        Ok(DropReasons { names })
+        Ok(DropReasons {
+            names,
+            locations: None,
+        })
     }
 }
 
@@ -162,6 +167,9 @@ impl KernelBtf {
 #[derive(Clone, Debug, Default)]
 pub struct DropReasons {
     names: HashMap<u32, String>,
+    /// Set on kernels without drop reasons (before 5.17): the values are then lbtrace's own
+    /// ([`super::kallsyms::code`]), mapped from the drop's location, which this names.
+    locations: Option<Arc<DropLocations>>,
 }
 
 /// Reasons that are normal teardown rather than a lost packet: a closing socket purging its
@@ -174,6 +182,36 @@ pub const NOISE: &[&str] = &[
 ];
 
 impl DropReasons {
+    /// The reasons of a kernel without `enum skb_drop_reason`: lbtrace's own codes for the
+    /// locations it maps ([`super::kallsyms::reason_of`]), `locations` naming the rest.
+    pub fn without_reasons(locations: Arc<DropLocations>) -> Self {
+        use super::kallsyms::code;
+        Self {
+            names: [
+                (code::NOT_SPECIFIED, "NOT_SPECIFIED"),
+                (code::NETFILTER_DROP, "NETFILTER_DROP"),
+                (code::NO_SOCKET, "NO_SOCKET"),
+            ]
+            .into_iter()
+            .map(|(v, n)| (v, n.to_owned()))
+            .collect(),
+            locations: Some(locations),
+        }
+    }
+
+    /// The location table, on a kernel without drop reasons.
+    pub fn locations(&self) -> Option<&Arc<DropLocations>> {
+        self.locations.as_ref()
+    }
+
+    /// A drop's location by name (`nf_hook_slow+0x5c`), on a kernel without drop reasons.
+    pub fn location(&self, addr: u64) -> Option<String> {
+        self.locations
+            .as_ref()
+            .filter(|_| addr != 0)
+            .map(|l| l.symbolise(addr))
+    }
+
     pub fn name(&self, value: u32) -> String {
         self.names
             .get(&value)
@@ -204,6 +242,7 @@ impl DropReasons {
     pub fn from_pairs(pairs: &[(u32, &str)]) -> Self {
         Self {
             names: pairs.iter().map(|(v, n)| (*v, (*n).to_owned())).collect(),
+            locations: None,
         }
     }
 }

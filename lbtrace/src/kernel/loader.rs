@@ -31,6 +31,38 @@ pub struct DropParams {
     pub netns_inum: u32,
     /// Drop-reason values that are normal teardown, ignored in the kernel.
     pub noise: Vec<u32>,
+    /// Which drop tracer to load.
+    pub mode: DropMode,
+}
+
+/// Which `skb:kfree_skb` program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropMode {
+    /// `tp_kfree_skb`: the kernel's drop reason and the location (5.17 and later).
+    Reason,
+    /// `tp_kfree_skb_loc`: the location only, for kernels whose tracepoint has no `reason`
+    /// argument (before 5.17).
+    Location,
+}
+
+impl DropMode {
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Reason => names::PROG_KFREE_SKB,
+            Self::Location => names::PROG_KFREE_SKB_LOCATION,
+        }
+    }
+
+    /// The mode `LBTRACE_DROPS` forces (`reason` or `location`, hidden: to run the location
+    /// variant on a kernel that has reasons), if any.
+    pub fn forced() -> Result<Option<Self>> {
+        match std::env::var("LBTRACE_DROPS").as_deref() {
+            Ok("reason") => Ok(Some(Self::Reason)),
+            Ok("location") => Ok(Some(Self::Location)),
+            Ok(other) => bail!("LBTRACE_DROPS={other:?}: expected reason or location"),
+            Err(_) => Ok(None),
+        }
+    }
 }
 
 /// Which programs to put through the verifier.
@@ -121,7 +153,7 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
             opts.endpoints.len()
         );
     }
-    let notes: Vec<String> = raise_memlock().into_iter().collect();
+    let mut notes: Vec<String> = raise_memlock().into_iter().collect();
     let wildcard = u8::from(opts.has_wildcard);
     let mut loader = EbpfLoader::new();
     loader.override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
@@ -162,8 +194,18 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
             .try_into()?;
-        p.load()
-            .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+        match p.load() {
+            Ok(()) => {}
+            // The program is frags-aware (`xdp.frags`, 5.18): older kernels refuse the flag.
+            // XDP is opt-in, so it degrades to TC ingress rather than stopping lbtrace.
+            Err(e) if !super::preflight::kernel_at_least(5, 18, 0) => notes.push(format!(
+                "XDP is unavailable: this kernel refused {prog} (frags-aware XDP needs 5.18: {e}); ingress is traced with TC"
+            )),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("the kernel's verifier rejected {prog}")));
+            }
+        }
     }
     fill_endpoints(&mut ebpf, &opts.endpoints)?;
     if let Some(d) = &opts.drops {
@@ -171,12 +213,12 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
             ebpf.map_mut(names::NOISE_REASONS)
                 .context("NOISE_REASONS map missing")?,
         )?;
-        for &v in &d.noise {
+        for &v in d.noise.iter().filter(|_| d.mode == DropMode::Reason) {
             if v < MAX_DROP_REASONS {
                 noise.set(v, 1, 0).context("filling NOISE_REASONS")?;
             }
         }
-        let prog = names::PROG_KFREE_SKB;
+        let prog = d.mode.program();
         let p: &mut RawTracePoint = ebpf
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
@@ -230,7 +272,10 @@ pub fn load_probing(opts: &mut Options<'_>) -> Result<Loaded> {
             ));
             Ok(loaded)
         }
-        Err(_) => Err(first),
+        Err(second) => Err(first.context(format!(
+            "the ring-buffer variant failed too: {}",
+            crate::one_line(&second)
+        ))),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod counters;
+pub mod kallsyms;
 pub mod legacy_tc;
 pub mod loader;
 pub mod preflight;

@@ -48,7 +48,7 @@ pub enum PreflightError {
     #[error("lbtrace needs root or {0} to load and attach eBPF programs: run it with sudo")]
     Privileges(Caps),
     #[error(
-        "kernel {0} is too old: lbtrace needs 5.17 or newer (skb:kfree_skb drop reasons: 5.17; below 6.6 it attaches with legacy TC instead of TCX, below 5.12 its packet events go through a BPF ring buffer)"
+        "kernel {0} is too old: lbtrace needs 5.10 or newer (its events go through a BPF ring buffer, 5.8; its drop tracer and XDP attach as bpf_links, raw tracepoints 5.7 and XDP 5.9, so a killed lbtrace leaves nothing behind; 5.10 is the oldest kernel it is tested on). Below 6.6 it attaches with legacy TC, below 5.12 packet events share one ring buffer, below 5.17 drops are reported by location instead of reason"
     )]
     Kernel(String),
     #[error("cannot read the kernel version: {0}")]
@@ -78,11 +78,13 @@ pub fn fmt_version(v: KernelVersion) -> String {
     format!("{}.{}.{}", code >> 16, (code >> 8) & 0xff, code & 0xff)
 }
 
-/// The oldest kernel lbtrace runs on: the drop tracer reads `skb:kfree_skb`'s `reason` (5.17).
-/// Below 6.6 (no TCX) the TC programs attach as legacy cls_bpf filters (`legacy_tc`); below
-/// 5.12 (no BPF atomic fetch-add) the `_rb` program variants write packet events to a BPF ring
-/// buffer (`loader::load_probing`).
-pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 17, 0);
+/// The oldest kernel lbtrace runs on: 5.10, the oldest of the VM test matrix. Below it the BPF
+/// ring buffer (5.8) and bpf_link attachments for XDP (5.9) go missing, and nothing older is
+/// tested. Below 6.6 (no TCX) the TC programs attach as legacy cls_bpf filters (`legacy_tc`);
+/// below 5.12 (no BPF atomic fetch-add) the `_rb` program variants write packet events to a BPF
+/// ring buffer (`loader::load_probing`); below 5.17 (no drop reasons) the drop tracer reports
+/// locations (`tp_kfree_skb_loc`, `kallsyms`).
+pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 10, 0);
 
 /// Privileges and kernel version. BTF is checked where it is read (`btf::KernelBtf::load`).
 pub fn check() -> Result<(), PreflightError> {

@@ -321,6 +321,9 @@ pub struct Rings {
     packets: Packets,
     wakeup: AsyncFd<RingBuf<MapData>>,
     priority: AsyncFd<RingBuf<MapData>>,
+    /// On kernels without drop reasons: what maps a drop's location to a reason
+    /// (`session::drain` applies it).
+    pub locations: Option<std::sync::Arc<super::kallsyms::DropLocations>>,
 }
 
 enum Packets {
@@ -350,6 +353,7 @@ impl Rings {
             },
             wakeup: register(wakeup, names::RING_WAKEUP)?,
             priority: register(priority, names::PRIORITY_EVENTS)?,
+            locations: None,
         })
     }
 

@@ -20,8 +20,9 @@ use lbtrace_common::{EndpointKey, names};
 use super::{
     btf::{DropReasons, KernelBtf},
     counters::{self, Counters},
+    kallsyms::DropLocations,
     legacy_tc::{self, LegacyTc},
-    loader::{self, DropParams, Loaded, Programs},
+    loader::{self, DropMode, DropParams, Loaded, Programs},
     rings::{RingLayout, Rings},
 };
 use crate::{endpoint::Watched, netif::Link};
@@ -84,6 +85,8 @@ pub struct Tracer {
     /// Things the user should know about how lbtrace attached (e.g. TCX instead of XDP).
     pub notes: Vec<String>,
     pub reasons: DropReasons,
+    /// Which drop tracer runs (location only on kernels without drop reasons).
+    pub drop_mode: DropMode,
     pub endpoints: Vec<Watched>,
     pub netns_inum: u64,
     pub layout: RingLayout,
@@ -124,7 +127,19 @@ impl Tracer {
     /// attaches everything. On error, whatever was attached is detached again (dropped).
     pub fn start(cfg: &TracerConfig) -> Result<Self> {
         let kbtf = KernelBtf::load()?;
-        let reasons = kbtf.drop_reasons()?;
+        // Kernels before 5.17 have no `enum skb_drop_reason` and no `reason` argument to
+        // `skb:kfree_skb`: drops are reported by location there.
+        let (drop_mode, reasons, why) = match (DropMode::forced()?, kbtf.drop_reasons()) {
+            (Some(DropMode::Location), _) => (DropMode::Location, None, "LBTRACE_DROPS=location"),
+            (_, Ok(r)) => (DropMode::Reason, Some(r), ""),
+            (_, Err(_)) => (
+                DropMode::Location,
+                None,
+                "this kernel has no drop reasons (before 5.17)",
+            ),
+        };
+        let reasons =
+            reasons.unwrap_or_else(|| DropReasons::without_reasons(DropLocations::load()));
         let inum = netns_inum()?;
         let tc_mode = TcMode::select()?;
         let keys: Vec<(EndpointKey, u32)> = cfg
@@ -148,6 +163,7 @@ impl Tracer {
             netns_inum: u32::try_from(inum)
                 .context("network namespace inode does not fit 32 bits")?,
             noise: reasons.noise_values(),
+            mode: drop_mode,
         });
         let Loaded {
             ebpf,
@@ -163,10 +179,14 @@ impl Tracer {
             attachments: Vec::new(),
             notes,
             reasons,
+            drop_mode,
             endpoints: cfg.endpoints.clone(),
             netns_inum: inum,
             layout,
         };
+        if drop_mode == DropMode::Location {
+            tracer.notes.push(location_note(why, &tracer.reasons));
+        }
         tracer.attach_drops()?;
         if tc_mode == TcMode::Legacy && !cfg.ifaces.is_empty() {
             // Whatever a killed lbtrace left here goes first.
@@ -197,10 +217,39 @@ impl Tracer {
         Ok(tracer)
     }
 
+    /// Attaches the drop tracer. Should the kernel refuse the reason-reading program (its
+    /// `skb:kfree_skb` has fewer arguments than its BTF suggested), the location-only program
+    /// is loaded and attached instead.
     fn attach_drops(&mut self) -> Result<()> {
+        let first = match self.attach_drop_program(self.drop_mode) {
+            Ok(()) => return Ok(()),
+            Err(e) if self.drop_mode == DropMode::Location => return Err(e),
+            Err(e) => e,
+        };
+        let prog = DropMode::Location.program();
         let p: &mut RawTracePoint = self
             .ebpf
-            .program_mut(names::PROG_KFREE_SKB)
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+        self.attach_drop_program(DropMode::Location)
+            .map_err(|e| e.context(format!("after: {}", crate::one_line(&first))))?;
+        self.drop_mode = DropMode::Location;
+        self.reasons = DropReasons::without_reasons(DropLocations::load());
+        let why = format!(
+            "the kernel refused the reason-reading drop tracer ({})",
+            crate::one_line(&first)
+        );
+        self.notes.push(location_note(&why, &self.reasons));
+        Ok(())
+    }
+
+    fn attach_drop_program(&mut self, mode: DropMode) -> Result<()> {
+        let p: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(mode.program())
             .context("program missing")?
             .try_into()?;
         let id = p
@@ -297,7 +346,9 @@ impl Tracer {
 
     /// Takes the rings out to be drained from tokio.
     pub fn rings(&mut self) -> Result<Rings> {
-        Rings::new(loader::take_rings(&mut self.ebpf, &self.layout)?)
+        let mut rings = Rings::new(loader::take_rings(&mut self.ebpf, &self.layout)?)?;
+        rings.locations = self.reasons.locations().cloned();
+        Ok(rings)
     }
 
     /// Detaches every program (the maps stay readable until the tracer is dropped).
@@ -321,4 +372,22 @@ impl Tracer {
             .map(|(r, n)| (self.reasons.name(r), n))
             .collect()
     }
+}
+
+/// The one note that says drops have no kernel reason on this run, and how they are named.
+fn location_note(why: &str, reasons: &DropReasons) -> String {
+    let named = match reasons.locations().and_then(|l| l.kallsyms.as_ref()) {
+        Some(k) => format!(
+            "named through {} ({} symbols)",
+            super::kallsyms::KALLSYMS,
+            k.len()
+        ),
+        None => format!(
+            "shown as addresses: {} gave none (kernel.kptr_restrict?)",
+            super::kallsyms::KALLSYMS
+        ),
+    };
+    format!(
+        "drop reasons are unavailable ({why}): drops are reported by the kernel location that freed them, {named}; nf_hook_slow / nft_* count as NETFILTER_DROP and a SYN freed by tcp_v4_rcv / tcp_v6_rcv as NO_SOCKET"
+    )
 }

@@ -354,6 +354,61 @@ fn drop_netfilter_reports_reason() {
     assert_eq!(trace.lost(), 0);
 }
 
+/// The drop tracer of kernels before 5.17 (`LBTRACE_DROPS=location` forces it here): the nft
+/// drop comes with its location in netfilter and is mapped to NETFILTER_DROP, a SYN to a port
+/// nothing listens on to NO_SOCKET; the run says once that reasons are unavailable.
+#[test]
+fn drop_by_location_without_reasons() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    lab.lb.nft(
+        "table inet lbtdrop {\n\
+         \x20 chain input {\n\
+         \x20   type filter hook input priority 0; policy accept;\n\
+         \x20   ip daddr 10.10.2.10 tcp dport 80 drop\n\
+         \x20 }\n\
+         }\n",
+    );
+    let lbtrace = Lbtrace::start_env(
+        "lbtrace-loc",
+        &lab.lb,
+        lab.dir(),
+        &["LBTRACE_DROPS=location"],
+        &["--vip", VIP.v4],
+    );
+    let (code, err) = lab.curl(&Family::V4.url(VIP.v4, VIP_PORT), 2);
+    assert_eq!(code, "000", "the SYN should have been dropped: {err}");
+    let (code, err) = lab.curl(&Family::V4.url(VIP.v4, 81), 2);
+    assert_eq!(code, "000", "nothing listens on :81: {err}");
+    thread::sleep(Duration::from_millis(300));
+    let trace = lbtrace.stop();
+
+    let vip = Family::V4.tuple(VIP.v4, VIP_PORT);
+    let drop = find(&trace, "drop", "NETFILTER_DROP at nf_ of the SYN", |ev| {
+        ev["reason"] == "NETFILTER_DROP" && ev["flags"] == "S" && ev["dst"] == vip.as_str()
+    });
+    let at = drop["location"].as_str().unwrap_or_default();
+    assert!(
+        // 5.10 frees it in nf_hook_slow; newer kernels in nft_do_chain.
+        (at.starts_with("nf_") || at.starts_with("nft_")) && at.contains("+0x"),
+        "location in netfilter expected: {drop}"
+    );
+    assert_eq!(drop["reason_code"], 1, "{drop}");
+    check_common_fields(drop, &lab.lb);
+    let port81 = Family::V4.tuple(VIP.v4, 81);
+    let drop = find(&trace, "drop", "NO_SOCKET at tcp_v4_rcv", |ev| {
+        ev["reason"] == "NO_SOCKET" && ev["flags"] == "S" && ev["dst"] == port81.as_str()
+    });
+    assert!(
+        drop["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("tcp_v4_rcv+0x")),
+        "{drop}"
+    );
+    let notes = trace.stderr.matches("drop reasons are unavailable").count();
+    assert_eq!(notes, 1, "said once:\n{}", trace.stderr);
+}
+
 #[test]
 fn drop_no_socket_and_rst() {
     let lab = Lab::new();

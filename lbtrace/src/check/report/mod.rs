@@ -303,11 +303,10 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
         out.push_str("WARNING: events were lost (ring buffer full): verdicts may miss evidence\n");
     }
     if ctx.collected.decode_errors > 0 {
-        let _ = writeln!(
-            out,
-            "NOTE: {} kernel records did not decode (a version mismatch between lbtrace's programs and its userspace?)",
+        out.push_str(&format!(
+            "NOTE: {} kernel records did not decode (a version mismatch between lbtrace's programs and its userspace?)\n",
             ctx.collected.decode_errors
-        );
+        ));
     }
     if ctx.collected.events_not_kept > 0 {
         out.push_str(&format!(
