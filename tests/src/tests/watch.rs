@@ -3,8 +3,9 @@
 //! dump socket's permissions, the recorder's memory bound under a burst, and the metrics.
 //!
 //! Thresholds are shortened for the tests: 3 findings in 30 s raise an alert, 4 s without one
-//! recover it. Findings that only time reveals (an unanswered or dropped SYN, a forwarded SYN
-//! without reply) are judged 3 s after the SYN by a 1 s tick, so waits allow for that.
+//! recover it. A finding is made when its evidence exists: a drop with its reason, an RST, a SYN
+//! retransmission; only what time alone reveals (an unanswered SYN, a forwarded SYN without
+//! reply) is judged 3 s after the SYN by a 1 s tick, so waits allow for that.
 
 use std::{
     fs,
