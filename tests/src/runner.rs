@@ -248,7 +248,19 @@ pub fn json_lines(text: &str) -> Vec<Value> {
 /// A running `lbtrace watch --format json` (the tripwire), read while it runs.
 #[derive(Debug)]
 pub struct Watch {
-    proc: Proc,
+    /// `None` once stopped.
+    proc: Option<Proc>,
+}
+
+/// A tripwire a test did not stop (it failed, or it only looked at alerts) is stopped the way an
+/// operator would, with SIGINT, so that it removes its socket and detaches; SIGKILL only if it
+/// does not exit.
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            let _ = p.try_stop(libc::SIGINT, Duration::from_secs(10));
+        }
+    }
 }
 
 impl Watch {
@@ -265,31 +277,35 @@ impl Watch {
         argv.push(ready.to_string_lossy().into_owned());
         let mut proc = ns.spawn(name, dir, &argv);
         proc.wait_until("armed", Lbtrace::READY_TIMEOUT, |_| ready.exists());
-        Watch { proc }
+        Watch { proc: Some(proc) }
+    }
+
+    fn p(&self) -> &Proc {
+        self.proc.as_ref().expect("the tripwire runs")
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.pid()
+        self.p().pid()
     }
 
     /// Sends `sig` to the tripwire.
     pub fn signal(&self, sig: libc::c_int) {
-        self.proc.signal(sig);
+        self.p().signal(sig);
     }
 
     /// What it wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.proc.stderr()
+        self.p().stderr()
     }
 
     /// Whether the tripwire still runs.
     pub fn running(&mut self) -> bool {
-        self.proc.exited().is_none()
+        self.proc.as_mut().is_some_and(|p| p.exited().is_none())
     }
 
     /// The JSON objects it printed so far.
     pub fn objects(&self) -> Vec<Value> {
-        json_lines(&self.proc.stdout())
+        json_lines(&self.p().stdout())
     }
 
     /// The objects of one `type` (`alert`, `recovered`, `health`) printed so far.
@@ -304,8 +320,8 @@ impl Watch {
     pub fn dump(&self) -> String {
         format!(
             "stdout:\n{}\nstderr:\n{}",
-            self.proc.stdout(),
-            self.proc.stderr()
+            self.p().stdout(),
+            self.p().stderr()
         )
     }
 
@@ -321,8 +337,9 @@ impl Watch {
 
     /// Stops the tripwire with SIGINT, asserts it exits 0, and returns every object it printed
     /// and its stderr.
-    pub fn stop(self) -> (Vec<Value>, String) {
-        let done = self.proc.stop(libc::SIGINT, Duration::from_secs(15));
+    pub fn stop(mut self) -> (Vec<Value>, String) {
+        let proc = self.proc.take().expect("the tripwire runs");
+        let done = proc.stop(libc::SIGINT, Duration::from_secs(15));
         assert!(
             done.status.success(),
             "lbtrace watch exited with {} after SIGINT\nstderr:\n{}\nstdout:\n{}",
