@@ -230,6 +230,24 @@ pub enum Pressure {
 }
 
 impl Pressure {
+    /// The key the tripwire counts it under (per backend for source ports, per interface for
+    /// rp_filter), as alerts and metrics name it.
+    pub fn alert_key(&self) -> String {
+        match self {
+            Self::AcceptQueueFull { .. } => "accept_queue_full".to_owned(),
+            Self::SynCookies { .. } => "syn_cookies".to_owned(),
+            Self::Conntrack { .. } => "conntrack".to_owned(),
+            Self::SourcePorts { ports, .. } => format!("source_ports:{}", ports.backend),
+            Self::NoForwarding => "no_forwarding".to_owned(),
+            Self::StrictRpFilter { iface } => format!("rp_filter_strict:{iface}"),
+        }
+    }
+
+    /// A setting rather than something that ran out: true in every sample while it lasts.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, Self::NoForwarding | Self::StrictRpFilter { .. })
+    }
+
     pub fn step(&self) -> u8 {
         match self {
             Self::AcceptQueueFull { .. }

@@ -232,13 +232,9 @@ impl Alerts {
         self.examples
             .insert(key.clone(), (now_ns, conn.client, conn.vip, conn.id));
         let (count, message) = self.count(now_ns, &key, step, || describe(f))?;
-        let backend: Option<SocketAddr> = match f {
-            Finding::BackendRefused { backend }
-            | Finding::BackendTimeout { backend }
-            | Finding::BackendUnreachable { backend, .. }
-            | Finding::AsymmetricReturn { backend } => Some(*backend),
-            _ => conn.backend.as_ref().map(|b| b.backend),
-        };
+        let backend = f
+            .backend()
+            .or_else(|| conn.backend.as_ref().map(|b| b.backend));
         Some(Notice::Alert(Alert {
             key,
             step,
@@ -275,13 +271,7 @@ impl Alerts {
                 lb.ip()
             ),
         })?;
-        let backend = match f {
-            Finding::BackendRefused { backend }
-            | Finding::BackendTimeout { backend }
-            | Finding::BackendUnreachable { backend, .. }
-            | Finding::AsymmetricReturn { backend } => Some(backend.to_string()),
-            _ => None,
-        };
+        let backend = f.backend().map(|b| b.to_string());
         Some(Notice::Alert(Alert {
             key,
             step,
@@ -306,15 +296,13 @@ impl Alerts {
     /// Settings that do not change (forwarding off, strict rp_filter) are not alerts: the
     /// caller says them once.
     pub fn host(&mut self, now_ns: u64, p: &Pressure) -> Option<Notice> {
-        let (key, backend) = match p {
-            Pressure::AcceptQueueFull { .. } => ("accept_queue_full".to_owned(), None),
-            Pressure::SynCookies { .. } => ("syn_cookies".to_owned(), None),
-            Pressure::Conntrack { .. } => ("conntrack".to_owned(), None),
-            Pressure::SourcePorts { ports, .. } => (
-                format!("source_ports:{}", ports.backend),
-                Some(ports.backend.to_string()),
-            ),
-            Pressure::NoForwarding | Pressure::StrictRpFilter { .. } => return None,
+        if p.is_setting() {
+            return None;
+        }
+        let key = p.alert_key();
+        let backend = match p {
+            Pressure::SourcePorts { ports, .. } => Some(ports.backend.to_string()),
+            _ => None,
         };
         let step = p.step();
         let (count, message) = self.count(now_ns, &key, step, || describe_pressure(p))?;

@@ -74,6 +74,17 @@ pub enum Finding {
 }
 
 impl Finding {
+    /// The backend the finding is about (step 3, and the asymmetric return of step 4).
+    pub fn backend(&self) -> Option<SocketAddr> {
+        match self {
+            Self::BackendRefused { backend }
+            | Self::BackendTimeout { backend }
+            | Self::BackendUnreachable { backend, .. }
+            | Self::AsymmetricReturn { backend } => Some(*backend),
+            _ => None,
+        }
+    }
+
     /// The checklist step this finding fails.
     pub fn checklist_step(&self) -> Step {
         match self {

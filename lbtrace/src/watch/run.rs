@@ -194,7 +194,7 @@ impl Loop {
         };
         if let Some(prev) = self.host_prev.replace(cur.clone()) {
             for p in host::pressure(&prev, &cur, None) {
-                *self.tally.findings.entry(host_key(&p)).or_default() += 1;
+                *self.tally.findings.entry(p.alert_key()).or_default() += 1;
                 if let Some(n) = self.alerts.host(now, &p) {
                     self.notice(n);
                 }
@@ -331,18 +331,6 @@ impl Loop {
     }
 }
 
-/// The findings-metric key of a host limit.
-fn host_key(p: &host::Pressure) -> String {
-    match p {
-        host::Pressure::AcceptQueueFull { .. } => "accept_queue_full".to_owned(),
-        host::Pressure::SynCookies { .. } => "syn_cookies".to_owned(),
-        host::Pressure::Conntrack { .. } => "conntrack".to_owned(),
-        host::Pressure::SourcePorts { ports, .. } => format!("source_ports:{}", ports.backend),
-        host::Pressure::NoForwarding => "no_forwarding".to_owned(),
-        host::Pressure::StrictRpFilter { iface } => format!("rp_filter_strict:{iface}"),
-    }
-}
-
 /// Writes the whole history for SIGUSR1 into a new file in `dir` (0600, `O_EXCL | O_NOFOLLOW`:
 /// a name planted in advance is skipped, never followed or overwritten).
 fn write_usr1_dump(l: &mut Loop, dir: &Path, netns: u64) -> Result<PathBuf> {
@@ -445,13 +433,16 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         cfg.ifaces.iter().map(|l| l.name.clone()).collect(),
     );
     // Settings that do not change are said once, not alerted on every sample.
-    let first = host::sample(&sampler.vips, &sampler.backends, &sampler.ifaces);
-    for iface in &first.rp_filter_strict {
+    for iface in sampler
+        .ifaces
+        .iter()
+        .filter(|i| host::procfs::rp_filter(i) == Some(1))
+    {
         eprintln!(
             "lbtrace: note: strict reverse-path filtering on {iface} (rp_filter=1): clients reaching the VIP over an asymmetric path are dropped (IP_RPFILTER)"
         );
     }
-    if first.ip_forward == Some(false) {
+    if host::procfs::ip_forward() == Some(false) {
         eprintln!(
             "lbtrace: note: this host does not forward IPv4 (ip_forward=0): a Layer-4 (NAT) VIP cannot reach its backends"
         );
