@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::watch::DROP_SYNS;
 use crate::{
     lab::{Family, Lab, Netns, VIP, VIP_PORT, process},
     runner::{Watch, json_lines, lbtrace_bin, lbtrace_output},
@@ -157,13 +158,6 @@ fn count_procs(prefix: &str) -> usize {
     }
     n
 }
-
-const DROP_SYNS: &str = "table inet lbthardening {\n\
-                         \x20 chain input {\n\
-                         \x20   type filter hook input priority 0; policy accept;\n\
-                         \x20   ip daddr 10.10.2.10 tcp dport 80 drop\n\
-                         \x20 }\n\
-                         }\n";
 
 #[test]
 fn on_alert_children_are_bounded_timed_out_and_stopped() {

@@ -444,7 +444,7 @@ fn watch_alerts_backend_down_and_recovers() {
 }
 
 /// An nft table in the lb dropping clients' SYNs to VIP:80 on input.
-const DROP_SYNS: &str = "table inet lbtwatchdrop {\n\
+pub(super) const DROP_SYNS: &str = "table inet lbtwatchdrop {\n\
                          \x20 chain input {\n\
                          \x20   type filter hook input priority 0; policy accept;\n\
                          \x20   ip daddr 10.10.2.10 tcp dport 80 drop\n\
