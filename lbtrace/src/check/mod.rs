@@ -2,6 +2,11 @@
 //!
 //! Attach the tracer, probe every backend (and the VIP) from the LB host, watch real client
 //! connections for the observation window, then judge (`verdict`) and report (`report`).
+//!
+//! Each target is probed `--probe-count` times ([`probe::series`]), one probe after the other
+//! [`PROBE_GAP`] apart; the targets (every backend and the VIP) are probed in parallel, so the
+//! probes take at most `count x 3 x --probe-timeout + (count - 1) x PROBE_GAP` however many
+//! backends there are.
 //! Exit codes: 0 no step fails and none is unknown; 1 a step fails; 3 none fails, some unknown;
 //! 2 the check could not run.
 
@@ -18,7 +23,10 @@ use crate::{
     cli::{CheckArgs, DEFAULT_RING_MIB, FilterArgs},
     event::KernelEvent,
     kernel::{self, Tracer, btf::DropReasons},
-    probe::{self, HttpSpec, ProbeReport, ProbeSpec, TcpOutcome, TlsSpec},
+    probe::{
+        self, HttpSpec, ProbeReport, ProbeSpec, TcpOutcome, TlsSpec,
+        series::{self, Summary},
+    },
     render::Clock,
     session,
 };
@@ -29,8 +37,12 @@ use verdict::{Facts, ProbeFacts, Status, TcpResult};
 pub struct Collected {
     /// The kernel events kept, in time order.
     pub events: Vec<KernelEvent>,
-    pub probes: Vec<ProbeReport>,
-    pub vip_probe: Option<ProbeReport>,
+    /// Each backend's series of probes, in `--backend` order.
+    pub probes: Vec<Vec<ProbeReport>>,
+    /// The VIP's series of probes from the LB host.
+    pub vip_probe: Option<Vec<ProbeReport>>,
+    /// `--slow`.
+    pub slow: Duration,
     pub window: Duration,
     pub counters: kernel::counters::Counters,
     pub data_drops: Vec<(String, u64)>,
@@ -42,6 +54,38 @@ pub struct Collected {
     pub decode_errors: u64,
     /// The LB host's limits before and after the window.
     pub host: verdict::HostFacts,
+}
+
+/// The time between two probes of one target.
+pub const PROBE_GAP: Duration = Duration::from_millis(200);
+
+/// The probe of a series that speaks for it in the verdict and the report: the first whose TCP
+/// connect failed, else the first that got no HTTP answer, else the first. `None` for an empty
+/// series.
+pub fn representative(series: &[ProbeReport]) -> Option<&ProbeReport> {
+    series
+        .iter()
+        .find(|p| !matches!(p.tcp, TcpOutcome::Connected { .. }))
+        .or_else(|| {
+            series.iter().find(|p| {
+                p.http
+                    .as_ref()
+                    .is_some_and(|h| !matches!(h, probe::HttpOutcome::Response { .. }))
+            })
+        })
+        .or_else(|| series.first())
+}
+
+/// A series of probes reduced to what the verdict engine uses: the TCP result of its
+/// [`representative`], the local port of every probe, and the series' [`Summary`].
+pub fn series_facts(series: &[ProbeReport], slow: Duration) -> Option<ProbeFacts> {
+    let mut f = facts_of(representative(series)?);
+    f.ports = series
+        .iter()
+        .filter_map(|p| p.local.map(|l| l.port()))
+        .collect();
+    f.series = Some(series::judge(series, slow));
+    Some(f)
 }
 
 pub fn facts_of(p: &ProbeReport) -> ProbeFacts {
@@ -59,9 +103,11 @@ pub fn facts_of(p: &ProbeReport) -> ProbeFacts {
     ProbeFacts {
         target: p.target,
         local_port: p.local.map(|l| l.port()),
+        ports: p.local.map(|l| l.port()).into_iter().collect(),
         tcp,
         why,
         http_status,
+        series: None,
     }
 }
 
@@ -72,12 +118,21 @@ pub struct ProbeSet {
 }
 
 impl ProbeSet {
-    pub fn of(backends: &[ProbeReport], vip: Option<&ProbeReport>) -> Self {
+    /// Backends whose series is empty (none is: a series has at least one probe) are left out.
+    pub fn of(backends: &[Vec<ProbeReport>], vip: Option<&[ProbeReport]>, slow: Duration) -> Self {
         Self {
-            backends: backends.iter().map(facts_of).collect(),
-            vip: vip.map(facts_of),
+            backends: backends
+                .iter()
+                .filter_map(|s| series_facts(s, slow))
+                .collect(),
+            vip: vip.and_then(|s| series_facts(s, slow)),
         }
     }
+}
+
+/// A series' summary, for the report.
+pub fn summary_of(series: &[ProbeReport], slow: Duration) -> Option<Summary> {
+    (!series.is_empty()).then(|| series::judge(series, slow))
 }
 
 /// The facts the verdict engine judges, from the arguments, the probes and the events so far.
@@ -138,19 +193,20 @@ fn vip_addr(args: &CheckArgs) -> Result<SocketAddr> {
     Ok(SocketAddr::new(vip.addr, vip_port))
 }
 
-/// Starts every probe (backends concurrently, then the VIP); their SYNs are in the kernel
-/// events too.
+/// Starts every series of probes (the backends and the VIP concurrently, each series one probe
+/// after the other); their SYNs are in the kernel events too.
 fn spawn_probes(args: &CheckArgs, vip: SocketAddr) -> JoinHandle<ProbeResults> {
-    let backend_specs: Vec<ProbeSpec> = args
+    let mut specs: Vec<ProbeSpec> = args
         .backend
         .iter()
         .map(|b| spec(args, SocketAddr::new(b.addr, b.port.unwrap_or(0)), false))
         .collect();
-    let vip_spec = spec(args, vip, true);
+    specs.push(spec(args, vip, true));
+    let count = args.probe_count;
     tokio::spawn(async move {
-        let backend = futures_join(backend_specs).await;
-        let vip = probe::run(&vip_spec).await;
-        (backend, vip)
+        let mut all = futures_join(specs, count).await;
+        let vip = all.pop().unwrap_or_default();
+        (all, vip)
     })
 }
 
@@ -238,6 +294,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         events: log.into_sorted(),
         probes: probe_reports,
         vip_probe: Some(vip_probe),
+        slow: args.slow,
         window: started.elapsed(),
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),
@@ -246,7 +303,11 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
             after: host_after,
         },
     };
-    let probes = ProbeSet::of(&collected.probes, collected.vip_probe.as_ref());
+    let probes = ProbeSet::of(
+        &collected.probes,
+        collected.vip_probe.as_deref(),
+        collected.slow,
+    );
     let v = verdict::judge(&facts(
         &args,
         &probes,
@@ -275,12 +336,13 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
     Ok(exit_code(&v))
 }
 
-/// Runs the probes concurrently; the reports come back in the order of `specs`.
-async fn futures_join(specs: Vec<ProbeSpec>) -> Vec<ProbeReport> {
+/// Runs a series of `count` probes of each spec, the series concurrently; they come back in
+/// the order of `specs`.
+async fn futures_join(specs: Vec<ProbeSpec>, count: u32) -> Vec<Vec<ProbeReport>> {
     let handles: Vec<_> = specs
         .iter()
         .cloned()
-        .map(|s| tokio::spawn(async move { probe::run(&s).await }))
+        .map(|s| tokio::spawn(async move { series::run_series(&s, count, PROBE_GAP).await }))
         .collect();
     let mut out = Vec::with_capacity(handles.len());
     for (h, s) in handles.into_iter().zip(specs) {

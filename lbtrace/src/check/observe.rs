@@ -90,8 +90,8 @@ impl EventLog {
     }
 }
 
-/// The backend probes' reports (in `--backend` order) and the VIP probe's.
-pub type ProbeResults = (Vec<ProbeReport>, ProbeReport);
+/// The backends' series of probes (in `--backend` order) and the VIP's.
+pub type ProbeResults = (Vec<Vec<ProbeReport>>, Vec<ProbeReport>);
 
 /// What the window collected.
 pub struct Observed {
@@ -155,7 +155,7 @@ pub async fn observe(
         }
         let now = tokio::time::Instant::now();
         if now >= judge_at && judged.is_none_or(|(_, n)| n != log.events().len()) {
-            let probes = ProbeSet::of(bp, Some(vp));
+            let probes = ProbeSet::of(bp, Some(vp), args.slow);
             let f = facts(
                 args,
                 &probes,

@@ -6,15 +6,16 @@
 //! words are in `host.rs`).
 
 mod host;
+mod series;
 
 use serde_json::{Value, json};
 
 use self::host::{host_evidence, host_finding_json, host_json, host_next, host_text, host_words};
 use super::{
-    Collected,
+    Collected, representative, summary_of,
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
-        Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict,
+        LocalService, Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict,
         flow::ReasonCounts,
     },
 };
@@ -104,12 +105,14 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             o
         })
         .collect();
+    let slow = ctx.collected.slow;
     let backends: Vec<Value> = v
         .backends
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let p = ctx.collected.probes.get(i);
+            let all = ctx.collected.probes.get(i).map_or(&[][..], Vec::as_slice);
+            let p = representative(all);
             json!({
                 "addr": b.addr.to_string(),
                 "tcp": p.map(|p| p.tcp.name()),
@@ -117,10 +120,14 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
                 "tls": p.and_then(|p| p.tls.as_ref()),
                 "finding": backend_finding(&b.finding),
                 "probe": p,
+                "series": summary_of(all, slow),
                 "evidence": ev_json(&b.evidence, &mut ctx.ifnames),
             })
         })
         .collect();
+    let vip_probe = ctx.collected.vip_probe.as_deref().and_then(|all| {
+        representative(all).map(|p| json!({"local": true, "probe": p, "tcp": p.tcp.name(), "http_status": http_status(p), "series": summary_of(all, slow)}))
+    });
     let c = &ctx.collected.counters;
     json!({
         "vip": ctx.vip.to_string(),
@@ -129,7 +136,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         "observed_seconds": (ctx.collected.window.as_secs_f64() * 10.0).round() / 10.0,
         "steps": steps,
         "backends": backends,
-        "vip_probe": ctx.collected.vip_probe.as_ref().map(|p| json!({"local": true, "probe": p, "tcp": p.tcp.name(), "http_status": http_status(p)})),
+        "vip_probe": vip_probe,
         "kernel": {
             "events": events.len(),
             "lost": c.lost(),
@@ -262,26 +269,36 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
         }
     }
     out.push_str("\nbackends (probed from the LB host):\n");
+    let slow = ctx.collected.slow;
+    // The representative probe (the first that failed), then the series' numbers.
+    let lines = |all: &[ProbeReport]| -> Vec<String> {
+        let mut l: Vec<String> = representative(all).map(probe_line).into_iter().collect();
+        if all.len() > 1 {
+            l.extend(summary_of(all, slow).map(|s| series::series_line(&s)));
+        }
+        l
+    };
     for (i, b) in v.backends.iter().enumerate() {
-        let line = ctx
-            .collected
-            .probes
-            .get(i)
-            .map(probe_line)
-            .unwrap_or_default();
         out.push_str(&format!(
             "  {:<24} {}\n",
             b.addr.to_string(),
             backend_finding(&b.finding)
         ));
-        out.push_str(&format!("  {:<24} {line}\n", ""));
+        let all = ctx.collected.probes.get(i).map_or(&[][..], Vec::as_slice);
+        for line in lines(all) {
+            out.push_str(&format!("  {:<24} {line}\n", ""));
+        }
     }
-    if let Some(p) = &ctx.collected.vip_probe {
+    if let Some(all) = ctx.collected.vip_probe.as_deref()
+        && let Some(p) = all.first()
+    {
         out.push_str(&format!(
-            "  {:<24} (the VIP, from the LB host itself) {}\n",
+            "  {:<24} (the VIP, from the LB host itself)\n",
             p.target.to_string(),
-            probe_line(p)
         ));
+        for line in lines(all) {
+            out.push_str(&format!("  {:<24} {line}\n", ""));
+        }
     }
     out.push_str(&host_text(&ctx.collected.host));
     let c = &ctx.collected.counters;
@@ -397,6 +414,10 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
         ) if outcomes.unanswered > 0 => Some(
             "SYNs the LB neither answers nor forwards, with no drop reason: a full accept queue drops them silently (ss -ltn: Recv-Q against Send-Q on the VIP; TcpExt ListenOverflows); check the LB's maxconn, its listen backlog and whether its workers are saturated".to_owned(),
         ),
+        StepFinding::LbHandling(
+            HandlingFinding::Served { local: Some(l), .. }
+            | HandlingFinding::Hang { local: Some(l), .. },
+        ) if series::local_next(l).is_some() => series::local_next(l),
         StepFinding::LbHandling(HandlingFinding::Hang { .. }) => Some(
             "the LB is waiting for a backend: see step 3, and the LB's timeouts".to_owned(),
         ),
@@ -406,6 +427,9 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
                 BackendsFinding::NoBackends => {
                     Some("pass the backends with --backend ADDR:PORT".to_owned())
                 }
+                BackendsFinding::AllReachable { .. } if !f.degraded.is_empty() => Some(
+                    "the backends listed connect but serve errors or late: their own logs say why (the LB passes their errors and delays on to the clients)".to_owned(),
+                ),
                 BackendsFinding::AllReachable { .. } => None,
                 BackendsFinding::Unreachable { .. } => Some(
                     "bring the evidence to the server or firewall team of each backend listed"
@@ -498,7 +522,10 @@ fn outcome_words(mode: Mode, o: &Outcomes) -> Vec<String> {
     .collect()
 }
 
-fn local_words(local_http: Option<u16>) -> String {
+fn local_words(local_http: Option<u16>, local: Option<&LocalService>) -> String {
+    if let Some(l) = local {
+        return series::local_words(l);
+    }
     local_http
         .map(|s| format!("; the LB host's own request to the VIP got HTTP {s}"))
         .unwrap_or_default()
@@ -527,6 +554,7 @@ fn handling_summary(f: &HandlingFinding) -> String {
             connections,
             outcomes,
             local_http,
+            local,
         } => {
             let extra = outcome_words(*mode, outcomes);
             format!(
@@ -538,7 +566,7 @@ fn handling_summary(f: &HandlingFinding) -> String {
                 } else {
                     extra.join(", ")
                 },
-                local_words(*local_http)
+                local_words(*local_http, local.as_ref())
             )
         }
         HandlingFinding::Hang {
@@ -546,11 +574,12 @@ fn handling_summary(f: &HandlingFinding) -> String {
             hang,
             outcomes,
             local_http,
+            local,
         } => format!(
             "{}; {hang} connection(s) hang: the LB accepted the request and sent nothing back ({}){}",
             mode_sentence(*mode),
             outcome_words(*mode, outcomes).join(", "),
-            local_words(*local_http)
+            local_words(*local_http, local.as_ref())
         ),
     }
 }
@@ -580,6 +609,11 @@ fn failed_share(o: &Outcomes, connections: usize) -> String {
 fn backends_summary(f: &LbToBackend) -> String {
     let base = match &f.backends {
         BackendsFinding::NoBackends => "no --backend given: nothing to probe".to_owned(),
+        BackendsFinding::AllReachable { backends } if !f.degraded.is_empty() => format!(
+            "the LB reaches all {backends} backend(s), but {} of {backends} serve(s) badly ({})",
+            f.degraded.len(),
+            degraded_list(f)
+        ),
         BackendsFinding::AllReachable { backends } => {
             format!("the LB reaches all {backends} backend(s)")
         }
@@ -588,8 +622,13 @@ fn backends_summary(f: &LbToBackend) -> String {
                 .iter()
                 .map(|(addr, b)| format!("{addr}: {}", backend_finding(b)))
                 .collect();
+            let also = if f.degraded.is_empty() {
+                String::new()
+            } else {
+                format!("; reachable but serving badly: {}", degraded_list(f))
+            };
             format!(
-                "{} of {of} backend(s) not reachable from the LB ({})",
+                "{} of {of} backend(s) not reachable from the LB ({}){also}",
                 down.len(),
                 list.join("; ")
             )
@@ -607,6 +646,15 @@ fn backends_summary(f: &LbToBackend) -> String {
     }
 }
 
+/// `10.0.0.2:8080 answers HTTP 500 (...); 10.0.0.3:8080 slow: ...`.
+fn degraded_list(f: &LbToBackend) -> String {
+    f.degraded
+        .iter()
+        .map(|(addr, b)| format!("{addr} {}", backend_finding(b)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One backend's probe result in words, with its reason.
 pub fn backend_finding(f: &BackendFinding) -> String {
     let paren = |r: &ReasonCounts| {
@@ -620,6 +668,9 @@ pub fn backend_finding(f: &BackendFinding) -> String {
         BackendFinding::NotProbed => "not probed".to_owned(),
         BackendFinding::Connected { http: Some(s) } => format!("connected, HTTP {s}"),
         BackendFinding::Connected { http: None } => "connected".to_owned(),
+        BackendFinding::Erroring { .. }
+        | BackendFinding::Hangs { .. }
+        | BackendFinding::Slow { .. } => series::degraded_words(f).unwrap_or_default(),
         BackendFinding::Refused => {
             "refused: nothing listening (the backend answered the SYN with RST)".to_owned()
         }
@@ -749,6 +800,7 @@ mod tests {
         let s = step(StepFinding::LbToBackend(LbToBackend {
             backends: down,
             forward_drops: Some(ReasonCounts(vec![("NEIGH_FAILED".into(), 2)])),
+            degraded: Vec::new(),
         }));
         assert_eq!(
             summary(&s),
@@ -757,6 +809,7 @@ mod tests {
         let s = step(StepFinding::LbToBackend(LbToBackend {
             backends: BackendsFinding::NoBackends,
             forward_drops: Some(ReasonCounts(vec![("NEIGH_FAILED".into(), 1)])),
+            degraded: Vec::new(),
         }));
         assert_eq!(s.status, Status::Fail);
         assert_eq!(
@@ -778,6 +831,7 @@ mod tests {
             connections: 6,
             outcomes,
             local_http: None,
+            local: None,
         }));
         assert_eq!(s.status, Status::Fail);
         assert!(

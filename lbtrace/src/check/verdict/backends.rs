@@ -1,6 +1,14 @@
-//! Step 3, `lb-to-backend`: can the LB reach each backend? Judged from the LB host's own probe
-//! of each backend and the kernel events of that probe, plus client SYNs that a NAT forwarded
-//! and the LB host dropped on the way.
+//! Step 3, `lb-to-backend`: can the LB reach each backend, and does each serve? Judged from the
+//! LB host's own probes of each backend (a series of `--probe-count`) and their kernel events,
+//! plus client SYNs that a NAT forwarded and the LB host dropped on the way.
+//!
+//! The rule, per backend ([`BackendFinding::status`]):
+//! - a TCP connect that failed in any probe (refused, filtered, host down, no route): `fail`;
+//! - connects, but answers HTTP 5xx, or no answer within the probe timeout ("hangs"), in every
+//!   probe: `fail` (every request the LB sends it fails);
+//! - the same in some of the probes: `warn` (it fails intermittently);
+//! - answers, with a median connect time or time to first byte past `--slow`: `warn`;
+//! - otherwise `pass`. The step takes the worst of its backends.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,6 +16,7 @@ use super::{
     BackendVerdict, Facts, ProbeFacts, Status, StepFinding, StepVerdict, TcpResult,
     flow::{Flow, ReasonCounts},
 };
+use crate::probe::series::{Health, Stats};
 use crate::{
     checklist::{DropClass, Step},
     endpoint::Endpoint,
@@ -15,12 +24,35 @@ use crate::{
 };
 
 /// One backend's probe result, with its reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum BackendFinding {
     /// No probe ran for it.
     NotProbed,
     Connected {
         http: Option<u16>,
+    },
+    /// Connects, and answers HTTP 5xx in `errors` of `of` probes (`status` the most frequent);
+    /// `ttfb_ms`: the time to first byte of every answer.
+    Erroring {
+        status: u16,
+        errors: usize,
+        of: usize,
+        ttfb_ms: Option<Stats>,
+    },
+    /// Connects, then no answer (`phase`: tls / http) within the probe timeout (`after_ms`) in
+    /// `hung` of `of` probes.
+    Hangs {
+        phase: String,
+        hung: usize,
+        of: usize,
+        after_ms: f64,
+        connect_ms: Option<Stats>,
+    },
+    /// Answers, slowly: the median of `what` (connect / first_byte) past `--slow`.
+    Slow {
+        what: String,
+        stats: Stats,
+        threshold_ms: f64,
     },
     /// The backend answered the SYN with RST: nothing listens.
     Refused,
@@ -63,8 +95,36 @@ pub enum BackendFinding {
     },
 }
 
+impl BackendFinding {
+    /// The rule in the module doc, for a backend that connects; `None` for the others (their
+    /// TCP result decides).
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Self::Erroring { errors, of, .. }
+            | Self::Hangs {
+                hung: errors, of, ..
+            } => Some(if errors >= of {
+                Status::Fail
+            } else {
+                Status::Warn
+            }),
+            Self::Slow { .. } => Some(Status::Warn),
+            Self::Connected { .. } => Some(Status::Pass),
+            _ => None,
+        }
+    }
+
+    /// A backend that connects but serves badly (erroring, hanging or slow).
+    pub fn degraded(&self) -> bool {
+        matches!(
+            self,
+            Self::Erroring { .. } | Self::Hangs { .. } | Self::Slow { .. }
+        )
+    }
+}
+
 /// The backends as a whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum BackendsFinding {
     /// No `--backend` given.
     NoBackends,
@@ -80,10 +140,12 @@ pub enum BackendsFinding {
 
 /// Step 3's finding: the probes' view, and client SYNs NATed towards a backend that the LB
 /// host dropped on the way (a failure whatever the probes say).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LbToBackend {
     pub backends: BackendsFinding,
     pub forward_drops: Option<ReasonCounts>,
+    /// Backends that connect but serve badly (erroring, hanging, slow), with how.
+    pub degraded: Vec<(SocketAddr, BackendFinding)>,
 }
 
 impl LbToBackend {
@@ -93,8 +155,21 @@ impl LbToBackend {
         }
         match self.backends {
             BackendsFinding::NoBackends => Status::Unknown,
-            BackendsFinding::AllReachable { .. } => Status::Pass,
             BackendsFinding::Unreachable { .. } => Status::Fail,
+            BackendsFinding::AllReachable { .. } => {
+                let st: Vec<Status> = self
+                    .degraded
+                    .iter()
+                    .filter_map(|(_, b)| b.status())
+                    .collect();
+                if st.contains(&Status::Fail) {
+                    Status::Fail
+                } else if st.contains(&Status::Warn) {
+                    Status::Warn
+                } else {
+                    Status::Pass
+                }
+            }
         }
     }
 }
@@ -131,17 +206,23 @@ pub fn judge(
         })
         .collect();
     let down: Vec<&BackendVerdict> = backends.iter().filter(|b| !b.reachable).collect();
+    let degraded: Vec<&BackendVerdict> = backends.iter().filter(|b| b.finding.degraded()).collect();
     let (all, mut evidence) = if f.backends.is_empty() {
         (BackendsFinding::NoBackends, Vec::new())
     } else if down.is_empty() {
+        // The first two events of each backend's probes, and every event of a degraded one's.
+        let evidence = backends
+            .iter()
+            .flat_map(|b| {
+                let n = if b.finding.degraded() { usize::MAX } else { 2 };
+                b.evidence.iter().take(n).copied()
+            })
+            .collect();
         (
             BackendsFinding::AllReachable {
                 backends: backends.len(),
             },
-            backends
-                .iter()
-                .flat_map(|b| b.evidence.iter().take(2).copied())
-                .collect(),
+            evidence,
         )
     } else {
         (
@@ -167,6 +248,10 @@ pub fn judge(
     let finding = LbToBackend {
         backends: all,
         forward_drops,
+        degraded: degraded
+            .iter()
+            .map(|b| (b.addr, b.finding.clone()))
+            .collect(),
     };
     (
         StepVerdict::new(
@@ -203,9 +288,7 @@ fn probe_finding(f: &Facts<'_>, b: &Endpoint, p: &ProbeFacts, evid: &[usize]) ->
     let reasons = ReasonCounts::of(ev, &drops, f.reasons);
     let why = || p.why.clone().unwrap_or_default();
     match p.tcp {
-        TcpResult::Connected => BackendFinding::Connected {
-            http: p.http_status,
-        },
+        TcpResult::Connected => served(p),
         TcpResult::Refused => BackendFinding::Refused,
         TcpResult::Unreachable | TcpResult::Timeout => {
             if reasons.any(DropClass::Neigh) {
@@ -241,5 +324,132 @@ fn probe_finding(f: &Facts<'_>, b: &Endpoint, p: &ProbeFacts, evid: &[usize]) ->
             }
         }
         TcpResult::Error => BackendFinding::ProbeError { why: why() },
+    }
+}
+
+/// How a backend that connects serves, from its series of probes (a single probe is not judged:
+/// connected).
+fn served(p: &ProbeFacts) -> BackendFinding {
+    let connected = BackendFinding::Connected {
+        http: p.http_status,
+    };
+    let Some(series) = &p.series else {
+        return connected;
+    };
+    match &series.health {
+        Health::Erroring { status, errors, of } => BackendFinding::Erroring {
+            status: *status,
+            errors: *errors,
+            of: *of,
+            ttfb_ms: series.ttfb_ms,
+        },
+        Health::Hangs {
+            phase,
+            hung,
+            of,
+            after_ms,
+        } => BackendFinding::Hangs {
+            phase: phase.clone(),
+            hung: *hung,
+            of: *of,
+            after_ms: *after_ms,
+            connect_ms: series.connect_ms,
+        },
+        Health::Slow {
+            what, threshold_ms, ..
+        } => {
+            let stats = if what == "connect" {
+                series.connect_ms
+            } else {
+                series.ttfb_ms
+            };
+            stats.map_or(connected, |stats| BackendFinding::Slow {
+                what: what.clone(),
+                stats,
+                threshold_ms: *threshold_ms,
+            })
+        }
+        Health::Fine | Health::Unreachable { .. } => connected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(h: Health) -> BackendFinding {
+        let stats = Stats {
+            min: 1.0,
+            median: 1500.0,
+            max: 2000.0,
+            n: 3,
+        };
+        served(&ProbeFacts {
+            target: "10.0.0.2:8080".parse().unwrap(),
+            local_port: Some(1),
+            ports: vec![1, 2, 3],
+            tcp: TcpResult::Connected,
+            why: None,
+            http_status: Some(200),
+            series: Some(crate::probe::series::Summary {
+                probes: 3,
+                connect_ms: Some(stats),
+                ttfb_ms: Some(stats),
+                statuses: vec![200; 3],
+                health: h,
+            }),
+        })
+    }
+
+    /// The warn / fail rule of the module doc.
+    #[test]
+    fn every_probe_failing_fails_some_warn_slow_warns() {
+        let erroring = |errors| Health::Erroring {
+            status: 502,
+            errors,
+            of: 3,
+        };
+        let hangs = |hung| Health::Hangs {
+            phase: "http".into(),
+            hung,
+            of: 3,
+            after_ms: 3000.0,
+        };
+        let slow = Health::Slow {
+            what: "connect".into(),
+            median_ms: 1500.0,
+            threshold_ms: 1000.0,
+        };
+        let status = |h| finding(h).status();
+        assert_eq!(status(erroring(3)), Some(Status::Fail));
+        assert_eq!(status(erroring(1)), Some(Status::Warn));
+        assert_eq!(status(hangs(3)), Some(Status::Fail));
+        assert_eq!(status(hangs(2)), Some(Status::Warn));
+        assert_eq!(status(slow.clone()), Some(Status::Warn));
+        assert_eq!(status(Health::Fine), Some(Status::Pass));
+        assert_eq!(BackendFinding::Refused.status(), None);
+        assert!(
+            matches!(finding(slow), BackendFinding::Slow { ref what, stats, threshold_ms }
+            if what == "connect" && stats.median == 1500.0 && threshold_ms == 1000.0)
+        );
+        assert!(!finding(Health::Fine).degraded() && finding(erroring(1)).degraded());
+        // The step takes the worst of its backends.
+        let step = |d: Vec<BackendFinding>| {
+            LbToBackend {
+                backends: BackendsFinding::AllReachable { backends: 3 },
+                forward_drops: None,
+                degraded: d
+                    .into_iter()
+                    .map(|b| ("10.0.0.2:8080".parse().unwrap(), b))
+                    .collect(),
+            }
+            .status()
+        };
+        assert_eq!(step(vec![]), Status::Pass);
+        assert_eq!(step(vec![finding(erroring(1))]), Status::Warn);
+        assert_eq!(
+            step(vec![finding(erroring(1)), finding(hangs(3))]),
+            Status::Fail
+        );
     }
 }

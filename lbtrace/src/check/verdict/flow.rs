@@ -103,8 +103,14 @@ impl Flow {
                 .any(|&i| seq_past(events[i].ack, sisn))
     }
 
-    /// The client closed first, after sending a request and before receiving a byte: it gave up
-    /// waiting (a hang), whatever the LB did after that.
+    /// The client closed first, after sending a request and before receiving a byte, and gave
+    /// up waiting (a hang), whatever the LB did after that.
+    ///
+    /// A client that gave up has closed its socket: its first close is a RST, or its kernel
+    /// resets whatever the LB sends after its FIN. A client that only half-closed (a FIN right
+    /// after its request, as `nc -N` sends) still reads: an LB FIN after the client's FIN with
+    /// no client RST is the LB answering (or closing), not hanging. A FIN the LB never follows
+    /// stays a hang: the LB sent nothing.
     pub fn client_gave_up(&self, events: &[KernelEvent]) -> bool {
         let (Some(isn), Some(sisn)) = (self.isn, self.server_isn) else {
             return false;
@@ -118,7 +124,20 @@ impl Flow {
             .iter()
             .chain(&self.lb_rsts)
             .any(|&i| events[i].ts_ns <= c.ts_ns);
-        !lb_closed_before && c.ack == sisn.wrapping_add(1) && seq_past(c.seq, isn)
+        if lb_closed_before || c.ack != sisn.wrapping_add(1) || !seq_past(c.seq, isn) {
+            return false;
+        }
+        if c.is_rst() {
+            return true;
+        }
+        let after = |i: &&usize| events[**i].ts_ns > c.ts_ns;
+        let lb_fin_after = self.lb_fins.iter().any(|i| after(&i));
+        let client_rst_after = self
+            .client_closes
+            .iter()
+            .filter(after)
+            .any(|&i| events[i].is_rst());
+        !lb_fin_after || client_rst_after
     }
 
     /// The LB host's kernel refused the connection: nothing listens on the VIP.
@@ -236,9 +255,10 @@ fn probe_of(probes: &[&ProbeFacts], e: &KernelEvent) -> Option<usize> {
     // For an ICMP error the event's tuple is already the quoted one.
     let (s, d) = (e.src, e.dst);
     probes.iter().position(|p| {
-        p.local_port.is_some_and(|lp| {
-            (d == p.target && s.port() == lp) || (s == p.target && d.port() == lp)
-        })
+        p.local_port
+            .iter()
+            .chain(&p.ports)
+            .any(|&lp| (d == p.target && s.port() == lp) || (s == p.target && d.port() == lp))
     })
 }
 

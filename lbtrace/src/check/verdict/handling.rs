@@ -1,11 +1,20 @@
 //! Step 2, `lb-handling`: Layer 4 or Layer 7, and what the LB does with the connections it
 //! accepts, including when it cannot serve them.
+//!
+//! The LB host's own requests to the VIP (`--probe-count` of them) are judged here too: an LB
+//! that answers them with 5xx (HAProxy's 503 or 504, nginx's 502) is handling requests it
+//! cannot serve with an error page, which is this step's question; why it cannot serve them is
+//! step 3's. Hence the rule ([`LocalService::status`]): when every backend answers the LB
+//! host's own probes fine, errors or hangs in *every* request fail this step (the LB's own
+//! doing: its backend list, limits or timeouts) and in some of them warn; when a backend does
+//! not answer fine, step 3 says why and this step only warns, and only when every request
+//! failed. A slow VIP (median past `--slow`) warns.
 
 use super::{
     Facts, Mode, Status, StepFinding, StepVerdict,
     flow::{Flow, evidence_of},
 };
-use crate::{checklist::Step, endpoint::Endpoint};
+use crate::{checklist::Step, endpoint::Endpoint, probe::series::Health};
 
 /// What became of the connections the LB took (answered or forwarded), by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +33,61 @@ pub struct Outcomes {
     pub unanswered: usize,
 }
 
+/// The LB host's own requests to the VIP, when they did not all get a fine answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalService {
+    /// Erroring, hanging or slow (never fine or unreachable).
+    pub health: Health,
+    /// Every backend answered the LB host's own probes fine.
+    pub backends_fine: bool,
+}
+
+impl LocalService {
+    /// The rule in the module doc.
+    pub fn status(&self) -> Status {
+        let every = match self.health {
+            Health::Erroring { errors, of, .. } => errors >= of,
+            Health::Hangs { hung, of, .. } => hung >= of,
+            Health::Slow { .. } => return Status::Warn,
+            Health::Fine | Health::Unreachable { .. } => return Status::Pass,
+        };
+        match (every, self.backends_fine) {
+            (true, true) => Status::Fail,
+            (true, false) | (false, true) => Status::Warn,
+            (false, false) => Status::Pass,
+        }
+    }
+
+    /// From the VIP's and the backends' series; `None` when the VIP's answers were fine (or it
+    /// could not be reached from the LB host: a Layer 4 VIP has no local listener).
+    pub fn of(f: &Facts<'_>) -> Option<Self> {
+        let health = f.vip_probe?.health()?;
+        if matches!(health, Health::Fine | Health::Unreachable { .. }) {
+            return None;
+        }
+        let backends_fine = !f.probes.is_empty()
+            && f.probes.len() == f.backends.len()
+            && f.probes
+                .iter()
+                .all(|p| matches!(p.health(), Some(Health::Fine)));
+        Some(Self {
+            health: health.clone(),
+            backends_fine,
+        })
+    }
+}
+
+/// The worse of two statuses (fail over warn over pass; unknown only over pass).
+fn worse(a: Status, b: Status) -> Status {
+    let rank = |s: Status| match s {
+        Status::Pass => 0,
+        Status::Unknown => 1,
+        Status::Warn => 2,
+        Status::Fail => 3,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum HandlingFinding {
     /// No client connection got past the LB host's stack.
@@ -37,6 +101,8 @@ pub enum HandlingFinding {
         outcomes: Outcomes,
         /// The LB host's own HTTP request to the VIP got this status.
         local_http: Option<u16>,
+        /// The LB host's own requests to the VIP, when not all were answered fine.
+        local: Option<LocalService>,
     },
     /// `hang` connections: the LB accepted the request and sent nothing back.
     Hang {
@@ -44,6 +110,7 @@ pub enum HandlingFinding {
         hang: usize,
         outcomes: Outcomes,
         local_http: Option<u16>,
+        local: Option<LocalService>,
     },
 }
 
@@ -58,8 +125,19 @@ impl Outcomes {
 
 impl HandlingFinding {
     /// Never `pass` while a connection failed here: any failed connection fails the step (its
-    /// cause is the LB host); hanging connections (the LB waits for a backend) are a warning.
+    /// cause is the LB host); hanging connections (the LB waits for a backend) are a warning;
+    /// the LB host's own requests to the VIP by [`LocalService::status`].
     pub fn status(&self) -> Status {
+        let clients = self.clients_status();
+        match self {
+            Self::Served { local: Some(l), .. } | Self::Hang { local: Some(l), .. } => {
+                worse(clients, l.status())
+            }
+            _ => clients,
+        }
+    }
+
+    fn clients_status(&self) -> Status {
         match self {
             Self::NoConnection => Status::Unknown,
             Self::NothingServes { .. } => Status::Fail,
@@ -105,6 +183,7 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
     let unanswered = live.iter().filter(|fl| fl.unanswered()).count();
     let served = live.len() - kernel_refused - unanswered;
     let local_http = f.vip_probe.and_then(|p| p.http_status);
+    let local = LocalService::of(f);
     if served == 0 {
         let first: Vec<&Flow> = live.iter().take(3).copied().collect();
         return (
@@ -186,6 +265,7 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
                 hang: hang.len(),
                 outcomes,
                 local_http,
+                local,
             },
             evid,
         );
@@ -196,7 +276,44 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
             connections: live.len(),
             outcomes,
             local_http,
+            local,
         },
         evid,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lb_serving_errors_fails_only_when_its_backends_are_fine() {
+        let errors = |errors, backends_fine| {
+            LocalService {
+                health: Health::Erroring {
+                    status: 503,
+                    errors,
+                    of: 3,
+                },
+                backends_fine,
+            }
+            .status()
+        };
+        assert_eq!(errors(3, true), Status::Fail);
+        assert_eq!(errors(1, true), Status::Warn);
+        assert_eq!(errors(3, false), Status::Warn);
+        assert_eq!(errors(1, false), Status::Pass);
+        let slow = LocalService {
+            health: Health::Slow {
+                what: "first_byte".into(),
+                median_ms: 1200.0,
+                threshold_ms: 1000.0,
+            },
+            backends_fine: true,
+        };
+        assert_eq!(slow.status(), Status::Warn);
+        assert_eq!(worse(Status::Warn, Status::Fail), Status::Fail);
+        assert_eq!(worse(Status::Pass, Status::Unknown), Status::Unknown);
+        assert_eq!(worse(Status::Warn, Status::Pass), Status::Warn);
+    }
 }

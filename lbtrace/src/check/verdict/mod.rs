@@ -26,11 +26,17 @@ use std::net::SocketAddr;
 
 pub use backends::{BackendFinding, BackendsFinding, LbToBackend};
 pub use client::ClientFinding;
-pub use handling::{HandlingFinding, Outcomes};
+pub use handling::{HandlingFinding, LocalService, Outcomes};
 pub use host::{HostFacts, HostFinding};
 pub use return_path::ReturnFinding;
 
-use crate::{checklist::Step, endpoint::Endpoint, event::KernelEvent, kernel::btf::DropReasons};
+use crate::{
+    checklist::Step,
+    endpoint::Endpoint,
+    event::KernelEvent,
+    kernel::btf::DropReasons,
+    probe::series::{Health, Summary},
+};
 use flow::Flow;
 
 /// How a step came out.
@@ -62,16 +68,30 @@ pub enum TcpResult {
     Error,
 }
 
-/// What a probe found, reduced to what the rules use.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a probe, or a series of probes of one target, found, reduced to what the rules use.
+/// For a series, the single-probe fields are those of its representative probe
+/// ([`crate::check::representative`]: the first that failed).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProbeFacts {
     pub target: SocketAddr,
     /// The probe socket's local port: ties kernel events to the probe.
     pub local_port: Option<u16>,
+    /// The local ports of every probe of the series (`local_port` among them): their kernel
+    /// events are the target's evidence.
+    pub ports: Vec<u16>,
     pub tcp: TcpResult,
     /// The OS's word for an unreachable / error result.
     pub why: Option<String>,
     pub http_status: Option<u16>,
+    /// The series' numbers and health; `None` for a single probe judged alone.
+    pub series: Option<Summary>,
+}
+
+impl ProbeFacts {
+    /// The series' health; a single probe's is not judged (`None`).
+    pub fn health(&self) -> Option<&Health> {
+        self.series.as_ref().map(|s| &s.health)
+    }
 }
 
 /// Everything the rules look at.

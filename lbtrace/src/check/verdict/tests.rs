@@ -7,6 +7,7 @@ use super::*;
 use crate::{
     checklist::Step,
     event::{Dir, KernelEvent},
+    probe::series::Stats,
     testutil::{drop, pkt, sa},
 };
 
@@ -31,9 +32,11 @@ fn probe(target: &str, port: u16, tcp: TcpResult) -> ProbeFacts {
     ProbeFacts {
         target: sa(target),
         local_port: Some(port),
+        ports: vec![port],
         tcp,
         why: None,
         http_status: (tcp == TcpResult::Connected).then_some(200),
+        series: None,
     }
 }
 
@@ -152,6 +155,7 @@ fn healthy_l7_passes_every_step() {
                 ..Outcomes::default()
             },
             local_http: None,
+            local: None,
         }
     );
     // The probe's own packets are not client evidence and are tied to the probe.
@@ -300,9 +304,46 @@ fn a_client_giving_up_before_a_late_answer_is_a_hang() {
         pkt(11, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001),
         // The client sent 77 bytes and gave up after 2 s with nothing received...
         pkt(2010, Dir::In, CLIENT, VIP, FIN | ACK, 1078, 7001),
-        // ...and the LB's 503 came after that.
+        // ...and the LB's 503 came after that: the client's kernel resets it (its socket is
+        // closed).
+        pkt(3000, Dir::Out, VIP, CLIENT, FIN | ACK, 7200, 1079),
+        pkt(3001, Dir::In, CLIENT, VIP, RST, 1079, 0),
+    ]);
+    // A client that resets first gave up too, whatever the LB sends later.
+    assert_hang(&[
+        pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+        pkt(11, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001),
+        pkt(2010, Dir::In, CLIENT, VIP, RST | ACK, 1078, 7001),
         pkt(3000, Dir::Out, VIP, CLIENT, FIN | ACK, 7200, 1079),
     ]);
+}
+
+#[test]
+fn a_half_closed_client_that_gets_its_answer_is_not_a_hang() {
+    // `nc -N`: the request and a FIN at once (ack = LB ISN + 1: nothing received yet), then the
+    // LB's answer and FIN, which the client reads: no RST.
+    let ev = [
+        pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+        pkt(11, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001),
+        pkt(12, Dir::In, CLIENT, VIP, FIN | ACK, 1078, 7001),
+        pkt(15, Dir::Out, VIP, CLIENT, FIN | ACK, 7300, 1079),
+    ];
+    let v = run(&ev, &healthy_probes());
+    assert_eq!(v.steps[1].status, Status::Pass, "{v:#?}");
+    assert!(
+        matches!(handling(&v), HandlingFinding::Served { outcomes, .. }
+            if *outcomes == Outcomes { answered_closed: 1, ..Outcomes::default() }),
+        "{v:#?}"
+    );
+    // Half-closed, and the LB closes without a byte: closed, not hung.
+    let mut empty = ev;
+    empty[3] = pkt(15, Dir::Out, VIP, CLIENT, FIN | ACK, 7001, 1079);
+    let v = run(&empty, &healthy_probes());
+    assert!(
+        matches!(handling(&v), HandlingFinding::Served { outcomes, .. }
+            if outcomes.closed_empty == 1),
+        "{v:#?}"
+    );
 }
 
 #[test]
@@ -661,4 +702,155 @@ fn a_full_accept_queue_fails_step_one_with_its_counters() {
             .any(|&i| ev[i].src.port() >= 40003 && ev[i].is_syn()),
         "{v:#?}"
     );
+}
+
+/// A probe of `target` whose series of three came out `health`.
+fn series_probe(target: &str, port: u16, health: Health) -> ProbeFacts {
+    let stats = |ms: f64| Stats {
+        min: ms,
+        median: ms,
+        max: ms,
+        n: 3,
+    };
+    let mut p = probe(target, port, TcpResult::Connected);
+    p.ports = vec![port, port + 1, port + 2];
+    p.series = Some(Summary {
+        probes: 3,
+        connect_ms: Some(stats(0.3)),
+        ttfb_ms: Some(stats(1800.0)),
+        statuses: vec![500; 3],
+        health,
+    });
+    p
+}
+
+fn erroring(errors: usize) -> Health {
+    Health::Erroring {
+        status: 500,
+        errors,
+        of: 3,
+    }
+}
+
+#[test]
+fn backends_serving_errors_fail_or_warn_step_three_with_their_numbers() {
+    let run_with = |h: Health| {
+        let probes = [
+            series_probe(BE1, 50001, Health::Fine),
+            series_probe(BE2, 50010, h),
+        ];
+        run(&l7_conn(10, CLIENT, 1000), &probes)
+    };
+    let v = run_with(erroring(3));
+    assert_eq!(
+        statuses(&v),
+        [Status::Pass, Status::Pass, Status::Fail, Status::Pass]
+    );
+    assert_eq!(v.first_failed_step, Some(Step::LbToBackend));
+    assert!(v.backends[1].reachable);
+    let be2 = BackendFinding::Erroring {
+        status: 500,
+        errors: 3,
+        of: 3,
+        ttfb_ms: Some(Stats {
+            min: 1800.0,
+            median: 1800.0,
+            max: 1800.0,
+            n: 3,
+        }),
+    };
+    assert_eq!(v.backends[1].finding, be2);
+    assert_eq!(lb_to_backend(&v).degraded, vec![(sa(BE2), be2)]);
+    assert_eq!(v.steps[2].status, Status::Fail);
+    // Some of the probes: intermittent, a warning.
+    assert_eq!(run_with(erroring(1)).steps[2].status, Status::Warn);
+    let slow = Health::Slow {
+        what: "first_byte".into(),
+        median_ms: 1800.0,
+        threshold_ms: 1000.0,
+    };
+    let v = run_with(slow);
+    assert_eq!(v.steps[2].status, Status::Warn);
+    assert!(
+        matches!(&v.backends[1].finding, BackendFinding::Slow { stats, .. } if stats.median == 1800.0)
+    );
+    let hangs = |hung| Health::Hangs {
+        phase: "http".into(),
+        hung,
+        of: 3,
+        after_ms: 2000.0,
+    };
+    assert_eq!(run_with(hangs(3)).steps[2].status, Status::Fail);
+    assert_eq!(run_with(hangs(2)).steps[2].status, Status::Warn);
+    // Every probe's events are the backend's evidence, not client evidence.
+    let ev = [
+        pkt(1, Dir::Out, "10.10.3.1:50012", BE2, SYN, 500, 0),
+        pkt(2, Dir::In, BE2, "10.10.3.1:50012", SYN | ACK, 900, 501),
+    ];
+    let v = run(
+        &ev,
+        &[
+            series_probe(BE1, 50001, Health::Fine),
+            series_probe(BE2, 50010, erroring(3)),
+        ],
+    );
+    assert_eq!(v.backends[1].evidence, vec![0, 1]);
+}
+
+#[test]
+fn the_lb_serving_errors_is_step_two_failing_only_when_its_backends_are_fine() {
+    let ev = l7_conn(10, CLIENT, 1000);
+    let backends: Vec<Endpoint> = [BE1, BE2].iter().map(|b| b.parse().unwrap()).collect();
+    let r = reasons();
+    let judge_with = |be2: Health, vip: Health| {
+        let probes = [
+            series_probe(BE1, 50001, Health::Fine),
+            series_probe(BE2, 50010, be2),
+        ];
+        let vip_probe = series_probe(VIP, 50020, vip);
+        judge(&Facts {
+            vip: VIP.parse().unwrap(),
+            backends: &backends,
+            client: None,
+            events: &ev,
+            probes: &probes,
+            vip_probe: Some(&vip_probe),
+            window_secs: 10.0,
+            reasons: &r,
+            host: None,
+        })
+    };
+    // Every request to the VIP gets a 503 while the backends answer fine: the LB's own doing.
+    let v = judge_with(Health::Fine, erroring(3));
+    assert_eq!(v.steps[1].status, Status::Fail, "{v:#?}");
+    assert_eq!(v.steps[2].status, Status::Pass);
+    assert_eq!(v.first_failed_step, Some(Step::LbHandling));
+    // Some requests, backends fine: intermittent, a warning.
+    assert_eq!(
+        judge_with(Health::Fine, erroring(1)).steps[1].status,
+        Status::Warn
+    );
+    // A backend serves errors: step 3 fails first, step 2 warns when every request failed...
+    let v = judge_with(erroring(3), erroring(3));
+    assert_eq!(
+        (v.steps[1].status, v.first_failed_step),
+        (Status::Warn, Some(Step::LbToBackend))
+    );
+    // ...and says it in words only when some did.
+    let v = judge_with(erroring(3), erroring(1));
+    assert_eq!(v.steps[1].status, Status::Pass);
+    assert!(
+        matches!(handling(&v), HandlingFinding::Served { local: Some(l), .. } if !l.backends_fine)
+    );
+    // A VIP the LB host cannot reach (a Layer 4 VIP has no local listener) is not judged here.
+    let unreachable = Health::Unreachable {
+        outcome: "refused".into(),
+        failed: 3,
+        of: 3,
+    };
+    let v = judge_with(Health::Fine, unreachable);
+    assert!(matches!(
+        handling(&v),
+        HandlingFinding::Served { local: None, .. }
+    ));
 }
