@@ -206,8 +206,8 @@ pub struct CheckArgs {
     /// x 200 ms (27.4 s with the defaults), however many backends.
     #[arg(long, value_name = "N", default_value = "3", value_parser = count_in(1u32, 10))]
     pub probe_count: u32,
-    /// A target whose median connect time or time to first byte is past this is slow (a warning
-    /// at step 2 for the VIP, step 3 for a backend; 1ms to 10m).
+    /// A target whose median connect time or time to first byte is past this is slow: a warning
+    /// at step 3 for a backend, at step 2 for the VIP when every backend is fine (1ms to 10m).
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_in(Duration::from_millis(1), Duration::from_secs(600)))]
     pub slow: Duration,
     /// Output format: a report to read, or one JSON object (docs/output.md).

@@ -14,6 +14,7 @@
 //! | [`Lab::fault_all_backends_down`] | every backend's HTTP server is stopped | RST from every backend |
 //! | [`Lab::fault_backends_bypass_lb`] | the backends' default route goes through a second link to the router | replies to clients skip the lb |
 //! | [`Lab::fault_replies_dropped`] | the router drops packets from the VIPs to the client | the lb's SYN-ACKs never arrive |
+//! | [`Lab::fault_backend_answers`] | a backend's HTTP server answers with another status, or late | nothing: TCP is fine, HTTP is not |
 
 use std::{process::Command, time::Duration};
 
@@ -28,6 +29,8 @@ enum Undo {
     Cmd(Vec<String>),
     /// Start backend `i`'s HTTP server again.
     StartServer(usize),
+    /// Put backend `i`'s usual HTTP server back in place of a faulty one.
+    RestoreServer(usize),
 }
 
 /// An applied fault; dropping it removes the fault (undo steps in reverse order).
@@ -95,8 +98,9 @@ impl Drop for Fault<'_> {
                     }
                 }
                 // The lab is being torn down: nothing would use the server.
-                Undo::StartServer(_) if unwinding => {}
+                Undo::StartServer(_) | Undo::RestoreServer(_) if unwinding => {}
                 Undo::StartServer(i) => self.lab.start_backend_server(i),
+                Undo::RestoreServer(i) => self.lab.answer_backend_server(i, super::Answer::OK),
             }
         }
     }
@@ -267,6 +271,21 @@ impl Lab {
                 &["ip", flag, "route", "del", "throw", prefix],
             );
         }
+        f
+    }
+
+    /// Backend `i`'s HTTP server answers `GET /` with `answer` (a 500, or a 200 after a delay):
+    /// it connects, and serves errors or late.
+    pub fn fault_backend_answers(&self, i: usize, answer: super::Answer) -> Fault<'_> {
+        let mut f = Fault::new(
+            self,
+            format!(
+                "{}'s HTTP server answers {} after {:?}",
+                BACKENDS[i].name, answer.status, answer.delay
+            ),
+        );
+        self.answer_backend_server(i, answer);
+        f.undo.push(Undo::RestoreServer(i));
         f
     }
 

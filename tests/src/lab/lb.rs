@@ -113,6 +113,21 @@ impl HaProxy {
         HaProxy::start_cfg(ns, dir, &cfg, VIP_PORT)
     }
 
+    /// Starts HAProxy in HTTP mode with `retries 1` and `timeout server` set to `timeout`: a
+    /// backend slower than that gets the client a 504.
+    pub fn start_server_timeout(
+        ns: &Netns,
+        dir: &Path,
+        backends: &[Backend],
+        timeout: Duration,
+    ) -> HaProxy {
+        let cfg = HaProxy::config_mode(backends, &HaProxyMode::Http, Some(1)).replace(
+            "timeout server 10s",
+            &format!("timeout server {}ms", timeout.as_millis()),
+        );
+        HaProxy::start_cfg(ns, dir, &cfg, VIP_PORT)
+    }
+
     fn start_cfg(ns: &Netns, dir: &Path, cfg: &str, port: u16) -> HaProxy {
         let cfg_path = dir.join("haproxy.cfg");
         fs::write(&cfg_path, cfg).expect("writing haproxy.cfg");
@@ -127,6 +142,68 @@ impl HaProxy {
             listens.iter().all(|a| ns.listening_on(a))
         });
         HaProxy { proc }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+/// nginx on the lb as a reverse proxy: a server on each VIP (port 80) whose `location /`
+/// passes requests (`proxy_pass`) to an upstream of the backends of its own family (port 8080,
+/// round-robin, nginx's default `proxy_next_upstream error timeout`: a refused backend is skipped,
+/// a 500 is passed on to the client). One process (`master_process off`, no workers to outlive
+/// it), in the foreground, with its configuration, pid file, logs and temporary files in the
+/// lab's directory. `proxy_connect_timeout 2s`, `proxy_read_timeout 10s`, like HAProxy's.
+#[derive(Debug)]
+pub struct Nginx {
+    proc: Proc,
+}
+
+impl Nginx {
+    /// The configuration, with every path under `dir`.
+    pub fn config(backends: &[Backend], dir: &Path) -> String {
+        let d = dir.display();
+        let mut cfg = format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\n\
+             error_log {d}/nginx-error.log warn;\nevents {{\n    worker_connections 256;\n}}\n\
+             http {{\n    access_log {d}/nginx-access.log;\n\
+             \x20   client_body_temp_path {d}/nginx-body;\n    proxy_temp_path {d}/nginx-proxy;\n\
+             \x20   fastcgi_temp_path {d}/nginx-fastcgi;\n    uwsgi_temp_path {d}/nginx-uwsgi;\n\
+             \x20   scgi_temp_path {d}/nginx-scgi;\n\
+             \x20   proxy_connect_timeout 2s;\n    proxy_read_timeout 10s;\n"
+        );
+        for (family, tag) in [(Family::V4, "v4"), (Family::V6, "v6")] {
+            cfg += &format!("    upstream be_{tag} {{\n");
+            for be in backends {
+                cfg += &format!(
+                    "        server {};\n",
+                    family.tuple(be.addr.get(family), BACKEND_PORT)
+                );
+            }
+            cfg += &format!(
+                "    }}\n    server {{\n        listen {};\n        \
+                 location / {{\n            proxy_pass http://be_{tag};\n        }}\n    }}\n",
+                family.tuple(VIP.get(family), VIP_PORT)
+            );
+        }
+        cfg + "}\n"
+    }
+
+    /// Starts nginx in `ns` and waits until it listens on both VIPs.
+    pub fn start(ns: &Netns, dir: &Path, backends: &[Backend]) -> Nginx {
+        let cfg_path = dir.join("nginx.conf");
+        fs::write(&cfg_path, Nginx::config(backends, dir)).expect("writing nginx.conf");
+        let (cfg, prefix) = (cfg_path.to_string_lossy(), dir.to_string_lossy());
+        let mut proc = ns.spawn("nginx", dir, &["nginx", "-p", &prefix, "-c", &cfg]);
+        let listens = [
+            Family::V4.tuple(VIP.v4, VIP_PORT),
+            Family::V6.tuple(VIP.v6, VIP_PORT),
+        ];
+        proc.wait_until("listening on the VIPs", Duration::from_secs(10), |_| {
+            listens.iter().all(|a| ns.listening_on(a))
+        });
+        Nginx { proc }
     }
 
     pub fn pid(&self) -> u32 {

@@ -31,7 +31,7 @@ use tempfile::TempDir;
 
 pub use self::{
     fault::Fault,
-    lb::{HaProxy, HaProxyMode, NftDnat},
+    lb::{HaProxy, HaProxyMode, NftDnat, Nginx},
     netns::Netns,
     process::{Finished, Proc},
 };
@@ -142,14 +142,19 @@ pub const BACKENDS: [Backend; 3] = [
 
 /// The backends' HTTP server: dual-stack on port 8080, `GET /` answers 200 with
 /// `hello from <name>`, HTTP/1.0 (the server closes every connection, so no connection outlives
-/// its request). Prints `ready` once it listens.
+/// its request). Prints `ready` once it listens. Arguments: name, port, and for a faulty backend
+/// ([`Answer`]) the status to answer and the seconds to wait before answering.
 const HTTP_SERVER: &str = r#"
-import http.server, socket, socketserver, sys
+import http.server, socket, socketserver, sys, time
 name = sys.argv[1]
+status = int(sys.argv[3]) if len(sys.argv) > 3 else 200
+delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if delay > 0:
+            time.sleep(delay)
         body = ("hello from %s\n" % name).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -167,6 +172,21 @@ server = Server(("::", int(sys.argv[2])), Handler)
 print("ready", flush=True)
 server.serve_forever()
 "#;
+
+/// How a backend's HTTP server answers `GET /`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    /// How long it waits before answering.
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub const OK: Answer = Answer {
+        status: 200,
+        delay: Duration::ZERO,
+    };
+}
 
 /// The lab. Fields drop in declaration order: processes first, then namespaces, then the
 /// temporary directory.
@@ -275,6 +295,11 @@ impl Lab {
 
     /// Starts backend `i`'s HTTP server and waits until it accepts.
     fn spawn_server(&self, i: usize) -> Proc {
+        self.spawn_server_answering(i, Answer::OK)
+    }
+
+    /// Starts backend `i`'s HTTP server answering `answer` and waits until it accepts.
+    fn spawn_server_answering(&self, i: usize, answer: Answer) -> Proc {
         let python = if Path::new("/usr/bin/python3").exists() {
             "/usr/bin/python3"
         } else {
@@ -282,7 +307,11 @@ impl Lab {
         };
         let be = &BACKENDS[i];
         let port = BACKEND_PORT.to_string();
-        let argv = [python, "-c", HTTP_SERVER, be.name, &port];
+        let (status, delay) = (
+            answer.status.to_string(),
+            answer.delay.as_secs_f64().to_string(),
+        );
+        let argv = [python, "-c", HTTP_SERVER, be.name, &port, &status, &delay];
         let mut proc = self.backends[i].spawn(&format!("http-{}", be.name), self.dir.path(), &argv);
         proc.wait_until("listening", Duration::from_secs(10), |p| {
             p.stdout().contains("ready")
@@ -305,6 +334,17 @@ impl Lab {
             "{}'s port {BACKEND_PORT} still open after its server was killed",
             BACKENDS[i].name
         );
+    }
+
+    /// Replaces backend `i`'s HTTP server with one answering `answer` (waits until it accepts).
+    pub fn answer_backend_server(&self, i: usize, answer: Answer) {
+        self.stop_backend_server(i);
+        let proc = self.spawn_server_answering(i, answer);
+        let mut servers = self.servers();
+        if servers.len() <= i {
+            servers.resize_with(i + 1, || None);
+        }
+        servers[i] = Some(proc);
     }
 
     /// Starts backend `i`'s HTTP server again if it is stopped.
@@ -339,6 +379,11 @@ impl Lab {
     /// [`HaProxyMode::Tls`], [`Lab::tls_pem`] makes the certificate.
     pub fn haproxy_mode(&self, mode: &HaProxyMode) -> HaProxy {
         HaProxy::start_mode(&self.lb, self.dir(), &BACKENDS, mode)
+    }
+
+    /// Starts nginx (`proxy_pass` to an upstream of the backends) on the lb; see [`Nginx`].
+    pub fn nginx(&self) -> Nginx {
+        Nginx::start(&self.lb, self.dir(), &BACKENDS)
     }
 
     /// Loads the nftables DNAT (L4) load balancer on the lb; see [`NftDnat`].

@@ -10,8 +10,8 @@ use std::{
 };
 
 use super::{
-    BACKEND_PORT, BACKENDS, Family, Fault, HaProxy, HaProxyMode, Lab, NftDnat, Proc, TLS_NAME, VIP,
-    fault::FirewallHook, process::Finished,
+    Answer, BACKEND_PORT, BACKENDS, Family, Fault, HaProxy, HaProxyMode, Lab, NftDnat, Nginx, Proc,
+    TLS_NAME, VIP, fault::FirewallHook, process::Finished,
 };
 
 /// A load balancer on the lab's lb (HAProxy with `retries 1`, see [`HaProxy::start_mode`]).
@@ -27,6 +27,8 @@ pub enum LbKind {
     NftDnat,
     /// nftables DNAT with SNAT (masquerade towards the backends).
     NftDnatSnat,
+    /// nginx on VIP:80, `proxy_pass` to an upstream of the backends.
+    Nginx,
 }
 
 impl LbKind {
@@ -54,6 +56,7 @@ impl LbKind {
             LbKind::HaproxyTls => "HAProxy terminating TLS (mode http), plain HTTP to the backends",
             LbKind::NftDnat => "nftables DNAT (Layer 4), no SNAT",
             LbKind::NftDnatSnat => "nftables DNAT (Layer 4) with SNAT (masquerade)",
+            LbKind::Nginx => "nginx, proxy_pass to an upstream of the backends",
         }
     }
 }
@@ -74,7 +77,17 @@ pub enum FaultKind {
     RepliesDropped,
     /// HAProxy with `maxconn 1` and `backlog 1`, held by three idle clients.
     AcceptQueueFull,
+    /// The backend's HTTP server answers 500.
+    BackendErrors(usize),
+    /// The backend's HTTP server answers after [`SLOW_BACKEND_DELAY`], past the LB's
+    /// [`SLOW_SERVER_TIMEOUT`] (HAProxy's `timeout server`): clients get a 504.
+    BackendSlow(usize),
 }
+
+/// How late a [`FaultKind::BackendSlow`] backend answers.
+pub const SLOW_BACKEND_DELAY: Duration = Duration::from_millis(1500);
+/// HAProxy's `timeout server` in front of a slow backend.
+pub const SLOW_SERVER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One scenario: `name` is what `cargo xtask demo NAME` takes, and with `-` as `_` the suffix of
 /// its test, `check_<name>`.
@@ -155,6 +168,14 @@ pub const SCENARIOS: &[Scenario] = &[
         "a router drops the LB's replies (SYN-ACKs) to the client"),
     sc("haproxy-http-accept-queue-full", L::HaproxyHttp, F::AcceptQueueFull, Family::V4,
         "HAProxy (maxconn 1, backlog 1) is held by idle clients: its accept queue is full"),
+    sc("nginx-healthy", L::Nginx, F::None, Family::V4,
+        "nginx (proxy_pass) in front of 3 healthy backends"),
+    sc("haproxy-http-backend-errors", L::HaproxyHttp, F::BackendErrors(1), Family::V4,
+        "be2 answers every request with HTTP 500"),
+    sc("nginx-backend-errors", L::Nginx, F::BackendErrors(1), Family::V4,
+        "be2 answers every request with HTTP 500, behind nginx"),
+    sc("haproxy-http-backend-slow", L::HaproxyHttp, F::BackendSlow(1), Family::V4,
+        "be2 answers after 1.5 s, past HAProxy's timeout server (1 s): clients get 504"),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -170,6 +191,7 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 pub enum LbGuard<'a> {
     HaProxy(HaProxy),
     Nft(NftDnat<'a>),
+    Nginx(Nginx),
 }
 
 /// A scenario set up on a lab. Drops the fault first, then the load balancer.
@@ -224,6 +246,9 @@ impl Scenario {
             LbKind::HaproxyHttp if self.fault == F::AcceptQueueFull => {
                 LbGuard::HaProxy(HaProxy::start_tiny(&lab.lb, lab.dir(), &BACKENDS))
             }
+            LbKind::HaproxyHttp if matches!(self.fault, F::BackendSlow(_)) => LbGuard::HaProxy(
+                HaProxy::start_server_timeout(&lab.lb, lab.dir(), &BACKENDS, SLOW_SERVER_TIMEOUT),
+            ),
             LbKind::HaproxyHttp => LbGuard::HaProxy(lab.haproxy_mode(&HaProxyMode::Http)),
             LbKind::HaproxyTcp => LbGuard::HaProxy(lab.haproxy_mode(&HaProxyMode::Tcp)),
             LbKind::HaproxyTls => {
@@ -231,6 +256,7 @@ impl Scenario {
             }
             LbKind::NftDnat => LbGuard::Nft(lab.nft_dnat()),
             LbKind::NftDnatSnat => LbGuard::Nft(lab.nft_dnat_snat()),
+            LbKind::Nginx => LbGuard::Nginx(lab.nginx()),
         };
         let hook = if self.lb.layer4() {
             FirewallHook::Prerouting
@@ -249,6 +275,20 @@ impl Scenario {
             F::BackendsBypassLb => Some(lab.fault_backends_bypass_lb()),
             F::RepliesDropped => Some(lab.fault_replies_dropped()),
             F::AcceptQueueFull => Some(lab.fault_accept_queue_full()),
+            F::BackendErrors(i) => Some(lab.fault_backend_answers(
+                i,
+                Answer {
+                    status: 500,
+                    delay: Duration::ZERO,
+                },
+            )),
+            F::BackendSlow(i) => Some(lab.fault_backend_answers(
+                i,
+                Answer {
+                    status: 200,
+                    delay: SLOW_BACKEND_DELAY,
+                },
+            )),
         };
         Setup { fault, lb }
     }

@@ -23,24 +23,24 @@ const REQUESTS: usize = 4;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The result of one check.
-struct Outcome {
-    scenario: &'static Scenario,
-    code: i32,
-    json: Value,
-    stderr: String,
-    clients: Vec<ClientResult>,
+pub(super) struct Outcome {
+    pub(super) scenario: &'static Scenario,
+    pub(super) code: i32,
+    pub(super) json: Value,
+    pub(super) stderr: String,
+    pub(super) clients: Vec<ClientResult>,
 }
 
 impl Outcome {
-    fn step(&self, n: usize) -> &Value {
+    pub(super) fn step(&self, n: usize) -> &Value {
         &self.json["steps"][n - 1]
     }
 
-    fn summary(&self, n: usize) -> &str {
+    pub(super) fn summary(&self, n: usize) -> &str {
         self.step(n)["summary"].as_str().unwrap_or_default()
     }
 
-    fn backend(&self, i: usize) -> &Value {
+    pub(super) fn backend(&self, i: usize) -> &Value {
         &self.json["backends"][i]
     }
 
@@ -109,7 +109,7 @@ impl Outcome {
     }
 
     /// Everything, for failure messages.
-    fn dump(&self) -> String {
+    pub(super) fn dump(&self) -> String {
         let clients: Vec<String> = self
             .clients
             .iter()
@@ -172,7 +172,7 @@ fn check_on(lab: &Lab, s: &'static Scenario, extra: &[String]) -> Outcome {
 }
 
 /// Builds the lab, sets `name` up and checks it.
-fn check(name: &str) -> Outcome {
+pub(super) fn check(name: &str) -> Outcome {
     let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
     let lab = Lab::new();
     let _setup = s.setup(&lab);
@@ -180,19 +180,19 @@ fn check(name: &str) -> Outcome {
 }
 
 /// What a check must conclude.
-struct Expect {
-    code: i32,
-    mode: &'static str,
-    steps: [&'static str; 4],
-    first_failed: Option<u64>,
+pub(super) struct Expect {
+    pub(super) code: i32,
+    pub(super) mode: &'static str,
+    pub(super) steps: [&'static str; 4],
+    pub(super) first_failed: Option<u64>,
     /// Each backend's `tcp`.
-    backends: [&'static str; 3],
+    pub(super) backends: [&'static str; 3],
 }
 
-const HEALTHY: [&str; 3] = ["connected"; 3];
-const BE2: usize = 1;
+pub(super) const HEALTHY: [&str; 3] = ["connected"; 3];
+pub(super) const BE2: usize = 1;
 
-fn assert_verdict(o: &Outcome, e: &Expect) {
+pub(super) fn assert_verdict(o: &Outcome, e: &Expect) {
     let j = &o.json;
     let statuses: Vec<&str> = (1..=4)
         .map(|n| o.step(n)["status"].as_str().unwrap_or("?"))
@@ -255,7 +255,7 @@ fn assert_backends_serve(o: &Outcome, which: &[usize]) {
     }
 }
 
-fn assert_contains(o: &Outcome, n: usize, what: &str) {
+pub(super) fn assert_contains(o: &Outcome, n: usize, what: &str) {
     assert!(
         o.summary(n).contains(what),
         "step {n}'s summary lacks {what:?}\n{}",
@@ -263,7 +263,7 @@ fn assert_contains(o: &Outcome, n: usize, what: &str) {
     );
 }
 
-fn assert_clients(o: &Outcome, pred: impl Fn(&ClientResult) -> bool, what: &str) {
+pub(super) fn assert_clients(o: &Outcome, pred: impl Fn(&ClientResult) -> bool, what: &str) {
     let curls: Vec<&ClientResult> = o
         .clients
         .iter()
@@ -276,7 +276,7 @@ fn assert_clients(o: &Outcome, pred: impl Fn(&ClientResult) -> bool, what: &str)
     );
 }
 
-const PASS4: [&str; 4] = ["pass"; 4];
+pub(super) const PASS4: [&str; 4] = ["pass"; 4];
 
 #[test]
 fn check_haproxy_http_healthy() {

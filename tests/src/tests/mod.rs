@@ -2,6 +2,7 @@
 //! Root only; `cargo xtask test` runs them one at a time.
 
 mod check;
+mod check_slow;
 mod coexist;
 mod hardening;
 mod lab_smoke;

@@ -4,11 +4,12 @@
 //! The LB host's own requests to the VIP (`--probe-count` of them) are judged here too: an LB
 //! that answers them with 5xx (HAProxy's 503 or 504, nginx's 502) is handling requests it
 //! cannot serve with an error page, which is this step's question; why it cannot serve them is
-//! step 3's. Hence the rule ([`LocalService::status`]): when every backend answers the LB
-//! host's own probes fine, errors or hangs in *every* request fail this step (the LB's own
-//! doing: its backend list, limits or timeouts) and in some of them warn; when a backend does
-//! not answer fine, step 3 says why and this step only warns, and only when every request
-//! failed. A slow VIP (median past `--slow`) warns.
+//! step 3's. Hence the rule ([`LocalService::status`]): when a backend does not answer the LB
+//! host's own probes fine, step 3 says why (and fails or warns), and this step names the VIP's
+//! errors, hangs or slowness in its words without changing its status: an error page while
+//! backends are down is the LB handling what it cannot serve. When every backend answers fine,
+//! it is the LB's own doing (its backend list, limits or timeouts): errors or hangs in *every*
+//! request fail this step, in some of them warn, and a slow VIP (median past `--slow`) warns.
 
 use super::{
     Facts, Mode, Status, StepFinding, StepVerdict,
@@ -45,16 +46,16 @@ pub struct LocalService {
 impl LocalService {
     /// The rule in the module doc.
     pub fn status(&self) -> Status {
-        let every = match self.health {
-            Health::Erroring { errors, of, .. } => errors >= of,
-            Health::Hangs { hung, of, .. } => hung >= of,
-            Health::Slow { .. } => return Status::Warn,
-            Health::Fine | Health::Unreachable { .. } => return Status::Pass,
-        };
-        match (every, self.backends_fine) {
-            (true, true) => Status::Fail,
-            (true, false) | (false, true) => Status::Warn,
-            (false, false) => Status::Pass,
+        if !self.backends_fine {
+            return Status::Pass;
+        }
+        match self.health {
+            Health::Erroring { errors, of, .. }
+            | Health::Hangs {
+                hung: errors, of, ..
+            } if errors >= of => Status::Fail,
+            Health::Erroring { .. } | Health::Hangs { .. } | Health::Slow { .. } => Status::Warn,
+            Health::Fine | Health::Unreachable { .. } => Status::Pass,
         }
     }
 
@@ -301,7 +302,8 @@ mod tests {
         };
         assert_eq!(errors(3, true), Status::Fail);
         assert_eq!(errors(1, true), Status::Warn);
-        assert_eq!(errors(3, false), Status::Warn);
+        // A backend does not answer fine: step 3 carries the status.
+        assert_eq!(errors(3, false), Status::Pass);
         assert_eq!(errors(1, false), Status::Pass);
         let slow = LocalService {
             health: Health::Slow {
@@ -312,6 +314,11 @@ mod tests {
             backends_fine: true,
         };
         assert_eq!(slow.status(), Status::Warn);
+        let slow = LocalService {
+            backends_fine: false,
+            ..slow
+        };
+        assert_eq!(slow.status(), Status::Pass);
         assert_eq!(worse(Status::Warn, Status::Fail), Status::Fail);
         assert_eq!(worse(Status::Pass, Status::Unknown), Status::Unknown);
         assert_eq!(worse(Status::Warn, Status::Pass), Status::Warn);

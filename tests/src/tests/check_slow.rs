@@ -1,0 +1,234 @@
+//! `lbtrace check` on backends that connect but serve badly: one answering HTTP 500 (behind
+//! HAProxy and behind nginx), one answering later than HAProxy's `timeout server` (clients get
+//! 504), and nginx in front of healthy backends. Each check probes every target
+//! `--probe-count` (3) times: step 3 names the backend with its numbers, from the series.
+//! Also a half-closed client (`nc -N`) that gets its answer: not a hang.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::check::{
+    BE2, Expect, HEALTHY, Outcome, PASS4, assert_clients, assert_contains, assert_verdict, check,
+};
+use crate::{
+    lab::{
+        BACKEND_PORT, BACKENDS, Lab, VIP, VIP_PORT,
+        scenario::{self, CheckRun, SLOW_BACKEND_DELAY},
+    },
+    runner::lbtrace_bin,
+};
+
+/// `series` of backend `i`, with its `health`.
+fn series(o: &Outcome, i: usize) -> &Value {
+    &o.backend(i)["series"]
+}
+
+/// `min <= median <= max` of `stats` (a `{min, median, max, n}` object), and the median.
+fn median(o: &Outcome, stats: &Value) -> f64 {
+    let get = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
+    let (min, med, max) = (get("min"), get("median"), get("max"));
+    assert!(
+        min <= med && med <= max && stats["n"] == 3,
+        "not min/median/max of 3: {stats}\n{}",
+        o.dump()
+    );
+    med
+}
+
+/// Healthy backends: three probes each, HTTP 200, fine, with numbers.
+fn assert_fine(o: &Outcome, which: &[usize]) {
+    for &i in which {
+        let s = series(o, i);
+        assert_eq!(
+            (s["probes"].as_u64(), s["health"].as_str()),
+            (Some(3), Some("fine")),
+            "backend {i}\n{}",
+            o.dump()
+        );
+        assert_eq!(
+            s["statuses"],
+            serde_json::json!([200, 200, 200]),
+            "{}",
+            o.dump()
+        );
+        median(o, &s["connect_ms"]);
+        median(o, &s["ttfb_ms"]);
+    }
+}
+
+/// be2 answers 500 to every probe: step 3 fails naming it, with the count and its times; the
+/// others are fine. Step 2 is left to pass: its words may name the VIP's 500s (the backends
+/// explain them). Clients get 200 or be2's 500, passed on by the LB.
+fn assert_be2_errors(o: &Outcome) {
+    assert_verdict(
+        o,
+        &Expect {
+            code: 1,
+            mode: "l7",
+            steps: ["pass", "pass", "fail", "pass"],
+            first_failed: Some(3),
+            backends: HEALTHY,
+        },
+    );
+    let be2 = format!("{}:{BACKEND_PORT}", BACKENDS[BE2].addr.v4);
+    assert_contains(
+        o,
+        3,
+        &format!("{be2} answers HTTP 500 (3 of 3 probes; time to first byte median "),
+    );
+    let s = series(o, BE2);
+    assert_eq!(
+        (
+            s["health"].as_str(),
+            s["status"].as_u64(),
+            s["errors"].as_u64()
+        ),
+        (Some("erroring"), Some(500), Some(3)),
+        "{}",
+        o.dump()
+    );
+    assert_eq!(
+        s["statuses"],
+        serde_json::json!([500, 500, 500]),
+        "{}",
+        o.dump()
+    );
+    let ttfb = median(o, &s["ttfb_ms"]);
+    assert!(ttfb > 0.0 && ttfb < 1000.0, "{}", o.dump());
+    median(o, &s["connect_ms"]);
+    assert_fine(o, &[0, 2]);
+    assert_eq!(o.json["vip_probe"]["series"]["probes"], 3, "{}", o.dump());
+    assert_clients(
+        o,
+        |c| c.code == "200" || c.code == "500",
+        "200 or be2's 500",
+    );
+}
+
+#[test]
+fn check_haproxy_http_backend_errors() {
+    assert_be2_errors(&check("haproxy-http-backend-errors"));
+}
+
+#[test]
+fn check_nginx_backend_errors() {
+    assert_be2_errors(&check("nginx-backend-errors"));
+}
+
+#[test]
+fn check_haproxy_http_backend_slow() {
+    let o = check("haproxy-http-backend-slow");
+    // Slow is a warning: no step fails (exit 0).
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 0,
+            mode: "l7",
+            steps: ["pass", "pass", "warn", "pass"],
+            first_failed: None,
+            backends: HEALTHY,
+        },
+    );
+    let be2 = format!("{}:{BACKEND_PORT}", BACKENDS[BE2].addr.v4);
+    assert_contains(
+        &o,
+        3,
+        &format!("{be2} slow: time to first byte median 1.5 s (min "),
+    );
+    assert_contains(&o, 3, "past --slow 1 s");
+    let s = series(&o, BE2);
+    assert_eq!(s["health"], "slow", "{}", o.dump());
+    assert_eq!(s["what"], "first_byte", "{}", o.dump());
+    let delay = SLOW_BACKEND_DELAY.as_secs_f64() * 1000.0;
+    let ttfb = median(&o, &s["ttfb_ms"]);
+    assert!(
+        ttfb >= delay && ttfb < delay + 400.0,
+        "median time to first byte {ttfb} ms, be2 waits {delay} ms\n{}",
+        o.dump()
+    );
+    assert_fine(&o, &[0, 2]);
+    // Clients sent to be2 got HAProxy's 504 (timeout server 1 s), the others a 200.
+    assert_clients(&o, |c| c.code == "200" || c.code == "504", "200 or 504");
+}
+
+#[test]
+fn check_nginx_healthy() {
+    let o = check("nginx-healthy");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 0,
+            mode: "l7",
+            steps: PASS4,
+            first_failed: None,
+            backends: HEALTHY,
+        },
+    );
+    assert_fine(&o, &[0, 1, 2]);
+    let vip = &o.json["vip_probe"]["series"];
+    assert_eq!(
+        (vip["health"].as_str(), &vip["statuses"]),
+        (Some("fine"), &serde_json::json!([200, 200, 200])),
+        "{}",
+        o.dump()
+    );
+    assert_clients(&o, |c| c.code == "200", "200 from nginx");
+}
+
+/// `nc -N` sends its request and a FIN at once (a half-close) and reads the answer: HAProxy
+/// answers, and step 2 says so; the client did not give up, the LB did not hang.
+#[test]
+fn check_half_closed_client_is_answered_not_hung() {
+    let s = scenario::find("haproxy-http-healthy").expect("scenario");
+    let lab = Lab::new();
+    let _setup = s.setup(&lab);
+    let mut args = s.check_args();
+    args.extend(
+        [
+            "--format",
+            "json",
+            "--observe",
+            "4s",
+            "--probe-timeout",
+            "2s",
+        ]
+        .map(str::to_owned),
+    );
+    let run = CheckRun::start(&lab, &lbtrace_bin(), "check", &args);
+    let port = VIP_PORT.to_string();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let out = lab.client.output(&[
+            "sh",
+            "-c",
+            &format!(
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -N {} {port}",
+                VIP.v4
+            ),
+        ]);
+        answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let done = run.wait(Duration::from_secs(30));
+    let json: Value = serde_json::from_str(done.stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", done.stdout, done.stderr));
+    let dump = || serde_json::to_string_pretty(&json).unwrap_or_default();
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("HTTP/1.")
+                && a.lines().next().is_some_and(|l| l.contains(" 200"))),
+        "nc got {answers:?}"
+    );
+    let step2 = &json["steps"][1];
+    let summary = step2["summary"].as_str().unwrap_or_default();
+    assert_eq!(step2["status"], "pass", "{}", dump());
+    // The check ends once every step passes: after the first answered connection or later.
+    assert!(
+        summary.contains("answered and closed") && !summary.contains("hang"),
+        "{summary}\n{}",
+        dump()
+    );
+    assert_eq!(done.status.code(), Some(0), "{}", dump());
+}
