@@ -52,7 +52,12 @@ pub fn degraded_words(f: &BackendFinding) -> Option<String> {
             "answers HTTP {status} ({}{})",
             share(*errors, *of),
             ttfb_ms
-                .map(|t| format!("; time to first byte {}", median_min_max(&t)))
+                .map(|t| format!(
+                    "; time to first byte median {}, min {}, max {}",
+                    duration(t.median),
+                    duration(t.min),
+                    duration(t.max)
+                ))
                 .unwrap_or_default()
         ),
         BackendFinding::Hangs {
@@ -196,7 +201,7 @@ mod tests {
         };
         assert_eq!(
             degraded_words(&e).unwrap(),
-            "answers HTTP 500 (3 of 3 probes; time to first byte median 1.2 ms (min 0.9 ms, max 3.4 ms))"
+            "answers HTTP 500 (3 of 3 probes; time to first byte median 1.2 ms, min 0.9 ms, max 3.4 ms)"
         );
         let s = BackendFinding::Slow {
             what: "first_byte".into(),
