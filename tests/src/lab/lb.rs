@@ -8,6 +8,18 @@ use std::{
 
 use super::{BACKEND_PORT, Backend, Family, Netns, Proc, TLS_PORT, VIP, VIP_PORT, process};
 
+/// Waits until `proc` listens on both VIPs' `port` in `ns`; panics with its output if it exits
+/// first. By `ss`, not a probe connection: waiting must not put packets on the wire.
+fn wait_for_vips(ns: &Netns, proc: &mut Proc, port: u16) {
+    let listens = [
+        Family::V4.tuple(VIP.v4, port),
+        Family::V6.tuple(VIP.v6, port),
+    ];
+    proc.wait_until("listening on the VIPs", Duration::from_secs(10), |_| {
+        listens.iter().all(|a| ns.listening_on(a))
+    });
+}
+
 /// What HAProxy does on the VIP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HaProxyMode {
@@ -133,14 +145,7 @@ impl HaProxy {
         fs::write(&cfg_path, cfg).expect("writing haproxy.cfg");
         let cfg = cfg_path.to_string_lossy();
         let mut proc = ns.spawn("haproxy", dir, &["haproxy", "-db", "-f", &cfg]);
-        // ss, not a probe connection: waiting must not put packets on the wire.
-        let listens = [
-            Family::V4.tuple(VIP.v4, port),
-            Family::V6.tuple(VIP.v6, port),
-        ];
-        proc.wait_until("listening on the VIPs", Duration::from_secs(10), |_| {
-            listens.iter().all(|a| ns.listening_on(a))
-        });
+        wait_for_vips(ns, &mut proc, port);
         HaProxy { proc }
     }
 
@@ -196,13 +201,7 @@ impl Nginx {
         fs::write(&cfg_path, Nginx::config(backends, dir)).expect("writing nginx.conf");
         let (cfg, prefix) = (cfg_path.to_string_lossy(), dir.to_string_lossy());
         let mut proc = ns.spawn("nginx", dir, &["nginx", "-p", &prefix, "-c", &cfg]);
-        let listens = [
-            Family::V4.tuple(VIP.v4, VIP_PORT),
-            Family::V6.tuple(VIP.v6, VIP_PORT),
-        ];
-        proc.wait_until("listening on the VIPs", Duration::from_secs(10), |_| {
-            listens.iter().all(|a| ns.listening_on(a))
-        });
+        wait_for_vips(ns, &mut proc, VIP_PORT);
         Nginx { proc }
     }
 

@@ -275,20 +275,20 @@ impl Scenario {
             F::BackendsBypassLb => Some(lab.fault_backends_bypass_lb()),
             F::RepliesDropped => Some(lab.fault_replies_dropped()),
             F::AcceptQueueFull => Some(lab.fault_accept_queue_full()),
-            F::BackendErrors(i) => Some(lab.fault_backend_answers(
-                i,
-                Answer {
+            F::BackendErrors(i) => {
+                let errors = Answer {
                     status: 500,
-                    delay: Duration::ZERO,
-                },
-            )),
-            F::BackendSlow(i) => Some(lab.fault_backend_answers(
-                i,
-                Answer {
-                    status: 200,
+                    ..Answer::OK
+                };
+                Some(lab.fault_backend_answers(i, errors))
+            }
+            F::BackendSlow(i) => {
+                let late = Answer {
                     delay: SLOW_BACKEND_DELAY,
-                },
-            )),
+                    ..Answer::OK
+                };
+                Some(lab.fault_backend_answers(i, late))
+            }
         };
         Setup { fault, lb }
     }

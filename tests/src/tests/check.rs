@@ -137,6 +137,16 @@ impl Outcome {
 
 /// Runs `lbtrace check` on `s`, already set up on `lab`, with `extra` arguments.
 fn check_on(lab: &Lab, s: &'static Scenario, extra: &[String]) -> Outcome {
+    check_driven(lab, s, extra, || s.drive(lab, REQUESTS, &|_| {}))
+}
+
+/// [`check_on`] with `drive` making the client traffic once lbtrace has attached.
+pub(super) fn check_driven(
+    lab: &Lab,
+    s: &'static Scenario,
+    extra: &[String],
+    drive: impl FnOnce() -> Vec<ClientResult>,
+) -> Outcome {
     let mut args = s.check_args();
     args.extend(
         [
@@ -151,7 +161,7 @@ fn check_on(lab: &Lab, s: &'static Scenario, extra: &[String]) -> Outcome {
     );
     args.extend(extra.iter().cloned());
     let run = CheckRun::start(lab, &lbtrace_bin(), "check", &args);
-    let clients = s.drive(lab, REQUESTS, &|_| {});
+    let clients = drive();
     let done = run.wait(CHECK_TIMEOUT);
     let json: Value = serde_json::from_str(done.stdout.trim()).unwrap_or_else(|err| {
         panic!(

@@ -4,19 +4,17 @@
 //! `--probe-count` (3) times: step 3 names the backend with its numbers, from the series.
 //! Also a half-closed client (`nc -N`) that gets its answer: not a hang.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::check::{
     BE2, Expect, HEALTHY, Outcome, PASS4, assert_clients, assert_contains, assert_verdict, check,
+    check_driven,
 };
-use crate::{
-    lab::{
-        BACKEND_PORT, BACKENDS, Lab, VIP, VIP_PORT,
-        scenario::{self, CheckRun, SLOW_BACKEND_DELAY},
-    },
-    runner::lbtrace_bin,
+use crate::lab::{
+    BACKEND_PORT, BACKENDS, Lab, VIP, VIP_PORT,
+    scenario::{self, ClientResult, SLOW_BACKEND_DELAY},
 };
 
 /// `series` of backend `i`, with its `health`.
@@ -183,52 +181,44 @@ fn check_half_closed_client_is_answered_not_hung() {
     let s = scenario::find("haproxy-http-healthy").expect("scenario");
     let lab = Lab::new();
     let _setup = s.setup(&lab);
-    let mut args = s.check_args();
-    args.extend(
-        [
-            "--format",
-            "json",
-            "--observe",
-            "4s",
-            "--probe-timeout",
-            "2s",
-        ]
-        .map(str::to_owned),
+    let nc = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -N {} {VIP_PORT}",
+        VIP.v4
     );
-    let run = CheckRun::start(&lab, &lbtrace_bin(), "check", &args);
-    let port = VIP_PORT.to_string();
-    let mut answers = Vec::new();
-    for _ in 0..3 {
-        let out = lab.client.output(&[
-            "sh",
-            "-c",
-            &format!(
-                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -N {} {port}",
-                VIP.v4
-            ),
-        ]);
-        answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let done = run.wait(Duration::from_secs(30));
-    let json: Value = serde_json::from_str(done.stdout.trim())
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", done.stdout, done.stderr));
-    let dump = || serde_json::to_string_pretty(&json).unwrap_or_default();
+    let started = Instant::now();
+    let o = check_driven(&lab, s, &[], || {
+        (0..3)
+            .map(|_| {
+                let at = started.elapsed();
+                let out = lab.client.output(&["sh", "-c", &nc]);
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let status = stdout.lines().next().unwrap_or_default();
+                std::thread::sleep(Duration::from_millis(300));
+                ClientResult {
+                    what: "nc -N".to_owned(),
+                    code: status.split(' ').nth(1).unwrap_or("000").to_owned(),
+                    error: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    at,
+                }
+            })
+            .collect()
+    });
     assert!(
-        answers
-            .iter()
-            .all(|a| a.starts_with("HTTP/1.")
-                && a.lines().next().is_some_and(|l| l.contains(" 200"))),
-        "nc got {answers:?}"
+        o.clients.iter().all(|c| c.code == "200"),
+        "nc got no 200\n{}",
+        o.dump()
     );
-    let step2 = &json["steps"][1];
-    let summary = step2["summary"].as_str().unwrap_or_default();
-    assert_eq!(step2["status"], "pass", "{}", dump());
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 0,
+            mode: "l7",
+            steps: PASS4,
+            first_failed: None,
+            backends: HEALTHY,
+        },
+    );
     // The check ends once every step passes: after the first answered connection or later.
-    assert!(
-        summary.contains("answered and closed") && !summary.contains("hang"),
-        "{summary}\n{}",
-        dump()
-    );
-    assert_eq!(done.status.code(), Some(0), "{}", dump());
+    assert_contains(&o, 2, "answered and closed");
+    assert!(!o.summary(2).contains("hang"), "{}", o.dump());
 }
