@@ -183,10 +183,18 @@ pub(super) fn check_driven(
 
 /// Builds the lab, sets `name` up and checks it.
 pub(super) fn check(name: &str) -> Outcome {
+    check_scenario(name, |lab, s| check_on(lab, s, &[]))
+}
+
+/// Builds the lab, sets `name` up and runs `run` on it.
+pub(super) fn check_scenario(
+    name: &str,
+    run: impl FnOnce(&Lab, &'static Scenario) -> Outcome,
+) -> Outcome {
     let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
     let lab = Lab::new();
     let _setup = s.setup(&lab);
-    check_on(&lab, s, &[])
+    run(&lab, s)
 }
 
 /// What a check must conclude.

@@ -10,11 +10,20 @@ use serde_json::Value;
 
 use super::check::{
     BE2, Expect, HEALTHY, Outcome, PASS4, assert_clients, assert_contains, assert_verdict, check,
-    check_driven,
+    check_driven, check_scenario,
 };
 use crate::lab::{
-    BACKEND_PORT, BACKENDS, Lab, VIP, VIP_PORT,
-    scenario::{self, ClientResult, SLOW_BACKEND_DELAY},
+    BACKEND_PORT, BACKENDS, VIP, VIP_PORT,
+    scenario::{ClientResult, SLOW_BACKEND_DELAY},
+};
+
+/// A healthy Layer 7 load balancer: every step passes.
+const ALL_PASS: Expect = Expect {
+    code: 0,
+    mode: "l7",
+    steps: PASS4,
+    first_failed: None,
+    backends: HEALTHY,
 };
 
 /// `series` of backend `i`, with its `health`.
@@ -153,16 +162,7 @@ fn check_haproxy_http_backend_slow() {
 #[test]
 fn check_nginx_healthy() {
     let o = check("nginx-healthy");
-    assert_verdict(
-        &o,
-        &Expect {
-            code: 0,
-            mode: "l7",
-            steps: PASS4,
-            first_failed: None,
-            backends: HEALTHY,
-        },
-    );
+    assert_verdict(&o, &ALL_PASS);
     assert_fine(&o, &[0, 1, 2]);
     let vip = &o.json["vip_probe"]["series"];
     assert_eq!(
@@ -178,46 +178,36 @@ fn check_nginx_healthy() {
 /// answers, and step 2 says so; the client did not give up, the LB did not hang.
 #[test]
 fn check_half_closed_client_is_answered_not_hung() {
-    let s = scenario::find("haproxy-http-healthy").expect("scenario");
-    let lab = Lab::new();
-    let _setup = s.setup(&lab);
     let nc = format!(
         "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -N {} {VIP_PORT}",
         VIP.v4
     );
     let started = Instant::now();
-    let o = check_driven(&lab, s, &[], || {
-        (0..3)
-            .map(|_| {
-                let at = started.elapsed();
-                let out = lab.client.output(&["sh", "-c", &nc]);
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let status = stdout.lines().next().unwrap_or_default();
-                std::thread::sleep(Duration::from_millis(300));
-                ClientResult {
-                    what: "nc -N".to_owned(),
-                    code: status.split(' ').nth(1).unwrap_or("000").to_owned(),
-                    error: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                    at,
-                }
-            })
-            .collect()
+    let o = check_scenario("haproxy-http-healthy", |lab, s| {
+        check_driven(lab, s, &[], || {
+            (0..3)
+                .map(|_| {
+                    let at = started.elapsed();
+                    let out = lab.client.output(&["sh", "-c", &nc]);
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    let status = stdout.lines().next().unwrap_or_default();
+                    std::thread::sleep(Duration::from_millis(300));
+                    ClientResult {
+                        what: "nc -N".to_owned(),
+                        code: status.split(' ').nth(1).unwrap_or("000").to_owned(),
+                        error: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                        at,
+                    }
+                })
+                .collect()
+        })
     });
     assert!(
         o.clients.iter().all(|c| c.code == "200"),
         "nc got no 200\n{}",
         o.dump()
     );
-    assert_verdict(
-        &o,
-        &Expect {
-            code: 0,
-            mode: "l7",
-            steps: PASS4,
-            first_failed: None,
-            backends: HEALTHY,
-        },
-    );
+    assert_verdict(&o, &ALL_PASS);
     // The check ends once every step passes: after the first answered connection or later.
     assert_contains(&o, 2, "answered and closed");
     assert!(!o.summary(2).contains("hang"), "{}", o.dump());
