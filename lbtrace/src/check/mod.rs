@@ -59,9 +59,9 @@ pub struct Collected {
 /// The time between two probes of one target.
 pub const PROBE_GAP: Duration = Duration::from_millis(200);
 
-/// The probe of a series that speaks for it in the verdict and the report: the first whose TCP
-/// connect failed, else the first that got no HTTP answer, else the first. `None` for an empty
-/// series.
+/// The probe of a series that speaks for it in the verdict and the report, its worst: the first
+/// whose TCP connect failed, else the first that got no HTTP answer, else the first answered with
+/// a 5xx, else the first. `None` for an empty series.
 pub fn representative(series: &[ProbeReport]) -> Option<&ProbeReport> {
     series
         .iter()
@@ -71,6 +71,11 @@ pub fn representative(series: &[ProbeReport]) -> Option<&ProbeReport> {
                 p.http
                     .as_ref()
                     .is_some_and(|h| !matches!(h, probe::HttpOutcome::Response { .. }))
+            })
+        })
+        .or_else(|| {
+            series.iter().find(|p| {
+                matches!(p.http, Some(probe::HttpOutcome::Response { status, .. }) if status >= 500)
             })
         })
         .or_else(|| series.first())
@@ -365,5 +370,47 @@ pub fn exit_code(v: &verdict::Verdict) -> u8 {
         3
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::HttpOutcome;
+
+    fn probe(tcp: TcpOutcome, status: Option<u16>) -> ProbeReport {
+        ProbeReport {
+            target: "10.0.0.2:8080".parse().unwrap(),
+            local: Some("10.0.0.1:40000".parse().unwrap()),
+            started_ns: 0,
+            ended_ns: 0,
+            tcp,
+            tls: None,
+            http: status.map(|status| HttpOutcome::Response {
+                status,
+                reason: String::new(),
+                ttfb_ms: 1.0,
+                server: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_worst_probe_speaks_for_its_series() {
+        let ok = probe(TcpOutcome::Connected { connect_ms: 0.2 }, Some(200));
+        let err = probe(TcpOutcome::Connected { connect_ms: 0.2 }, Some(503));
+        let refused = probe(TcpOutcome::Refused { after_ms: 0.1 }, None);
+        let status =
+            |s: &[ProbeReport]| representative(s).map(|p| (p.tcp.name(), facts_of(p).http_status));
+        assert_eq!(
+            status(&[ok.clone(), err.clone()]),
+            Some(("connected", Some(503)))
+        );
+        assert_eq!(status(&[ok.clone(), err, refused]), Some(("refused", None)));
+        assert_eq!(status(&[ok.clone()]), Some(("connected", Some(200))));
+        assert_eq!(status(&[]), None);
+        let f = series_facts(&[ok.clone(), ok], Duration::from_secs(1)).unwrap();
+        assert_eq!(f.ports, vec![40000, 40000]);
+        assert_eq!(f.series.map(|s| s.probes), Some(2));
     }
 }

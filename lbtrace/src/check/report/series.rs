@@ -143,6 +143,14 @@ pub fn local_next(l: &LocalService) -> Option<String> {
 /// `3 probes: connect median 0.3 ms (min 0.2 ms, max 0.7 ms), first byte median ..., HTTP 200 x3`.
 pub fn series_line(s: &Summary) -> String {
     let mut parts = vec![format!("{} probes", s.probes)];
+    if let Health::Unreachable {
+        outcome,
+        failed,
+        of,
+    } = &s.health
+    {
+        parts.push(format!("{outcome} in {failed} of {of}"));
+    }
     if let Some(c) = &s.connect_ms {
         parts.push(format!("connect {}", median_min_max(c)));
     }
