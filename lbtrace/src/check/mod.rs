@@ -407,7 +407,10 @@ mod tests {
             Some(("connected", Some(503)))
         );
         assert_eq!(status(&[ok.clone(), err, refused]), Some(("refused", None)));
-        assert_eq!(status(&[ok.clone()]), Some(("connected", Some(200))));
+        assert_eq!(
+            status(std::slice::from_ref(&ok)),
+            Some(("connected", Some(200)))
+        );
         assert_eq!(status(&[]), None);
         let f = series_facts(&[ok.clone(), ok], Duration::from_secs(1)).unwrap();
         assert_eq!(f.ports, vec![40000, 40000]);
