@@ -82,7 +82,13 @@ pub enum FaultKind {
     /// The backend's HTTP server answers after [`SLOW_BACKEND_DELAY`], past the LB's
     /// [`SLOW_SERVER_TIMEOUT`] (HAProxy's `timeout server`): clients get a 504.
     BackendSlow(usize),
+    /// The backend's HTTP server accepts and answers only after [`HANGING_BACKEND_DELAY`],
+    /// longer than the check's probe timeout and HAProxy's `timeout server` (10 s).
+    BackendHangs(usize),
 }
+
+/// How late a [`FaultKind::BackendHangs`] backend answers.
+pub const HANGING_BACKEND_DELAY: Duration = Duration::from_secs(30);
 
 /// How late a [`FaultKind::BackendSlow`] backend answers.
 pub const SLOW_BACKEND_DELAY: Duration = Duration::from_millis(1500);
@@ -176,6 +182,8 @@ pub const SCENARIOS: &[Scenario] = &[
         "be2 answers every request with HTTP 500, behind nginx"),
     sc("haproxy-http-backend-slow", L::HaproxyHttp, F::BackendSlow(1), Family::V4,
         "be2 answers after 1.5 s, past HAProxy's timeout server (1 s): clients get 504"),
+    sc("haproxy-http-backend-hangs", L::HaproxyHttp, F::BackendHangs(1), Family::V4,
+        "be2 accepts requests and answers none (for 30 s): clients sent there time out"),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -288,6 +296,13 @@ impl Scenario {
                     ..Answer::OK
                 };
                 Some(lab.fault_backend_answers(i, late))
+            }
+            F::BackendHangs(i) => {
+                let never = Answer {
+                    delay: HANGING_BACKEND_DELAY,
+                    ..Answer::OK
+                };
+                Some(lab.fault_backend_answers(i, never))
             }
         };
         Setup { fault, lb }

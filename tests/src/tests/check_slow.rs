@@ -159,6 +159,57 @@ fn check_haproxy_http_backend_slow() {
     assert_clients(&o, |c| c.code == "200" || c.code == "504", "200 or 504");
 }
 
+/// be2 accepts and never answers within the probe timeout (2 s): step 3 fails naming it as
+/// hanging, with the timeout; clients sent there by HAProxy give up (curl -m 2), so step 2 warns
+/// that connections hang.
+#[test]
+fn check_haproxy_http_backend_hangs() {
+    let o = check("haproxy-http-backend-hangs");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 1,
+            mode: "l7",
+            steps: ["pass", "warn", "fail", "pass"],
+            first_failed: Some(3),
+            backends: HEALTHY,
+        },
+    );
+    let be2 = format!("{}:{BACKEND_PORT}", BACKENDS[BE2].addr.v4);
+    assert_contains(
+        &o,
+        3,
+        &format!(
+            "{be2} hangs: connects but no HTTP answer within the probe timeout (2 s; 3 of 3 probes)"
+        ),
+    );
+    assert_contains(&o, 2, "hang");
+    let s = series(&o, BE2);
+    assert_eq!(
+        (
+            s["health"].as_str(),
+            s["phase"].as_str(),
+            s["hung"].as_u64()
+        ),
+        (Some("hangs"), Some("http"), Some(3)),
+        "{}",
+        o.dump()
+    );
+    assert!(
+        s["after_ms"].as_f64().is_some_and(|ms| ms >= 2000.0),
+        "{}",
+        o.dump()
+    );
+    median(&o, &s["connect_ms"]);
+    assert_eq!(s["ttfb_ms"], Value::Null, "{}", o.dump());
+    assert_fine(&o, &[0, 2]);
+    assert_clients(
+        &o,
+        |c| c.code == "200" || c.code == "000",
+        "200 or a curl timeout",
+    );
+}
+
 #[test]
 fn check_nginx_healthy() {
     let o = check("nginx-healthy");
