@@ -6,10 +6,12 @@
 //! 1. any probe whose TCP connect failed: [`Health::Unreachable`] (the connect outcome says how);
 //! 2. any probe that connected but whose TLS handshake or HTTP answer never came within the
 //!    timeout: [`Health::Hangs`];
-//! 3. any 5xx answer: [`Health::Erroring`] with the count (all of them: the target serves errors;
+//! 3. any probe that connected and was then reset or closed without an answer (or got a malformed
+//!    one), in the TLS handshake or before the HTTP answer: [`Health::Drops`];
+//! 4. any 5xx answer: [`Health::Erroring`] with the count (all of them: the target serves errors;
 //!    some: it serves errors intermittently);
-//! 4. a median connect time or time to first byte past `--slow`: [`Health::Slow`];
-//! 5. otherwise [`Health::Fine`]. 4xx answers are reported (`statuses`) but are the request's
+//! 5. a median connect time or time to first byte past `--slow`: [`Health::Slow`];
+//! 6. otherwise [`Health::Fine`]. 4xx answers are reported (`statuses`) but are the request's
 //!    fault (a path that does not exist), not the target's.
 
 use std::time::Duration;
@@ -68,6 +70,14 @@ pub enum Health {
         of: usize,
         after_ms: f64,
     },
+    /// TCP connects, then the target resets or closes the connection (`how`: reset / closed /
+    /// error) without an answer (`phase`: tls / http) in `dropped` of `of` probes.
+    Drops {
+        phase: String,
+        how: String,
+        dropped: usize,
+        of: usize,
+    },
     /// HTTP 5xx answers: `status` the most frequent.
     Erroring {
         status: u16,
@@ -88,6 +98,7 @@ impl Health {
             Self::Fine => "fine",
             Self::Unreachable { .. } => "unreachable",
             Self::Hangs { .. } => "hangs",
+            Self::Drops { .. } => "drops",
             Self::Erroring { .. } => "erroring",
             Self::Slow { .. } => "slow",
         }
@@ -119,9 +130,14 @@ pub fn judge(reports: &[ProbeReport], slow: Duration) -> Summary {
     let mut ttfb = Vec::new();
     let mut statuses = Vec::new();
     let mut hung: Vec<(&str, f64)> = Vec::new();
+    let mut dropped: Vec<(&str, &str)> = Vec::new();
     for r in reports {
-        if let Some(TlsOutcome::Timeout { after_ms }) = r.tls.as_ref().map(|t| &t.outcome) {
-            hung.push(("tls", *after_ms));
+        match r.tls.as_ref().map(|t| &t.outcome) {
+            Some(TlsOutcome::Timeout { after_ms }) => hung.push(("tls", *after_ms)),
+            Some(o @ (TlsOutcome::Reset { .. } | TlsOutcome::Closed { .. })) => {
+                dropped.push(("tls", o.name()));
+            }
+            _ => {}
         }
         match &r.http {
             Some(HttpOutcome::Response {
@@ -131,7 +147,12 @@ pub fn judge(reports: &[ProbeReport], slow: Duration) -> Summary {
                 ttfb.push(*ttfb_ms);
             }
             Some(HttpOutcome::Hang { after_ms }) => hung.push(("http", *after_ms)),
-            _ => {}
+            Some(
+                o @ (HttpOutcome::Reset { .. }
+                | HttpOutcome::Closed { .. }
+                | HttpOutcome::Error { .. }),
+            ) => dropped.push(("http", o.name())),
+            None => {}
         }
     }
     let failed: Vec<&TcpOutcome> = reports
@@ -154,6 +175,13 @@ pub fn judge(reports: &[ProbeReport], slow: Duration) -> Summary {
             hung: hung.len(),
             of,
             after_ms: *after_ms,
+        }
+    } else if let Some((phase, how)) = dropped.first() {
+        Health::Drops {
+            phase: (*phase).to_owned(),
+            how: (*how).to_owned(),
+            dropped: dropped.len(),
+            of,
         }
     } else if let Some(status) = most_frequent(statuses.iter().filter(|s| **s >= 500)) {
         Health::Erroring {
@@ -365,5 +393,48 @@ mod tests {
         );
         let t = s.ttfb_ms.unwrap();
         assert!(t.min < 200.0 && t.median >= 290.0, "{t:?}");
+    }
+
+    /// A server that accepts and closes (or resets) without answering drops the request: neither
+    /// fine nor a hang; a hang still outranks it, a 5xx does not.
+    #[tokio::test]
+    async fn a_real_server_closing_without_an_answer_drops() {
+        let (l, addr) = listener().await;
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let mut s = accept(&l).await;
+                read_head(&mut s).await;
+                if i == 2 {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                }
+                drop(s);
+            }
+        });
+        let spec = ProbeSpec {
+            target: addr,
+            timeout: TIMEOUT,
+            tls: None,
+            http: Some(HttpSpec {
+                path: "/".into(),
+                host: "x".into(),
+            }),
+        };
+        let reports = run_series(&spec, 3, Duration::from_millis(10)).await;
+        let s = judge(&reports, SLOW);
+        assert!(
+            matches!(s.health, Health::Drops { ref phase, dropped: 2, of: 3, .. } if phase == "http"),
+            "{s:?}"
+        );
+        assert_eq!(s.statuses, vec![200]);
+        let mut with_500 = reports.clone();
+        with_500.push(answered(1.0, 500, 3.0));
+        assert_eq!(judge(&with_500, SLOW).health.name(), "drops");
+        with_500.push(report(
+            TcpOutcome::Connected { connect_ms: 1.0 },
+            Some(HttpOutcome::Hang { after_ms: 3000.0 }),
+        ));
+        assert_eq!(judge(&with_500, SLOW).health.name(), "hangs");
     }
 }

@@ -143,7 +143,8 @@ pub const BACKENDS: [Backend; 3] = [
 /// The backends' HTTP server: dual-stack on port 8080, `GET /` answers 200 with
 /// `hello from <name>`, HTTP/1.0 (the server closes every connection, so no connection outlives
 /// its request). Prints `ready` once it listens. Arguments: name, port, and for a faulty backend
-/// ([`Answer`]) the status to answer and the seconds to wait before answering.
+/// ([`Answer`]) the status to answer (0: close the connection without an answer) and the seconds
+/// to wait before answering.
 const HTTP_SERVER: &str = r#"
 import http.server, socket, socketserver, sys, time
 name = sys.argv[1]
@@ -153,6 +154,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if delay > 0:
             time.sleep(delay)
+        if status == 0:
+            self.close_connection = True
+            return
         body = ("hello from %s\n" % name).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
@@ -176,6 +180,7 @@ server.serve_forever()
 /// How a backend's HTTP server answers `GET /`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Answer {
+    /// 0: the connection is closed without an answer.
     pub status: u16,
     /// How long it waits before answering.
     pub delay: Duration,

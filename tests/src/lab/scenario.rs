@@ -85,6 +85,8 @@ pub enum FaultKind {
     /// The backend's HTTP server accepts and answers only after [`HANGING_BACKEND_DELAY`],
     /// longer than the check's probe timeout and HAProxy's `timeout server` (10 s).
     BackendHangs(usize),
+    /// The backend's HTTP server reads each request and closes the connection without an answer.
+    BackendDrops(usize),
 }
 
 /// How late a [`FaultKind::BackendHangs`] backend answers.
@@ -184,6 +186,8 @@ pub const SCENARIOS: &[Scenario] = &[
         "be2 answers after 1.5 s, past HAProxy's timeout server (1 s): clients get 504"),
     sc("haproxy-http-backend-hangs", L::HaproxyHttp, F::BackendHangs(1), Family::V4,
         "be2 accepts requests and answers none (for 30 s): clients sent there time out"),
+    sc("haproxy-http-backend-drops", L::HaproxyHttp, F::BackendDrops(1), Family::V4,
+        "be2 reads every request and closes the connection without an answer: clients get 502"),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -296,6 +300,13 @@ impl Scenario {
                     ..Answer::OK
                 };
                 Some(lab.fault_backend_answers(i, late))
+            }
+            F::BackendDrops(i) => {
+                let none = Answer {
+                    status: 0,
+                    ..Answer::OK
+                };
+                Some(lab.fault_backend_answers(i, none))
             }
             F::BackendHangs(i) => {
                 let never = Answer {

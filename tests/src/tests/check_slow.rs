@@ -1,6 +1,6 @@
 //! `lbtrace check` on backends that connect but serve badly: one answering HTTP 500 (behind
 //! HAProxy and behind nginx), one answering later than HAProxy's `timeout server` (clients get
-//! 504), and nginx in front of healthy backends. Each check probes every target
+//! 504), one that closes every connection without an answer, and nginx in front of healthy backends. Each check probes every target
 //! `--probe-count` (3) times: step 3 names the backend with its numbers, from the series.
 //! Also a half-closed client (`nc -N`) that gets its answer: not a hang.
 
@@ -207,6 +207,51 @@ fn check_haproxy_http_backend_hangs() {
         &o,
         |c| c.code == "200" || c.code == "000",
         "200 or a curl timeout",
+    );
+}
+
+/// be2 reads each request and closes without an answer: not "connected, fine" but a backend that
+/// drops every request (step 3 fails naming it); HAProxy answers clients sent there with 502.
+#[test]
+fn check_haproxy_http_backend_drops() {
+    let o = check("haproxy-http-backend-drops");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 1,
+            mode: "l7",
+            steps: ["pass", "pass", "fail", "pass"],
+            first_failed: Some(3),
+            backends: HEALTHY,
+        },
+    );
+    let be2 = format!("{}:{BACKEND_PORT}", BACKENDS[BE2].addr.v4);
+    assert_contains(
+        &o,
+        3,
+        &format!(
+            "{be2} drops requests: connects, then closed without an HTTP answer (3 of 3 probes)"
+        ),
+    );
+    let s = series(&o, BE2);
+    assert_eq!(
+        (
+            s["health"].as_str(),
+            s["phase"].as_str(),
+            s["how"].as_str(),
+            s["dropped"].as_u64()
+        ),
+        (Some("drops"), Some("http"), Some("closed"), Some(3)),
+        "{}",
+        o.dump()
+    );
+    assert_eq!(s["statuses"], serde_json::json!([]), "{}", o.dump());
+    median(&o, &s["connect_ms"]);
+    assert_fine(&o, &[0, 2]);
+    assert_clients(
+        &o,
+        |c| c.code == "200" || c.code == "502",
+        "200 or HAProxy's 502",
     );
 }
 

@@ -670,6 +670,7 @@ pub fn backend_finding(f: &BackendFinding) -> String {
         BackendFinding::Connected { http: None } => "connected".to_owned(),
         BackendFinding::Erroring { .. }
         | BackendFinding::Hangs { .. }
+        | BackendFinding::Drops { .. }
         | BackendFinding::Slow { .. } => series::degraded_words(f).unwrap_or_default(),
         BackendFinding::Refused => {
             "refused: nothing listening (the backend answered the SYN with RST)".to_owned()

@@ -35,6 +35,15 @@ fn what_words(what: &str) -> &'static str {
     }
 }
 
+/// How a connection was dropped: `reset` / `closed` / `error` (a malformed answer).
+fn drop_words(how: &str) -> &'static str {
+    match how {
+        "reset" => "reset",
+        "closed" => "closed",
+        _ => "broken off with a malformed answer",
+    }
+}
+
 /// `3 of 3 probes`.
 fn share(n: usize, of: usize) -> String {
     format!("{n} of {of} probe{}", if of == 1 { "" } else { "s" })
@@ -72,6 +81,21 @@ pub fn degraded_words(f: &BackendFinding) -> Option<String> {
             duration(*after_ms),
             share(*hung, *of)
         ),
+        BackendFinding::Drops {
+            phase,
+            how,
+            dropped,
+            of,
+        } => format!(
+            "drops requests: connects, then {} without {} ({})",
+            drop_words(how),
+            if phase == "tls" {
+                "completing the TLS handshake"
+            } else {
+                "an HTTP answer"
+            },
+            share(*dropped, *of)
+        ),
         BackendFinding::Slow {
             what,
             stats,
@@ -105,6 +129,16 @@ pub fn local_words(l: &LocalService) -> String {
                 share(*hung, *of)
             ),
             hung >= of,
+        ),
+        Health::Drops {
+            how, dropped, of, ..
+        } => (
+            format!(
+                "the LB host's own requests to the VIP were {} without an answer ({})",
+                drop_words(how),
+                share(*dropped, *of)
+            ),
+            dropped >= of,
         ),
         Health::Slow {
             what,

@@ -4,8 +4,8 @@
 //!
 //! The rule, per backend ([`BackendFinding::status`]):
 //! - a TCP connect that failed in any probe (refused, filtered, host down, no route): `fail`;
-//! - connects, but answers HTTP 5xx, or no answer within the probe timeout ("hangs"), in every
-//!   probe: `fail` (every request the LB sends it fails);
+//! - connects, but answers HTTP 5xx, closes or resets without an answer ("drops"), or no answer
+//!   within the probe timeout ("hangs"), in every probe: `fail` (every request the LB sends it fails);
 //! - the same in some of the probes: `warn` (it fails intermittently);
 //! - answers, with a median connect time or time to first byte past `--slow`: `warn`;
 //! - otherwise `pass`. The step takes the worst of its backends.
@@ -47,6 +47,14 @@ pub enum BackendFinding {
         of: usize,
         after_ms: f64,
         connect_ms: Option<Stats>,
+    },
+    /// Connects, then resets or closes (`how`) without an answer (`phase`: tls / http) in
+    /// `dropped` of `of` probes.
+    Drops {
+        phase: String,
+        how: String,
+        dropped: usize,
+        of: usize,
     },
     /// Answers, slowly: the median of `what` (connect / first_byte) past `--slow`.
     Slow {
@@ -103,6 +111,11 @@ impl BackendFinding {
             Self::Erroring { errors, of, .. }
             | Self::Hangs {
                 hung: errors, of, ..
+            }
+            | Self::Drops {
+                dropped: errors,
+                of,
+                ..
             } => Some(if errors >= of {
                 Status::Fail
             } else {
@@ -118,7 +131,7 @@ impl BackendFinding {
     pub fn degraded(&self) -> bool {
         matches!(
             self,
-            Self::Erroring { .. } | Self::Hangs { .. } | Self::Slow { .. }
+            Self::Erroring { .. } | Self::Hangs { .. } | Self::Drops { .. } | Self::Slow { .. }
         )
     }
 }
@@ -355,6 +368,17 @@ fn served(p: &ProbeFacts) -> BackendFinding {
             after_ms: *after_ms,
             connect_ms: series.connect_ms,
         },
+        Health::Drops {
+            phase,
+            how,
+            dropped,
+            of,
+        } => BackendFinding::Drops {
+            phase: phase.clone(),
+            how: how.clone(),
+            dropped: *dropped,
+            of: *of,
+        },
         Health::Slow {
             what, threshold_ms, ..
         } => {
@@ -425,6 +449,15 @@ mod tests {
         assert_eq!(status(erroring(1)), Some(Status::Warn));
         assert_eq!(status(hangs(3)), Some(Status::Fail));
         assert_eq!(status(hangs(2)), Some(Status::Warn));
+        let drops = |dropped| Health::Drops {
+            phase: "http".into(),
+            how: "reset".into(),
+            dropped,
+            of: 3,
+        };
+        assert_eq!(status(drops(3)), Some(Status::Fail));
+        assert_eq!(status(drops(1)), Some(Status::Warn));
+        assert!(finding(drops(1)).degraded());
         assert_eq!(status(slow.clone()), Some(Status::Warn));
         assert_eq!(status(Health::Fine), Some(Status::Pass));
         assert_eq!(BackendFinding::Refused.status(), None);

@@ -37,7 +37,7 @@ pub struct Outcomes {
 /// The LB host's own requests to the VIP, when they did not all get a fine answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalService {
-    /// Erroring, hanging or slow (never fine or unreachable).
+    /// Erroring, hanging, dropping or slow (never fine or unreachable).
     pub health: Health,
     /// Every backend answered the LB host's own probes fine.
     pub backends_fine: bool,
@@ -53,8 +53,16 @@ impl LocalService {
             Health::Erroring { errors, of, .. }
             | Health::Hangs {
                 hung: errors, of, ..
+            }
+            | Health::Drops {
+                dropped: errors,
+                of,
+                ..
             } if errors >= of => Status::Fail,
-            Health::Erroring { .. } | Health::Hangs { .. } | Health::Slow { .. } => Status::Warn,
+            Health::Erroring { .. }
+            | Health::Hangs { .. }
+            | Health::Drops { .. }
+            | Health::Slow { .. } => Status::Warn,
             Health::Fine | Health::Unreachable { .. } => Status::Pass,
         }
     }
