@@ -14,7 +14,7 @@ use super::{
     Collected,
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
-        Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict,
+        Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Unserved, Verdict,
         flow::ReasonCounts,
     },
 };
@@ -101,6 +101,9 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
                 o["blocked_by"] = json!(b);
             }
             o["host"] = s.host.iter().map(host_finding_json).collect::<Vec<_>>().into();
+            if let Some(u) = &s.unserved {
+                o["unserved"] = json!({"connections": u.connections, "of": u.of});
+            }
             o
         })
         .collect();
@@ -356,9 +359,22 @@ fn finding_summary(s: &StepVerdict) -> String {
     match &s.finding {
         StepFinding::ClientToLb(f) => client_summary(f),
         StepFinding::LbHandling(f) => handling_summary(f),
-        StepFinding::LbToBackend(f) => backends_summary(f),
+        StepFinding::LbToBackend(f) => match &s.unserved {
+            Some(u) => format!("{}; {}", unserved_words(u), backends_summary(f)),
+            None => backends_summary(f),
+        },
         StepFinding::ReturnPath(f) => return_summary(f),
     }
+}
+
+/// The LB answering clients without any working backend connection, in words.
+pub fn unserved_words(u: &Unserved) -> String {
+    format!(
+        "the LB answers without any backend connection: {} of {} client connection(s) it answered were closed within {} ms and no backend answered the LB: all backends down in the LB's view",
+        u.connections,
+        u.of,
+        super::verdict::unserved::QUICK_CLOSE_NS / 1_000_000
+    )
 }
 
 /// The next thing to check, when the finding calls for one.
@@ -401,6 +417,9 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
             "the LB is waiting for a backend: see step 3, and the LB's timeouts".to_owned(),
         ),
         StepFinding::LbHandling(_) => None,
+        StepFinding::LbToBackend(_) if s.unserved.is_some() => Some(
+            "the LB serves an error page at once: see its log for why every server is down (health checks failing, no route, every backend refusing) and each backend below".to_owned(),
+        ),
         StepFinding::LbToBackend(f) => {
             let base = match f.backends {
                 BackendsFinding::NoBackends => {
@@ -710,6 +729,7 @@ mod tests {
             evidence: Vec::new(),
             blocked_by: None,
             host: Vec::new(),
+            unserved: None,
         }
     }
 

@@ -1,0 +1,99 @@
+//! Step 3, `lb-to-backend`, seen from the clients: a Layer 7 LB that answers and closes client
+//! connections at once while no backend connection of its own works is serving an error page
+//! (HAProxy's 503): every backend is down in the LB's view, whatever the reason (its health
+//! checks failed, no route, every backend refusing).
+//!
+//! One rule for `check` (the whole window at once, [`judge`]) and `watch`'s recorder (one
+//! connection at a time, as the LB closes it): [`quick_close`] and [`all_down`].
+//!
+//! A served client without a new backend connection is normal when the LB reuses an idle
+//! server connection (HAProxy `http-reuse`, keep-alive): the rule holds only while no backend
+//! answered any connection of the LB's (a client's backend leg, a health check, a probe) within
+//! [`ALIVE_NS`].
+
+use super::{Facts, TcpResult, flow::Flow};
+use crate::event::{Detail, KernelEvent};
+
+/// The LB closed the client connection at most this long after the client's SYN.
+pub const QUICK_CLOSE_NS: u64 = 500_000_000;
+/// A backend that answered a connection of the LB's this recently is alive in the LB's view.
+pub const ALIVE_NS: u64 = 60_000_000_000;
+
+/// A client connection the LB answered itself (Layer 7), then closed (FIN or RST) at
+/// `lb_close_ns`; `backend_answered`: a backend leg joined to it got a SYN-ACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub syn_ns: u64,
+    pub lb_close_ns: u64,
+    pub backend_answered: bool,
+}
+
+/// The LB answered and closed the connection at once, with no backend answering for it.
+pub fn quick_close(c: Answered) -> bool {
+    !c.backend_answered && c.lb_close_ns.saturating_sub(c.syn_ns) <= QUICK_CLOSE_NS
+}
+
+/// Every backend is down in the LB's view: connections closed at once ([`quick_close`]) and no
+/// backend answered the LB (`last_alive_ns`: the last SYN-ACK of a backend to the LB, or a
+/// probe that connected) within [`ALIVE_NS`] of `now_ns`.
+pub fn all_down(quick_closed: usize, last_alive_ns: Option<u64>, now_ns: u64) -> bool {
+    quick_closed > 0 && last_alive_ns.is_none_or(|t| now_ns.saturating_sub(t) > ALIVE_NS)
+}
+
+/// What `check` found: `connections` of the `of` client connections the LB answered itself
+/// were closed at once, and no backend answered the LB in the window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unserved {
+    pub connections: usize,
+    pub of: usize,
+}
+
+/// The rule over a whole window: `live` are the client connections the LB host's stack kept.
+/// Returns the finding and its evidence (the first connections' packets).
+pub fn judge(f: &Facts<'_>, live: &[&Flow]) -> Option<(Unserved, Vec<usize>)> {
+    let ev = f.events;
+    let is_backend = |e: &KernelEvent| f.backends.iter().any(|b| b.matches(&e.src));
+    // Any backend's SYN-ACK to the LB (a leg, a health check, the probe), or a probe that
+    // connected, is a backend alive.
+    let last_alive = ev
+        .iter()
+        .filter(|e| matches!(e.detail, Detail::Packet) && e.is_syn_ack() && is_backend(e))
+        .map(|e| e.ts_ns)
+        .max();
+    let probe_alive = f.probes.iter().any(|p| p.tcp == TcpResult::Connected);
+    let l7: Vec<&Flow> = live
+        .iter()
+        .copied()
+        .filter(|fl| fl.answered() && !fl.l4())
+        .collect();
+    let quick: Vec<&Flow> = l7
+        .iter()
+        .copied()
+        .filter(|fl| {
+            let syn = fl.syns.first().map(|&i| ev[i].ts_ns);
+            let close = fl
+                .lb_fins
+                .iter()
+                .chain(fl.lb_rsts.iter())
+                .map(|&i| ev[i].ts_ns)
+                .min();
+            matches!((syn, close), (Some(syn_ns), Some(lb_close_ns)) if quick_close(Answered {
+                syn_ns,
+                lb_close_ns,
+                backend_answered: false,
+            }))
+        })
+        .collect();
+    let end = ev.last().map_or(0, |e| e.ts_ns);
+    if probe_alive || !all_down(quick.len(), last_alive, end) {
+        return None;
+    }
+    let first: Vec<&Flow> = quick.iter().take(3).copied().collect();
+    Some((
+        Unserved {
+            connections: quick.len(),
+            of: l7.len(),
+        },
+        super::flow::evidence_of(&first, Flow::evidence),
+    ))
+}
