@@ -12,4 +12,6 @@ pub mod run;
 pub mod socket;
 
 #[cfg(test)]
+mod parity;
+#[cfg(test)]
 mod tests;

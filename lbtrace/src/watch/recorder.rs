@@ -199,7 +199,7 @@ fn backend_event(
             matches!(DropClass::of(&name), DropClass::Neigh | DropClass::NoRoute).then(|| {
                 Finding::BackendUnreachable {
                     backend,
-                    what: format!("the LB host drops its SYNs ({name})"),
+                    what: syn_drop_what(&name),
                 }
             })
         }
@@ -214,6 +214,11 @@ fn backend_event(
             what: crate::event::icmp_what(outer_src.is_ipv6(), *icmp_type, *icmp_code).to_owned(),
         }),
     }
+}
+
+/// Why a backend is unreachable when the LB host drops the SYNs to it for `reason`.
+fn syn_drop_what(reason: &str) -> String {
+    format!("the LB host drops its SYNs ({reason})")
 }
 
 /// A backend connection of the LB's own that no client connection could be joined to: a health
@@ -242,10 +247,28 @@ pub struct OwnFinding {
     pub evidence: Evidence,
 }
 
+/// A probe under way: the local port of the first SYN seen towards its target since it started,
+/// and the reason the LB host dropped that SYN for, if it did.
+#[derive(Default)]
+struct Probing {
+    port: Option<u16>,
+    dropped: Option<String>,
+}
+
 /// The finding a probe's TCP result makes: the same kinds the wire makes (a connected probe, or
-/// one that could not run, makes none).
-pub fn probe_finding(p: &ProbeFacts) -> Option<Finding> {
+/// one that could not run, makes none). `dropped`: the LB host dropped the probe's SYN for this
+/// reason (a neighbour or route failure names the backend unreachable, as on the wire).
+pub fn probe_finding(p: &ProbeFacts, dropped: Option<&str>) -> Option<Finding> {
     let backend = p.target;
+    let failed = matches!(p.tcp, TcpResult::Timeout | TcpResult::Unreachable);
+    if let Some(name) = dropped.filter(|_| failed)
+        && matches!(DropClass::of(name), DropClass::Neigh | DropClass::NoRoute)
+    {
+        return Some(Finding::BackendUnreachable {
+            backend,
+            what: syn_drop_what(name),
+        });
+    }
     match p.tcp {
         TcpResult::Refused => Some(Finding::BackendRefused { backend }),
         TcpResult::Timeout => Some(Finding::BackendTimeout { backend }),
@@ -383,8 +406,8 @@ pub struct Recorder {
     /// `own`'s keys, oldest first (an entry may be stale: the map is what counts).
     own_order: VecDeque<(SocketAddr, SocketAddr)>,
     own_found: VecDeque<OwnFinding>,
-    /// Probes under way, by target: the local port of the first SYN seen towards it since.
-    probing: HashMap<SocketAddr, Option<u16>>,
+    /// Probes under way, by target.
+    probing: HashMap<SocketAddr, Probing>,
     /// (local port, target) of the LB host's own probes -> until when their packets are ignored.
     probe_ports: HashMap<(u16, SocketAddr), u64>,
     /// The last time a backend answered a connection of the LB's (a SYN-ACK, a probe).
@@ -551,7 +574,6 @@ impl Recorder {
                     if ev.is_syn_ack() {
                         c.server_isn.get_or_insert(ev.seq);
                     } else if ev.is_rst() {
-                        out.extend(unserved_at(c, ev.ts_ns, alive).map(|f| (id, f)));
                         c.closed = true;
                         let answered = c.server_isn.is_some();
                         let after_request = c.isn.is_some_and(|isn| seq_past(ev.ack, isn));
@@ -561,7 +583,7 @@ impl Recorder {
                             out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                         }
                     } else if ev.is_fin() {
-                        out.extend(unserved_at(c, ev.ts_ns, alive).map(|f| (id, f)));
+                        out.extend(unserved_at(c, ev, alive).map(|f| (id, f)));
                         c.closed = true;
                     }
                 }
@@ -600,11 +622,12 @@ impl Recorder {
             } else {
                 (d, s, false)
             };
-            if self.probe_packet(lb, backend, to_backend, ev) {
-                return out;
-            }
+            // A backend answering the LB host, the probe too, is alive.
             if !to_backend && matches!(ev.detail, Detail::Packet) && ev.is_syn_ack() {
                 self.last_alive_ns = Some(ev.ts_ns);
+            }
+            if self.probe_packet(lb, backend, to_backend, ev) {
+                return out;
             }
             let syn = ev.is_syn();
             let id = match self.by_backend.get(&(lb, backend)).copied() {
@@ -728,7 +751,7 @@ impl Recorder {
     /// probe's (its local port is known only once the probe ends).
     pub fn probe_started(&mut self, target: SocketAddr) {
         if self.probing.len() < MAX_PROBE_PORTS {
-            self.probing.insert(target, None);
+            self.probing.insert(target, Probing::default());
         }
     }
 
@@ -736,7 +759,8 @@ impl Recorder {
     /// result is a finding with the evidence `probe` ([`Self::take_own`]), or, connected, a
     /// backend alive.
     pub fn probe_done(&mut self, p: &ProbeFacts, now_ns: u64) {
-        let claimed = self.probing.remove(&p.target).flatten();
+        let probing = self.probing.remove(&p.target).unwrap_or_default();
+        let claimed = probing.port;
         let until = now_ns.saturating_add(PROBE_PORT_TTL_NS);
         self.probe_ports.retain(|_, t| *t > now_ns);
         for port in [claimed, p.local_port.filter(|&p| p != 0)]
@@ -750,7 +774,7 @@ impl Recorder {
         if p.tcp == TcpResult::Connected {
             self.last_alive_ns = Some(now_ns);
         }
-        if let Some(f) = probe_finding(p) {
+        if let Some(f) = probe_finding(p, probing.dropped.as_deref()) {
             if self.own_found.len() >= MAX_OWN_FOUND {
                 self.own_found.pop_front();
             }
@@ -786,14 +810,23 @@ impl Recorder {
         {
             return true;
         }
-        match self.probing.get_mut(&backend) {
-            Some(Some(claimed)) => *claimed == port,
-            Some(slot @ None) if to_backend && ev.has_syn() => {
-                *slot = Some(port);
+        let Some(probing) = self.probing.get_mut(&backend) else {
+            return false;
+        };
+        let ours = match probing.port {
+            Some(claimed) => claimed == port,
+            None if to_backend && ev.has_syn() => {
+                probing.port = Some(port);
                 true
             }
-            _ => false,
+            None => false,
+        };
+        if let (true, Detail::Drop { reason }) = (ours && to_backend, &ev.detail) {
+            probing
+                .dropped
+                .get_or_insert_with(|| self.reasons.name(*reason));
         }
+        ours
     }
 
     /// The last time a backend answered a connection of the LB's.
@@ -935,17 +968,21 @@ impl Recorder {
     }
 }
 
-/// The LB closes client connection `c` at `ts`: answered by the LB itself (Layer 7) and closed
-/// at once while no backend answered the LB ([`unserved`]'s rule) is [`Finding::Unserved`].
-fn unserved_at(c: &mut Conn, ts: u64, last_alive_ns: Option<u64>) -> Option<Finding> {
+/// The LB's FIN `fin` closes client connection `c`: answered by the LB itself (Layer 7) and
+/// closed at once while no backend answered the LB ([`unserved`]'s rule) is
+/// [`Finding::Unserved`].
+fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> Option<Finding> {
     let l7 = c.backend.as_ref().is_none_or(|b| b.join == Join::Inferred);
     let answered = Answered {
         syn_ns: c.first_ns,
-        lb_close_ns: ts,
+        lb_close_ns: fin.ts_ns,
+        lb_sent_data: c
+            .server_isn
+            .is_some_and(|s| seq_past(fin.seq, s) || fin.payload_len > 0),
         backend_answered: c.backend.as_ref().is_some_and(|b| b.answered),
     };
-    let quick = usize::from(c.server_isn.is_some() && l7 && unserved::quick_close(answered));
-    if unserved::all_down(quick, last_alive_ns, ts) {
+    let quick = usize::from(l7 && unserved::quick_close(answered));
+    if unserved::all_down(quick, last_alive_ns, fin.ts_ns) {
         c.find(Finding::Unserved)
     } else {
         None

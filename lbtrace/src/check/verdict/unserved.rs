@@ -19,18 +19,23 @@ pub const QUICK_CLOSE_NS: u64 = 500_000_000;
 /// A backend that answered a connection of the LB's this recently is alive in the LB's view.
 pub const ALIVE_NS: u64 = 60_000_000_000;
 
-/// A client connection the LB answered itself (Layer 7), then closed (FIN or RST) at
-/// `lb_close_ns`; `backend_answered`: a backend leg joined to it got a SYN-ACK.
+/// A client connection the LB answered itself (Layer 7), then closed with its FIN at
+/// `lb_close_ns`; `lb_sent_data`: the FIN is past the LB's ISN + 1 (it sent a response, e.g. an
+/// error page; a bare RST or empty close is step 2's business); `backend_answered`: a backend
+/// leg joined to it got a SYN-ACK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Answered {
     pub syn_ns: u64,
     pub lb_close_ns: u64,
+    pub lb_sent_data: bool,
     pub backend_answered: bool,
 }
 
 /// The LB answered and closed the connection at once, with no backend answering for it.
 pub fn quick_close(c: Answered) -> bool {
-    !c.backend_answered && c.lb_close_ns.saturating_sub(c.syn_ns) <= QUICK_CLOSE_NS
+    c.lb_sent_data
+        && !c.backend_answered
+        && c.lb_close_ns.saturating_sub(c.syn_ns) <= QUICK_CLOSE_NS
 }
 
 /// Every backend is down in the LB's view: connections closed at once ([`quick_close`]) and no
@@ -71,15 +76,11 @@ pub fn judge(f: &Facts<'_>, live: &[&Flow]) -> Option<(Unserved, Vec<usize>)> {
         .copied()
         .filter(|fl| {
             let syn = fl.syns.first().map(|&i| ev[i].ts_ns);
-            let close = fl
-                .lb_fins
-                .iter()
-                .chain(fl.lb_rsts.iter())
-                .map(|&i| ev[i].ts_ns)
-                .min();
+            let close = fl.lb_fins.first().map(|&i| ev[i].ts_ns);
             matches!((syn, close), (Some(syn_ns), Some(lb_close_ns)) if quick_close(Answered {
                 syn_ns,
                 lb_close_ns,
+                lb_sent_data: fl.server_sent_data(ev),
                 backend_answered: false,
             }))
         })
