@@ -969,7 +969,7 @@ impl Recorder {
 }
 
 /// The LB's FIN `fin` closes client connection `c`: answered by the LB itself (Layer 7) and
-/// closed at once while no backend answered the LB ([`unserved`]'s rule) is
+/// closed unserved while no backend answered the LB ([`unserved`]'s rule) is
 /// [`Finding::Unserved`].
 fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> Option<Finding> {
     let l7 = c.backend.as_ref().is_none_or(|b| b.join == Join::Inferred);
@@ -979,10 +979,11 @@ fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> O
         lb_sent_data: c
             .server_isn
             .is_some_and(|s| seq_past(fin.seq, s) || fin.payload_len > 0),
+        backend_tried: c.backend.is_some(),
         backend_answered: c.backend.as_ref().is_some_and(|b| b.answered),
     };
-    let quick = usize::from(l7 && unserved::quick_close(answered));
-    if unserved::all_down(quick, last_alive_ns, fin.ts_ns) {
+    let unserved = usize::from(l7 && unserved::unserved_close(answered));
+    if unserved::all_down(unserved, last_alive_ns, fin.ts_ns) {
         c.find(Finding::Unserved)
     } else {
         None
