@@ -815,7 +815,8 @@ impl Recorder {
         };
         let ours = match probing.port {
             Some(claimed) => claimed == port,
-            None if to_backend && ev.has_syn() => {
+            // A client's SYN forwarded with its ISN (Layer 4) is not the probe's.
+            None if to_backend && ev.has_syn() && !self.by_isn.contains_key(&ev.seq) => {
                 probing.port = Some(port);
                 true
             }
