@@ -24,6 +24,8 @@ use crate::{
 /// One probe's result, reduced as `check` reduces it, with when it started.
 pub struct Done {
     pub facts: ProbeFacts,
+    /// The TCP result's name (`connected`, `refused`, ...).
+    pub tcp: &'static str,
     pub started_ns: u64,
 }
 
@@ -84,6 +86,7 @@ impl Prober {
                 let _ = tx
                     .send(Done {
                         facts: check::facts_of(&report),
+                        tcp: report.tcp.name(),
                         started_ns,
                     })
                     .await;
@@ -94,17 +97,6 @@ impl Prober {
     /// A probe's report arrived.
     pub fn done(&mut self, d: &Done) {
         self.under_way.remove(&d.facts.target);
-        self.state.insert(d.facts.target, tcp_name(&d.facts));
-    }
-}
-
-fn tcp_name(p: &ProbeFacts) -> &'static str {
-    use check::verdict::TcpResult as T;
-    match p.tcp {
-        T::Connected => "connected",
-        T::Refused => "refused",
-        T::Timeout => "timeout",
-        T::Unreachable => "unreachable",
-        T::Error => "error",
+        self.state.insert(d.facts.target, d.tcp);
     }
 }
