@@ -370,7 +370,7 @@ fn finding_summary(s: &StepVerdict) -> String {
 /// The LB answering clients without any working backend connection, in words.
 pub fn unserved_words(u: &Unserved) -> String {
     format!(
-        "the LB answers without any backend connection: {} of {} client connection(s) it answered were closed within {} ms and no backend answered the LB: all backends down in the LB's view",
+        "the LB answers without any backend connection: {} of {} client connection(s) it answered were closed with no backend answering (within {} ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view",
         u.connections,
         u.of,
         super::verdict::unserved::QUICK_CLOSE_NS / 1_000_000
@@ -783,6 +783,26 @@ mod tests {
             next(&s).as_deref(),
             Some("pass the backends with --backend ADDR:PORT")
         );
+    }
+
+    #[test]
+    fn the_unserved_finding_leads_step_three() {
+        let mut s = step(StepFinding::LbToBackend(LbToBackend {
+            backends: BackendsFinding::Unreachable {
+                down: vec![("10.0.0.2:8080".parse().unwrap(), BackendFinding::Refused)],
+                of: 1,
+            },
+            forward_drops: None,
+        }));
+        s.unserved = Some(Unserved {
+            connections: 3,
+            of: 4,
+        });
+        assert_eq!(
+            summary(&s),
+            "the LB answers without any backend connection: 3 of 4 client connection(s) it answered were closed with no backend answering (within 500 ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view; 1 of 1 backend(s) not reachable from the LB (10.0.0.2:8080: refused: nothing listening (the backend answered the SYN with RST))"
+        );
+        assert!(next(&s).is_some_and(|n| n.contains("error page")));
     }
 
     #[test]
