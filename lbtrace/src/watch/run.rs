@@ -359,6 +359,9 @@ impl Loop {
             active: self.alerts.active(),
             output_dropped: self.out.dropped(),
             host: self.host.borrow().clone(),
+            probes: self.prober.as_ref().map_or_else(BTreeMap::new, |p| {
+                p.state.iter().map(|(b, r)| (b.to_string(), *r)).collect()
+            }),
         }
     }
 }

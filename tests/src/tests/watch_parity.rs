@@ -302,7 +302,8 @@ fn watch_parity_no_route_is_found_by_the_probes() {
     let _haproxy = lab.haproxy();
     let _fault = lab.fault_no_route();
     let mut a = args(&lab);
-    a.extend(["--probe-interval", "1s"].map(str::to_owned));
+    let metrics = "127.0.0.1:9465";
+    a.extend(["--probe-interval", "1s", "--metrics", metrics].map(str::to_owned));
     let t0 = Instant::now();
     let watch = Watch::start("watch", &lab.lb, lab.dir(), &a);
     let armed = t0.elapsed();
@@ -336,6 +337,21 @@ fn watch_parity_no_route_is_found_by_the_probes() {
     });
     eprintln!("codes with no route: {codes:?}");
     assert!(codes.iter().all(|c| c == "503"), "{codes:?}");
+    // Each backend's probe state is a metric.
+    let body = lab.lb.exec(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        &format!("http://{metrics}/metrics"),
+    ]);
+    for i in 0..BACKENDS.len() {
+        let line = format!(
+            "lbtrace_backend_probe_up{{backend=\"{}\",result=\"unreachable\"}} 0",
+            backend(i)
+        );
+        assert!(body.contains(&line), "no {line} in\n{body}");
+    }
     // The probes' packets are not client connections.
     let (objects, _) = watch.stop();
     let health = objects
