@@ -577,8 +577,16 @@ impl Recorder {
                         c.closed = true;
                         let answered = c.server_isn.is_some();
                         let after_request = c.isn.is_some_and(|isn| seq_past(ev.ack, isn));
+                        // An RST after the LB's own FIN answers data that came after it closed
+                        // (a TLS close_notify): the connection ended normally.
+                        let lb_closed_first = c.events.iter().any(|e| {
+                            e.src == vip && e.is_fin() && matches!(e.detail, Detail::Packet)
+                        });
                         if answered || c.backend.is_some() {
-                            out.extend(c.find(Finding::LbReset { after_request }).map(|f| (id, f)));
+                            if !lb_closed_first {
+                                let f = Finding::LbReset { after_request };
+                                out.extend(c.find(f).map(|f| (id, f)));
+                            }
                         } else if c.refused_by_kernel(reasons) {
                             out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                         }

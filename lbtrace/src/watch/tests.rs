@@ -653,3 +653,41 @@ fn the_lb_answering_at_once_with_no_backend_alive_is_unserved() {
     let later = crate::check::verdict::unserved::ALIVE_NS / 1_000_000 + 100;
     assert_eq!(serve(&mut r, 3, later), vec![Finding::Unserved]);
 }
+
+#[test]
+fn an_rst_after_the_lbs_own_fin_is_not_a_reset() {
+    // TLS: the LB answers and closes; the client's close_notify arrives after, and the LB
+    // host's kernel answers it with RST.
+    let mut r = rec(100);
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(0, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    r.ingest(&pkt(1, Dir::Out, &format!("{LB_IN}:41000"), BE1, SYN, 9, 0));
+    r.ingest(&pkt(
+        1,
+        Dir::In,
+        BE1,
+        &format!("{LB_IN}:41000"),
+        SYN | ACK,
+        5,
+        10,
+    ));
+    r.ingest(&pkt(5, Dir::Out, VIP, &c, FIN | ACK, 5900, 1300));
+    assert!(
+        r.ingest(&pkt(6, Dir::Out, VIP, &c, RST, 5901, 0))
+            .is_empty()
+    );
+    // Without the FIN first, it is one.
+    let c = client(2);
+    r.ingest(&pkt(10, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(10, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    assert_eq!(
+        r.ingest(&pkt(11, Dir::Out, VIP, &c, RST | ACK, 5001, 1300))
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect::<Vec<_>>(),
+        vec![Finding::LbReset {
+            after_request: true
+        }]
+    );
+}
