@@ -84,6 +84,18 @@ fn duration_in(
     }
 }
 
+/// [`duration_in`], and also `0` (a feature turned off).
+fn zero_or_duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let within = duration_in(min, max);
+    move |s| match parse_duration(s)? {
+        Duration::ZERO => Ok(Duration::ZERO),
+        _ => within(s).map_err(|e| format!("{e}, or 0 (off)")),
+    }
+}
+
 /// A count parser for `min..=max`.
 fn count_in<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
 where
@@ -260,6 +272,14 @@ pub struct WatchArgs {
     /// How often to print the one-line health summary per VIP (1s to 24h).
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_in(SECOND, 24 * HOUR))]
     pub health_interval: Duration,
+    /// How often the LB host probes each backend itself (a TCP connect), so the tripwire knows
+    /// each backend's state when no client connects and when a failure leaves no packet (no
+    /// route); 0 turns the probes off (1s to 24h, or 0).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = zero_or_duration_in(SECOND, 24 * HOUR))]
+    pub probe_interval: Duration,
+    /// How long a background probe's connect may take before it counts as a timeout.
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = duration_in(Duration::from_millis(10), Duration::from_secs(600)))]
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -313,6 +333,15 @@ mod tests {
                 "300000000000y",
             ],
             &["watch", "--vip", "10.0.0.1:80", "--history", "0"],
+            &["watch", "--vip", "10.0.0.1:80", "--probe-interval", "500ms"],
+            &[
+                "watch",
+                "--vip",
+                "10.0.0.1:80",
+                "--probe-interval",
+                "300000000000y",
+            ],
+            &["watch", "--vip", "10.0.0.1:80", "--probe-timeout", "0s"],
             &["watch", "--vip", "10.0.0.1:80", "--alert-count", "0"],
             &["watch", "--vip", "10.0.0.1:80", "--on-alert-timeout", "0s"],
             &[
@@ -375,5 +404,8 @@ mod tests {
         let cli = parse(&["--vip", "10.0.0.1"]).unwrap();
         assert_eq!(cli.watch.on_alert_timeout, Duration::from_secs(60));
         assert_eq!(cli.watch.history, 10_000);
+        assert_eq!(cli.watch.probe_interval, Duration::from_secs(10));
+        let cli = parse(&["--vip", "10.0.0.1", "--probe-interval", "0"]).unwrap();
+        assert_eq!(cli.watch.probe_interval, Duration::ZERO);
     }
 }

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::recorder::{Conn, Finding};
+use super::recorder::{Conn, Evidence, Finding, OwnFinding};
 use crate::checklist::Step;
 use crate::host::{Moved, Pressure};
 
@@ -47,7 +47,8 @@ pub struct Alert {
     pub conn_id: Option<u64>,
     /// What the finding that raised it was seen on: `client` (a client connection and its
     /// backend leg), `lb-connection` (the LB's own backend connection with no client connection
-    /// behind it: a health check, a pool), `host` (the LB host's counters), `tracer`.
+    /// behind it: a health check, a pool), `probe` (lbtrace's own probe from the LB host,
+    /// `--probe-interval`), `host` (the LB host's counters), `tracer`.
     pub evidence: &'static str,
 }
 
@@ -113,6 +114,7 @@ fn describe(f: &Finding) -> String {
         Finding::BackendUnreachable { backend, what } => {
             format!("backend {backend} unreachable: {what}")
         }
+        Finding::Unserved => "the LB answers without any backend connection: it closes clients at once and no backend answers the LB: all backends down in the LB's view".to_owned(),
         Finding::SynAckLost => {
             "clients retransmit their SYN after the LB's SYN-ACK: replies do not reach them"
                 .to_owned()
@@ -251,9 +253,11 @@ impl Alerts {
     }
 
     /// Counts a finding on the LB's own backend connection `lb` (no client connection joined:
-    /// a health check, a pooled connection); counted under the same key as the clients' (one
-    /// alert per kind and backend), and the alert says what it was seen on.
-    pub fn own(&mut self, now_ns: u64, lb: SocketAddr, f: &Finding) -> Option<Notice> {
+    /// a health check, a pooled connection) or of lbtrace's own probe; counted under the same
+    /// key as the clients' (one alert per kind and backend), and the alert says what it was
+    /// seen on.
+    pub fn own(&mut self, now_ns: u64, o: &OwnFinding) -> Option<Notice> {
+        let (lb, f) = (o.lb, &o.finding);
         let key = f.alert_key();
         let step = f.step();
         // Client connections that showed the same within the window are the better example.
@@ -265,6 +269,10 @@ impl Alerts {
             .copied();
         let (count, message) = self.count(now_ns, &key, step, || match example {
             Some(_) => describe(f),
+            None if o.evidence == Evidence::Probe => format!(
+                "{} (seen by lbtrace's own probe from the LB host, not client traffic)",
+                describe(f)
+            ),
             None => format!(
                 "{} (seen on the LB's own connections from {}, e.g. health checks)",
                 describe(f),
@@ -283,10 +291,10 @@ impl Alerts {
             example_vip: example.map(|e| e.2.to_string()),
             example_backend: backend,
             conn_id: example.map(|e| e.3),
-            evidence: if example.is_some() {
-                "client"
-            } else {
-                "lb-connection"
+            evidence: match (example, o.evidence) {
+                (Some(_), _) => "client",
+                (None, Evidence::Probe) => "probe",
+                (None, Evidence::Wire) => "lb-connection",
             },
         }))
     }
@@ -371,8 +379,34 @@ impl Alerts {
             .filter(|(_, a)| now_ns.saturating_sub(a.last_ns) >= quiet)
             .map(|(k, _)| k.clone())
             .collect();
+        self.recover(done)
+    }
+
+    /// A probe of `backend` started at `started_ns` connected: its step-3 alerts with no finding
+    /// since the probe started recover at once (and count afresh).
+    pub fn probe_ok(&mut self, started_ns: u64, backend: SocketAddr) -> Vec<Notice> {
+        let keys = [
+            Finding::BackendRefused { backend },
+            Finding::BackendTimeout { backend },
+            Finding::BackendUnreachable {
+                backend,
+                what: String::new(),
+            },
+        ]
+        .map(|f| f.alert_key());
+        let done: Vec<String> = keys
+            .into_iter()
+            .filter(|k| self.active.get(k).is_some_and(|a| a.last_ns < started_ns))
+            .collect();
+        for k in &done {
+            self.seen.remove(k);
+        }
+        self.recover(done)
+    }
+
+    fn recover(&mut self, keys: Vec<String>) -> Vec<Notice> {
         let mut out = Vec::new();
-        for k in done {
+        for k in keys {
             if let Some(a) = self.active.remove(&k) {
                 out.push(Notice::Recovered(Recovered {
                     key: k,

@@ -178,6 +178,8 @@ pub struct Snapshot {
     pub output_dropped: u64,
     /// The LB host's own limits at the last sample.
     pub host: Option<host::Sample>,
+    /// Each probed backend's last probe result (`connected`, `refused`, ...).
+    pub probes: BTreeMap<String, &'static str>,
 }
 
 fn esc(s: &str) -> String {
@@ -311,6 +313,20 @@ pub fn render(s: &Snapshot) -> String {
             o,
             "lbtrace_alert_active{{alert=\"{}\",step=\"{step}\"}} 1",
             esc(k)
+        );
+    }
+    if !s.probes.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP lbtrace_backend_probe_up 1 when the last background probe of the backend connected; its result as a label.\n# TYPE lbtrace_backend_probe_up gauge"
+        );
+    }
+    for (b, r) in &s.probes {
+        let _ = writeln!(
+            o,
+            "lbtrace_backend_probe_up{{backend=\"{}\",result=\"{r}\"}} {}",
+            esc(b),
+            u8::from(*r == "connected")
         );
     }
     o

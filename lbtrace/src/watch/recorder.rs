@@ -17,6 +17,10 @@ use std::{
 };
 
 use crate::{
+    check::verdict::{
+        ProbeFacts, TcpResult,
+        unserved::{self, Answered},
+    },
     checklist::{DropClass, Step, kernel_refused, seq_past},
     endpoint::Endpoint,
     event::{Detail, Dir, KernelEvent},
@@ -38,6 +42,10 @@ pub const MAX_OWN_LEGS: usize = 4096;
 pub const MAX_OWN_FOUND: usize = 1024;
 /// An own backend connection is forgotten this long after its first SYN.
 pub const OWN_LEG_TTL_NS: u64 = 30_000_000_000;
+/// The local ports of the LB host's own probes remembered at once; the oldest is forgotten first.
+pub const MAX_PROBE_PORTS: usize = 1024;
+/// A probe's packets (its FIN, a late RST) are told apart by its local port this long after it.
+pub const PROBE_PORT_TTL_NS: u64 = 60_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,8 +73,12 @@ pub enum Finding {
     BackendRefused { backend: SocketAddr },
     /// Step 3: the backend never answered the SYN.
     BackendTimeout { backend: SocketAddr },
-    /// Step 3: an ICMP error about the backend connection.
+    /// Step 3: an ICMP error about the backend connection, a drop of its SYN for no
+    /// neighbour or no route, or the LB host's probe unable to connect.
     BackendUnreachable { backend: SocketAddr, what: String },
+    /// Step 3: the LB (Layer 7) answered and closed the client at once while no backend answered
+    /// any connection of the LB's: all backends down in the LB's view.
+    Unserved,
     /// Step 4: the client retransmitted its SYN after the LB's SYN-ACK.
     SynAckLost,
     /// Step 4: a forwarded SYN whose backend reply never came back through the LB.
@@ -92,7 +104,8 @@ impl Finding {
             Self::LbReset { .. } | Self::NoListener => Step::LbHandling,
             Self::BackendRefused { .. }
             | Self::BackendTimeout { .. }
-            | Self::BackendUnreachable { .. } => Step::LbToBackend,
+            | Self::BackendUnreachable { .. }
+            | Self::Unserved => Step::LbToBackend,
             Self::SynAckLost | Self::AsymmetricReturn { .. } => Step::ReturnPath,
         }
     }
@@ -117,6 +130,7 @@ impl Finding {
             Self::BackendRefused { backend } => format!("backend_refused:{backend}"),
             Self::BackendTimeout { backend } => format!("backend_timeout:{backend}"),
             Self::BackendUnreachable { backend, .. } => format!("backend_unreachable:{backend}"),
+            Self::Unserved => "unserved".to_owned(),
             Self::SynAckLost => "synack_lost".to_owned(),
             Self::AsymmetricReturn { backend } => format!("asymmetric_return:{backend}"),
         }
@@ -185,7 +199,7 @@ fn backend_event(
             matches!(DropClass::of(&name), DropClass::Neigh | DropClass::NoRoute).then(|| {
                 Finding::BackendUnreachable {
                     backend,
-                    what: format!("the LB host drops its SYNs ({name})"),
+                    what: syn_drop_what(&name),
                 }
             })
         }
@@ -202,6 +216,11 @@ fn backend_event(
     }
 }
 
+/// Why a backend is unreachable when the LB host drops the SYNs to it for `reason`.
+fn syn_drop_what(reason: &str) -> String {
+    format!("the LB host drops its SYNs ({reason})")
+}
+
 /// A backend connection of the LB's own that no client connection could be joined to: a health
 /// check, a pooled connection, or one opened while no client connection waits.
 struct OwnLeg {
@@ -210,12 +229,58 @@ struct OwnLeg {
     findings: Vec<Finding>,
 }
 
+/// What a finding without a client connection was seen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// The LB's own backend connection on the wire: a health check, a pooled connection.
+    Wire,
+    /// lbtrace's own probe from the LB host (`--probe-interval`).
+    Probe,
+}
+
 /// A finding on a backend connection of the LB's own, with no client connection behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnFinding {
     /// The LB's side of the connection.
     pub lb: SocketAddr,
     pub finding: Finding,
+    pub evidence: Evidence,
+}
+
+/// A probe under way: the local port of the first SYN seen towards its target since it started,
+/// and the reason the LB host dropped that SYN for, if it did.
+#[derive(Default)]
+struct Probing {
+    port: Option<u16>,
+    dropped: Option<String>,
+}
+
+/// The finding a probe's TCP result makes: the same kinds the wire makes (a connected probe, or
+/// one that could not run, makes none). `dropped`: the LB host dropped the probe's SYN for this
+/// reason (a neighbour or route failure names the backend unreachable, as on the wire).
+pub fn probe_finding(p: &ProbeFacts, dropped: Option<&str>) -> Option<Finding> {
+    let backend = p.target;
+    let failed = matches!(p.tcp, TcpResult::Timeout | TcpResult::Unreachable);
+    if let Some(name) = dropped.filter(|_| failed)
+        && matches!(DropClass::of(name), DropClass::Neigh | DropClass::NoRoute)
+    {
+        return Some(Finding::BackendUnreachable {
+            backend,
+            what: syn_drop_what(name),
+        });
+    }
+    match p.tcp {
+        TcpResult::Refused => Some(Finding::BackendRefused { backend }),
+        TcpResult::Timeout => Some(Finding::BackendTimeout { backend }),
+        TcpResult::Unreachable => Some(Finding::BackendUnreachable {
+            backend,
+            what: format!(
+                "the LB host cannot connect: {}",
+                p.why.as_deref().unwrap_or("unreachable")
+            ),
+        }),
+        TcpResult::Connected | TcpResult::Error => None,
+    }
 }
 
 /// One client connection to a VIP.
@@ -341,6 +406,12 @@ pub struct Recorder {
     /// `own`'s keys, oldest first (an entry may be stale: the map is what counts).
     own_order: VecDeque<(SocketAddr, SocketAddr)>,
     own_found: VecDeque<OwnFinding>,
+    /// Probes under way, by target.
+    probing: HashMap<SocketAddr, Probing>,
+    /// (local port, target) of the LB host's own probes -> until when their packets are ignored.
+    probe_ports: HashMap<(u16, SocketAddr), u64>,
+    /// The last time a backend answered a connection of the LB's (a SYN-ACK, a probe).
+    last_alive_ns: Option<u64>,
 }
 
 impl Recorder {
@@ -366,6 +437,9 @@ impl Recorder {
             own: HashMap::new(),
             own_order: VecDeque::new(),
             own_found: VecDeque::new(),
+            probing: HashMap::new(),
+            probe_ports: HashMap::new(),
+            last_alive_ns: None,
         }
     }
 
@@ -470,6 +544,7 @@ impl Recorder {
                 None => return out,
             };
             let reasons = &self.reasons;
+            let alive = self.last_alive_ns;
             let Some(c) = get_mut(&mut self.conns, id) else {
                 return out;
             };
@@ -502,12 +577,21 @@ impl Recorder {
                         c.closed = true;
                         let answered = c.server_isn.is_some();
                         let after_request = c.isn.is_some_and(|isn| seq_past(ev.ack, isn));
+                        // An RST after the LB's own FIN answers data that came after it closed
+                        // (a TLS close_notify): the connection ended normally.
+                        let lb_closed_first = c.events.iter().any(|e| {
+                            e.src == vip && e.is_fin() && matches!(e.detail, Detail::Packet)
+                        });
                         if answered || c.backend.is_some() {
-                            out.extend(c.find(Finding::LbReset { after_request }).map(|f| (id, f)));
+                            if !lb_closed_first {
+                                let f = Finding::LbReset { after_request };
+                                out.extend(c.find(f).map(|f| (id, f)));
+                            }
                         } else if c.refused_by_kernel(reasons) {
                             out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                         }
                     } else if ev.is_fin() {
+                        out.extend(unserved_at(c, ev, alive).map(|f| (id, f)));
                         c.closed = true;
                     }
                 }
@@ -546,6 +630,13 @@ impl Recorder {
             } else {
                 (d, s, false)
             };
+            // A backend answering the LB host, the probe too, is alive.
+            if !to_backend && matches!(ev.detail, Detail::Packet) && ev.is_syn_ack() {
+                self.last_alive_ns = Some(ev.ts_ns);
+            }
+            if self.probe_packet(lb, backend, to_backend, ev) {
+                return out;
+            }
             let syn = ev.is_syn();
             let id = match self.by_backend.get(&(lb, backend)).copied() {
                 Some(id)
@@ -656,8 +747,100 @@ impl Recorder {
             if self.own_found.len() >= MAX_OWN_FOUND {
                 self.own_found.pop_front();
             }
-            self.own_found.push_back(OwnFinding { lb, finding: f });
+            self.own_found.push_back(OwnFinding {
+                lb,
+                finding: f,
+                evidence: Evidence::Wire,
+            });
         }
+    }
+
+    /// A probe of `target` is about to start: the first SYN towards it from now on is the
+    /// probe's (its local port is known only once the probe ends).
+    pub fn probe_started(&mut self, target: SocketAddr) {
+        if self.probing.len() < MAX_PROBE_PORTS {
+            self.probing.insert(target, Probing::default());
+        }
+    }
+
+    /// A probe ended: its packets stay out of the client connections and the LB's own; its
+    /// result is a finding with the evidence `probe` ([`Self::take_own`]), or, connected, a
+    /// backend alive.
+    pub fn probe_done(&mut self, p: &ProbeFacts, now_ns: u64) {
+        let probing = self.probing.remove(&p.target).unwrap_or_default();
+        let claimed = probing.port;
+        let until = now_ns.saturating_add(PROBE_PORT_TTL_NS);
+        self.probe_ports.retain(|_, t| *t > now_ns);
+        for port in [claimed, p.local_port.filter(|&p| p != 0)]
+            .into_iter()
+            .flatten()
+        {
+            if self.probe_ports.len() < MAX_PROBE_PORTS {
+                self.probe_ports.insert((port, p.target), until);
+            }
+        }
+        if p.tcp == TcpResult::Connected {
+            self.last_alive_ns = Some(now_ns);
+        }
+        if let Some(f) = probe_finding(p, probing.dropped.as_deref()) {
+            if self.own_found.len() >= MAX_OWN_FOUND {
+                self.own_found.pop_front();
+            }
+            let lb = SocketAddr::new(
+                match p.target {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                },
+                p.local_port.unwrap_or(0),
+            );
+            self.own_found.push_back(OwnFinding {
+                lb,
+                finding: f,
+                evidence: Evidence::Probe,
+            });
+        }
+    }
+
+    /// The event is a packet of the LB host's own probe (by its local port, or as the first
+    /// SYN towards a target under probe): it is neither a client's nor the LB's.
+    fn probe_packet(
+        &mut self,
+        lb: SocketAddr,
+        backend: SocketAddr,
+        to_backend: bool,
+        ev: &KernelEvent,
+    ) -> bool {
+        let port = lb.port();
+        if self
+            .probe_ports
+            .get(&(port, backend))
+            .is_some_and(|&until| ev.ts_ns <= until)
+        {
+            return true;
+        }
+        let Some(probing) = self.probing.get_mut(&backend) else {
+            return false;
+        };
+        let ours = match probing.port {
+            Some(claimed) => claimed == port,
+            // A client's SYN forwarded with its ISN (Layer 4) is not the probe's.
+            None if to_backend && ev.has_syn() && !self.by_isn.contains_key(&ev.seq) => {
+                probing.port = Some(port);
+                true
+            }
+            None => false,
+        };
+        if let (true, Detail::Drop { reason }) = (ours && to_backend, &ev.detail) {
+            probing
+                .dropped
+                .get_or_insert_with(|| self.reasons.name(*reason));
+        }
+        ours
+    }
+
+    /// The last time a backend answered a connection of the LB's.
+    pub fn last_alive_ns(&self) -> Option<u64> {
+        self.last_alive_ns
     }
 
     /// Findings on the LB's own backend connections with no client connection behind them,
@@ -767,6 +950,7 @@ impl Recorder {
                     own_found.push_back(OwnFinding {
                         lb: o.leg.lb,
                         finding: f,
+                        evidence: Evidence::Wire,
                     });
                 }
             }
@@ -790,6 +974,28 @@ impl Recorder {
             evicted: self.evicted,
             total: self.next_id - 1,
         }
+    }
+}
+
+/// The LB's FIN `fin` closes client connection `c`: answered by the LB itself (Layer 7) and
+/// closed unserved while no backend answered the LB ([`unserved`]'s rule) is
+/// [`Finding::Unserved`].
+fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> Option<Finding> {
+    let l7 = c.backend.as_ref().is_none_or(|b| b.join == Join::Inferred);
+    let answered = Answered {
+        syn_ns: c.first_ns,
+        lb_close_ns: fin.ts_ns,
+        lb_sent_data: c
+            .server_isn
+            .is_some_and(|s| seq_past(fin.seq, s) || fin.payload_len > 0),
+        backend_tried: c.backend.is_some(),
+        backend_answered: c.backend.as_ref().is_some_and(|b| b.answered),
+    };
+    let unserved = usize::from(l7 && unserved::unserved_close(answered));
+    if unserved::all_down(unserved, last_alive_ns, fin.ts_ns) {
+        c.find(Finding::Unserved)
+    } else {
+        None
     }
 }
 

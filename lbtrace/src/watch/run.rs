@@ -24,6 +24,7 @@ use super::{
     history::{self, Query, Render},
     metrics::{self, Labels, Snapshot},
     on_alert::OnAlert,
+    probes::{self, Prober},
     recorder::{Finding, Recorder},
     socket::{self, DumpRequest},
 };
@@ -66,6 +67,8 @@ struct Loop {
     on_alert: Option<OnAlert>,
     tally: Tally,
     show_events: bool,
+    /// The background probes; `None` with `--probe-interval 0` or no backend port.
+    prober: Option<Prober>,
 }
 
 impl Loop {
@@ -178,7 +181,31 @@ impl Loop {
                 .findings
                 .entry(o.finding.alert_key())
                 .or_default() += 1;
-            if let Some(n) = self.alerts.own(now, o.lb, &o.finding) {
+            if let Some(n) = self.alerts.own(now, &o) {
+                self.notice(n);
+            }
+        }
+    }
+
+    /// Starts a probe of each backend not being probed.
+    fn probe_round(&mut self) {
+        if let Some(p) = self.prober.as_mut() {
+            let rec = &mut self.rec;
+            p.round(|target| rec.probe_started(target));
+        }
+    }
+
+    /// A probe's report: its finding (evidence `probe`), or, connected, the backend's step-3
+    /// alerts recover.
+    fn probe_done(&mut self, d: &probes::Done) {
+        let now = Clock::monotonic_ns();
+        if let Some(p) = self.prober.as_mut() {
+            p.done(d);
+        }
+        self.rec.probe_done(&d.facts, now);
+        self.own_findings(now);
+        if d.facts.tcp == crate::check::verdict::TcpResult::Connected {
+            for n in self.alerts.probe_ok(d.started_ns, d.facts.target) {
                 self.notice(n);
             }
         }
@@ -243,9 +270,11 @@ impl Loop {
                         .sum()
                 })
                 .collect();
+            let probes = self.prober.as_ref().map(|p| &p.state);
             let line = match self.format {
                 Format::Json => json!({
                     "type": "health", "time": self.clock.rfc3339(Clock::monotonic_ns()), "vip": w.endpoint.to_string(),
+                    "probes": probes.map(|s| s.iter().map(|(b, r)| (b.to_string(), *r)).collect::<BTreeMap<_, _>>()),
                     "connections": opened,
                     "failures": {"client-to-lb": fails[0], "lb-handling": fails[1], "lb-to-backend": fails[2], "return-path": fails[3]},
                     "lost": c.lost(), "active_alerts": self.alerts.active().len(), "recorder": acct,
@@ -266,7 +295,10 @@ impl Loop {
                     acct.limit,
                     acct.bytes / 1024,
                     acct.evicted
-                ),
+                ) + &probes.map_or_else(String::new, |s| {
+                    let each: Vec<String> = s.iter().map(|(b, r)| format!("{b} {r}")).collect();
+                    format!(", probes: {}", each.join(", "))
+                }),
             };
             self.print(&line);
         }
@@ -327,6 +359,9 @@ impl Loop {
             active: self.alerts.active(),
             output_dropped: self.out.dropped(),
             host: self.host.borrow().clone(),
+            probes: self.prober.as_ref().map_or_else(BTreeMap::new, |p| {
+                p.state.iter().map(|(b, r)| (b.to_string(), *r)).collect()
+            }),
         }
     }
 }
@@ -382,6 +417,8 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         alert_window,
         recover_after,
         health_interval,
+        probe_interval,
+        probe_timeout,
     } = args;
     // Everything that can be refused is checked before any program is loaded.
     kernel::preflight::check()?;
@@ -426,6 +463,10 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         ifnames.insert(l.ifindex, l.name.clone());
     }
     let reasons = tracer.reasons.clone();
+    let (prober, mut probe_rx) = match Prober::new(&backends, probe_timeout) {
+        Some((p, rx)) if !probe_interval.is_zero() => (Some(p), Some(rx)),
+        _ => (None, None),
+    };
     let log = Arc::new(Output::spawn("stderr", std::io::stderr(), STDERR_QUEUE));
     let sampler = host::Sampler::new(
         vips.clone(),
@@ -469,10 +510,13 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         tally: Tally::default(),
         show_events: events,
         tracer,
+        prober,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut health = tokio::time::interval(health_interval);
     health.tick().await;
+    let mut probe_tick = tokio::time::interval(probe_interval.max(Duration::from_secs(1)));
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut decode_errors = 0;
     let deadline = session::deadline(targs.duration);
     tokio::pin!(shutdown, deadline);
@@ -488,6 +532,13 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
             }
             _ = tick.tick() => l.tick(),
             _ = health.tick() => l.health(),
+            _ = probe_tick.tick(), if l.prober.is_some() => l.probe_round(),
+            Some(d) = async {
+                match probe_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => l.probe_done(&d),
             Some(req) = dump_rx.recv() => {
                 let _ = req.reply.send(l.dump(&req.query).to_string());
             }

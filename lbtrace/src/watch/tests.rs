@@ -6,7 +6,7 @@ use lbtrace_common::tcp_flag::{ACK, FIN, RST, SYN};
 
 use super::{
     alerts::{Alerts, Notice, Thresholds},
-    recorder::{Finding, Join, Recorder},
+    recorder::{Evidence, Finding, Join, OwnFinding, Recorder},
 };
 use crate::{
     event::Dir,
@@ -407,7 +407,7 @@ fn the_lbs_own_connections_are_findings_without_a_client() {
     let mut al = Alerts::new(Thresholds::default());
     let notices: Vec<Notice> = own
         .iter()
-        .filter_map(|o| al.own(1_000_000_000, o.lb, &o.finding))
+        .filter_map(|o| al.own(1_000_000_000, o))
         .collect();
     let [Notice::Alert(a)] = &notices[..] else {
         panic!("one alert expected: {notices:?}")
@@ -447,9 +447,13 @@ fn the_lbs_own_connections_are_findings_without_a_client() {
     let mut al = Alerts::new(Thresholds::default());
     let conn = r.conns().next().unwrap().clone();
     assert!(al.record(6_000_000, &conn, &f[0].1).is_none());
-    let lb: std::net::SocketAddr = format!("{LB_IN}:50011").parse().unwrap();
-    assert!(al.own(7_000_000, lb, &f[0].1).is_none());
-    let Some(Notice::Alert(a)) = al.own(8_000_000, lb, &f[0].1) else {
+    let own = OwnFinding {
+        lb: format!("{LB_IN}:50011").parse().unwrap(),
+        finding: f[0].1.clone(),
+        evidence: Evidence::Wire,
+    };
+    assert!(al.own(7_000_000, &own).is_none());
+    let Some(Notice::Alert(a)) = al.own(8_000_000, &own) else {
         panic!("the third finding raises it")
     };
     assert_eq!(
@@ -544,4 +548,148 @@ fn own_connections_stay_bounded() {
     }
     assert!(r.own_legs() <= super::recorder::MAX_OWN_LEGS);
     assert!(r.take_own().len() <= super::recorder::MAX_OWN_FOUND);
+}
+
+#[test]
+fn a_probes_packets_are_neither_a_client_leg_nor_the_lbs_own() {
+    use crate::check::verdict::{ProbeFacts, TcpResult};
+    let mut r = rec_reasons();
+    // A client connection answered by the LB waits for its backend leg...
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(0, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    // ...when the probe's SYN leaves: it is the probe's, not the client's leg.
+    r.probe_started(be());
+    let lb = format!("{LB_IN}:50100");
+    r.ingest(&pkt(1, Dir::Out, &lb, BE1, SYN, 77, 0));
+    r.ingest(&pkt(2, Dir::In, BE1, &lb, RST | ACK, 0, 78));
+    assert!(r.conns().next().unwrap().backend.is_none(), "not joined");
+    assert!(r.take_own().is_empty(), "not the LB's own connection");
+    let facts = ProbeFacts {
+        target: be(),
+        local_port: Some(50100),
+        tcp: TcpResult::Refused,
+        why: None,
+        http_status: None,
+        ports: Vec::new(),
+        series: None,
+    };
+    r.probe_done(&facts, 3_000_000);
+    let own = r.take_own();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(own[0].finding, Finding::BackendRefused { backend: be() });
+    assert_eq!(own[0].evidence, Evidence::Probe);
+    // Its late packets stay out by the port; the next SYN towards the backend is the LB's.
+    r.ingest(&pkt(4, Dir::Out, &lb, BE1, RST, 78, 0));
+    assert!(r.take_own().is_empty());
+    r.ingest(&pkt(5, Dir::Out, &format!("{LB_IN}:41000"), BE1, SYN, 9, 0));
+    assert!(r.conns().next().unwrap().backend.is_some(), "joined");
+    // A probe that cannot connect and left no packet (no route) is the only evidence.
+    r.probe_started(be());
+    let facts = ProbeFacts {
+        tcp: TcpResult::Unreachable,
+        why: Some("network unreachable (ENETUNREACH)".to_owned()),
+        local_port: Some(50101),
+        ..facts
+    };
+    r.probe_done(&facts, 6_000_000);
+    let own = r.take_own();
+    assert!(
+        matches!(&own[..], [o] if matches!(&o.finding, Finding::BackendUnreachable { what, .. } if what.contains("ENETUNREACH"))),
+        "{own:?}"
+    );
+    let mut al = Alerts::new(Thresholds {
+        count: 1,
+        ..Thresholds::default()
+    });
+    let Some(Notice::Alert(a)) = al.own(6_000_000, &own[0]) else {
+        panic!("alert expected")
+    };
+    assert_eq!(a.evidence, "probe");
+    assert!(a.message.contains("probe"), "{}", a.message);
+    // A probe that connects afterwards recovers it; one started before the last finding not.
+    assert!(al.probe_ok(5_000_000, be()).is_empty());
+    let rec = al.probe_ok(7_000_000, be());
+    assert!(
+        matches!(&rec[..], [Notice::Recovered(r)] if r.key == a.key),
+        "{rec:?}"
+    );
+    assert!(al.active().is_empty());
+}
+
+#[test]
+fn the_lb_answering_at_once_with_no_backend_alive_is_unserved() {
+    let mut r = rec_reasons();
+    let serve = |r: &mut Recorder, i: u32, t: u64| {
+        let c = client(i);
+        r.ingest(&pkt(t, Dir::In, &c, VIP, SYN, 1000, 0));
+        r.ingest(&pkt(t + 1, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+        r.ingest(&pkt(t + 2, Dir::Out, VIP, &c, FIN | ACK, 5200, 1080))
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(serve(&mut r, 1, 0), vec![Finding::Unserved]);
+    assert_eq!(Finding::Unserved.step(), 3);
+    // A backend answered the LB: later clients are served over reused connections.
+    r.ingest(&pkt(
+        10,
+        Dir::Out,
+        &format!("{LB_IN}:41000"),
+        BE1,
+        SYN,
+        9,
+        0,
+    ));
+    r.ingest(&pkt(
+        11,
+        Dir::In,
+        BE1,
+        &format!("{LB_IN}:41000"),
+        SYN | ACK,
+        5,
+        10,
+    ));
+    assert!(serve(&mut r, 2, 20).is_empty());
+    // Past the lookback, with nothing alive since, the rule holds again.
+    let later = crate::check::verdict::unserved::ALIVE_NS / 1_000_000 + 100;
+    assert_eq!(serve(&mut r, 3, later), vec![Finding::Unserved]);
+}
+
+#[test]
+fn an_rst_after_the_lbs_own_fin_is_not_a_reset() {
+    // TLS: the LB answers and closes; the client's close_notify arrives after, and the LB
+    // host's kernel answers it with RST.
+    let mut r = rec(100);
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(0, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    r.ingest(&pkt(1, Dir::Out, &format!("{LB_IN}:41000"), BE1, SYN, 9, 0));
+    r.ingest(&pkt(
+        1,
+        Dir::In,
+        BE1,
+        &format!("{LB_IN}:41000"),
+        SYN | ACK,
+        5,
+        10,
+    ));
+    r.ingest(&pkt(5, Dir::Out, VIP, &c, FIN | ACK, 5900, 1300));
+    assert!(
+        r.ingest(&pkt(6, Dir::Out, VIP, &c, RST, 5901, 0))
+            .is_empty()
+    );
+    // Without the FIN first, it is one.
+    let c = client(2);
+    r.ingest(&pkt(10, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(10, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    assert_eq!(
+        r.ingest(&pkt(11, Dir::Out, VIP, &c, RST | ACK, 5001, 1300))
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect::<Vec<_>>(),
+        vec![Finding::LbReset {
+            after_request: true
+        }]
+    );
 }

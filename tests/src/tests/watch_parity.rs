@@ -1,9 +1,10 @@
 //! `lbtrace watch` catches what `lbtrace check` catches, within seconds: the lab's failure
 //! scenarios, each with a handful of client connections against HAProxy in HTTP mode and
 //! `--alert-count 2`, raise the alert at the step `check` names (naming the backend for step 3);
-//! the healthy scenarios raise none. Each failure test measures how long after the client
-//! connections the alert line came, and bounds it by the time its evidence takes to exist (a SYN
-//! retransmission 1 s in, a failed ARP 3 s in) plus 1 s.
+//! the healthy scenarios raise none, background probes on. Each failure test measures how long
+//! after the client connections (or, for the probes' evidence, the tripwire's start) the alert
+//! line came, and bounds it by the time its evidence takes to exist (a SYN retransmission 1 s
+//! in, a failed ARP 3 s in, the second probe one `--probe-interval` in) plus 1 s.
 
 use std::{
     fs, thread,
@@ -14,10 +15,13 @@ use serde_json::Value;
 
 use crate::{
     lab::{
-        BACKEND_PORT, BACKENDS, Family, Lab, VIP, VIP_PORT, fault::FirewallHook, lb::HaProxy,
+        BACKEND_PORT, BACKENDS, Family, Lab, VIP, VIP_PORT,
+        fault::FirewallHook,
+        lb::HaProxy,
         process::Proc,
+        scenario::{self, CheckRun},
     },
-    runner::Watch,
+    runner::{Watch, lbtrace_bin},
 };
 
 fn backend(i: usize) -> String {
@@ -27,6 +31,11 @@ fn backend(i: usize) -> String {
 /// `--vip VIP:80 --backend beN:8080...` (IPv4), two findings in 30 s raise an alert.
 fn args(lab: &Lab) -> Vec<String> {
     let (vip, backends) = lab.endpoints(Family::V4);
+    thresholds(vip, backends)
+}
+
+/// `--vip VIP --backend ...` and the thresholds: two findings in 30 s raise an alert.
+fn thresholds(vip: String, backends: Vec<String>) -> Vec<String> {
     let mut args = vec!["--vip".to_owned(), vip];
     for b in backends {
         args.extend(["--backend".to_owned(), b]);
@@ -188,8 +197,12 @@ fn watch_parity_health_checked_all_backends_down() {
     // Every server is marked down (checks every 500 ms, one failure) before clients come.
     thread::sleep(Duration::from_secs(2));
     let t0 = Instant::now();
-    let watch = Watch::start("watch", &lab.lb, lab.dir(), &args(&lab));
-    // No client yet: the health checks alone are the evidence.
+    let mut a = args(&lab);
+    a.extend(["--probe-interval", "0"].map(str::to_owned));
+    let watch = Watch::start("watch", &lab.lb, lab.dir(), &a);
+    let armed = t0.elapsed();
+    eprintln!("the tripwire armed {armed:?} after its start");
+    // No client yet, no probe: the health checks alone are the evidence.
     for i in 0..BACKENDS.len() {
         let be = backend(i);
         let (alert, latency) = alert_after(
@@ -199,19 +212,193 @@ fn watch_parity_health_checked_all_backends_down() {
             Duration::from_secs(10),
         );
         assert_eq!(alert["alert"]["evidence"], "lb-connection", "{alert}");
-        // From the start of the tripwire (a few hundred ms to arm): checks every 500 ms, so
-        // the second refusal is at most 1 s away.
+        // From the tripwire armed: checks every 500 ms, so the second refusal is at most 1 s
+        // away.
         assert_step3(
             &alert,
             &be,
-            latency,
+            latency.saturating_sub(armed),
             Duration::from_secs(3),
             "health checks refused",
         );
     }
-    let codes = burst(&lab, 5);
+    // HAProxy answers each client at once, with no backend connection: unserved.
+    let (alert, latency, codes) = burst_until_alert(&lab, &watch, 5, "unserved");
     eprintln!("codes with every backend down: {codes:?}");
     assert!(codes.iter().all(|c| c == "503"), "{codes:?}");
+    assert_eq!(alert["alert"]["step"], 3, "{alert}");
+    assert_eq!(alert["alert"]["evidence"], "client", "{alert}");
+    assert!(
+        alert["alert"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("without any backend connection")),
+        "{alert}"
+    );
+    eprintln!("latency unserved (health checks): alert {latency:?} after the client connections");
+    assert!(
+        latency <= Duration::from_millis(1500),
+        "the unserved alert came {latency:?} after the client connections"
+    );
+}
+
+/// The same lab through `lbtrace check`: step 3 fails, every backend refused, and the clients
+/// answered at once without a backend connection are its unserved finding.
+#[test]
+fn watch_parity_check_finds_health_checked_all_down_unserved() {
+    let lab = Lab::new();
+    let _fault = lab.fault_all_backends_down();
+    let _haproxy = haproxy_checked(&lab);
+    thread::sleep(Duration::from_secs(2));
+    let (vip, backends) = lab.endpoints(Family::V4);
+    let mut a = vec!["--vip".to_owned(), vip];
+    for b in backends {
+        a.extend(["--backend".to_owned(), b]);
+    }
+    a.extend(
+        [
+            "--format",
+            "json",
+            "--observe",
+            "4s",
+            "--probe-timeout",
+            "2s",
+        ]
+        .map(str::to_owned),
+    );
+    let run = CheckRun::start(&lab, &lbtrace_bin(), "check", &a);
+    let codes = burst(&lab, 3);
+    let done = run.wait(Duration::from_secs(30));
+    let j: Value = serde_json::from_str(done.stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON ({e})\n{}\n{}", done.stdout, done.stderr));
+    let dump = || format!("{j:#}\nstderr:\n{}", done.stderr);
+    assert!(codes.iter().all(|c| c == "503"), "{codes:?}");
+    assert_eq!(done.status.code(), Some(1), "{}", dump());
+    let s3 = &j["steps"][2];
+    assert_eq!(s3["status"], "fail", "{}", dump());
+    assert!(
+        s3["unserved"]["connections"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{}",
+        dump()
+    );
+    assert!(
+        s3["summary"]
+            .as_str()
+            .is_some_and(|m| m.contains("the LB answers without any backend connection")),
+        "{}",
+        dump()
+    );
+    // Step 2 still passes: the LB serves (an error page).
+    assert_eq!(j["steps"][1]["status"], "pass", "{}", dump());
+}
+
+/// No route from the LB to the backends: HAProxy's `connect()` fails at once and no packet
+/// leaves; the tripwire's own probes (`--probe-interval 1s`) are the only evidence, naming each
+/// backend within one interval and a second.
+#[test]
+fn watch_parity_no_route_is_found_by_the_probes() {
+    let lab = Lab::new();
+    let _haproxy = lab.haproxy();
+    let _fault = lab.fault_no_route();
+    let mut a = args(&lab);
+    let metrics = "127.0.0.1:9465";
+    a.extend(["--probe-interval", "1s", "--metrics", metrics].map(str::to_owned));
+    let t0 = Instant::now();
+    let watch = Watch::start("watch", &lab.lb, lab.dir(), &a);
+    let armed = t0.elapsed();
+    let codes = thread::scope(|s| {
+        let codes = s.spawn(|| burst(&lab, 5));
+        for i in 0..BACKENDS.len() {
+            let be = backend(i);
+            let (alert, latency) = alert_after(
+                &watch,
+                &format!("backend_unreachable:{be}"),
+                t0,
+                Duration::from_secs(10),
+            );
+            assert_eq!(alert["alert"]["evidence"], "probe", "{alert}");
+            assert!(
+                alert["alert"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ENETUNREACH") && m.contains("probe")),
+                "{alert}"
+            );
+            // The first probe runs as the tripwire arms, the second one interval later.
+            assert_step3(
+                &alert,
+                &be,
+                latency.saturating_sub(armed),
+                Duration::from_secs(2),
+                "no route (probes)",
+            );
+        }
+        codes.join().unwrap_or_default()
+    });
+    eprintln!("codes with no route: {codes:?}");
+    assert!(codes.iter().all(|c| c == "503"), "{codes:?}");
+    // Each backend's probe state is a metric.
+    let body = lab.lb.exec(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        &format!("http://{metrics}/metrics"),
+    ]);
+    for i in 0..BACKENDS.len() {
+        let line = format!(
+            "lbtrace_backend_probe_up{{backend=\"{}\",result=\"unreachable\"}} 0",
+            backend(i)
+        );
+        assert!(body.contains(&line), "no {line} in\n{body}");
+    }
+    // The probes' packets are not client connections.
+    let (objects, _) = watch.stop();
+    let health = objects
+        .iter()
+        .rfind(|o| o["type"] == "health")
+        .expect("a health line");
+    assert_eq!(health["connections"], 6, "{health}");
+    assert_eq!(health["probes"][backend(0)], "unreachable", "{health}");
+}
+
+/// The lab's other healthy scenarios, with the probes every second: client traffic and the
+/// probes raise nothing, and the probes are not client connections.
+#[test]
+fn watch_parity_healthy_scenarios_raise_nothing() {
+    let lab = Lab::new();
+    for name in [
+        "haproxy-tcp-healthy",
+        "haproxy-tls-healthy",
+        "nft-dnat-healthy",
+        "nft-dnat-snat-healthy",
+        "haproxy-http-v6-healthy",
+    ] {
+        let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+        let _setup = s.setup(&lab);
+        let mut a = thresholds(s.vip(), s.backends());
+        a.extend(["--probe-interval", "1s"].map(str::to_owned));
+        let watch = Watch::start(name, &lab.lb, lab.dir(), &a);
+        let results = s.drive(&lab, 4, &|_| {});
+        assert!(
+            results.iter().all(|r| r.code == "200" || r.code == "ok"),
+            "{name}: {results:?}"
+        );
+        // Past every timeout (3 s), a tick and a few probe rounds.
+        thread::sleep(Duration::from_millis(4500));
+        let (objects, _) = watch.stop();
+        let alerts: Vec<&Value> = objects.iter().filter(|o| o["type"] == "alert").collect();
+        assert!(alerts.is_empty(), "alerts on {name}: {alerts:#?}");
+        let health = objects
+            .iter()
+            .rfind(|o| o["type"] == "health")
+            .expect("a health line");
+        let clients = results.len() as u64;
+        assert_eq!(health["connections"], clients, "{name}: {health}");
+        for b in s.backends() {
+            assert_eq!(health["probes"][&b], "connected", "{name}: {health}");
+        }
+    }
 }
 
 /// Healthy HAProxy (with and without health checks): client traffic and the checks raise

@@ -15,7 +15,8 @@ use super::{
     Collected, representative, summary_of,
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
-        LocalService, Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Verdict,
+        LocalService, Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Unserved,
+        Verdict,
         flow::ReasonCounts,
     },
 };
@@ -102,6 +103,9 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
                 o["blocked_by"] = json!(b);
             }
             o["host"] = s.host.iter().map(host_finding_json).collect::<Vec<_>>().into();
+            if let Some(u) = &s.unserved {
+                o["unserved"] = json!({"connections": u.connections, "of": u.of});
+            }
             o
         })
         .collect();
@@ -373,9 +377,22 @@ fn finding_summary(s: &StepVerdict) -> String {
     match &s.finding {
         StepFinding::ClientToLb(f) => client_summary(f),
         StepFinding::LbHandling(f) => handling_summary(f),
-        StepFinding::LbToBackend(f) => backends_summary(f),
+        StepFinding::LbToBackend(f) => match &s.unserved {
+            Some(u) => format!("{}; {}", unserved_words(u), backends_summary(f)),
+            None => backends_summary(f),
+        },
         StepFinding::ReturnPath(f) => return_summary(f),
     }
+}
+
+/// The LB answering clients without any working backend connection, in words.
+pub fn unserved_words(u: &Unserved) -> String {
+    format!(
+        "the LB answers without any backend connection: {} of {} client connection(s) it answered were closed with no backend answering (within {} ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view",
+        u.connections,
+        u.of,
+        super::verdict::unserved::QUICK_CLOSE_NS / 1_000_000
+    )
 }
 
 /// The next thing to check, when the finding calls for one.
@@ -422,6 +439,9 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
             "the LB is waiting for a backend: see step 3, and the LB's timeouts".to_owned(),
         ),
         StepFinding::LbHandling(_) => None,
+        StepFinding::LbToBackend(_) if s.unserved.is_some() => Some(
+            "the LB serves an error page at once: see its log for why every server is down (health checks failing, no route, every backend refusing) and each backend below".to_owned(),
+        ),
         StepFinding::LbToBackend(f) => {
             let base = match f.backends {
                 BackendsFinding::NoBackends => {
@@ -762,6 +782,7 @@ mod tests {
             evidence: Vec::new(),
             blocked_by: None,
             host: Vec::new(),
+            unserved: None,
         }
     }
 
@@ -817,6 +838,27 @@ mod tests {
             next(&s).as_deref(),
             Some("pass the backends with --backend ADDR:PORT")
         );
+    }
+
+    #[test]
+    fn the_unserved_finding_leads_step_three() {
+        let mut s = step(StepFinding::LbToBackend(LbToBackend {
+            backends: BackendsFinding::Unreachable {
+                down: vec![("10.0.0.2:8080".parse().unwrap(), BackendFinding::Refused)],
+                of: 1,
+            },
+            forward_drops: None,
+            degraded: Vec::new(),
+        }));
+        s.unserved = Some(Unserved {
+            connections: 3,
+            of: 4,
+        });
+        assert_eq!(
+            summary(&s),
+            "the LB answers without any backend connection: 3 of 4 client connection(s) it answered were closed with no backend answering (within 500 ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view; 1 of 1 backend(s) not reachable from the LB (10.0.0.2:8080: refused: nothing listening (the backend answered the SYN with RST))"
+        );
+        assert!(next(&s).is_some_and(|n| n.contains("error page")));
     }
 
     #[test]

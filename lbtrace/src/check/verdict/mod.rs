@@ -18,6 +18,7 @@ pub mod flow;
 pub mod handling;
 pub mod host;
 pub mod return_path;
+pub mod unserved;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub use client::ClientFinding;
 pub use handling::{HandlingFinding, LocalService, Outcomes};
 pub use host::{HostFacts, HostFinding};
 pub use return_path::ReturnFinding;
+pub use unserved::Unserved;
 
 use crate::{
     checklist::Step,
@@ -145,6 +147,8 @@ pub struct StepVerdict {
     /// The LB host's limits reached during the window that bear on this step; they can only
     /// make its status worse ([`host::escalate`]).
     pub host: Vec<HostFinding>,
+    /// Step 3: the LB answers clients without any working backend connection ([`unserved`]).
+    pub unserved: Option<Unserved>,
 }
 
 impl StepVerdict {
@@ -156,6 +160,7 @@ impl StepVerdict {
             evidence,
             blocked_by: None,
             host: Vec::new(),
+            unserved: None,
         }
     }
 }
@@ -206,7 +211,14 @@ pub fn judge(f: &Facts<'_>) -> Verdict {
         .filter(|fl| !(queue_full && fl.unanswered()))
         .collect();
     let s2 = handling::judge(f, &live, mode);
-    let (s3, backends) = backends::judge(f, &live, &c.probe_events);
+    let (mut s3, backends) = backends::judge(f, &live, &c.probe_events);
+    if let Some((u, evidence)) = unserved::judge(f, &live) {
+        s3.status = Status::Fail;
+        s3.evidence.extend(evidence);
+        s3.evidence.sort_unstable();
+        s3.evidence.dedup();
+        s3.unserved = Some(u);
+    }
     let s4 = return_path::judge(f, &live);
     let mut steps = vec![s1, s2, s3, s4];
     add_host(host, &syn_flows, &mut steps);
