@@ -1,10 +1,14 @@
 //! Command-line interface (clap derive). Doc comments are the help text.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{endpoint::Endpoint, render::Format};
+use crate::{
+    endpoint::Endpoint,
+    probe::{HttpSpec, ProbeSpec, TlsSpec},
+    render::Format,
+};
 
 /// lbtrace: proof, from the load balancer's own kernel, of where connections to a VIP fail.
 ///
@@ -191,37 +195,17 @@ pub struct CheckArgs {
     /// Trace ingress with XDP instead of TCX.
     #[arg(long)]
     pub xdp: bool,
-    /// The VIP speaks TLS: probe it with a TLS handshake (rustls), then HTTP over TLS.
-    #[arg(long)]
-    pub tls: bool,
-    /// Server name for the TLS probe (SNI and certificate name check).
-    #[arg(long, value_name = "NAME")]
-    pub sni: Option<String>,
-    /// Path of the HTTP probe request.
-    #[arg(long, value_name = "PATH", default_value = "/")]
-    pub http_path: String,
-    /// Host header of the HTTP probe (default: the SNI name, else the address).
-    #[arg(long, value_name = "NAME")]
-    pub host: Option<String>,
-    /// TCP (and TLS) probes only, no HTTP request.
-    #[arg(long)]
-    pub no_http: bool,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// How long to watch for client connections (ends early once every step passes; 1s to 24h).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = duration_in(SECOND, 24 * HOUR))]
     pub observe: Duration,
-    /// Timeout of each probe (connect, TLS handshake, HTTP response; 10ms to 10m).
-    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = duration_in(Duration::from_millis(10), Duration::from_secs(600)))]
-    pub probe_timeout: Duration,
     /// Probes of each backend and of the VIP (1 to 10), one after the other 200 ms apart, so one
     /// slow answer is not a verdict: min / median / max connect time and time to first byte.
     /// Targets are probed in parallel: the probes take at most N x 3 x --probe-timeout + (N - 1)
     /// x 200 ms (27.4 s with the defaults), however many backends.
     #[arg(long, value_name = "N", default_value = "3", value_parser = count_in(1u32, 10))]
     pub probe_count: u32,
-    /// A target whose median connect time or time to first byte is past this is slow: a warning
-    /// at step 3 for a backend, at step 2 for the VIP when every backend is fine (1ms to 10m).
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_in(Duration::from_millis(1), Duration::from_secs(600)))]
-    pub slow: Duration,
     /// Output format: a report to read, or one JSON object (docs/output.md).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -272,14 +256,68 @@ pub struct WatchArgs {
     /// How often to print the one-line health summary per VIP (1s to 24h).
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_in(SECOND, 24 * HOUR))]
     pub health_interval: Duration,
-    /// How often the LB host probes each backend itself (a TCP connect), so the tripwire knows
-    /// each backend's state when no client connects and when a failure leaves no packet (no
-    /// route); 0 turns the probes off (1s to 24h, or 0).
+    /// How often the LB host probes each backend and the VIP itself (the probe `check` runs:
+    /// TCP connect, TLS with --tls, `GET --http-path`), so the tripwire knows each backend's state
+    /// when no client connects, when a failure leaves no packet (no route), and when a backend
+    /// connects but answers errors, drops, hangs or is slow (judged over its last 3 probes); 0
+    /// turns the probes off (1s to 24h, or 0).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = zero_or_duration_in(SECOND, 24 * HOUR))]
     pub probe_interval: Duration,
-    /// How long a background probe's connect may take before it counts as a timeout.
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// How `check` and `watch` probe the backends and the VIP from the LB host.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The VIP speaks TLS: probe it with a TLS handshake (rustls), then HTTP over TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Server name for the TLS probe (SNI and certificate name check).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+    /// Path of the HTTP probe request.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub http_path: String,
+    /// Host header of the HTTP probe (default: the SNI name, else the address).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// TCP (and TLS) probes only, no HTTP request.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Timeout of each probe (connect, TLS handshake, HTTP response; 10ms to 10m).
     #[arg(long, value_name = "DUR", default_value = "3s", value_parser = duration_in(Duration::from_millis(10), Duration::from_secs(600)))]
     pub probe_timeout: Duration,
+    /// A target whose median connect time or time to first byte is past this is slow: a warning
+    /// at step 3 for a backend, at step 2 for the VIP when every backend is fine (1ms to 10m).
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_in(Duration::from_millis(1), Duration::from_secs(600)))]
+    pub slow: Duration,
+}
+
+impl ProbeArgs {
+    /// The probe of `target` (the VIP: `is_vip`): TLS only towards the VIP (a TLS-terminating
+    /// LB speaks plain HTTP to its backends), HTTP unless `--no-http`, with the Host header
+    /// `--host`, else the SNI name for the VIP, else the address.
+    pub fn spec(&self, target: SocketAddr, is_vip: bool) -> ProbeSpec {
+        let host = self
+            .host
+            .clone()
+            .unwrap_or_else(|| match self.sni.as_ref() {
+                Some(s) if is_vip => s.clone(),
+                _ => target.ip().to_string(),
+            });
+        ProbeSpec {
+            target,
+            timeout: self.probe_timeout,
+            tls: (is_vip && self.tls).then(|| TlsSpec {
+                sni: self.sni.clone(),
+            }),
+            http: (!self.no_http).then(|| HttpSpec {
+                path: self.http_path.clone(),
+                host,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -400,7 +438,7 @@ mod tests {
         let Some(Command::Check(c)) = cli.command else {
             panic!("not check")
         };
-        assert_eq!((c.probe_count, c.slow), (3, Duration::from_secs(1)));
+        assert_eq!((c.probe_count, c.probe.slow), (3, Duration::from_secs(1)));
         let cli = parse(&["--vip", "10.0.0.1"]).unwrap();
         assert_eq!(cli.watch.on_alert_timeout, Duration::from_secs(60));
         assert_eq!(cli.watch.history, 10_000);

@@ -24,7 +24,7 @@ use crate::{
     event::KernelEvent,
     kernel::{self, Tracer, btf::DropReasons},
     probe::{
-        self, HttpSpec, ProbeReport, ProbeSpec, TcpOutcome, TlsSpec,
+        self, ProbeReport, ProbeSpec, TcpOutcome,
         series::{self, Summary},
     },
     render::Clock,
@@ -162,27 +162,6 @@ pub fn facts<'a>(
     }
 }
 
-fn spec(args: &CheckArgs, target: SocketAddr, is_vip: bool) -> ProbeSpec {
-    let host = args
-        .host
-        .clone()
-        .unwrap_or_else(|| match args.sni.as_ref() {
-            Some(s) if is_vip => s.clone(),
-            _ => target.ip().to_string(),
-        });
-    ProbeSpec {
-        target,
-        timeout: args.probe_timeout,
-        tls: (is_vip && args.tls).then(|| TlsSpec {
-            sni: args.sni.clone(),
-        }),
-        http: (!args.no_http).then(|| HttpSpec {
-            path: args.http_path.clone(),
-            host,
-        }),
-    }
-}
-
 /// The VIP as ADDR:PORT; the arguments check needs and `clap` cannot check.
 fn vip_addr(args: &CheckArgs) -> Result<SocketAddr> {
     let vip = args.vip;
@@ -204,9 +183,9 @@ fn spawn_probes(args: &CheckArgs, vip: SocketAddr) -> JoinHandle<ProbeResults> {
     let mut specs: Vec<ProbeSpec> = args
         .backend
         .iter()
-        .map(|b| spec(args, SocketAddr::new(b.addr, b.port.unwrap_or(0)), false))
+        .map(|b| args.probe.spec(SocketAddr::new(b.addr, b.port.unwrap_or(0)), false))
         .collect();
-    specs.push(spec(args, vip, true));
+    specs.push(args.probe.spec(vip, true));
     let count = args.probe_count;
     tokio::spawn(async move {
         let mut all = futures_join(specs, count).await;
@@ -299,7 +278,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         events: log.into_sorted(),
         probes: probe_reports,
         vip_probe: Some(vip_probe),
-        slow: args.slow,
+        slow: args.probe.slow,
         window: started.elapsed(),
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),

@@ -155,7 +155,7 @@ pub async fn observe(
         }
         let now = tokio::time::Instant::now();
         if now >= judge_at && judged.is_none_or(|(_, n)| n != log.events().len()) {
-            let probes = ProbeSet::of(bp, Some(vp), args.slow);
+            let probes = ProbeSet::of(bp, Some(vp), args.probe.slow);
             let f = facts(
                 args,
                 &probes,

@@ -114,6 +114,8 @@ fn describe(f: &Finding) -> String {
         Finding::BackendUnreachable { backend, what } => {
             format!("backend {backend} unreachable: {what}")
         }
+        Finding::BackendDegraded { backend, what, .. } => format!("backend {backend} {what}"),
+        Finding::LbServesErrors { what, .. } => what.clone(),
         Finding::Unserved => "the LB answers without any backend connection: it closes clients at once and no backend answers the LB: all backends down in the LB's view".to_owned(),
         Finding::SynAckLost => {
             "clients retransmit their SYN after the LB's SYN-ACK: replies do not reach them"
@@ -288,7 +290,10 @@ impl Alerts {
             count,
             window_seconds: self.th.window.as_secs(),
             example_client: example.map(|e| e.1.to_string()),
-            example_vip: example.map(|e| e.2.to_string()),
+            example_vip: match f {
+                Finding::LbServesErrors { vip, .. } => Some(vip.to_string()),
+                _ => example.map(|e| e.2.to_string()),
+            },
             example_backend: backend,
             conn_id: example.map(|e| e.3),
             evidence: match (example, o.evidence) {
@@ -382,8 +387,8 @@ impl Alerts {
         self.recover(done)
     }
 
-    /// A probe of `backend` started at `started_ns` connected: its step-3 alerts with no finding
-    /// since the probe started recover at once (and count afresh).
+    /// A probe of `backend` started at `started_ns` connected: its step-3 alerts about
+    /// connecting with no finding since the probe started recover at once (and count afresh).
     pub fn probe_ok(&mut self, started_ns: u64, backend: SocketAddr) -> Vec<Notice> {
         let keys = [
             Finding::BackendRefused { backend },
@@ -394,6 +399,40 @@ impl Alerts {
             },
         ]
         .map(|f| f.alert_key());
+        self.probed_fine(started_ns, keys)
+    }
+
+    /// The last probes of `backend`, the latest started at `started_ns`, are fine: its alerts
+    /// about serving badly recover at once (and count afresh).
+    pub fn probes_fine(&mut self, started_ns: u64, backend: SocketAddr) -> Vec<Notice> {
+        let keys = ["erroring", "drops", "hangs", "slow"].map(|health| {
+            Finding::BackendDegraded {
+                backend,
+                health: health.to_owned(),
+                what: String::new(),
+            }
+            .alert_key()
+        });
+        self.probed_fine(started_ns, keys)
+    }
+
+    /// The VIP's last probes, the latest started at `started_ns`, are fine (or cannot connect
+    /// from the LB host): `lb_serves_errors` recovers at once.
+    pub fn vip_fine(&mut self, started_ns: u64) -> Vec<Notice> {
+        let key = Finding::LbServesErrors {
+            vip: SocketAddr::from(([0, 0, 0, 0], 0)),
+            what: String::new(),
+        }
+        .alert_key();
+        self.probed_fine(started_ns, [key])
+    }
+
+    /// Those of `keys` active with no finding since `started_ns` recover at once.
+    fn probed_fine(
+        &mut self,
+        started_ns: u64,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Vec<Notice> {
         let done: Vec<String> = keys
             .into_iter()
             .filter(|k| self.active.get(k).is_some_and(|a| a.last_ns < started_ns))

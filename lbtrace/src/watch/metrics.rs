@@ -178,8 +178,9 @@ pub struct Snapshot {
     pub output_dropped: u64,
     /// The LB host's own limits at the last sample.
     pub host: Option<host::Sample>,
-    /// Each probed backend's last probe result (`connected`, `refused`, ...).
-    pub probes: BTreeMap<String, &'static str>,
+    /// Each probed backend's last probe result (`fine`, `erroring`, `refused`, ...) and
+    /// whether it connected.
+    pub probes: BTreeMap<String, (&'static str, bool)>,
 }
 
 fn esc(s: &str) -> String {
@@ -321,12 +322,12 @@ pub fn render(s: &Snapshot) -> String {
             "# HELP lbtrace_backend_probe_up 1 when the last background probe of the backend connected; its result as a label.\n# TYPE lbtrace_backend_probe_up gauge"
         );
     }
-    for (b, r) in &s.probes {
+    for (b, (r, up)) in &s.probes {
         let _ = writeln!(
             o,
             "lbtrace_backend_probe_up{{backend=\"{}\",result=\"{r}\"}} {}",
             esc(b),
-            u8::from(*r == "connected")
+            u8::from(*up)
         );
     }
     o

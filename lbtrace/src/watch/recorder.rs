@@ -69,6 +69,9 @@ pub enum Finding {
     /// Step 2: the kernel answered the client's SYN with RST and freed it as `NO_SOCKET`:
     /// nothing listens on the VIP.
     NoListener,
+    /// Step 2: the LB answers the LB host's own requests to the VIP with errors (or drops or
+    /// hangs them) while every backend answers its probes fine: the LB's own doing.
+    LbServesErrors { vip: SocketAddr, what: String },
     /// Step 3: the backend refused (RST to the SYN).
     BackendRefused { backend: SocketAddr },
     /// Step 3: the backend never answered the SYN.
@@ -76,6 +79,14 @@ pub enum Finding {
     /// Step 3: an ICMP error about the backend connection, a drop of its SYN for no
     /// neighbour or no route, or the LB host's probe unable to connect.
     BackendUnreachable { backend: SocketAddr, what: String },
+    /// Step 3: the backend connects, then its last probes answer HTTP 5xx, drop the request,
+    /// hang or answer slowly (`health`: erroring / drops / hangs / slow, as `check` judges a
+    /// series of probes).
+    BackendDegraded {
+        backend: SocketAddr,
+        health: String,
+        what: String,
+    },
     /// Step 3: the LB (Layer 7) answered and closed the client at once while no backend answered
     /// any connection of the LB's: all backends down in the LB's view.
     Unserved,
@@ -92,6 +103,7 @@ impl Finding {
             Self::BackendRefused { backend }
             | Self::BackendTimeout { backend }
             | Self::BackendUnreachable { backend, .. }
+            | Self::BackendDegraded { backend, .. }
             | Self::AsymmetricReturn { backend } => Some(*backend),
             _ => None,
         }
@@ -101,10 +113,13 @@ impl Finding {
     pub fn checklist_step(&self) -> Step {
         match self {
             Self::SynUnanswered | Self::SynDropped { .. } => Step::ClientToLb,
-            Self::LbReset { .. } | Self::NoListener => Step::LbHandling,
+            Self::LbReset { .. } | Self::NoListener | Self::LbServesErrors { .. } => {
+                Step::LbHandling
+            }
             Self::BackendRefused { .. }
             | Self::BackendTimeout { .. }
             | Self::BackendUnreachable { .. }
+            | Self::BackendDegraded { .. }
             | Self::Unserved => Step::LbToBackend,
             Self::SynAckLost | Self::AsymmetricReturn { .. } => Step::ReturnPath,
         }
@@ -127,9 +142,13 @@ impl Finding {
                 after_request: false,
             } => "lb_reset".to_owned(),
             Self::NoListener => "no_listener".to_owned(),
+            Self::LbServesErrors { .. } => "lb_serves_errors".to_owned(),
             Self::BackendRefused { backend } => format!("backend_refused:{backend}"),
             Self::BackendTimeout { backend } => format!("backend_timeout:{backend}"),
             Self::BackendUnreachable { backend, .. } => format!("backend_unreachable:{backend}"),
+            Self::BackendDegraded {
+                backend, health, ..
+            } => format!("backend_{health}:{backend}"),
             Self::Unserved => "unserved".to_owned(),
             Self::SynAckLost => "synack_lost".to_owned(),
             Self::AsymmetricReturn { backend } => format!("asymmetric_return:{backend}"),
@@ -281,6 +300,18 @@ pub fn probe_finding(p: &ProbeFacts, dropped: Option<&str>) -> Option<Finding> {
         }),
         TcpResult::Connected | TcpResult::Error => None,
     }
+}
+
+/// The LB host's side of a probe: the unspecified address (the probe's socket is bound to no
+/// address) and its local port.
+pub fn probe_side(p: &ProbeFacts) -> SocketAddr {
+    SocketAddr::new(
+        match p.target {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        },
+        p.local_port.unwrap_or(0),
+    )
 }
 
 /// One client connection to a VIP.
@@ -525,6 +556,9 @@ impl Recorder {
             } else {
                 (s, d, false)
             };
+            if self.probe_packet(client, vip, to_vip, ev) {
+                return out;
+            }
             let syn = ev.is_syn();
             let existing = self.by_tuple.get(&(vip, client)).copied();
             // A SYN with a new ISN on a known tuple is a new connection (port reuse).
@@ -763,9 +797,10 @@ impl Recorder {
         }
     }
 
-    /// A probe ended: its packets stay out of the client connections and the LB's own; its
-    /// result is a finding with the evidence `probe` ([`Self::take_own`]), or, connected, a
-    /// backend alive.
+    /// A probe ended: its packets stay out of the client connections and the LB's own; a
+    /// backend's result is a finding with the evidence `probe` ([`Self::take_own`]), or,
+    /// connected, a backend alive. (A VIP's is neither: a Layer-4 VIP is usually not reachable
+    /// from the LB host itself, and the LB answering proves no backend alive.)
     pub fn probe_done(&mut self, p: &ProbeFacts, now_ns: u64) {
         let probing = self.probing.remove(&p.target).unwrap_or_default();
         let claimed = probing.port;
@@ -779,6 +814,9 @@ impl Recorder {
                 self.probe_ports.insert((port, p.target), until);
             }
         }
+        if self.is_vip(&p.target) {
+            return;
+        }
         if p.tcp == TcpResult::Connected {
             self.last_alive_ns = Some(now_ns);
         }
@@ -786,51 +824,59 @@ impl Recorder {
             if self.own_found.len() >= MAX_OWN_FOUND {
                 self.own_found.pop_front();
             }
-            let lb = SocketAddr::new(
-                match p.target {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                },
-                p.local_port.unwrap_or(0),
-            );
             self.own_found.push_back(OwnFinding {
-                lb,
+                lb: probe_side(p),
                 finding: f,
                 evidence: Evidence::Probe,
             });
         }
     }
 
-    /// The event is a packet of the LB host's own probe (by its local port, or as the first
-    /// SYN towards a target under probe): it is neither a client's nor the LB's.
+    /// The event is a packet of the LB host's own probe of a backend or a VIP (by its local
+    /// port, or as the first SYN towards a target under probe): it is neither a client's nor the
+    /// LB's.
     fn probe_packet(
         &mut self,
         lb: SocketAddr,
-        backend: SocketAddr,
-        to_backend: bool,
+        target: SocketAddr,
+        to_target: bool,
         ev: &KernelEvent,
     ) -> bool {
         let port = lb.port();
         if self
             .probe_ports
-            .get(&(port, backend))
+            .get(&(port, target))
             .is_some_and(|&until| ev.ts_ns <= until)
         {
             return true;
         }
-        let Some(probing) = self.probing.get_mut(&backend) else {
+        if !self.probing.contains_key(&target) {
+            return false;
+        }
+        let first_syn = to_target
+            && ev.has_syn()
+            && if self.is_vip(&target) {
+                // Clients' SYNs reach the VIP too: the probe's comes from the LB host itself
+                // (towards a local VIP from the VIP's own address, else leaving the host), on a
+                // tuple no client connection has.
+                (lb.ip() == target.ip() || ev.dir == Some(Dir::Out))
+                    && !self.by_tuple.contains_key(&(target, lb))
+            } else {
+                // A client's SYN forwarded with its ISN (Layer 4) is not the probe's.
+                !self.by_isn.contains_key(&ev.seq)
+            };
+        let Some(probing) = self.probing.get_mut(&target) else {
             return false;
         };
         let ours = match probing.port {
             Some(claimed) => claimed == port,
-            // A client's SYN forwarded with its ISN (Layer 4) is not the probe's.
-            None if to_backend && ev.has_syn() && !self.by_isn.contains_key(&ev.seq) => {
+            None if first_syn => {
                 probing.port = Some(port);
                 true
             }
             None => false,
         };
-        if let (true, Detail::Drop { reason }) = (ours && to_backend, &ev.detail) {
+        if let (true, Detail::Drop { reason }) = (ours && to_target, &ev.detail) {
             probing
                 .dropped
                 .get_or_insert_with(|| self.reasons.name(*reason));

@@ -25,14 +25,16 @@ use super::{
     metrics::{self, Labels, Snapshot},
     on_alert::OnAlert,
     probes::{self, Prober},
-    recorder::{Finding, Recorder},
+    recorder::{self, Evidence, Finding, OwnFinding, Recorder},
     socket::{self, DumpRequest},
 };
 use crate::{
+    check::verdict::ProbeFacts,
     cli::WatchArgs,
     event::{Detail, KernelEvent},
     files, host,
     kernel::{self, Tracer},
+    probe::series::Health,
     render::{self, Clock, Format, IfNames},
     session::{self, Output},
 };
@@ -195,19 +197,52 @@ impl Loop {
         }
     }
 
-    /// A probe's report: its finding (evidence `probe`), or, connected, the backend's step-3
-    /// alerts recover.
-    fn probe_done(&mut self, d: &probes::Done) {
+    /// A probe's report: a backend's finding (evidence `probe`), or, connected, the backend's
+    /// step-3 alerts about connecting recover; judged with its last probes, the findings of a
+    /// backend or a VIP serving badly, or their recovery.
+    fn probe_done(&mut self, d: probes::Done) {
         let now = Clock::monotonic_ns();
-        if let Some(p) = self.prober.as_mut() {
-            p.done(d);
-        }
-        self.rec.probe_done(&d.facts, now);
+        let started_ns = d.started_ns;
+        let Some(p) = self.prober.as_mut() else {
+            return;
+        };
+        let j = p.done(d);
+        let backends_fine = p.backends_fine();
+        let target = j.facts.target;
+        self.rec.probe_done(&j.facts, now);
         self.own_findings(now);
-        if d.facts.tcp == crate::check::verdict::TcpResult::Connected {
-            for n in self.alerts.probe_ok(d.started_ns, d.facts.target) {
-                self.notice(n);
+        let mut notices = Vec::new();
+        if j.vip {
+            if let Some(f) = j.serves_errors(backends_fine) {
+                self.probe_finding(now, &j.facts, f);
+            } else if j.health().is_none_or(|h| *h == Health::Fine) {
+                notices.extend(self.alerts.vip_fine(started_ns));
             }
+        } else {
+            if j.facts.tcp == crate::check::verdict::TcpResult::Connected {
+                notices.extend(self.alerts.probe_ok(started_ns, target));
+            }
+            if let Some(f) = j.degraded() {
+                self.probe_finding(now, &j.facts, f);
+            } else if j.health() == Some(&Health::Fine) {
+                notices.extend(self.alerts.probes_fine(started_ns, target));
+            }
+        }
+        for n in notices {
+            self.notice(n);
+        }
+    }
+
+    /// A finding of the probe `p` itself, counted and alerted on with the evidence `probe`.
+    fn probe_finding(&mut self, now: u64, p: &ProbeFacts, finding: Finding) {
+        *self.tally.findings.entry(finding.alert_key()).or_default() += 1;
+        let o = OwnFinding {
+            lb: recorder::probe_side(p),
+            finding,
+            evidence: Evidence::Probe,
+        };
+        if let Some(n) = self.alerts.own(now, &o) {
+            self.notice(n);
         }
     }
 
@@ -274,7 +309,7 @@ impl Loop {
             let line = match self.format {
                 Format::Json => json!({
                     "type": "health", "time": self.clock.rfc3339(Clock::monotonic_ns()), "vip": w.endpoint.to_string(),
-                    "probes": probes.map(|s| s.iter().map(|(b, r)| (b.to_string(), *r)).collect::<BTreeMap<_, _>>()),
+                    "probes": probes.map(|s| s.iter().map(|(t, st)| (t.to_string(), st.result)).collect::<BTreeMap<_, _>>()),
                     "connections": opened,
                     "failures": {"client-to-lb": fails[0], "lb-handling": fails[1], "lb-to-backend": fails[2], "return-path": fails[3]},
                     "lost": c.lost(), "active_alerts": self.alerts.active().len(), "recorder": acct,
@@ -296,7 +331,10 @@ impl Loop {
                     acct.bytes / 1024,
                     acct.evicted
                 ) + &probes.map_or_else(String::new, |s| {
-                    let each: Vec<String> = s.iter().map(|(b, r)| format!("{b} {r}")).collect();
+                    let each: Vec<String> = s
+                        .iter()
+                        .map(|(t, st)| format!("{t}{} {}", if st.vip { " (vip)" } else { "" }, st.result))
+                        .collect();
                     format!(", probes: {}", each.join(", "))
                 }),
             };
@@ -360,7 +398,11 @@ impl Loop {
             output_dropped: self.out.dropped(),
             host: self.host.borrow().clone(),
             probes: self.prober.as_ref().map_or_else(BTreeMap::new, |p| {
-                p.state.iter().map(|(b, r)| (b.to_string(), *r)).collect()
+                p.state
+                    .iter()
+                    .filter(|(_, st)| !st.vip)
+                    .map(|(b, st)| (b.to_string(), (st.result, st.up)))
+                    .collect()
             }),
         }
     }
@@ -418,7 +460,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         recover_after,
         health_interval,
         probe_interval,
-        probe_timeout,
+        probe: probe_args,
     } = args;
     // Everything that can be refused is checked before any program is loaded.
     kernel::preflight::check()?;
@@ -463,7 +505,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         ifnames.insert(l.ifindex, l.name.clone());
     }
     let reasons = tracer.reasons.clone();
-    let (prober, mut probe_rx) = match Prober::new(&backends, probe_timeout) {
+    let (prober, mut probe_rx) = match Prober::new(&vips, &backends, probe_args) {
         Some((p, rx)) if !probe_interval.is_zero() => (Some(p), Some(rx)),
         _ => (None, None),
     };
@@ -538,7 +580,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => l.probe_done(&d),
+            } => l.probe_done(d),
             Some(req) = dump_rx.recv() => {
                 let _ = req.reply.send(l.dump(&req.query).to_string());
             }

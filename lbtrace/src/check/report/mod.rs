@@ -6,7 +6,7 @@
 //! words are in `host.rs`).
 
 mod host;
-mod series;
+pub mod series;
 
 use serde_json::{Value, json};
 

@@ -342,7 +342,7 @@ fn probe_finding(f: &Facts<'_>, b: &Endpoint, p: &ProbeFacts, evid: &[usize]) ->
 
 /// How a backend that connects serves, from its series of probes (a single probe is not judged:
 /// connected).
-fn served(p: &ProbeFacts) -> BackendFinding {
+pub fn served(p: &ProbeFacts) -> BackendFinding {
     let connected = BackendFinding::Connected {
         http: p.http_status,
     };

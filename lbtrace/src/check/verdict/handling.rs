@@ -70,15 +70,20 @@ impl LocalService {
     /// From the VIP's and the backends' series; `None` when the VIP's answers were fine (or it
     /// could not be reached from the LB host: a Layer 4 VIP has no local listener).
     pub fn of(f: &Facts<'_>) -> Option<Self> {
-        let health = f.vip_probe?.health()?;
-        if matches!(health, Health::Fine | Health::Unreachable { .. }) {
-            return None;
-        }
         let backends_fine = !f.probes.is_empty()
             && f.probes.len() == f.backends.len()
             && f.probes
                 .iter()
                 .all(|p| matches!(p.health(), Some(Health::Fine)));
+        Self::judged(f.vip_probe?.health()?, backends_fine)
+    }
+
+    /// From the VIP's health and whether every backend answered fine; `None` when the VIP's
+    /// answers were fine or it could not be reached from the LB host.
+    pub fn judged(health: &Health, backends_fine: bool) -> Option<Self> {
+        if matches!(health, Health::Fine | Health::Unreachable { .. }) {
+            return None;
+        }
         Some(Self {
             health: health.clone(),
             backends_fine,
