@@ -68,11 +68,15 @@ impl Judged {
         self.window.as_ref().map(|s| &s.health)
     }
 
-    /// A backend's window judged erroring, dropping, hanging or slow, with this probe not fine on
-    /// its own (a bad answer that left the window is no new evidence): a step-3 finding in
-    /// `check`'s words.
+    /// A backend's window judged erroring, dropping, hanging or slow (slow only over a full
+    /// window), with this probe not fine on its own (a bad answer still in the window is no new
+    /// evidence): a step-3 finding in `check`'s words.
     pub fn degraded(&self) -> Option<Finding> {
         let window = self.window.as_ref().filter(|_| !self.vip && !self.fine_alone)?;
+        // The median of two is their mean: one slow answer of two would be a verdict.
+        if matches!(window.health, Health::Slow { .. }) && window.probes < WINDOW {
+            return None;
+        }
         let facts = ProbeFacts {
             series: Some(window.clone()),
             ..self.facts.clone()
@@ -232,5 +236,162 @@ impl Prober {
                 .get(t)
                 .is_some_and(|s| s.up && s.result == Health::Fine.name())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        checklist::Step,
+        probe::{HttpOutcome, TlsOutcome},
+    };
+
+    const VIP: &str = "10.10.2.10:80";
+    const BE1: &str = "10.10.3.11:8080";
+    const BE2: &str = "10.10.3.12:8080";
+
+    fn prober() -> Prober {
+        let args = ProbeArgs {
+            tls: false,
+            sni: None,
+            http_path: "/".to_owned(),
+            host: None,
+            no_http: false,
+            probe_timeout: Duration::from_secs(3),
+            slow: Duration::from_secs(1),
+        };
+        let ep = |s: &str| s.parse::<Endpoint>().unwrap();
+        Prober::new(&[ep(VIP)], &[ep(BE1), ep(BE2)], args).unwrap().0
+    }
+
+    fn done(target: &str, tcp: TcpOutcome, http: Option<HttpOutcome>) -> Done {
+        Done {
+            report: ProbeReport {
+                target: target.parse().unwrap(),
+                local: Some("0.0.0.0:50000".parse().unwrap()),
+                started_ns: 0,
+                ended_ns: 0,
+                tcp,
+                tls: None,
+                http,
+            },
+            started_ns: 0,
+        }
+    }
+
+    fn answer(target: &str, status: u16, ttfb_ms: f64) -> Done {
+        let http = HttpOutcome::Response {
+            status,
+            reason: String::new(),
+            ttfb_ms,
+            server: None,
+        };
+        done(target, TcpOutcome::Connected { connect_ms: 0.3 }, Some(http))
+    }
+
+    fn kind(j: &Judged) -> Option<String> {
+        j.degraded().map(|f| f.alert_key())
+    }
+
+    #[test]
+    fn one_slow_answer_is_not_a_verdict_two_in_three_are() {
+        let mut p = prober();
+        assert_eq!(kind(&p.done(answer(BE1, 200, 5.0))), None);
+        let j = p.done(answer(BE1, 200, 2500.0));
+        assert_eq!(kind(&j), None, "the median of two is their mean");
+        let j = p.done(answer(BE1, 200, 2400.0));
+        assert_eq!(kind(&j), Some(format!("backend_slow:{BE1}")));
+        let f = j.degraded().unwrap();
+        assert_eq!(f.checklist_step(), Step::LbToBackend);
+        assert!(
+            matches!(&f, Finding::BackendDegraded { what, .. } if what.contains("slow: time to first byte median 2.4 s")),
+            "{f:?}"
+        );
+        // A fast answer: the window (2.5 s, 2.4 s, fast) is still slow, but this probe is no new
+        // evidence; once the slow ones left the window, it is fine.
+        let j = p.done(answer(BE1, 200, 5.0));
+        assert_eq!(j.health().map(Health::name), Some("slow"));
+        assert_eq!(kind(&j), None);
+        let j = p.done(answer(BE1, 200, 5.0));
+        assert_eq!(j.health(), Some(&Health::Fine));
+        assert_eq!(p.state[&BE1.parse().unwrap()].result, "fine");
+    }
+
+    #[test]
+    fn errors_drops_and_hangs_are_findings_in_checks_words() {
+        let mut p = prober();
+        let j = p.done(answer(BE2, 500, 3.0));
+        assert_eq!(kind(&j), Some(format!("backend_erroring:{BE2}")));
+        assert!(
+            matches!(j.degraded(), Some(Finding::BackendDegraded { what, .. }) if what.starts_with("answers HTTP 500 (1 of 1 probe")),
+        );
+        let connected = TcpOutcome::Connected { connect_ms: 0.3 };
+        let closed = Some(HttpOutcome::Closed { after_ms: 1.0 });
+        let j = p.done(done(BE1, connected.clone(), closed));
+        assert_eq!(kind(&j), Some(format!("backend_drops:{BE1}")));
+        let hang = Some(HttpOutcome::Hang { after_ms: 3000.0 });
+        let j = p.done(done(BE1, connected, hang));
+        assert_eq!(kind(&j), Some(format!("backend_hangs:{BE1}")));
+        // A connect that fails is the recorder's finding, and no window's.
+        let j = p.done(done(BE1, TcpOutcome::Refused { after_ms: 0.1 }, None));
+        assert!(j.window.is_none() && kind(&j).is_none());
+        let s = p.state[&BE1.parse().unwrap()];
+        assert_eq!((s.result, s.up, s.vip), ("refused", false, false));
+        // The window holds the last 3 connected probes, no more.
+        assert!(p.windows.values().all(|w| w.len() <= WINDOW));
+    }
+
+    #[test]
+    fn the_vip_serving_errors_is_step_two_only_while_every_backend_is_fine() {
+        let mut p = prober();
+        // The backends not yet probed: not known fine.
+        let j = p.done(answer(VIP, 503, 1.0));
+        assert!(j.degraded().is_none(), "the VIP is no backend");
+        assert_eq!(j.serves_errors(p.backends_fine()), None);
+        p.done(answer(BE1, 200, 2.0));
+        p.done(answer(BE2, 500, 2.0));
+        assert!(!p.backends_fine());
+        let j = p.done(answer(VIP, 503, 1.0));
+        assert_eq!(j.serves_errors(p.backends_fine()), None, "step 3 says why");
+        for _ in 0..WINDOW {
+            p.done(answer(BE2, 200, 2.0));
+        }
+        assert!(p.backends_fine());
+        let j = p.done(answer(VIP, 503, 1.0));
+        let f = j.serves_errors(p.backends_fine()).expect("lb_serves_errors");
+        assert_eq!(f.alert_key(), "lb_serves_errors");
+        assert_eq!(f.checklist_step(), Step::LbHandling);
+        assert!(
+            matches!(&f, Finding::LbServesErrors { what, .. } if what.starts_with("the LB serves errors: the LB host's own requests to the VIP got HTTP 503 (3 of 3 probes) while every backend")),
+            "{f:?}"
+        );
+        // Unreachable from the LB host (a Layer-4 VIP), or slow: no finding.
+        let j = p.done(done(VIP, TcpOutcome::Refused { after_ms: 0.1 }, None));
+        assert_eq!(j.serves_errors(true), None);
+        assert_eq!(p.state[&VIP.parse().unwrap()].result, "refused");
+        let mut p = prober();
+        p.done(answer(VIP, 200, 1500.0));
+        let j = p.done(answer(VIP, 200, 1500.0));
+        assert_eq!(j.health().map(Health::name), Some("slow"));
+        assert_eq!(j.serves_errors(true), None);
+        // A TLS handshake the VIP resets drops the request.
+        let mut d = answer(VIP, 200, 1.0);
+        d.report.http = None;
+        d.report.tls = Some(crate::probe::TlsReport {
+            outcome: TlsOutcome::Reset { after_ms: 1.0 },
+            version: None,
+            cipher: None,
+            alpn: None,
+            handshake_ms: None,
+            chain: vec![],
+            name_matches: None,
+            trusted: None,
+            verify_error: None,
+        });
+        let j = p.done(d);
+        assert!(j.serves_errors(true).is_some());
     }
 }

@@ -693,3 +693,95 @@ fn an_rst_after_the_lbs_own_fin_is_not_a_reset() {
         }]
     );
 }
+
+/// The LB host's own probe of the VIP: its packets (from the VIP's own address to a local VIP,
+/// or leaving the host) are no client connection, also when the kernel refuses it (`NO_SOCKET`,
+/// a Layer-4 VIP with nothing listening on the host), and a client's SYN arriving while the
+/// probe is under way stays a client's; the probe's result is no finding of the recorder's.
+#[test]
+fn a_vip_probes_packets_are_no_client_connection() {
+    use crate::check::verdict::{ProbeFacts, TcpResult};
+    let vip: std::net::SocketAddr = VIP.parse().unwrap();
+    let mut r = rec_reasons();
+    r.probe_started(vip);
+    // A client's SYN first: not the probe's.
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    assert_eq!(r.conns().count(), 1);
+    // The probe's SYN from the VIP's own address, the kernel's refusal and its drop.
+    let local = "10.10.2.10:50200";
+    r.ingest(&pkt(1, Dir::Out, local, VIP, SYN, 77, 0));
+    r.ingest(&drop(1, local, VIP, SYN, 77, 2));
+    r.ingest(&pkt(1, Dir::In, VIP, local, RST | ACK, 0, 78));
+    assert_eq!(r.conns().count(), 1, "the probe is no client connection");
+    let facts = ProbeFacts {
+        target: vip,
+        local_port: Some(50200),
+        tcp: TcpResult::Refused,
+        why: None,
+        http_status: None,
+        ports: Vec::new(),
+        series: None,
+    };
+    r.probe_done(&facts, 2_000_000);
+    assert!(r.take_own().is_empty(), "a VIP's refusal is no finding");
+    // A late packet of the probe stays out by its port; the next probe leaves the host.
+    r.ingest(&pkt(3, Dir::Out, local, VIP, RST, 78, 0));
+    r.probe_started(vip);
+    let out = "10.10.3.1:50201";
+    r.ingest(&pkt(4, Dir::Out, out, VIP, SYN, 88, 0));
+    r.ingest(&pkt(5, Dir::In, VIP, out, SYN | ACK, 9, 89));
+    assert_eq!(r.conns().count(), 1);
+    assert_eq!(r.opened().values().sum::<u64>(), 1);
+    assert!(r.expire(10_000_000_000).iter().all(|(id, _)| *id == 1));
+}
+
+/// A backend serving badly (the probes' evidence) raises its alert per kind; it recovers when the
+/// backend's probes are fine again, not on a probe started before its last finding.
+#[test]
+fn a_degraded_backend_recovers_when_its_probes_are_fine() {
+    let mut al = Alerts::new(Thresholds {
+        count: 2,
+        ..Thresholds::default()
+    });
+    let o = OwnFinding {
+        lb: "0.0.0.0:50000".parse().unwrap(),
+        finding: Finding::BackendDegraded {
+            backend: be(),
+            health: "erroring".to_owned(),
+            what: "answers HTTP 500 (1 of 1 probe)".to_owned(),
+        },
+        evidence: Evidence::Probe,
+    };
+    assert!(al.own(1_000, &o).is_none());
+    let Some(Notice::Alert(a)) = al.own(2_000, &o) else {
+        panic!("alert expected")
+    };
+    assert_eq!(a.key, format!("backend_erroring:{BE1}"));
+    assert_eq!((a.step, a.evidence), (3, "probe"));
+    assert_eq!(a.example_backend.as_deref(), Some(BE1));
+    assert!(a.message.starts_with(&format!("backend {BE1} answers HTTP 500")));
+    assert!(al.probe_ok(3_000, be()).is_empty(), "connecting is not serving");
+    assert!(al.probes_fine(1_500, be()).is_empty());
+    let rec = al.probes_fine(3_000, be());
+    assert!(
+        matches!(&rec[..], [Notice::Recovered(r)] if r.key == a.key),
+        "{rec:?}"
+    );
+    // The VIP serving errors: step 2, recovered by the VIP's fine probes.
+    let o = OwnFinding {
+        finding: Finding::LbServesErrors {
+            vip: VIP.parse().unwrap(),
+            what: "the LB serves errors".to_owned(),
+        },
+        ..o
+    };
+    al.own(4_000, &o);
+    let Some(Notice::Alert(a)) = al.own(5_000, &o) else {
+        panic!("alert expected")
+    };
+    assert_eq!((a.key.as_str(), a.step), ("lb_serves_errors", 2));
+    assert_eq!(a.example_vip.as_deref(), Some(VIP));
+    assert_eq!(al.vip_fine(6_000).len(), 1);
+    assert!(al.active().is_empty());
+}
