@@ -40,20 +40,33 @@ fn thresholds(vip: String, backends: Vec<String>) -> Vec<String> {
     for b in backends {
         args.extend(["--backend".to_owned(), b]);
     }
-    args.extend(
-        [
-            "--alert-count",
-            "2",
-            "--alert-window",
-            "30s",
-            "--recover-after",
-            "60s",
-            "--health-interval",
-            "2s",
-        ]
-        .map(str::to_owned),
-    );
+    args.extend(limits());
     args
+}
+
+/// The scenario's VIP and backends as `check` takes them (with `--tls --sni` for TLS: the
+/// probe options are the same), the thresholds, and the probes every second.
+fn scenario_args(s: &scenario::Scenario) -> Vec<String> {
+    let mut args = s.check_args();
+    args.extend(limits());
+    args.extend(["--probe-interval", "1s"].map(str::to_owned));
+    args
+}
+
+/// Two findings in 30 s raise an alert; a health line every 2 s.
+fn limits() -> Vec<String> {
+    [
+        "--alert-count",
+        "2",
+        "--alert-window",
+        "30s",
+        "--recover-after",
+        "60s",
+        "--health-interval",
+        "2s",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Six client requests to the VIP at once (each its own curl, `timeout_s` each); returns their
@@ -376,9 +389,7 @@ fn watch_parity_healthy_scenarios_raise_nothing() {
     ] {
         let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
         let _setup = s.setup(&lab);
-        let mut a = thresholds(s.vip(), s.backends());
-        a.extend(["--probe-interval", "1s"].map(str::to_owned));
-        let watch = Watch::start(name, &lab.lb, lab.dir(), &a);
+        let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
         let results = s.drive(&lab, 4, &|_| {});
         assert!(
             results.iter().all(|r| r.code == "200" || r.code == "ok"),
@@ -396,9 +407,107 @@ fn watch_parity_healthy_scenarios_raise_nothing() {
         let clients = results.len() as u64;
         assert_eq!(health["connections"], clients, "{name}: {health}");
         for b in s.backends() {
-            assert_eq!(health["probes"][&b], "connected", "{name}: {health}");
+            assert_eq!(health["probes"][&b], "fine", "{name}: {health}");
         }
     }
+}
+
+/// The HTTP load balancers' healthy scenarios with the probes every second: every backend's
+/// probes and the VIP's (an HTTP request through the LB, from the LB host) are fine, nothing
+/// raises an alert, and the VIP's probes are no client connections.
+#[test]
+fn watch_probes_healthy_http_lbs_raise_nothing() {
+    let lab = Lab::new();
+    for name in ["nginx-healthy", "haproxy-http-healthy"] {
+        let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+        let _setup = s.setup(&lab);
+        let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
+        let results = s.drive(&lab, 4, &|_| {});
+        assert!(results.iter().all(|r| r.code == "200"), "{name}: {results:?}");
+        // A few probe rounds past the clients.
+        thread::sleep(Duration::from_millis(3500));
+        let (objects, _) = watch.stop();
+        let alerts: Vec<&Value> = objects.iter().filter(|o| o["type"] == "alert").collect();
+        assert!(alerts.is_empty(), "alerts on {name}: {alerts:#?}");
+        let health = objects
+            .iter()
+            .rfind(|o| o["type"] == "health")
+            .expect("a health line");
+        assert_eq!(health["probes"][s.vip()], "fine", "{name}: {health}");
+        for b in s.backends() {
+            assert_eq!(health["probes"][&b], "fine", "{name}: {health}");
+        }
+        assert_eq!(health["connections"], results.len(), "{name}: {health}");
+    }
+}
+
+/// be2 connects and answers every request with HTTP 500: the tripwire's own HTTP probes name it
+/// `backend_erroring` (evidence `probe`) within two probe rounds and a second.
+#[test]
+fn watch_probes_backend_erroring() {
+    probes_find("haproxy-http-backend-errors", "erroring", "answers HTTP 500");
+}
+
+/// be2 reads every request and closes without an answer: `backend_drops`.
+#[test]
+fn watch_probes_backend_drops() {
+    probes_find(
+        "haproxy-http-backend-drops",
+        "drops",
+        "drops requests: connects, then closed without an HTTP answer",
+    );
+}
+
+/// Sets up scenario `name` (be2 at fault), arms the tripwire with the probes every second and
+/// waits for `backend_<health>` naming be2 in `words`, with the probe's evidence; then client
+/// requests: the VIP's errors (HAProxy passing be2's on) are step 3's, no `lb_serves_errors`, no
+/// other backend is named, and the probes are no client connections.
+fn probes_find(name: &str, health: &str, words: &str) {
+    let lab = Lab::new();
+    let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+    let _setup = s.setup(&lab);
+    let t0 = Instant::now();
+    let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
+    let armed = t0.elapsed();
+    let be = backend(1);
+    let (alert, latency) = alert_after(
+        &watch,
+        &format!("backend_{health}:{be}"),
+        t0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(alert["alert"]["evidence"], "probe", "{alert}");
+    assert!(
+        alert["alert"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(words) && m.contains("probe")),
+        "{alert}"
+    );
+    // The first probe runs as the tripwire arms, the second one interval later.
+    assert_step3(
+        &alert,
+        &be,
+        latency.saturating_sub(armed),
+        Duration::from_secs(3),
+        name,
+    );
+    let results = s.drive(&lab, 4, &|_| {});
+    eprintln!("{name}: {results:?}");
+    thread::sleep(Duration::from_millis(2500));
+    let (objects, _) = watch.stop();
+    for a in objects.iter().filter(|o| o["type"] == "alert") {
+        assert_ne!(a["alert"]["key"], "lb_serves_errors", "{a}");
+        for other in [backend(0), backend(2)] {
+            assert_ne!(a["alert"]["example_backend"], other.as_str(), "{a}");
+        }
+    }
+    let health_line = objects
+        .iter()
+        .rfind(|o| o["type"] == "health")
+        .expect("a health line");
+    assert_eq!(health_line["probes"][&be], health, "{health_line}");
+    assert_eq!(health_line["probes"][backend(0)], "fine", "{health_line}");
+    assert_eq!(health_line["connections"], results.len(), "{health_line}");
 }
 
 /// Healthy HAProxy (with and without health checks): client traffic and the checks raise
