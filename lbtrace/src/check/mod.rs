@@ -183,7 +183,10 @@ fn spawn_probes(args: &CheckArgs, vip: SocketAddr) -> JoinHandle<ProbeResults> {
     let mut specs: Vec<ProbeSpec> = args
         .backend
         .iter()
-        .map(|b| args.probe.spec(SocketAddr::new(b.addr, b.port.unwrap_or(0)), false))
+        .map(|b| {
+            args.probe
+                .spec(SocketAddr::new(b.addr, b.port.unwrap_or(0)), false)
+        })
         .collect();
     specs.push(args.probe.spec(vip, true));
     let count = args.probe_count;

@@ -72,7 +72,10 @@ impl Judged {
     /// window), with this probe not fine on its own (a bad answer still in the window is no new
     /// evidence): a step-3 finding in `check`'s words.
     pub fn degraded(&self) -> Option<Finding> {
-        let window = self.window.as_ref().filter(|_| !self.vip && !self.fine_alone)?;
+        let window = self
+            .window
+            .as_ref()
+            .filter(|_| !self.vip && !self.fine_alone)?;
         // The median of two is their mean: one slow answer of two would be a verdict.
         if matches!(window.health, Health::Slow { .. }) && window.probes < WINDOW {
             return None;
@@ -206,9 +209,7 @@ impl Prober {
         } else {
             (None, false)
         };
-        let result = window
-            .as_ref()
-            .map_or(tcp, |s| s.health.name());
+        let result = window.as_ref().map_or(tcp, |s| s.health.name());
         self.state.insert(
             target,
             State {
@@ -264,7 +265,9 @@ mod tests {
             slow: Duration::from_secs(1),
         };
         let ep = |s: &str| s.parse::<Endpoint>().unwrap();
-        Prober::new(&[ep(VIP)], &[ep(BE1), ep(BE2)], args).unwrap().0
+        Prober::new(&[ep(VIP)], &[ep(BE1), ep(BE2)], args)
+            .unwrap()
+            .0
     }
 
     fn done(target: &str, tcp: TcpOutcome, http: Option<HttpOutcome>) -> Done {
@@ -289,7 +292,11 @@ mod tests {
             ttfb_ms,
             server: None,
         };
-        done(target, TcpOutcome::Connected { connect_ms: 0.3 }, Some(http))
+        done(
+            target,
+            TcpOutcome::Connected { connect_ms: 0.3 },
+            Some(http),
+        )
     }
 
     fn kind(j: &Judged) -> Option<String> {
@@ -361,7 +368,9 @@ mod tests {
         }
         assert!(p.backends_fine());
         let j = p.done(answer(VIP, 503, 1.0));
-        let f = j.serves_errors(p.backends_fine()).expect("lb_serves_errors");
+        let f = j
+            .serves_errors(p.backends_fine())
+            .expect("lb_serves_errors");
         assert_eq!(f.alert_key(), "lb_serves_errors");
         assert_eq!(f.checklist_step(), Step::LbHandling);
         assert!(

@@ -760,8 +760,14 @@ fn a_degraded_backend_recovers_when_its_probes_are_fine() {
     assert_eq!(a.key, format!("backend_erroring:{BE1}"));
     assert_eq!((a.step, a.evidence), (3, "probe"));
     assert_eq!(a.example_backend.as_deref(), Some(BE1));
-    assert!(a.message.starts_with(&format!("backend {BE1} answers HTTP 500")));
-    assert!(al.probe_ok(3_000, be()).is_empty(), "connecting is not serving");
+    assert!(
+        a.message
+            .starts_with(&format!("backend {BE1} answers HTTP 500"))
+    );
+    assert!(
+        al.probe_ok(3_000, be()).is_empty(),
+        "connecting is not serving"
+    );
     assert!(al.probes_fine(1_500, be()).is_empty());
     let rec = al.probes_fine(3_000, be());
     assert!(

@@ -423,7 +423,10 @@ fn watch_probes_healthy_http_lbs_raise_nothing() {
         let _setup = s.setup(&lab);
         let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
         let results = s.drive(&lab, 4, &|_| {});
-        assert!(results.iter().all(|r| r.code == "200"), "{name}: {results:?}");
+        assert!(
+            results.iter().all(|r| r.code == "200"),
+            "{name}: {results:?}"
+        );
         // A few probe rounds past the clients.
         thread::sleep(Duration::from_millis(3500));
         let (objects, _) = watch.stop();
@@ -445,7 +448,11 @@ fn watch_probes_healthy_http_lbs_raise_nothing() {
 /// `backend_erroring` (evidence `probe`) within two probe rounds and a second.
 #[test]
 fn watch_probes_backend_erroring() {
-    probes_find("haproxy-http-backend-errors", "erroring", "answers HTTP 500");
+    probes_find(
+        "haproxy-http-backend-errors",
+        "erroring",
+        "answers HTTP 500",
+    );
 }
 
 /// be2 reads every request and closes without an answer: `backend_drops`.

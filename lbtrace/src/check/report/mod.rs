@@ -16,8 +16,7 @@ use super::{
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
         LocalService, Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Unserved,
-        Verdict,
-        flow::ReasonCounts,
+        Verdict, flow::ReasonCounts,
     },
 };
 use crate::{
