@@ -245,10 +245,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        checklist::Step,
-        probe::{HttpOutcome, TlsOutcome},
-    };
+    use crate::{checklist::Step, probe::HttpOutcome};
 
     const VIP: &str = "10.10.2.10:80";
     const BE1: &str = "10.10.3.11:8080";
@@ -386,21 +383,9 @@ mod tests {
         let j = p.done(answer(VIP, 200, 1500.0));
         assert_eq!(j.health().map(Health::name), Some("slow"));
         assert_eq!(j.serves_errors(true), None);
-        // A TLS handshake the VIP resets drops the request.
-        let mut d = answer(VIP, 200, 1.0);
-        d.report.http = None;
-        d.report.tls = Some(crate::probe::TlsReport {
-            outcome: TlsOutcome::Reset { after_ms: 1.0 },
-            version: None,
-            cipher: None,
-            alpn: None,
-            handshake_ms: None,
-            chain: vec![],
-            name_matches: None,
-            trusted: None,
-            verify_error: None,
-        });
-        let j = p.done(d);
+        // A request the VIP resets is dropped.
+        let reset = Some(HttpOutcome::Reset { after_ms: 1.0 });
+        let j = p.done(done(VIP, TcpOutcome::Connected { connect_ms: 0.3 }, reset));
         assert!(j.serves_errors(true).is_some());
     }
 }

@@ -306,6 +306,34 @@ fn watch_parity_check_finds_health_checked_all_down_unserved() {
     assert_eq!(j["steps"][1]["status"], "pass", "{}", dump());
 }
 
+/// A step-3 alert the tripwire's own probes are the evidence of.
+struct ProbeAlert<'a> {
+    /// When the tripwire was started, and how long it took to arm.
+    t0: Instant,
+    armed: Duration,
+    /// In the alert's message.
+    words: &'a str,
+    /// How long after arming it may come.
+    bound: Duration,
+}
+
+impl ProbeAlert<'_> {
+    /// Waits for the alert `key` naming `be`, with the probe's evidence and `words`, in time.
+    fn assert(&self, watch: &Watch, key: &str, be: &str, what: &str) {
+        let (alert, latency) = alert_after(watch, key, self.t0, Duration::from_secs(10));
+        assert_eq!(alert["alert"]["evidence"], "probe", "{alert}");
+        assert!(
+            alert["alert"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(self.words) && m.contains("probe")),
+            "{alert}"
+        );
+        // The first probe runs as the tripwire arms, the second one interval later.
+        let latency = latency.saturating_sub(self.armed);
+        assert_step3(&alert, be, latency, self.bound, what);
+    }
+}
+
 /// No route from the LB to the backends: HAProxy's `connect()` fails at once and no packet
 /// leaves; the tripwire's own probes (`--probe-interval 1s`) are the only evidence, naming each
 /// backend within one interval and a second.
@@ -324,27 +352,14 @@ fn watch_parity_no_route_is_found_by_the_probes() {
         let codes = s.spawn(|| burst(&lab, 5));
         for i in 0..BACKENDS.len() {
             let be = backend(i);
-            let (alert, latency) = alert_after(
-                &watch,
-                &format!("backend_unreachable:{be}"),
+            let key = format!("backend_unreachable:{be}");
+            let probe = ProbeAlert {
                 t0,
-                Duration::from_secs(10),
-            );
-            assert_eq!(alert["alert"]["evidence"], "probe", "{alert}");
-            assert!(
-                alert["alert"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("ENETUNREACH") && m.contains("probe")),
-                "{alert}"
-            );
-            // The first probe runs as the tripwire arms, the second one interval later.
-            assert_step3(
-                &alert,
-                &be,
-                latency.saturating_sub(armed),
-                Duration::from_secs(2),
-                "no route (probes)",
-            );
+                armed,
+                words: "ENETUNREACH",
+                bound: Duration::from_secs(2),
+            };
+            probe.assert(&watch, &key, &be, "no route (probes)");
         }
         codes.join().unwrap_or_default()
     });
@@ -387,61 +402,49 @@ fn watch_parity_healthy_scenarios_raise_nothing() {
         "nft-dnat-snat-healthy",
         "haproxy-http-v6-healthy",
     ] {
-        let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
-        let _setup = s.setup(&lab);
-        let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
-        let results = s.drive(&lab, 4, &|_| {});
-        assert!(
-            results.iter().all(|r| r.code == "200" || r.code == "ok"),
-            "{name}: {results:?}"
-        );
-        // Past every timeout (3 s), a tick and a few probe rounds.
-        thread::sleep(Duration::from_millis(4500));
-        let (objects, _) = watch.stop();
-        let alerts: Vec<&Value> = objects.iter().filter(|o| o["type"] == "alert").collect();
-        assert!(alerts.is_empty(), "alerts on {name}: {alerts:#?}");
-        let health = objects
-            .iter()
-            .rfind(|o| o["type"] == "health")
-            .expect("a health line");
-        let clients = results.len() as u64;
-        assert_eq!(health["connections"], clients, "{name}: {health}");
-        for b in s.backends() {
-            assert_eq!(health["probes"][&b], "fine", "{name}: {health}");
-        }
+        healthy(&lab, name);
     }
 }
 
-/// The HTTP load balancers' healthy scenarios with the probes every second: every backend's
-/// probes and the VIP's (an HTTP request through the LB, from the LB host) are fine, nothing
-/// raises an alert, and the VIP's probes are no client connections.
+/// The HTTP load balancers' healthy scenarios with the probes every second: the VIP's probes (an
+/// HTTP request through the LB, from the LB host) are fine too, and no client connection.
 #[test]
 fn watch_probes_healthy_http_lbs_raise_nothing() {
     let lab = Lab::new();
     for name in ["nginx-healthy", "haproxy-http-healthy"] {
         let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
-        let _setup = s.setup(&lab);
-        let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
-        let results = s.drive(&lab, 4, &|_| {});
-        assert!(
-            results.iter().all(|r| r.code == "200"),
-            "{name}: {results:?}"
-        );
-        // A few probe rounds past the clients.
-        thread::sleep(Duration::from_millis(3500));
-        let (objects, _) = watch.stop();
-        let alerts: Vec<&Value> = objects.iter().filter(|o| o["type"] == "alert").collect();
-        assert!(alerts.is_empty(), "alerts on {name}: {alerts:#?}");
-        let health = objects
-            .iter()
-            .rfind(|o| o["type"] == "health")
-            .expect("a health line");
+        let health = healthy(&lab, name);
         assert_eq!(health["probes"][s.vip()], "fine", "{name}: {health}");
-        for b in s.backends() {
-            assert_eq!(health["probes"][&b], "fine", "{name}: {health}");
-        }
-        assert_eq!(health["connections"], results.len(), "{name}: {health}");
     }
+}
+
+/// Sets up the healthy scenario `name`, arms the tripwire with the probes every second, drives
+/// client requests (all served) and asserts: no alert, each client connection counted once
+/// (the probes' are not), every backend's probes fine. Returns the last health line.
+fn healthy(lab: &Lab, name: &str) -> Value {
+    let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+    let _setup = s.setup(lab);
+    let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
+    let results = s.drive(lab, 4, &|_| {});
+    assert!(
+        results.iter().all(|r| r.code == "200" || r.code == "ok"),
+        "{name}: {results:?}"
+    );
+    // Past every timeout (3 s), a tick and a few probe rounds.
+    thread::sleep(Duration::from_millis(4500));
+    let (objects, _) = watch.stop();
+    let alerts: Vec<&Value> = objects.iter().filter(|o| o["type"] == "alert").collect();
+    assert!(alerts.is_empty(), "alerts on {name}: {alerts:#?}");
+    let health = objects
+        .iter()
+        .rfind(|o| o["type"] == "health")
+        .expect("a health line")
+        .clone();
+    assert_eq!(health["connections"], results.len(), "{name}: {health}");
+    for b in s.backends() {
+        assert_eq!(health["probes"][&b], "fine", "{name}: {health}");
+    }
+    health
 }
 
 /// be2 connects and answers every request with HTTP 500: the tripwire's own HTTP probes name it
@@ -477,27 +480,13 @@ fn probes_find(name: &str, health: &str, words: &str) {
     let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
     let armed = t0.elapsed();
     let be = backend(1);
-    let (alert, latency) = alert_after(
-        &watch,
-        &format!("backend_{health}:{be}"),
+    let probe = ProbeAlert {
         t0,
-        Duration::from_secs(10),
-    );
-    assert_eq!(alert["alert"]["evidence"], "probe", "{alert}");
-    assert!(
-        alert["alert"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(words) && m.contains("probe")),
-        "{alert}"
-    );
-    // The first probe runs as the tripwire arms, the second one interval later.
-    assert_step3(
-        &alert,
-        &be,
-        latency.saturating_sub(armed),
-        Duration::from_secs(3),
-        name,
-    );
+        armed,
+        words,
+        bound: Duration::from_secs(3),
+    };
+    probe.assert(&watch, &format!("backend_{health}:{be}"), &be, name);
     let results = s.drive(&lab, 4, &|_| {});
     eprintln!("{name}: {results:?}");
     thread::sleep(Duration::from_millis(2500));
