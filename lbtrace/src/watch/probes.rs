@@ -130,6 +130,8 @@ pub struct Prober {
     windows: BTreeMap<SocketAddr, VecDeque<ProbeReport>>,
     /// Each target's last probe.
     pub state: BTreeMap<SocketAddr, State>,
+    /// Every backend given has a port, so is probed.
+    every_backend: bool,
 }
 
 impl Prober {
@@ -164,6 +166,7 @@ impl Prober {
                 tx,
                 windows: BTreeMap::new(),
                 state: BTreeMap::new(),
+                every_backend: backends.iter().all(|b| b.port.is_some()),
             },
             rx,
         ))
@@ -230,13 +233,17 @@ impl Prober {
         self.targets.iter().any(|&(t, vip)| vip && t == target)
     }
 
-    /// Every backend has been probed, and its last probes are fine.
+    /// Every backend given has been probed (one without a port cannot be), and its last probes
+    /// are fine.
     pub fn backends_fine(&self) -> bool {
-        self.targets.iter().filter(|(_, vip)| !vip).all(|(t, _)| {
-            self.state
-                .get(t)
-                .is_some_and(|s| s.up && s.result == Health::Fine.name())
-        })
+        let mut backends = self.targets.iter().filter(|(_, vip)| !vip).peekable();
+        self.every_backend
+            && backends.peek().is_some()
+            && backends.all(|(t, _)| {
+                self.state
+                    .get(t)
+                    .is_some_and(|s| s.up && s.result == Health::Fine.name())
+            })
     }
 }
 
@@ -374,6 +381,12 @@ mod tests {
             matches!(&f, Finding::LbServesErrors { what, .. } if what.starts_with("the LB serves errors: the LB host's own requests to the VIP got HTTP 503 (3 of 3 probes) while every backend")),
             "{f:?}"
         );
+        // A backend without a port is not probed: not known fine.
+        let ep = |s: &str| s.parse::<Endpoint>().unwrap();
+        let (mut q, _rx) =
+            Prober::new(&[ep(VIP)], &[ep(BE1), ep("10.10.3.13")], p.args.clone()).expect("targets");
+        q.done(answer(BE1, 200, 2.0));
+        assert!(!q.backends_fine());
         // Unreachable from the LB host (a Layer-4 VIP), or slow: no finding.
         let j = p.done(done(VIP, TcpOutcome::Refused { after_ms: 0.1 }, None));
         assert_eq!(j.serves_errors(true), None);
