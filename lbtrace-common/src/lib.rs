@@ -59,6 +59,8 @@ pub mod family {
 ///   before 5.17, which have no reasons; `ifindex` is the skb's device, 0 when it had none. The
 ///   first 8 bytes of `outer_src` (unused by drops otherwise) hold the tracepoint's `location`,
 ///   the kernel text address that freed the packet, native-endian ([`Event::location`]).
+///
+/// `mss` is read from SYN and SYN-ACK packet events only (the option walk runs on nothing else).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -83,7 +85,10 @@ pub struct Event {
     pub icmp_code: u8,
     /// Bytes of TCP payload in the packet (PACKET and DROP), as far as the headers tell.
     pub payload_len: u16,
-    pub _pad: [u8; 4],
+    /// The MSS option of a SYN or SYN-ACK (`PACKET` events), 0 for other packets and for a SYN
+    /// without one.
+    pub mss: u16,
+    pub _pad: [u8; 2],
 }
 
 pub const EVENT_SIZE: usize = 104;
@@ -127,7 +132,8 @@ impl Event {
             icmp_type: 0,
             icmp_code: 0,
             payload_len: 0,
-            _pad: [0; 4],
+            mss: 0,
+            _pad: [0; 2],
         }
     }
 }

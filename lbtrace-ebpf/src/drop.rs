@@ -161,7 +161,8 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
         icmp_type: 0,
         icmp_code: 0,
         payload_len: l4_len.saturating_sub(t.doff()),
-        _pad: [0; 4],
+        mss: 0,
+        _pad: [0; 2],
     });
     Some(())
 }

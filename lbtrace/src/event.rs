@@ -54,6 +54,8 @@ pub struct KernelEvent {
     pub seq: u32,
     pub ack: u32,
     pub payload_len: u16,
+    /// The MSS option of a SYN or SYN-ACK packet event; 0 for others and for a SYN without one.
+    pub mss: u16,
     pub detail: Detail,
     /// Drops: the kernel text address that freed the packet (`skb:kfree_skb`'s `location`);
     /// 0 for other events.
@@ -156,6 +158,11 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             0
         },
         payload_len: ev.payload_len,
+        mss: if ev.kind == kind::PACKET && ev.tcp_flags & tcp_flag::SYN != 0 {
+            ev.mss
+        } else {
+            0
+        },
         location: if ev.kind == kind::DROP {
             ev.location()
         } else {
@@ -268,6 +275,30 @@ mod tests {
         // No ACK flag: the ack field means nothing and reads 0, as in tcpdump.
         assert_eq!(e.ack, 0);
         assert_eq!(e.detail, Detail::Packet);
+        assert_eq!(e.mss, 0);
+        let e = decode(&record(|ev| ev.mss = 1460)).unwrap();
+        assert_eq!(e.mss, 1460);
+    }
+
+    #[test]
+    fn mss_is_read_from_syn_packets_only() {
+        let mss = |f: fn(&mut Event)| {
+            decode(&record(|ev| {
+                ev.mss = 1220;
+                f(ev);
+            }))
+            .unwrap()
+            .mss
+        };
+        assert_eq!(mss(|ev| ev.tcp_flags = tcp_flag::SYN | tcp_flag::ACK), 1220);
+        assert_eq!(mss(|ev| ev.tcp_flags = tcp_flag::FIN | tcp_flag::ACK), 0);
+        assert_eq!(
+            mss(|ev| {
+                ev.kind = kind::DROP;
+                ev.hook = hook::KFREE_SKB;
+            }),
+            0
+        );
     }
 
     #[test]

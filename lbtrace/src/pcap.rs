@@ -196,6 +196,7 @@ mod tests {
             seq: 1000,
             ack: 0,
             payload_len: 0,
+            mss: 0,
             detail: Detail::Packet,
             location: 0,
         }

@@ -32,6 +32,9 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub len: u16,
+    /// The MSS option of a SYN or SYN-ACK; absent for other packets and a SYN without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mss: Option<u16>,
 }
 
 /// A TCP control packet of a watched tuple (`"type": "packet"`).
@@ -109,6 +112,7 @@ impl EventRecord {
             seq: ev.seq,
             ack: ev.ack,
             len: ev.payload_len,
+            mss: (ev.mss != 0).then_some(ev.mss),
         };
         match &ev.detail {
             Detail::Packet => Self::Packet(PacketRecord {
@@ -175,6 +179,7 @@ impl EventRecord {
                 seq: t.seq,
                 ack: t.ack,
                 payload_len: t.len,
+                mss: t.mss.unwrap_or(0),
                 detail,
                 location: 0,
             })
@@ -199,6 +204,7 @@ impl EventRecord {
                 seq: i.inner_seq,
                 ack: 0,
                 payload_len: 0,
+                mss: 0,
                 detail: Detail::Icmp {
                     outer_src: i.src,
                     outer_dst: i.dst,
@@ -290,15 +296,18 @@ mod tests {
             ..pkt(7, Dir::In, "10.0.0.1:4000", "10.0.0.9:80", 0, 55, 0)
         };
         for ev in [
-            pkt(
-                5,
-                Dir::Out,
-                "10.0.0.10:80",
-                "10.0.0.5:4000",
-                SYN | ACK,
-                77,
-                1001,
-            ),
+            KernelEvent {
+                mss: 1460,
+                ..pkt(
+                    5,
+                    Dir::Out,
+                    "10.0.0.10:80",
+                    "10.0.0.5:4000",
+                    SYN | ACK,
+                    77,
+                    1001,
+                )
+            },
             pkt(
                 6,
                 Dir::In,

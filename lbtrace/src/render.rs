@@ -165,6 +165,9 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         if t.flags.contains('.') {
             s.push_str(&format!(", ack {}", t.ack));
         }
+        if let Some(mss) = t.mss {
+            s.push_str(&format!(", mss {mss}"));
+        }
         s.push_str(&format!(", length {}", t.len));
         s
     };
@@ -193,4 +196,44 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
 pub fn write_line(out: &mut impl Write, line: &str) -> std::io::Result<()> {
     out.write_all(line.as_bytes())?;
     out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use lbtrace_common::tcp_flag::{ACK, SYN};
+
+    use super::*;
+    use crate::{event::KernelEvent, testutil::pkt};
+
+    #[test]
+    fn syn_lines_show_the_mss() {
+        let line = |ev: &KernelEvent| {
+            let (clock, reasons) = (Clock::new(), DropReasons::default());
+            event_text(ev, &clock, &mut IfNames::default(), &reasons, Some(0))
+        };
+        let syn = KernelEvent {
+            mss: 1460,
+            ..pkt(1, Dir::In, "10.0.0.5:4000", "10.0.0.10:80", SYN, 7, 0)
+        };
+        assert!(
+            line(&syn)
+                .ends_with("10.0.0.5:4000 > 10.0.0.10:80: Flags [S], seq 7, mss 1460, length 0"),
+            "{}",
+            line(&syn)
+        );
+        let ack = pkt(
+            2,
+            Dir::Out,
+            "10.0.0.10:80",
+            "10.0.0.5:4000",
+            SYN | ACK,
+            9,
+            8,
+        );
+        assert!(
+            line(&ack).ends_with("Flags [S.], seq 9, ack 8, length 0"),
+            "{}",
+            line(&ack)
+        );
+    }
 }
