@@ -80,6 +80,17 @@ pub struct DropRecord {
     pub tcp: Tcp,
 }
 
+/// A segment of a watched tuple the LB host's TCP stack retransmitted (`"type": "retrans"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RetransRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    /// At least a full MSS of data (`len` >= `mss`).
+    pub full_size: bool,
+    #[serde(flatten)]
+    pub tcp: Tcp,
+}
+
 /// One kernel event as printed: the event object of docs/output.md.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -87,6 +98,7 @@ pub enum EventRecord {
     Packet(PacketRecord),
     Icmp(IcmpRecord),
     Drop(DropRecord),
+    Retrans(RetransRecord),
 }
 
 impl EventRecord {
@@ -144,6 +156,11 @@ impl EventRecord {
                 location: reasons.location(ev.location),
                 tcp: tcp(),
             }),
+            Detail::Retrans => Self::Retrans(RetransRecord {
+                seen,
+                full_size: ev.full_size(),
+                tcp: tcp(),
+            }),
         }
     }
 
@@ -153,6 +170,7 @@ impl EventRecord {
             Self::Packet(p) => &p.seen,
             Self::Icmp(i) => &i.seen,
             Self::Drop(d) => &d.seen,
+            Self::Retrans(r) => &r.seen,
         }
     }
 
@@ -193,6 +211,7 @@ impl EventRecord {
                     reason: d.reason_code,
                 },
             ),
+            Self::Retrans(r) => from_tcp(Some(Dir::Out), &r.tcp, Detail::Retrans),
             Self::Icmp(i) => Some(KernelEvent {
                 ts_ns: seen.ts_ns,
                 ifindex: seen.ifindex,
@@ -319,6 +338,14 @@ mod tests {
             ),
             drop(8, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1000, 6),
             icmp,
+            KernelEvent {
+                ifindex: 0,
+                hook: Hook::TcpRetransmit,
+                payload_len: 1448,
+                mss: 1448,
+                detail: Detail::Retrans,
+                ..pkt(9, Dir::Out, "10.0.0.10:80", "10.0.0.5:4000", ACK, 5000, 77)
+            },
         ] {
             let rec = EventRecord::of(&ev, &Clock::new(), &mut IfNames::default(), &reasons());
             let json = serde_json::to_string(&rec).unwrap();

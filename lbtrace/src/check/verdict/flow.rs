@@ -37,6 +37,8 @@ pub struct Flow {
     pub client_closes: Vec<usize>,
     pub drops: Vec<usize>,
     pub icmp: Vec<usize>,
+    /// Segments the LB host retransmitted to the client (Layer 7: the LB is the client's peer).
+    pub retrans: Vec<usize>,
 }
 
 impl Flow {
@@ -291,6 +293,9 @@ pub fn classify(f: &Facts<'_>) -> Classified {
         match (&e.detail, to_vip) {
             (Detail::Drop { .. }, _) => fl.drops.push(i),
             (Detail::Icmp { .. }, _) => fl.icmp.push(i),
+            (Detail::Retrans, false) => fl.retrans.push(i),
+            // The LB host as the client of its own VIP: the probes cover it.
+            (Detail::Retrans, true) => {}
             (Detail::Packet, true) => {
                 if e.is_syn() {
                     fl.isn.get_or_insert(e.seq);
