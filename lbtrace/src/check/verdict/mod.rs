@@ -28,7 +28,7 @@ pub use backends::{BackendFinding, BackendsFinding, LbToBackend};
 pub use client::ClientFinding;
 pub use handling::{HandlingFinding, Outcomes};
 pub use host::{HostFacts, HostFinding};
-pub use return_path::ReturnFinding;
+pub use return_path::{ReturnFinding, Side};
 
 use crate::{checklist::Step, endpoint::Endpoint, event::KernelEvent, kernel::btf::DropReasons};
 use flow::Flow;
