@@ -141,14 +141,17 @@ pub const BACKENDS: [Backend; 3] = [
 ];
 
 /// The backends' HTTP server: dual-stack on port 8080, `GET /` answers 200 with
-/// `hello from <name>`, HTTP/1.0 (the server closes every connection, so no connection outlives
+/// `hello from <name>` (`GET /big`: [`BIG_BODY`] bytes, for path-MTU faults), HTTP/1.0 (the server closes every connection, so no connection outlives
 /// its request). Prints `ready` once it listens.
 const HTTP_SERVER: &str = r#"
 import http.server, socket, socketserver, sys
 name = sys.argv[1]
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = ("hello from %s\n" % name).encode()
+        if self.path.startswith("/big"):
+            body = b"x" * 200000
+        else:
+            body = ("hello from %s\n" % name).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -167,6 +170,9 @@ server = Server(("::", int(sys.argv[2])), Handler)
 print("ready", flush=True)
 server.serve_forever()
 "#;
+
+/// Bytes of the backends' `GET /big` answer (what the server script writes).
+pub const BIG_BODY: usize = 200_000;
 
 /// The lab. Fields drop in declaration order: processes first, then namespaces, then the
 /// temporary directory.

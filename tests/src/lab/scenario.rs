@@ -74,6 +74,11 @@ pub enum FaultKind {
     RepliesDropped,
     /// HAProxy with `maxconn 1` and `backlog 1`, held by three idle clients.
     AcceptQueueFull,
+    /// A path-MTU black hole between the lb and the client; the client fetches `/big` (a
+    /// 200 KB answer) when `large`, `/` otherwise.
+    PathMtuBlackHole {
+        large: bool,
+    },
 }
 
 /// One scenario: `name` is what `cargo xtask demo NAME` takes, and with `-` as `_` the suffix of
@@ -155,6 +160,10 @@ pub const SCENARIOS: &[Scenario] = &[
         "a router drops the LB's replies (SYN-ACKs) to the client"),
     sc("haproxy-http-accept-queue-full", L::HaproxyHttp, F::AcceptQueueFull, Family::V4,
         "HAProxy (maxconn 1, backlog 1) is held by idle clients: its accept queue is full"),
+    sc("haproxy-http-path-mtu-black-hole", L::HaproxyHttp, F::PathMtuBlackHole { large: true }, Family::V4,
+        "the link to the client has a smaller MTU and ICMP fragmentation-needed is dropped: large replies never arrive"),
+    sc("haproxy-http-path-mtu-small-replies", L::HaproxyHttp, F::PathMtuBlackHole { large: false }, Family::V4,
+        "the same path-MTU black hole, with small replies only: they all arrive"),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -249,6 +258,7 @@ impl Scenario {
             F::BackendsBypassLb => Some(lab.fault_backends_bypass_lb()),
             F::RepliesDropped => Some(lab.fault_replies_dropped()),
             F::AcceptQueueFull => Some(lab.fault_accept_queue_full()),
+            F::PathMtuBlackHole { .. } => Some(lab.fault_path_mtu_black_hole()),
         };
         Setup { fault, lb }
     }
@@ -273,7 +283,11 @@ impl Scenario {
                 format!("https://{TLS_NAME}/"),
             ]);
         } else {
-            argv.push(self.family.url(vip, self.lb.port()));
+            let mut url = self.family.url(vip, self.lb.port());
+            if self.fault == (F::PathMtuBlackHole { large: true }) {
+                url.push_str("big");
+            }
+            argv.push(url);
         }
         argv
     }

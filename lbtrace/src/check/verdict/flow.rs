@@ -89,11 +89,15 @@ impl Flow {
 
     /// The answering side sent data. Its FIN carries the exact count (seq = ISN + 1 + bytes);
     /// without one, the client's acknowledgement tells (ack = ISN + 1 + bytes, + 1 once the
-    /// answering side's FIN arrived, which this branch excludes).
+    /// answering side's FIN arrived, which this branch excludes). A retransmission of data by
+    /// the LB host proves it too, whether or not the data arrived (step 4's business).
     pub fn server_sent_data(&self, events: &[KernelEvent]) -> bool {
         let Some(sisn) = self.server_isn else {
             return false;
         };
+        if self.lb_retransmitted_data(events) {
+            return true;
+        }
         let past = |i: &usize| seq_past(events[*i].seq, sisn) || events[*i].payload_len > 0;
         if !self.lb_fins.is_empty() {
             return self.lb_fins.iter().any(past);
@@ -105,9 +109,19 @@ impl Flow {
                 .any(|&i| seq_past(events[i].ack, sisn))
     }
 
+    /// The LB host retransmitted data to the client: it answered, the answer was not
+    /// acknowledged.
+    pub fn lb_retransmitted_data(&self, events: &[KernelEvent]) -> bool {
+        self.retrans.iter().any(|&i| events[i].payload_len > 0)
+    }
+
     /// The client closed first, after sending a request and before receiving a byte: it gave up
-    /// waiting (a hang), whatever the LB did after that.
+    /// waiting (a hang), whatever the LB did after that. Not when the LB retransmitted data to
+    /// it: then the LB answered and the answer got lost on the way (step 4).
     pub fn client_gave_up(&self, events: &[KernelEvent]) -> bool {
+        if self.lb_retransmitted_data(events) {
+            return false;
+        }
         let (Some(isn), Some(sisn)) = (self.isn, self.server_isn) else {
             return false;
         };

@@ -706,6 +706,9 @@ fn full_size_retransmissions_without_icmp_are_a_path_mtu_black_hole() {
     );
     assert_eq!(v.steps[3].status, Status::Fail, "{v:#?}");
     assert_eq!(v.first_failed_step, Some(Step::ReturnPath));
+    // The LB answered (it retransmitted its answer): no hang at step 2, though the client gave
+    // up without a byte.
+    assert_eq!(statuses(&v)[..3], [Status::Pass; 3], "{v:#?}");
     // The evidence names the retransmissions.
     let ev = stalled_l7(&[1448, 1448, 1448, 1448]);
     assert!(
