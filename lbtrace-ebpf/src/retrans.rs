@@ -32,20 +32,30 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
     let sport: u16 = read(sk, so.num)?;
     let dport = u16::from_be(read(sk, so.dport)?);
     let p = ports(sport, dport)?;
+    let v4 = || -> Option<(u8, [u8; 16], [u8; 16])> {
+        let (s, d): (u32, u32) = (read(sk, so.rcv_saddr)?, read(sk, so.daddr)?);
+        let addr = |a: u32| {
+            let b = a.to_ne_bytes();
+            [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        };
+        Some((family::V4, addr(s), addr(d)))
+    };
     let (fam, saddr, daddr) = match read::<u16>(sk, so.family)? {
-        AF_INET => {
-            let (s, d): (u32, u32) = (read(sk, so.rcv_saddr)?, read(sk, so.daddr)?);
-            let v4 = |a: u32| {
-                let b = a.to_ne_bytes();
-                [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-            };
-            (family::V4, v4(s), v4(d))
+        AF_INET => v4()?,
+        AF_INET6 => {
+            let d = read_buf::<16>(sk + u64::from(so.v6_daddr))?;
+            // An IPv4 peer of a dual-stack socket (::ffff:a.b.c.d): its IPv4 fields hold the
+            // tuple, and the endpoints are watched as IPv4.
+            if d[..10] == [0; 10] && d[10] == 0xff && d[11] == 0xff {
+                v4()?
+            } else {
+                (
+                    family::V6,
+                    read_buf::<16>(sk + u64::from(so.v6_rcv_saddr))?,
+                    d,
+                )
+            }
         }
-        AF_INET6 => (
-            family::V6,
-            read_buf::<16>(sk + u64::from(so.v6_rcv_saddr))?,
-            read_buf::<16>(sk + u64::from(so.v6_daddr))?,
-        ),
         _ => return None,
     };
     watched(fam, saddr, daddr, &p)?;
