@@ -92,8 +92,13 @@ pub fn announce(tracer: &Tracer) {
         .collect();
     eprintln!("lbtrace: watching {}", eps.join(", "));
     eprintln!(
-        "lbtrace: attached to {}; kernel drops via skb:kfree_skb",
-        ifs.join(", ")
+        "lbtrace: attached to {}; kernel drops via skb:kfree_skb{}",
+        ifs.join(", "),
+        if tracer.retransmits {
+            ", retransmissions via tcp:tcp_retransmit_skb"
+        } else {
+            ""
+        }
     );
     for note in &tracer.notes {
         eprintln!("lbtrace: note: {note}");

@@ -55,7 +55,8 @@ fn truncated_ipv4_with_options() {
 #[test]
 fn truncated_tcp_options_still_give_the_record() {
     // Only the 20-byte fixed TCP header is needed: a SYN whose options are cut off still yields
-    // its record; payload_len comes from the IP header (so it is 0 here, not negative).
+    // its record; payload_len comes from the IP header (so it is 0 here, not negative). The MSS
+    // (the first option, bytes 54..58) is in it only when the frame holds all of it.
     let mut h = Harness::standard();
     let frame = eth(
         ETH_P_IP,
@@ -68,7 +69,10 @@ fn truncated_tcp_options_still_give_the_record() {
     );
     assert_eq!(frame.len(), 74);
     for len in 54..74 {
-        let ev = pkt4(SYN, CLIENT4, 40000, VIP4, VIP_PORT);
+        let ev = Event {
+            mss: if len >= 58 { 1460 } else { 0 },
+            ..pkt4(SYN, CLIENT4, 40000, VIP4, VIP_PORT)
+        };
         h.check(
             &format!("SYN options cut to {len}"),
             &frame[..len],

@@ -148,6 +148,13 @@ fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool, env
             p.src.starts_with('[') == (family == Family::V6),
             "a packet of the other family: {p}"
         );
+        // Linux puts an MSS option in every SYN and SYN-ACK: lbtrace read it (and tcpdump
+        // agreed on its value above).
+        assert!(
+            !p.flags.contains('S') || p.mss > 0,
+            "a SYN without its MSS: {p}\n{}",
+            trace.dump()
+        );
     }
     assert_eq!(trace.lost(), 0, "events lost\n{}", trace.dump());
 

@@ -29,7 +29,7 @@ pub use backends::{BackendFinding, BackendsFinding, LbToBackend};
 pub use client::ClientFinding;
 pub use handling::{HandlingFinding, LocalService, Outcomes};
 pub use host::{HostFacts, HostFinding};
-pub use return_path::ReturnFinding;
+pub use return_path::{ReturnFinding, Side};
 pub use unserved::Unserved;
 
 use crate::{
