@@ -243,7 +243,7 @@ fn garbage_frames_always_pass() {
                 };
             }
         }
-        for prog in PROGS {
+        for prog in h.progs.clone() {
             if kernel_refuses(prog, &f) {
                 let err = h
                     .try_run(prog, &f)
