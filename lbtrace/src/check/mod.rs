@@ -42,6 +42,8 @@ pub struct Collected {
     pub decode_errors: u64,
     /// The LB host's limits before and after the window.
     pub host: verdict::HostFacts,
+    /// How the kernel side traced (the report's `capabilities`).
+    pub capabilities: session::Capabilities,
 }
 
 pub fn facts_of(p: &ProbeReport) -> ProbeFacts {
@@ -241,6 +243,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         window: started.elapsed(),
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),
+        capabilities: session::Capabilities::of(&tracer, &cfg),
         host: verdict::HostFacts {
             before: host_before,
             after: host_after,
