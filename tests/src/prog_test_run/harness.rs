@@ -345,8 +345,8 @@ impl Harness {
         out
     }
 
-    /// Runs `frame` through all three programs, one at a time, and checks verdict, frame, records,
-    /// counters and endpoint stats after each run.
+    /// Runs `frame` through every loaded program, one at a time, and checks verdict, frame,
+    /// records, counters and endpoint stats after each run.
     pub(super) fn check(&mut self, what: &str, frame: &[u8], want: &Want) {
         for prog in self.progs.clone() {
             self.check_one(what, prog, frame, want);
