@@ -4,8 +4,8 @@
 use super::*;
 
 /// Runs every prefix of `frame` (0..len bytes) through every program. Prefixes the kernel refuses
-/// ([`kernel_refuses`]) must fail with EINVAL without counting anything; the others must pass,
-/// unmodified, write no record, and count a parse error exactly when `is_error(len)` says so.
+/// ([`Harness::kernel_refuses`]) must fail with EINVAL without counting anything; the others must
+/// pass, unmodified, write no record, and count a parse error exactly when `is_error(len)` says so.
 fn check_prefixes(h: &mut Harness, what: &str, frame: &[u8], is_error: impl Fn(usize) -> bool) {
     for len in 0..frame.len() {
         let want = if is_error(len) {
@@ -247,8 +247,8 @@ fn garbage_frames_always_pass() {
                 };
             }
         }
-        for prog in PROGS {
-            if kernel_refuses(prog, &f) {
+        for prog in h.progs.clone() {
+            if h.kernel_refuses(prog, &f) {
                 let err = h
                     .try_run(prog, &f)
                     .expect_err("the kernel ran a frame it should refuse");

@@ -311,6 +311,13 @@ fn check_haproxy_http_healthy() {
     );
     assert_backends_serve(&o, &[0, 1, 2]);
     assert_eq!(o.json["vip_probe"]["http_status"], 200, "{}", o.dump());
+    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons), no --xdp.
+    assert_eq!(
+        o.json["capabilities"],
+        serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"}),
+        "{}",
+        o.dump()
+    );
     // It ends early once every step passes.
     assert!(
         o.json["observed_seconds"].as_f64().is_some_and(|s| s < 5.5),

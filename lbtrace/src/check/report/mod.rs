@@ -149,6 +149,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "decode_errors": ctx.collected.decode_errors,
         },
         "host": host_json(&ctx.collected.host, v),
+        "capabilities": ctx.collected.capabilities,
     })
 }
 
