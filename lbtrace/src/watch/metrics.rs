@@ -319,28 +319,24 @@ pub fn render(s: &Snapshot) -> String {
 /// The host's limits: accept queues of the VIP listeners, conntrack, local ports per backend, and
 /// the kernel's own counters as counters.
 fn render_host(o: &mut String, h: &host::Sample) {
-    let _ = writeln!(
+    let gauge = |o: &mut String, name: &str, help: &str, v: fn(&host::Listen) -> u32| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for l in &h.listen {
+            let _ = writeln!(o, "{name}{{listener=\"{}\"}} {}", l.listener, v(l));
+        }
+    };
+    gauge(
         o,
-        "# HELP lbtrace_host_listen_queue Connections waiting in a VIP listener's accept queue (ss Recv-Q).\n# TYPE lbtrace_host_listen_queue gauge"
+        "lbtrace_host_listen_queue",
+        "Connections waiting in a VIP listener's accept queue (ss Recv-Q).",
+        |l| l.depth,
     );
-    for l in &h.listen {
-        let _ = writeln!(
-            o,
-            "lbtrace_host_listen_queue{{listener=\"{}\"}} {}",
-            l.listener, l.depth
-        );
-    }
-    let _ = writeln!(
+    gauge(
         o,
-        "# HELP lbtrace_host_listen_backlog A VIP listener's accept queue limit (ss Send-Q).\n# TYPE lbtrace_host_listen_backlog gauge"
+        "lbtrace_host_listen_backlog",
+        "A VIP listener's accept queue limit (ss Send-Q).",
+        |l| l.backlog,
     );
-    for l in &h.listen {
-        let _ = writeln!(
-            o,
-            "lbtrace_host_listen_backlog{{listener=\"{}\"}} {}",
-            l.listener, l.backlog
-        );
-    }
     let _ = writeln!(
         o,
         "# HELP lbtrace_host_tcp_total The kernel's TCP counters (netstat TcpExt) that show an overflowing host.\n# TYPE lbtrace_host_tcp_total counter"
@@ -373,21 +369,32 @@ fn render_host(o: &mut String, h: &host::Sample) {
     }
     let _ = writeln!(
         o,
-        "# HELP lbtrace_host_ports_used Local ports in use from a source address toward a backend.\n# TYPE lbtrace_host_ports_used gauge"
+        "# HELP lbtrace_host_ports_used Local ports in use from a source address toward a backend, by what holds them (sockets; conntrack: SNATed entries).\n# TYPE lbtrace_host_ports_used gauge"
     );
     for p in &h.ports {
         let _ = writeln!(
             o,
-            "lbtrace_host_ports_used{{source=\"{}\",backend=\"{}\"}} {}",
-            p.source, p.backend, p.used
+            "lbtrace_host_ports_used{{source=\"{}\",backend=\"{}\",by=\"{}\"}} {}",
+            p.source,
+            p.backend,
+            ports_by(p.by),
+            p.used
         );
     }
-    if let Some(p) = h.ports.first() {
-        let _ = writeln!(
-            o,
-            "# HELP lbtrace_host_ports_usable Local ports usable per destination (ip_local_port_range minus reserved).\n# TYPE lbtrace_host_ports_usable gauge\nlbtrace_host_ports_usable {}",
-            p.usable
-        );
+    let _ = writeln!(
+        o,
+        "# HELP lbtrace_host_ports_usable Ports usable per destination (sockets: ip_local_port_range minus reserved; conntrack: the SNAT range).\n# TYPE lbtrace_host_ports_usable gauge"
+    );
+    let usable: BTreeMap<&str, u32> = h.ports.iter().map(|p| (ports_by(p.by), p.usable)).collect();
+    for (by, n) in usable {
+        let _ = writeln!(o, "lbtrace_host_ports_usable{{by=\"{by}\"}} {n}");
+    }
+}
+
+fn ports_by(b: host::PortsBy) -> &'static str {
+    match b {
+        host::PortsBy::Sockets => "sockets",
+        host::PortsBy::Conntrack => "conntrack",
     }
 }
 
