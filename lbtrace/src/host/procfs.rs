@@ -5,7 +5,7 @@
 //! Every parser takes the file's text, so the rules are tested on recorded values.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr},
@@ -113,29 +113,37 @@ pub fn parse_conntrack_line(line: &str) -> Option<CtEntry> {
     })
 }
 
-/// SNATed conntrack entries per (LB source address, backend) among `lines`, for the configured
-/// backends: each holds one NAT port of that address toward that backend. Reads at most
-/// `cap` lines; true when it stopped there.
+/// NAT ports held by SNATed conntrack entries per (LB source address, backend) among `lines`,
+/// for the configured backends: the distinct reply destination ports (an entry in TIME_WAIT
+/// whose port a new connection took over shares it). Reads at most `cap` lines; true when it
+/// stopped there.
 pub fn snat_use(
     lines: impl Iterator<Item = String>,
     backends: &[Endpoint],
     cap: usize,
 ) -> (BTreeMap<(IpAddr, SocketAddr), u32>, bool) {
-    let mut n: BTreeMap<(IpAddr, SocketAddr), u32> = BTreeMap::new();
-    let mut read = 0;
-    for line in lines {
+    let mut ports: BTreeMap<(IpAddr, SocketAddr), BTreeSet<u16>> = BTreeMap::new();
+    let mut capped = false;
+    for (read, line) in lines.enumerate() {
         if read == cap {
-            return (n, true);
+            capped = true;
+            break;
         }
-        read += 1;
         let Some(e) = parse_conntrack_line(&line) else {
             continue;
         };
         if e.snat() && backends.iter().any(|b| b.matches(&e.reply_src)) {
-            *n.entry((e.reply_dst.ip(), e.reply_src)).or_default() += 1;
+            ports
+                .entry((e.reply_dst.ip(), e.reply_src))
+                .or_default()
+                .insert(e.reply_dst.port());
         }
     }
-    (n, false)
+    let n = ports
+        .into_iter()
+        .map(|(k, p)| (k, u32::try_from(p.len()).unwrap_or(u32::MAX)))
+        .collect();
+    (n, capped)
 }
 
 /// [`snat_use`] of this namespace's /proc/net/nf_conntrack; None without it.
@@ -291,6 +299,7 @@ mod tests {
     fn snat_entries_are_counted_per_address_and_backend() {
         let text = "ipv4     2 tcp      6 431999 ESTABLISHED src=10.10.1.2 dst=10.10.2.10 sport=41340 dport=80 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=40001 [ASSURED] mark=0 zone=0 use=2\n\
                     ipv4     2 tcp      6 117 TIME_WAIT src=10.10.1.2 dst=10.10.2.10 sport=41341 dport=80 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=40002 [ASSURED] mark=0 zone=0 use=2\n\
+                    ipv4     2 tcp      6 431999 ESTABLISHED src=10.10.1.2 dst=10.10.2.10 sport=41343 dport=80 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=40002 [ASSURED] mark=0 zone=0 use=2\n\
                     ipv4     2 tcp      6 117 TIME_WAIT src=10.10.1.2 dst=10.10.2.10 sport=41342 dport=80 src=10.10.3.12 dst=10.10.1.2 sport=8080 dport=41342 [ASSURED] mark=0 zone=0 use=2\n\
                     ipv4     2 udp      17 20 src=10.10.1.2 dst=10.10.3.11 sport=5353 dport=8080 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=5353 mark=0 zone=0 use=2\n\
                     ipv6     10 tcp      6 30 SYN_SENT src=fd00::2 dst=fd00:2::10 sport=5000 dport=80 [UNREPLIED] src=fd00:3::11 dst=fd00:3::1 sport=8080 dport=40000 mark=0 zone=0 use=2\n\
@@ -306,8 +315,9 @@ mod tests {
         let (n, capped) = snat_use(lines(), &backends, 100);
         assert!(!capped);
         let lb: IpAddr = "10.10.3.1".parse().unwrap();
-        // Two SNATed to be1; be2's entry is DNAT only (the reply goes to the client); UDP is not
-        // counted; the IPv6 entry is its own pair.
+        // Two NAT ports toward be1 (three entries: a TIME_WAIT one's port was taken over);
+        // be2's entry is DNAT only (the reply goes to the client); UDP is not counted; the IPv6
+        // entry is its own pair.
         assert_eq!(n.len(), 2, "{n:?}");
         assert_eq!(n[&(lb, "10.10.3.11:8080".parse().unwrap())], 2);
         let (n, capped) = snat_use(lines(), &backends, 1);
