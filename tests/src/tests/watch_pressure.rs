@@ -66,7 +66,13 @@ fn watch_alerts_syn_cookies_on_the_lb_host() {
     .unwrap_or_else(|| panic!("no syn_cookies alert\n{}", watch.dump()));
     assert_eq!(alert["alert"]["step"], 1, "{alert}");
     let msg = alert["alert"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("TcpExt.SyncookiesSent +"), "{msg}");
+    // check's words for the finding, then the counter with its before and after values.
+    assert!(
+        msg.contains("SYN cookies (SyncookiesSent +")
+            && msg.contains("[TcpExt.SyncookiesSent ")
+            && msg.contains(" -> "),
+        "{msg}"
+    );
     // The counters are exported too.
     let body = scrape(&lab, 9466);
     assert!(
