@@ -226,11 +226,7 @@ pub fn port_use(conns: &[diag::TcpSocket], backends: &[Endpoint], usable: u32) -
 
 /// SNATed conntrack entries per (LB address, backend) as port use, against the SNAT rule's
 /// range (the kernel's 1024-65535 when no rule says).
-pub fn snat_port_use(
-    snat: &BTreeMap<(IpAddr, SocketAddr), u32>,
-    nat: &nat::Nat,
-    capped: bool,
-) -> Vec<PortUse> {
+pub fn snat_port_use(snat: &procfs::SnatUse, nat: &nat::Nat, capped: bool) -> Vec<PortUse> {
     let (lo, hi) = nat.snat_ports.unwrap_or(nat::SNAT_DEFAULT_PORTS);
     let usable = u32::from(hi) - u32::from(lo) + 1;
     snat.iter()
@@ -518,9 +514,11 @@ mod tests {
         );
         let mut dnat = after.clone();
         dnat.nat.dnat = vec!["nftables lbtrace_lb/prerouting".to_owned()];
-        assert!(pressure(&before, &dnat, None).contains(&Pressure::NoForwarding {
-            dnat: dnat.nat.dnat.clone()
-        }));
+        assert!(
+            pressure(&before, &dnat, None).contains(&Pressure::NoForwarding {
+                dnat: dnat.nat.dnat.clone()
+            })
+        );
         // Observed Layer 7 wins over a rule.
         assert!(!pressure(&before, &dnat, Some(false)).contains(&no_fwd));
         // A full table is a finding without any failed insert.

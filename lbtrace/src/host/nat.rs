@@ -69,7 +69,10 @@ enum Expr {
     /// `cmp`: the value compared with.
     Cmp(Vec<u8>),
     /// `immediate`: a value loaded into a register.
-    Imm { reg: u32, data: Vec<u8> },
+    Imm {
+        reg: u32,
+        data: Vec<u8>,
+    },
     /// `nat` (DNAT or SNAT) or `masq`, with the registers of its port range.
     Nat {
         dnat: bool,
@@ -104,7 +107,10 @@ fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
 }
 
 fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
-    attrs(b).into_iter().find(|(k, _)| *k == kind).map(|(_, v)| v)
+    attrs(b)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v)
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
@@ -266,7 +272,10 @@ pub fn parse_ipvs(text: &str, vips: &[Endpoint]) -> bool {
             matches!(it.next(), Some("TCP" | "UDP" | "SCTP")).then(|| it.next())?
         })
         .filter_map(parse_ipvs_addr)
-        .any(|(a, p)| vips.iter().any(|v| v.addr == a && v.port.is_none_or(|vp| vp == p)))
+        .any(|(a, p)| {
+            vips.iter()
+                .any(|v| v.addr == a && v.port.is_none_or(|vp| vp == p))
+        })
 }
 
 /// `0A0A020A:0050` (IPv4, hex) or `[2001:db8::10]:0050`.
@@ -282,9 +291,7 @@ fn parse_ipvs_addr(s: &str) -> Option<(IpAddr, u16)> {
 
 /// The host's NAT for `vips`; what cannot be read is left out.
 pub fn read(vips: &[Endpoint]) -> Nat {
-    let mut nat = rules()
-        .map(|r| judge_rules(&r, vips))
-        .unwrap_or_default();
+    let mut nat = rules().map(|r| judge_rules(&r, vips)).unwrap_or_default();
     if std::fs::read_to_string("/proc/net/ip_vs").is_ok_and(|t| parse_ipvs(&t, vips)) {
         nat.dnat.push("ipvs".to_owned());
     }
@@ -312,7 +319,10 @@ mod tests {
     fn elem(name: &str, data: &[Vec<u8>]) -> Vec<u8> {
         let mut n = name.as_bytes().to_vec();
         n.push(0);
-        nested(NFTA_LIST_ELEM, &[nla(NFTA_EXPR_NAME, &n), nested(NFTA_EXPR_DATA, data)])
+        nested(
+            NFTA_LIST_ELEM,
+            &[nla(NFTA_EXPR_NAME, &n), nested(NFTA_EXPR_DATA, data)],
+        )
     }
 
     fn value(kind: u16, v: &[u8]) -> Vec<u8> {

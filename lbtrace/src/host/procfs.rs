@@ -113,6 +113,9 @@ pub fn parse_conntrack_line(line: &str) -> Option<CtEntry> {
     })
 }
 
+/// NAT ports in use per (LB source address, backend).
+pub type SnatUse = BTreeMap<(IpAddr, SocketAddr), u32>;
+
 /// NAT ports held by SNATed conntrack entries per (LB source address, backend) among `lines`,
 /// for the configured backends: the distinct reply destination ports (an entry in TIME_WAIT
 /// whose port a new connection took over shares it). Reads at most `cap` lines; true when it
@@ -121,7 +124,7 @@ pub fn snat_use(
     lines: impl Iterator<Item = String>,
     backends: &[Endpoint],
     cap: usize,
-) -> (BTreeMap<(IpAddr, SocketAddr), u32>, bool) {
+) -> (SnatUse, bool) {
     let mut ports: BTreeMap<(IpAddr, SocketAddr), BTreeSet<u16>> = BTreeMap::new();
     let mut capped = false;
     for (read, line) in lines.enumerate() {
@@ -147,9 +150,7 @@ pub fn snat_use(
 }
 
 /// [`snat_use`] of this namespace's /proc/net/nf_conntrack; None without it.
-pub fn conntrack_snat(
-    backends: &[Endpoint],
-) -> Option<(BTreeMap<(IpAddr, SocketAddr), u32>, bool)> {
+pub fn conntrack_snat(backends: &[Endpoint]) -> Option<(SnatUse, bool)> {
     let f = fs::File::open("/proc/net/nf_conntrack").ok()?;
     let lines = BufReader::new(f).lines().map_while(Result::ok);
     Some(snat_use(lines, backends, MAX_CONNTRACK_LINES))

@@ -311,7 +311,8 @@ fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
         ("syn_cookies", 1, "client-to-lb")
     );
     assert!(
-        a.message.contains("SyncookiesSent +4") && a.message.contains("TcpExt.SyncookiesSent 10 -> 14 (+4)"),
+        a.message.contains("SyncookiesSent +4")
+            && a.message.contains("TcpExt.SyncookiesSent 10 -> 14 (+4)"),
         "{}",
         a.message
     );
@@ -344,7 +345,10 @@ fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
         "another backend counts apart"
     );
     for _ in 0..5 {
-        assert!(al.host(2 * s, &Pressure::NoForwarding { dnat: Vec::new() }).is_none());
+        assert!(
+            al.host(2 * s, &Pressure::NoForwarding { dnat: Vec::new() })
+                .is_none()
+        );
         assert!(
             al.host(
                 2 * s,

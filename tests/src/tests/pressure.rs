@@ -360,10 +360,9 @@ fn pressure_ctrl_c_keeps_the_host_evidence() {
     let (b, a) = counter(&j, "TcpExt.ListenOverflows");
     assert!(a > b, "host.counters ListenOverflows {b} -> {a}\n{shown}");
     assert!(
-        j["steps"][0]["host"]
-            .as_array()
-            .is_some_and(|h| h.iter().any(|f| f["kind"] == "accept_queue_full"
-                && f["status"] == "fail")),
+        j["steps"][0]["host"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|f| f["kind"] == "accept_queue_full" && f["status"] == "fail")),
         "{shown}"
     );
 }
@@ -429,13 +428,17 @@ fn pressure_snat_ports_warn_then_fail() {
         "{shown}"
     );
     assert!(
-        f["summary"]
-            .as_str()
-            .is_some_and(|s| s.contains("SNAT ports from 10.10.3.1") && s.contains("nearly used up")),
+        f["summary"].as_str().is_some_and(
+            |s| s.contains("SNAT ports from 10.10.3.1") && s.contains("nearly used up")
+        ),
         "{shown}"
     );
     // The SNAT range the rule gives, read from nftables.
-    assert_eq!(j["host"]["nat"]["snat_ports"], serde_json::json!([40000, 40019]), "{shown}");
+    assert_eq!(
+        j["host"]["nat"]["snat_ports"],
+        serde_json::json!([40000, 40019]),
+        "{shown}"
+    );
     // Every NAT port held: the finding fails step 3.
     let _rest = hold_vip_connections(&lab, 3, "vip-holders-3");
     let (code, j, shown) = check_with(&lab, 1, "6s", |_| {
@@ -471,14 +474,20 @@ fn pressure_forwarding_off_under_dnat_fails_step_two() {
         .unwrap_or_else(|| panic!("no no_forwarding finding in step 2\n{shown}"));
     assert_eq!(f["status"], "fail", "{shown}");
     assert!(
-        f["summary"].as_str().is_some_and(|s| s.contains("ip_forward")),
+        f["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("ip_forward")),
         "{shown}"
     );
     // The DNAT rule for the VIP is read from nftables. On this kernel the SYN dies after its
     // DNAT (IP_INADDRERRORS, with the client's ISN), which already shows Layer 4; where no
     // SYN shows it, the rule does, and the finding names it.
     let rule = format!("nftables {}/prerouting", NftDnat::TABLE);
-    assert_eq!(j["host"]["nat"]["dnat"], serde_json::json!([rule]), "{shown}");
+    assert_eq!(
+        j["host"]["nat"]["dnat"],
+        serde_json::json!([rule]),
+        "{shown}"
+    );
     let by_rule = if j["mode"] == "l4" {
         serde_json::json!([])
     } else {
@@ -486,7 +495,9 @@ fn pressure_forwarding_off_under_dnat_fails_step_two() {
     };
     assert_eq!(f["dnat"], by_rule, "{shown}");
     assert!(
-        s2["summary"].as_str().is_some_and(|s| s.contains("ip_forward")),
+        s2["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("ip_forward")),
         "{shown}"
     );
     assert_eq!(j["host"]["ip_forward"], false, "{shown}");
@@ -501,8 +512,14 @@ fn pressure_strict_rp_filter_drops_fail_step_one() {
     // the bridge instead: the client's SYNs fail the reverse-path check.
     lab.lb
         .sysctl(&format!("net.ipv4.conf.{}.rp_filter", lab.lb_ext), "1");
-    lab.lb
-        .exec(&["ip", "route", "add", &format!("{}/32", CLIENT.v4), "dev", BRIDGE]);
+    lab.lb.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{}/32", CLIENT.v4),
+        "dev",
+        BRIDGE,
+    ]);
     let (code, j, shown) = check(&lab, || {
         curls(&lab, 2);
     });

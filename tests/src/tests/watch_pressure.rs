@@ -115,7 +115,10 @@ fn watch_alerts_a_full_accept_queue_and_its_recovery() {
     .unwrap_or_else(|| panic!("no accept_queue_full alert\n{}", watch.dump()));
     assert_eq!(
         (&alert["alert"]["step"], &alert["alert"]["evidence"]),
-        (&serde_json::Value::from(1), &serde_json::Value::from("host")),
+        (
+            &serde_json::Value::from(1),
+            &serde_json::Value::from("host")
+        ),
         "{alert}"
     );
     let msg = alert["alert"]["message"].as_str().unwrap_or_default();
@@ -132,7 +135,10 @@ fn watch_alerts_a_full_accept_queue_and_its_recovery() {
             .find(|l| l.starts_with(&format!("{name}{{listener=\"{}:{VIP_PORT}\"}}", VIP.v4)))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
     };
-    let (depth, backlog) = (gauge("lbtrace_host_listen_queue"), gauge("lbtrace_host_listen_backlog"));
+    let (depth, backlog) = (
+        gauge("lbtrace_host_listen_queue"),
+        gauge("lbtrace_host_listen_backlog"),
+    );
     assert!(
         depth.is_some() && depth >= backlog,
         "queue {depth:?} backlog {backlog:?}\n{body}"

@@ -41,7 +41,11 @@ impl Idle {
 pub fn measure(lab: &Lab, lbtrace: &Path, secs: f64, windows: usize) -> Result<Idle> {
     let mut out = Idle {
         cpu: Figure::new(SECTION, "CPU", "% core"),
-        host_sampler: Figure::new(SECTION, "CPU of the host sampler thread (part of CPU)", "% core"),
+        host_sampler: Figure::new(
+            SECTION,
+            "CPU of the host sampler thread (part of CPU)",
+            "% core",
+        ),
         rss_rest: Figure::new(SECTION, "RSS besides the ring mapping (VmRSS)", "MiB"),
         hwm_rest: Figure::new(SECTION, "peak RSS besides the ring mapping (VmHWM)", "MiB"),
         ring: Figure::new(SECTION, "ring buffer mapping, resident", "MiB"),

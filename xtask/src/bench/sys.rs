@@ -121,8 +121,8 @@ pub fn named_threads_cpu_seconds(pid: u32, comm: &str) -> Option<f64> {
         .ok()?
         .flatten()
     {
-        let named = std::fs::read_to_string(task.path().join("comm"))
-            .is_ok_and(|c| c.trim_end() == comm);
+        let named =
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == comm);
         let sched = std::fs::read_to_string(task.path().join("sched")).ok();
         if let (true, Some(ms)) = (
             named,

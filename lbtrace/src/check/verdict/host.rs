@@ -262,7 +262,9 @@ mod tests {
         );
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!((f[0].step(), f[0].status), (3, Status::Fail));
-        assert!(matches!(&f[0].pressure, Pressure::NoLocalPort { backend, .. } if backend.port() == 8080));
+        assert!(
+            matches!(&f[0].pressure, Pressure::NoLocalPort { backend, .. } if backend.port() == 8080)
+        );
         // No connection showed the mode; forwarding off under a DNAT rule for the VIP fails
         // step 2 all the same.
         let mut dnat = calm_of(&h);
