@@ -227,8 +227,7 @@ pub fn port_use(conns: &[diag::TcpSocket], backends: &[Endpoint], usable: u32) -
 /// SNATed conntrack entries per (LB address, backend) as port use, against the SNAT rule's
 /// range (the kernel's 1024-65535 when no rule says).
 pub fn snat_port_use(snat: &procfs::SnatUse, nat: &nat::Nat, capped: bool) -> Vec<PortUse> {
-    let (lo, hi) = nat.snat_ports.unwrap_or(nat::SNAT_DEFAULT_PORTS);
-    let usable = u32::from(hi) - u32::from(lo) + 1;
+    let usable = nat.snat_usable();
     snat.iter()
         .map(|(&(source, backend), &used)| PortUse {
             source,

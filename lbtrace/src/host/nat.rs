@@ -56,10 +56,11 @@ pub struct Nat {
 }
 
 impl Nat {
-    /// Ports an SNAT rule can give toward one backend from one address.
-    pub fn snat_usable(&self) -> Option<u32> {
-        self.snat_ports
-            .map(|(lo, hi)| u32::from(hi) - u32::from(lo) + 1)
+    /// Ports SNAT can give toward one backend from one address: the rule's range, or the
+    /// kernel's when no rule says.
+    pub fn snat_usable(&self) -> u32 {
+        let (lo, hi) = self.snat_ports.unwrap_or(SNAT_DEFAULT_PORTS);
+        u32::from(hi) - u32::from(lo) + 1
     }
 }
 
@@ -380,7 +381,7 @@ mod tests {
         let nat = judge_rules(&rules, &[vip]);
         assert_eq!(nat.dnat, ["nftables lbtrace_lb/prerouting"]);
         assert_eq!(nat.snat_ports, Some((40000, 40019)));
-        assert_eq!(nat.snat_usable(), Some(20));
+        assert_eq!(nat.snat_usable(), 20);
         // Another VIP is not DNATed by it; masquerade without ports uses the kernel's range.
         let other: Endpoint = "10.10.2.11:80".parse().unwrap();
         let rules = vec![
@@ -389,7 +390,7 @@ mod tests {
         ];
         let nat = judge_rules(&rules, &[other]);
         assert!(nat.dnat.is_empty());
-        assert_eq!(nat.snat_usable(), Some(64512));
+        assert_eq!(nat.snat_usable(), 64512);
         assert_eq!(judge_rules(&[], &[vip]), Nat::default());
     }
 

@@ -403,6 +403,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_gauges_per_listener_and_port_use_by_what_holds_it() {
+        let port = |by, used, usable| host::PortUse {
+            source: "10.10.3.1".parse().unwrap(),
+            backend: "10.10.3.11:8080".parse().unwrap(),
+            used,
+            usable,
+            by,
+            capped: false,
+        };
+        let h = host::Sample {
+            listen: vec![host::Listen {
+                listener: "10.10.2.10:80".parse().unwrap(),
+                depth: 2,
+                backlog: 1,
+            }],
+            ports: vec![
+                port(host::PortsBy::Sockets, 3, 28232),
+                port(host::PortsBy::Conntrack, 17, 20),
+            ],
+            ..host::Sample::default()
+        };
+        let mut o = String::new();
+        render_host(&mut o, &h);
+        for line in [
+            "# TYPE lbtrace_host_listen_queue gauge",
+            "lbtrace_host_listen_queue{listener=\"10.10.2.10:80\"} 2",
+            "# TYPE lbtrace_host_listen_backlog gauge",
+            "lbtrace_host_listen_backlog{listener=\"10.10.2.10:80\"} 1",
+            "lbtrace_host_ports_used{source=\"10.10.3.1\",backend=\"10.10.3.11:8080\",by=\"sockets\"} 3",
+            "lbtrace_host_ports_used{source=\"10.10.3.1\",backend=\"10.10.3.11:8080\",by=\"conntrack\"} 17",
+            "lbtrace_host_ports_usable{by=\"sockets\"} 28232",
+            "lbtrace_host_ports_usable{by=\"conntrack\"} 20",
+        ] {
+            assert!(o.lines().any(|l| l == line), "{line} not in\n{o}");
+        }
+    }
+
+    #[test]
     fn only_get_metrics_and_root_are_served() {
         assert_eq!(
             route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
