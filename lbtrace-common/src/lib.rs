@@ -15,6 +15,9 @@ pub mod kind {
     pub const ICMP: u8 = 2;
     /// A packet of a watched tuple freed by the kernel with a drop reason (`skb:kfree_skb`).
     pub const DROP: u8 = 3;
+    /// A TCP segment of a watched tuple retransmitted by this host's stack
+    /// (`tcp:tcp_retransmit_skb`).
+    pub const RETRANS: u8 = 4;
 }
 
 /// Where an event was seen (`Event::hook`).
@@ -24,6 +27,8 @@ pub mod hook {
     pub const XDP_INGRESS: u8 = 3;
     /// The `skb:kfree_skb` tracepoint: no direction, the interface is the skb's device (0 if none).
     pub const KFREE_SKB: u8 = 4;
+    /// The `tcp:tcp_retransmit_skb` tracepoint: sent by this host, no interface (0).
+    pub const TCP_RETRANSMIT: u8 = 5;
 }
 
 /// TCP header flag bits as they appear in byte 13 of the TCP header (`Event::tcp_flags`).
@@ -59,6 +64,12 @@ pub mod family {
 ///   before 5.17, which have no reasons; `ifindex` is the skb's device, 0 when it had none. The
 ///   first 8 bytes of `outer_src` (unused by drops otherwise) hold the tracepoint's `location`,
 ///   the kernel text address that freed the packet, native-endian ([`Event::location`]).
+/// * `RETRANS`: a segment this host's TCP stack sent again: the socket's tuple (local address
+///   and port as source), the segment's flags and first sequence number, `payload_len` its
+///   bytes of data (`skb->len`, saturated), `mss` the socket's current MSS (`mss_cache`);
+///   `ifindex` 0.
+///
+/// `mss` is read from SYN and SYN-ACK packet events only (the option walk runs on nothing else).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -83,7 +94,10 @@ pub struct Event {
     pub icmp_code: u8,
     /// Bytes of TCP payload in the packet (PACKET and DROP), as far as the headers tell.
     pub payload_len: u16,
-    pub _pad: [u8; 4],
+    /// The MSS option of a SYN or SYN-ACK (`PACKET` events), 0 for other packets and for a SYN
+    /// without one.
+    pub mss: u16,
+    pub _pad: [u8; 2],
 }
 
 pub const EVENT_SIZE: usize = 104;
@@ -127,7 +141,8 @@ impl Event {
             icmp_type: 0,
             icmp_code: 0,
             payload_len: 0,
-            _pad: [0; 4],
+            mss: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -248,6 +263,31 @@ pub struct KernelOffsets {
     pub net_inum: u32,
 }
 
+/// Kernel struct offsets the retransmission tracer needs (`SOCK_OFFSETS`), read from BTF like
+/// [`KernelOffsets`], kept apart so a kernel lacking one only loses that tracer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock_common.skc_family` (u16).
+    pub family: u32,
+    /// `skc_daddr`, `skc_rcv_saddr` (IPv4, network order).
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    /// `skc_dport` (network order), `skc_num` (host order).
+    pub dport: u32,
+    pub num: u32,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr` (in6_addr).
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    /// `sk_buff.len`, `sk_buff.cb` (whose start is `tcp_skb_cb`: seq, end_seq, ..., tcp_flags).
+    pub skb_len: u32,
+    pub skb_cb: u32,
+    /// `tcp_skb_cb.tcp_flags`.
+    pub cb_tcp_flags: u32,
+    /// `tcp_sock.mss_cache`.
+    pub mss_cache: u32,
+}
+
 /// One CPU's cursors of its packet-event ring (the `RING_CURSORS` array, one entry per possible
 /// CPU, mapped by userspace). The programs on that CPU write `head` (records published, counting
 /// from 0), the reader writes `tail` (records consumed); each sits on a cache line of its own.
@@ -314,8 +354,15 @@ pub mod names {
     /// it reads only `skb` and `location`.
     pub const PROG_KFREE_SKB_LOCATION: &str = "tp_kfree_skb_loc";
 
+    /// The retransmission tracer: raw tracepoint `tcp:tcp_retransmit_skb`.
+    pub const PROG_TCP_RETRANSMIT: &str = "tp_tcp_retransmit";
+    /// The tracepoint it attaches to.
+    pub const TP_TCP_RETRANSMIT: &str = "tcp_retransmit_skb";
+
     /// `KernelOffsets` for the drop tracer.
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+    /// `SockOffsets` for the retransmission tracer.
+    pub const GLOBAL_SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     /// `u32`: the inode number of the traced network namespace.
     pub const GLOBAL_NETNS_INUM: &str = "NETNS_INUM";
     /// `u8`: 1 when some endpoint watches all ports (port 0), so lookups try the wildcard too.
@@ -335,6 +382,7 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointStats {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::RingCursor {}
     unsafe impl aya::Pod for super::PortSlot {}
 }

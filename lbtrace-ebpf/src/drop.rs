@@ -24,14 +24,14 @@ use crate::{
 
 /// A `T` at kernel address `base + off`, or `None` when the read faults.
 #[inline(always)]
-fn read<T>(base: u64, off: u32) -> Option<T> {
+pub(crate) fn read<T>(base: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address itself and fails instead of faulting.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
 /// `N` bytes at kernel address `at`, or `None` when the read faults.
 #[inline(always)]
-fn read_buf<const N: usize>(at: u64) -> Option<[u8; N]> {
+pub(crate) fn read_buf<const N: usize>(at: u64) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
     // SAFETY: as in `read`; `buf` is N writable bytes.
     unsafe { bpf_probe_read_kernel_buf(at as *const u8, &mut buf).ok()? };
@@ -161,7 +161,8 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
         icmp_type: 0,
         icmp_code: 0,
         payload_len: l4_len.saturating_sub(t.doff()),
-        _pad: [0; 4],
+        mss: 0,
+        _pad: [0; 2],
     });
     Some(())
 }

@@ -23,6 +23,10 @@ pub(crate) const IPPROTO_ICMPV6: u8 = 58;
 pub(crate) const IP4_LEN: usize = 20;
 pub(crate) const IP6_LEN: usize = 40;
 pub(crate) const TCP_LEN: usize = 20;
+/// TCP option kinds (RFC 9293): end of list, no-operation, maximum segment size.
+pub(crate) const TCPOPT_EOL: u8 = 0;
+pub(crate) const TCPOPT_NOP: u8 = 1;
+pub(crate) const TCPOPT_MSS: u8 = 2;
 
 /// The packet a program runs on. Made only from a program context, so `[start, end)` is memory
 /// the kernel lets the program read.

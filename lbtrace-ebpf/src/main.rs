@@ -8,6 +8,8 @@
 //! * `drop`: `tp_kfree_skb` (raw tracepoint `skb:kfree_skb`): drops of watched tuples in the
 //!   traced network namespace, with the kernel's drop reason; data-packet drops are only counted.
 //!   `tp_kfree_skb_loc` is the same for kernels before 5.17 (no `reason` argument).
+//! * `retrans`: `tp_tcp_retransmit` (raw tracepoint `tcp:tcp_retransmit_skb`): segments of
+//!   watched tuples this host's TCP stack retransmits, with their length and the socket's MSS.
 //! * `lookup`: is a tuple watched (the `PORTS` / `PORT_SLOTS` / `ENDPOINTS` tables).
 //! * `ring`: writing events, every one counted as emitted or lost.
 //! * `maps`: the maps and load-time globals, shared with userspace through `lbtrace_common`.
@@ -25,6 +27,7 @@ mod header;
 mod lookup;
 mod maps;
 mod packet;
+mod retrans;
 mod ring;
 
 use aya_ebpf::{
@@ -131,6 +134,13 @@ pub fn tp_kfree_skb(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn tp_kfree_skb_loc(ctx: RawTracePointContext) -> i32 {
     let _ = drop::kfree_skb::<false>(&ctx);
+    0
+}
+
+/// `tcp:tcp_retransmit_skb(sk, skb, ...)`: fires only on a retransmission.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tp_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    let _ = retrans::tcp_retransmit_skb(&ctx);
     0
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lbtrace_common::{
     EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS,
-    MAX_PORT_SLOTS, PortSlot, RingCursor, counter,
+    MAX_PORT_SLOTS, PortSlot, RingCursor, SockOffsets, counter,
 };
 
 /// Packet events (SYN, SYN-ACK, RST, FIN): one single-producer ring per CPU, `RING_SLOTS` records
@@ -71,6 +71,21 @@ pub(crate) static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     dev_nd_net: 0,
     sk_net: 0,
     net_inum: 0,
+});
+/// Struct offsets of this kernel for the retransmission tracer.
+#[unsafe(no_mangle)]
+pub(crate) static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
+    family: 0,
+    daddr: 0,
+    rcv_saddr: 0,
+    dport: 0,
+    num: 0,
+    v6_daddr: 0,
+    v6_rcv_saddr: 0,
+    skb_len: 0,
+    skb_cb: 0,
+    cb_tcp_flags: 0,
+    mss_cache: 0,
 });
 /// The traced network namespace's inode number: drops elsewhere are ignored.
 #[unsafe(no_mangle)]

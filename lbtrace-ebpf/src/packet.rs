@@ -9,7 +9,7 @@ use lbtrace_common::{Event, counter, family, kind, tcp_flag};
 use crate::{
     header::{
         Bounds, ETH_P_IP, ETH_P_IPV6, IP4_LEN, IP6_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-        Ip4, Ip6, TCP_LEN, Tcp, l2,
+        Ip4, Ip6, TCP_LEN, TCPOPT_EOL, TCPOPT_MSS, TCPOPT_NOP, Tcp, l2,
     },
     lookup::{count_flags, ports, stats, watched},
     maps::count,
@@ -119,6 +119,11 @@ fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result
     };
     count_flags(id, flags);
     let doff = t.doff();
+    let mss = if flags & tcp_flag::SYN != 0 {
+        syn_mss(b, l3.l4, doff)
+    } else {
+        0
+    };
     S::emit(|e| {
         e.ts_ns = now_ns();
         e.ifindex = ifindex;
@@ -133,8 +138,41 @@ fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result
         e.seq = t.seq();
         e.ack = t.ack();
         e.payload_len = l3.l4_len.saturating_sub(doff);
+        e.mss = mss;
     });
     Ok(())
+}
+
+/// Options a SYN's MSS is looked for in: Linux, Windows, the BSDs and macOS send it first, a
+/// few stacks after a NOP or two. A bounded walk the verifier unrolls.
+const MSS_OPTION_WALK: usize = 4;
+
+/// The MSS option of the SYN or SYN-ACK whose TCP header is at `l4` with data offset `doff`; 0
+/// when it has none within the first [`MSS_OPTION_WALK`] options, or the options are malformed.
+#[inline(always)]
+fn syn_mss(b: &Bounds, l4: usize, doff: u16) -> u16 {
+    let end = l4 + usize::from(doff);
+    let mut off = l4 + TCP_LEN;
+    for _ in 0..MSS_OPTION_WALK {
+        // 4 bytes: an MSS option's length, and room to read any option's kind and length.
+        if off + 4 > end {
+            break;
+        }
+        let Some(o) = b.at::<4>(off) else { break };
+        match o.u8::<0>() {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => off += 1,
+            TCPOPT_MSS => return if o.u8::<1>() == 4 { o.be16::<2>() } else { 0 },
+            _ => {
+                let len = usize::from(o.u8::<1>());
+                if len < 2 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+    0
 }
 
 /// ICMP destination unreachable / time exceeded (and ICMPv6 packet too big) quoting TCP.
@@ -191,7 +229,8 @@ fn icmp(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
         icmp_type: ty,
         icmp_code,
         payload_len: 0,
-        _pad: [0; 4],
+        mss: 0,
+        _pad: [0; 2],
     });
     Ok(())
 }

@@ -131,7 +131,7 @@ fn emit_packet(fill_in: impl FnOnce(&mut Event)) {
     // SAFETY: `slot` is an `EVENTS` entry of this CPU's ring past its unread records
     // (`fill < slots`): the reader does not look at it until `head` moves. The stores stay in the
     // record and are aligned: `reason` (u32), `outer_src` + `outer_dst` (32 bytes from offset 64,
-    // as four u64), `icmp_type` + `icmp_code` (one u16), `_pad` (one u32).
+    // as four u64), `icmp_type` + `icmp_code` (one u16), `_pad` (one u16; `mss` is filled in).
     unsafe {
         write_volatile(addr_of_mut!((*slot).reason), 0);
         let outer = addr_of_mut!((*slot).outer_src).cast::<u64>();
@@ -139,7 +139,7 @@ fn emit_packet(fill_in: impl FnOnce(&mut Event)) {
             write_volatile(outer.add(i), 0);
         }
         write_volatile(addr_of_mut!((*slot).icmp_type).cast::<u16>(), 0);
-        write_volatile(addr_of_mut!((*slot)._pad).cast::<u32>(), 0);
+        write_volatile(addr_of_mut!((*slot)._pad).cast::<u16>(), 0);
         fill_in(&mut *slot);
     }
     // SAFETY: see above; the cursors are 8-byte aligned (`RingCursor` is repr(C) of u64s).

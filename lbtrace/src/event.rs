@@ -14,6 +14,8 @@ pub enum Hook {
     Tc,
     Xdp,
     KfreeSkb,
+    /// `tcp:tcp_retransmit_skb`: a segment this host's TCP stack sent again.
+    TcpRetransmit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -36,6 +38,9 @@ pub enum Detail {
     },
     /// The kernel freed the packet with this `enum skb_drop_reason` value.
     Drop { reason: u32 },
+    /// This host's TCP stack retransmitted the segment: `payload_len` is its length, `mss` the
+    /// socket's MSS.
+    Retrans,
 }
 
 /// One decoded kernel event.
@@ -54,6 +59,9 @@ pub struct KernelEvent {
     pub seq: u32,
     pub ack: u32,
     pub payload_len: u16,
+    /// The MSS option of a SYN or SYN-ACK packet event, the socket's MSS of a retransmission; 0
+    /// for others and for a SYN without one.
+    pub mss: u16,
     pub detail: Detail,
     /// Drops: the kernel text address that freed the packet (`skb:kfree_skb`'s `location`);
     /// 0 for other events.
@@ -94,6 +102,11 @@ impl KernelEvent {
     pub fn has_ack(&self) -> bool {
         self.has(tcp_flag::ACK)
     }
+
+    /// A retransmission of at least a full MSS of data (the socket's MSS known).
+    pub fn full_size(&self) -> bool {
+        matches!(self.detail, Detail::Retrans) && self.mss != 0 && self.payload_len >= self.mss
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -128,6 +141,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         hook::TC_EGRESS => (Hook::Tc, Some(Dir::Out)),
         hook::XDP_INGRESS => (Hook::Xdp, Some(Dir::In)),
         hook::KFREE_SKB => (Hook::KfreeSkb, None),
+        hook::TCP_RETRANSMIT => (Hook::TcpRetransmit, Some(Dir::Out)),
         h => return Err(DecodeError::UnknownHook(h)),
     };
     let detail = match ev.kind {
@@ -139,6 +153,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             icmp_code: ev.icmp_code,
         },
         kind::DROP => Detail::Drop { reason: ev.reason },
+        kind::RETRANS => Detail::Retrans,
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok(KernelEvent {
@@ -156,6 +171,11 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             0
         },
         payload_len: ev.payload_len,
+        mss: match ev.kind {
+            kind::PACKET if ev.tcp_flags & tcp_flag::SYN != 0 => ev.mss,
+            kind::RETRANS => ev.mss,
+            _ => 0,
+        },
         location: if ev.kind == kind::DROP {
             ev.location()
         } else {
@@ -268,6 +288,30 @@ mod tests {
         // No ACK flag: the ack field means nothing and reads 0, as in tcpdump.
         assert_eq!(e.ack, 0);
         assert_eq!(e.detail, Detail::Packet);
+        assert_eq!(e.mss, 0);
+        let e = decode(&record(|ev| ev.mss = 1460)).unwrap();
+        assert_eq!(e.mss, 1460);
+    }
+
+    #[test]
+    fn mss_is_read_from_syn_packets_only() {
+        let mss = |f: fn(&mut Event)| {
+            decode(&record(|ev| {
+                ev.mss = 1220;
+                f(ev);
+            }))
+            .unwrap()
+            .mss
+        };
+        assert_eq!(mss(|ev| ev.tcp_flags = tcp_flag::SYN | tcp_flag::ACK), 1220);
+        assert_eq!(mss(|ev| ev.tcp_flags = tcp_flag::FIN | tcp_flag::ACK), 0);
+        assert_eq!(
+            mss(|ev| {
+                ev.kind = kind::DROP;
+                ev.hook = hook::KFREE_SKB;
+            }),
+            0
+        );
     }
 
     #[test]
@@ -307,6 +351,34 @@ mod tests {
                 Detail::Drop { reason: 77 },
                 0xffff_ffff_81a0_005c
             )
+        );
+    }
+
+    #[test]
+    fn decodes_retransmissions() {
+        let retrans = |len: u16| {
+            decode(&record(|ev| {
+                ev.kind = kind::RETRANS;
+                ev.hook = hook::TCP_RETRANSMIT;
+                ev.ifindex = 0;
+                ev.tcp_flags = tcp_flag::PSH | tcp_flag::ACK;
+                ev.payload_len = len;
+                ev.mss = 1448;
+            }))
+            .unwrap()
+        };
+        let e = retrans(1448);
+        assert_eq!(
+            (e.hook, e.dir, &e.detail, e.mss),
+            (Hook::TcpRetransmit, Some(Dir::Out), &Detail::Retrans, 1448)
+        );
+        assert!(e.full_size());
+        assert!(!retrans(300).full_size());
+        // A packet event is never a full-size retransmission.
+        assert!(
+            !decode(&record(|ev| ev.payload_len = 1448))
+                .unwrap()
+                .full_size()
         );
     }
 

@@ -32,6 +32,9 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub len: u16,
+    /// The MSS option of a SYN or SYN-ACK; absent for other packets and a SYN without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mss: Option<u16>,
 }
 
 /// A TCP control packet of a watched tuple (`"type": "packet"`).
@@ -77,6 +80,17 @@ pub struct DropRecord {
     pub tcp: Tcp,
 }
 
+/// A segment of a watched tuple the LB host's TCP stack retransmitted (`"type": "retrans"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RetransRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    /// At least a full MSS of data (`len` >= `mss`).
+    pub full_size: bool,
+    #[serde(flatten)]
+    pub tcp: Tcp,
+}
+
 /// One kernel event as printed: the event object of docs/output.md.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -84,6 +98,7 @@ pub enum EventRecord {
     Packet(PacketRecord),
     Icmp(IcmpRecord),
     Drop(DropRecord),
+    Retrans(RetransRecord),
 }
 
 impl EventRecord {
@@ -109,6 +124,7 @@ impl EventRecord {
             seq: ev.seq,
             ack: ev.ack,
             len: ev.payload_len,
+            mss: (ev.mss != 0).then_some(ev.mss),
         };
         match &ev.detail {
             Detail::Packet => Self::Packet(PacketRecord {
@@ -140,6 +156,11 @@ impl EventRecord {
                 location: reasons.location(ev.location),
                 tcp: tcp(),
             }),
+            Detail::Retrans => Self::Retrans(RetransRecord {
+                seen,
+                full_size: ev.full_size(),
+                tcp: tcp(),
+            }),
         }
     }
 
@@ -149,6 +170,7 @@ impl EventRecord {
             Self::Packet(p) => &p.seen,
             Self::Icmp(i) => &i.seen,
             Self::Drop(d) => &d.seen,
+            Self::Retrans(r) => &r.seen,
         }
     }
 
@@ -175,6 +197,7 @@ impl EventRecord {
                 seq: t.seq,
                 ack: t.ack,
                 payload_len: t.len,
+                mss: t.mss.unwrap_or(0),
                 detail,
                 location: 0,
             })
@@ -188,6 +211,7 @@ impl EventRecord {
                     reason: d.reason_code,
                 },
             ),
+            Self::Retrans(r) => from_tcp(Some(Dir::Out), &r.tcp, Detail::Retrans),
             Self::Icmp(i) => Some(KernelEvent {
                 ts_ns: seen.ts_ns,
                 ifindex: seen.ifindex,
@@ -199,6 +223,7 @@ impl EventRecord {
                 seq: i.inner_seq,
                 ack: 0,
                 payload_len: 0,
+                mss: 0,
                 detail: Detail::Icmp {
                     outer_src: i.src,
                     outer_dst: i.dst,
@@ -290,15 +315,18 @@ mod tests {
             ..pkt(7, Dir::In, "10.0.0.1:4000", "10.0.0.9:80", 0, 55, 0)
         };
         for ev in [
-            pkt(
-                5,
-                Dir::Out,
-                "10.0.0.10:80",
-                "10.0.0.5:4000",
-                SYN | ACK,
-                77,
-                1001,
-            ),
+            KernelEvent {
+                mss: 1460,
+                ..pkt(
+                    5,
+                    Dir::Out,
+                    "10.0.0.10:80",
+                    "10.0.0.5:4000",
+                    SYN | ACK,
+                    77,
+                    1001,
+                )
+            },
             pkt(
                 6,
                 Dir::In,
@@ -310,6 +338,14 @@ mod tests {
             ),
             drop(8, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1000, 6),
             icmp,
+            KernelEvent {
+                ifindex: 0,
+                hook: Hook::TcpRetransmit,
+                payload_len: 1448,
+                mss: 1448,
+                detail: Detail::Retrans,
+                ..pkt(9, Dir::Out, "10.0.0.10:80", "10.0.0.5:4000", ACK, 5000, 77)
+            },
         ] {
             let rec = EventRecord::of(&ev, &Clock::new(), &mut IfNames::default(), &reasons());
             let json = serde_json::to_string(&rec).unwrap();

@@ -153,17 +153,24 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         EventRecord::Packet(p) => p.dir,
         EventRecord::Icmp(i) => i.dir,
         EventRecord::Drop(_) => None,
+        EventRecord::Retrans(_) => Some(Dir::Out),
     };
     let dir = match (rec.seen().hook, dir) {
         (Hook::Xdp, _) => "in(xdp)",
+        (Hook::TcpRetransmit, _) => "RETRANS",
         (_, Some(Dir::In)) => "in",
         (_, Some(Dir::Out)) => "out",
         (_, None) => "drop",
     };
+    // A retransmission's ack is not traced (it is written when the segment leaves).
+    let with_ack = !matches!(rec, EventRecord::Retrans(_));
     let tcp = |t: &Tcp| {
         let mut s = format!("{} > {}: Flags [{}], seq {}", t.src, t.dst, t.flags, t.seq);
-        if t.flags.contains('.') {
+        if with_ack && t.flags.contains('.') {
             s.push_str(&format!(", ack {}", t.ack));
+        }
+        if let Some(mss) = t.mss {
+            s.push_str(&format!(", mss {mss}"));
         }
         s.push_str(&format!(", length {}", t.len));
         s
@@ -182,6 +189,11 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
                 d.reason
             ),
         },
+        EventRecord::Retrans(r) => format!(
+            "{time} {iface:<10} {dir:<7} {}{}",
+            tcp(&r.tcp),
+            if r.full_size { ", full-size" } else { "" }
+        ),
         EventRecord::Icmp(i) => format!(
             "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",
             i.src, i.dst, i.what, i.icmp_type, i.icmp_code, i.inner_src, i.inner_dst, i.inner_seq
@@ -193,4 +205,59 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
 pub fn write_line(out: &mut impl Write, line: &str) -> std::io::Result<()> {
     out.write_all(line.as_bytes())?;
     out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use lbtrace_common::tcp_flag::{ACK, SYN};
+
+    use super::*;
+    use crate::{event::KernelEvent, testutil::pkt};
+
+    #[test]
+    fn syn_lines_show_the_mss() {
+        let line = |ev: &KernelEvent| {
+            let (clock, reasons) = (Clock::new(), DropReasons::default());
+            event_text(ev, &clock, &mut IfNames::default(), &reasons, Some(0))
+        };
+        let syn = KernelEvent {
+            mss: 1460,
+            ..pkt(1, Dir::In, "10.0.0.5:4000", "10.0.0.10:80", SYN, 7, 0)
+        };
+        assert!(
+            line(&syn)
+                .ends_with("10.0.0.5:4000 > 10.0.0.10:80: Flags [S], seq 7, mss 1460, length 0"),
+            "{}",
+            line(&syn)
+        );
+        let ack = pkt(
+            2,
+            Dir::Out,
+            "10.0.0.10:80",
+            "10.0.0.5:4000",
+            SYN | ACK,
+            9,
+            8,
+        );
+        assert!(
+            line(&ack).ends_with("Flags [S.], seq 9, ack 8, length 0"),
+            "{}",
+            line(&ack)
+        );
+        let retrans = KernelEvent {
+            ifindex: 0,
+            hook: Hook::TcpRetransmit,
+            payload_len: 1448,
+            mss: 1448,
+            detail: crate::event::Detail::Retrans,
+            ..pkt(3, Dir::Out, "10.0.0.10:80", "10.0.0.5:4000", ACK, 5000, 0)
+        };
+        assert!(
+            line(&retrans).ends_with(
+                " -          RETRANS 10.0.0.10:80 > 10.0.0.5:4000: Flags [.], seq 5000, mss 1448, length 1448, full-size"
+            ),
+            "{}",
+            line(&retrans)
+        );
+    }
 }

@@ -92,11 +92,78 @@ pub fn announce(tracer: &Tracer) {
         .collect();
     eprintln!("lbtrace: watching {}", eps.join(", "));
     eprintln!(
-        "lbtrace: attached to {}; kernel drops via skb:kfree_skb",
-        ifs.join(", ")
+        "lbtrace: attached to {}; kernel drops via skb:kfree_skb{}",
+        ifs.join(", "),
+        if tracer.retransmits {
+            ", retransmissions via tcp:tcp_retransmit_skb"
+        } else {
+            ""
+        }
     );
     for note in &tracer.notes {
         eprintln!("lbtrace: note: {note}");
+    }
+}
+
+/// How this run traces, as the loader and the attachments actually came out: the
+/// `capabilities` object of trace's summary, check's report and watch's health lines
+/// (docs/output.md). What degrades is said in words once, by [`announce`]'s notes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// `tcx` (bpf_links, 6.6+) or `legacy_tc` (clsact + cls_bpf filters).
+    pub attach: &'static str,
+    /// `off` (no `--xdp`), `on` (every traced interface's ingress through XDP) or `tc_fallback`
+    /// (`--xdp`, but some ingress is traced with TC: the kernel refused the program, an XDP
+    /// program was already there, or attaching failed).
+    pub xdp: &'static str,
+    /// `percpu` (per-CPU rings) or `ringbuf` (the BPF ring buffer variants, before 5.12).
+    pub packet_rings: &'static str,
+    /// `reason` (the kernel's drop reason) or `location` (the freeing function, before 5.17).
+    pub drops: &'static str,
+}
+
+impl Capabilities {
+    /// Of a started tracer; `cfg` is what it was started with.
+    pub fn of(tracer: &Tracer, cfg: &TracerConfig) -> Self {
+        Self::new(
+            tracer.tc_mode,
+            tracer.layout.mode,
+            tracer.drop_mode,
+            cfg.xdp,
+            &tracer.attachments,
+        )
+    }
+
+    fn new(
+        tc: kernel::tracer::TcMode,
+        rings: kernel::rings::RingMode,
+        drops: kernel::loader::DropMode,
+        xdp_asked: bool,
+        attachments: &[kernel::Attachment],
+    ) -> Self {
+        use kernel::{loader::DropMode, rings::RingMode, tracer::TcMode};
+        let ingress_by_tc = attachments
+            .iter()
+            .any(|a| matches!(a.hook, "tcx-ingress" | "tc-ingress"));
+        Self {
+            attach: match tc {
+                TcMode::Tcx => "tcx",
+                TcMode::Legacy => "legacy_tc",
+            },
+            xdp: match (xdp_asked, ingress_by_tc) {
+                (false, _) => "off",
+                (true, false) => "on",
+                (true, true) => "tc_fallback",
+            },
+            packet_rings: match rings {
+                RingMode::PerCpu => "percpu",
+                RingMode::RingBuf => "ringbuf",
+            },
+            drops: match drops {
+                DropMode::Reason => "reason",
+                DropMode::Location => "location",
+            },
+        }
     }
 }
 
@@ -306,6 +373,48 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn capabilities_say_what_was_picked() {
+        use crate::kernel::{Attachment, loader::DropMode, rings::RingMode, tracer::TcMode};
+        let at = |iface: &str, hook| Attachment {
+            iface: iface.to_owned(),
+            ifindex: 2,
+            hook,
+        };
+        let tcx = [at("eth0", "tcx-ingress"), at("eth0", "tcx-egress")];
+        let caps = Capabilities::new(TcMode::Tcx, RingMode::PerCpu, DropMode::Reason, false, &tcx);
+        assert_eq!(
+            serde_json::to_value(caps).unwrap(),
+            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"})
+        );
+        // 5.10: legacy TC, the ring buffer, drops by location; --xdp refused by the kernel.
+        let legacy = [at("eth0", "tc-ingress"), at("eth0", "tc-egress")];
+        let caps = Capabilities::new(
+            TcMode::Legacy,
+            RingMode::RingBuf,
+            DropMode::Location,
+            true,
+            &legacy,
+        );
+        assert_eq!(
+            serde_json::to_value(caps).unwrap(),
+            serde_json::json!({"attach": "legacy_tc", "xdp": "tc_fallback", "packet_rings": "ringbuf", "drops": "location"})
+        );
+        // --xdp on two interfaces: on while XDP has every ingress, tc_fallback once one has TC.
+        let mut both = vec![
+            at("eth0", "xdp"),
+            at("eth0", "tcx-egress"),
+            at("eth1", "xdp"),
+            at("eth1", "tcx-egress"),
+        ];
+        let xdp = |a: &[Attachment]| {
+            Capabilities::new(TcMode::Tcx, RingMode::PerCpu, DropMode::Reason, true, a).xdp
+        };
+        assert_eq!(xdp(&both), "on");
+        both[2] = at("eth1", "tcx-ingress");
+        assert_eq!(xdp(&both), "tc_fallback");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn pkt(ms: u64, dir: Dir, src: &str, dst: &str, flags: u8, seq: u32, ack: u3
         seq,
         ack,
         payload_len: 0,
+        mss: 0,
         detail: Detail::Packet,
         location: 0,
     }

@@ -91,6 +91,7 @@ pub async fn run(args: TraceArgs, shutdown: impl Future<Output = ()>) -> Result<
             .map(|(w, s)| (*w, s))
             .collect(),
         data_drops: tracer.data_drop_reasons(),
+        capabilities: session::Capabilities::of(&tracer, &cfg),
     };
     let grace = std::time::Duration::from_secs(2);
     match format {
@@ -121,6 +122,7 @@ pub struct Summary {
     pub counters: Counters,
     pub endpoints: Vec<(Watched, lbtrace_common::EndpointStats)>,
     pub data_drops: Vec<(String, u64)>,
+    pub capabilities: session::Capabilities,
 }
 
 impl Summary {
@@ -146,6 +148,7 @@ impl Summary {
                 "endpoint": w.endpoint.to_string(), "role": w.role,
                 "syn": s.syn, "syn_ack": s.syn_ack, "rst": s.rst, "fin": s.fin, "icmp": s.icmp, "drops": s.drops,
             })).collect::<Vec<_>>(),
+            "capabilities": self.capabilities,
         })
     }
 

@@ -17,6 +17,8 @@ pub struct ControlPacket {
     pub seq: u32,
     /// 0 when the ACK flag is not set.
     pub ack: u32,
+    /// The MSS option of a SYN or SYN-ACK; 0 for other packets and a SYN without one.
+    pub mss: u16,
 }
 
 impl ControlPacket {
@@ -34,8 +36,8 @@ impl fmt::Display for ControlPacket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {:<3} {} > {} [{}] seq {} ack {}",
-            self.iface, self.dir, self.src, self.dst, self.flags, self.seq, self.ack
+            "{} {:<3} {} > {} [{}] seq {} ack {} mss {}",
+            self.iface, self.dir, self.src, self.dst, self.flags, self.seq, self.ack, self.mss
         )
     }
 }
@@ -85,6 +87,7 @@ mod tests {
             flags: flags.into(),
             seq,
             ack: 0,
+            mss: 0,
         }
     }
 

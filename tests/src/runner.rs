@@ -209,6 +209,10 @@ pub fn control_packet(ev: &Value) -> ControlPacket {
         flags: string(ev, "flags"),
         seq: number(ev, "seq"),
         ack: number(ev, "ack"),
+        mss: ev["mss"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or(0),
     }
 }
 

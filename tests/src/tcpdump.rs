@@ -135,6 +135,14 @@ pub fn parse_line(line: &str) -> Option<ControlPacket> {
         } else {
             0
         },
+        // `options [mss 1460,sackOK,...]`: on SYNs and SYN-ACKs only, as lbtrace reads it.
+        mss: if flags.contains('S') {
+            rest.split_once("options [mss ")
+                .and_then(|(_, o)| o.split([',', ']']).next()?.parse().ok())
+                .unwrap_or(0)
+        } else {
+            0
+        },
     })
 }
 
@@ -159,6 +167,7 @@ mod tests {
                 flags: "S".into(),
                 seq: 123,
                 ack: 0,
+                mss: 1460,
             }
         );
         let fin = parse_line(

@@ -54,6 +54,8 @@ pub struct Collected {
     pub decode_errors: u64,
     /// The LB host's limits before and after the window.
     pub host: verdict::HostFacts,
+    /// How the kernel side traced (the report's `capabilities`).
+    pub capabilities: session::Capabilities,
 }
 
 /// The time between two probes of one target.
@@ -285,6 +287,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         window: started.elapsed(),
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),
+        capabilities: session::Capabilities::of(&tracer, &cfg),
         host: verdict::HostFacts {
             before: host_before,
             after: host_after,

@@ -19,9 +19,9 @@ const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_DUMP: u16 = 0x300;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 /// inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue, wqueue, uid, inode.
 const INET_DIAG_MSG_LEN: usize = 72;
 /// At most this many sockets are read per dump (a busy LB has many; the rest are counted).
@@ -54,11 +54,11 @@ fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
     b
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
@@ -93,17 +93,18 @@ fn parse_msg(b: &[u8]) -> Option<TcpSocket> {
     })
 }
 
-/// What one received datagram held.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Batch {
-    sockets: Vec<TcpSocket>,
-    done: bool,
-    error: Option<i32>,
+/// One netlink message of a dump: its type and body (what follows the header).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NlMsg<'a> {
+    Msg(u16, &'a [u8]),
+    Done,
+    /// NLMSG_ERROR with this errno (0: an acknowledgement).
+    Error(i32),
 }
 
-/// Parses the netlink messages of one datagram.
-fn parse_batch(mut b: &[u8]) -> Batch {
-    let mut out = Batch::default();
+/// The netlink messages of one datagram, as far as their headers are sound.
+pub(super) fn messages(mut b: &[u8]) -> Vec<NlMsg<'_>> {
+    let mut out = Vec::new();
     while b.len() >= NLMSG_HDRLEN {
         let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) else {
             break;
@@ -115,21 +116,15 @@ fn parse_batch(mut b: &[u8]) -> Batch {
         let body = &b[NLMSG_HDRLEN..len];
         match kind {
             NLMSG_DONE => {
-                out.done = true;
+                out.push(NlMsg::Done);
                 return out;
             }
             NLMSG_ERROR => {
                 let errno = u32_at(body, 0).map_or(0, |e| e as i32);
-                out.error = Some(-errno);
-                out.done = true;
+                out.push(NlMsg::Error(-errno));
                 return out;
             }
-            SOCK_DIAG_BY_FAMILY => {
-                if let Some(s) = parse_msg(body) {
-                    out.sockets.push(s);
-                }
-            }
-            _ => {}
+            _ => out.push(NlMsg::Msg(kind, body)),
         }
         // Messages are 4-byte aligned.
         let next = (len + 3) & !3;
@@ -138,13 +133,42 @@ fn parse_batch(mut b: &[u8]) -> Batch {
     out
 }
 
-fn netlink_socket() -> io::Result<OwnedFd> {
+/// What one received datagram held.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Batch {
+    sockets: Vec<TcpSocket>,
+    done: bool,
+    error: Option<i32>,
+}
+
+/// Parses the netlink messages of one datagram.
+fn parse_batch(b: &[u8]) -> Batch {
+    let mut out = Batch::default();
+    for m in messages(b) {
+        match m {
+            NlMsg::Done => out.done = true,
+            NlMsg::Error(errno) => {
+                out.error = Some(errno);
+                out.done = true;
+            }
+            NlMsg::Msg(SOCK_DIAG_BY_FAMILY, body) => {
+                if let Some(s) = parse_msg(body) {
+                    out.sockets.push(s);
+                }
+            }
+            NlMsg::Msg(..) => {}
+        }
+    }
+    out
+}
+
+fn netlink_socket(protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
+            protocol,
         )
     };
     if fd < 0 {
@@ -170,10 +194,14 @@ fn netlink_socket() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Every TCP socket of `family` (AF_INET / AF_INET6) in one of `states` (bit n = state n).
-pub fn dump(family: u8, states: u32) -> io::Result<Vec<TcpSocket>> {
-    let fd = netlink_socket()?;
-    let req = request(family, states, 1);
+/// Sends the dump request `req` on a netlink socket of `protocol` and hands every datagram of
+/// the answer to `each` until the dump ends or `each` returns false (enough read).
+pub(super) fn dump_with(
+    protocol: libc::c_int,
+    req: &[u8],
+    mut each: impl FnMut(&[u8]) -> io::Result<bool>,
+) -> io::Result<()> {
+    let fd = netlink_socket(protocol)?;
     // SAFETY: a zeroed sockaddr_nl is the kernel's address (nl_pid 0).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -192,7 +220,6 @@ pub fn dump(family: u8, states: u32) -> io::Result<Vec<TcpSocket>> {
         return Err(io::Error::last_os_error());
     }
     let mut buf = vec![0u8; 64 * 1024];
-    let mut sockets = Vec::new();
     loop {
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -200,19 +227,25 @@ pub fn dump(family: u8, states: u32) -> io::Result<Vec<TcpSocket>> {
             return Err(io::Error::last_os_error());
         }
         let n = usize::try_from(n).unwrap_or(0);
-        if n == 0 {
-            break;
+        if n == 0 || !each(&buf[..n])? {
+            return Ok(());
         }
-        let batch = parse_batch(&buf[..n]);
+    }
+}
+
+/// Every TCP socket of `family` (AF_INET / AF_INET6) in one of `states` (bit n = state n).
+pub fn dump(family: u8, states: u32) -> io::Result<Vec<TcpSocket>> {
+    let req = request(family, states, 1);
+    let mut sockets = Vec::new();
+    dump_with(NETLINK_SOCK_DIAG, &req, |datagram| {
+        let batch = parse_batch(datagram);
         if let Some(errno) = batch.error.filter(|e| *e != 0) {
             return Err(io::Error::from_raw_os_error(errno));
         }
         let room = MAX_SOCKETS.saturating_sub(sockets.len());
         sockets.extend(batch.sockets.into_iter().take(room));
-        if batch.done {
-            break;
-        }
-    }
+        Ok(!batch.done)
+    })?;
     Ok(sockets)
 }
 

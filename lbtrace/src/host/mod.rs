@@ -7,7 +7,9 @@
 //! in a [`Pressure`] carry their before and after values.
 
 pub mod diag;
+pub mod nat;
 pub mod procfs;
+pub mod words;
 
 use std::{
     collections::BTreeMap,
@@ -40,14 +42,29 @@ pub struct Listen {
     pub backlog: u32,
 }
 
+/// What holds the ports of a [`PortUse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortsBy {
+    /// The LB's own sockets (a proxy's backend connections), from `ip_local_port_range`.
+    Sockets,
+    /// SNATed conntrack entries (nftables masquerade / snat), from the SNAT rule's range.
+    Conntrack,
+}
+
 /// Local ports in use from one source address toward one backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PortUse {
     pub source: IpAddr,
     pub backend: SocketAddr,
     pub used: u32,
-    /// Ports of `ip_local_port_range` minus `ip_local_reserved_ports`.
+    /// Sockets: ports of `ip_local_port_range` minus `ip_local_reserved_ports`; conntrack: the
+    /// SNAT rule's port range (1024-65535 when it gives none).
     pub usable: u32,
+    pub by: PortsBy,
+    /// Conntrack's table was read only in part ([`procfs::MAX_CONNTRACK_LINES`]): `used` is a
+    /// lower bound.
+    pub capped: bool,
 }
 
 /// One reading of the host's limits.
@@ -61,17 +78,20 @@ pub struct Sample {
     /// Interfaces whose effective rp_filter is strict (1).
     pub rp_filter_strict: Vec<String>,
     pub syncookies: Option<u8>,
+    /// How the host NATs the VIPs (DNAT rules, IPVS) and the SNAT port range.
+    pub nat: nat::Nat,
 }
 
 /// Samples the host again and again (the tripwire): everything each time but the connection
-/// dump behind the port counts, which on a busy LB is the only read that costs (tens of ms for
-/// 100,000 sockets), so it is refreshed every `ports_every` only.
+/// and conntrack dumps behind the port counts (and the NAT rules that go with them), which on a
+/// busy LB are the only reads that cost (tens of ms for 100,000 sockets), so they are refreshed
+/// every `ports_every` only.
 pub struct Sampler {
     pub vips: Vec<Endpoint>,
     pub backends: Vec<Endpoint>,
     pub ifaces: Vec<String>,
     pub ports_every: std::time::Duration,
-    ports: Option<(std::time::Instant, Vec<PortUse>)>,
+    ports: Option<(std::time::Instant, Vec<PortUse>, nat::Nat)>,
 }
 
 impl Sampler {
@@ -106,12 +126,13 @@ impl Sampler {
         let fresh = self
             .ports
             .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= self.ports_every);
+            .is_none_or(|(at, ..)| at.elapsed() >= self.ports_every);
         let mut s = sample_with(&self.vips, &self.backends, &self.ifaces, fresh);
         if fresh {
-            self.ports = Some((std::time::Instant::now(), s.ports.clone()));
-        } else if let Some((_, ports)) = &self.ports {
+            self.ports = Some((std::time::Instant::now(), s.ports.clone(), s.nat.clone()));
+        } else if let Some((_, ports, nat)) = &self.ports {
             s.ports.clone_from(ports);
+            s.nat.clone_from(nat);
         }
         s
     }
@@ -144,12 +165,23 @@ fn sample_with(
         .iter()
         .filter_map(|k| all.get(*k).map(|v| ((*k).to_owned(), *v)))
         .collect();
-    let ports = match (backends.is_empty() || !with_ports, procfs::local_ports()) {
+    let nat = if with_ports {
+        nat::read(vips)
+    } else {
+        nat::Nat::default()
+    };
+    let mut ports = match (backends.is_empty() || !with_ports, procfs::local_ports()) {
         (false, Some((_, usable))) => {
             port_use(&diag::connections().unwrap_or_default(), backends, usable)
         }
         _ => Vec::new(),
     };
+    if with_ports
+        && !backends.is_empty()
+        && let Some((snat, capped)) = procfs::conntrack_snat(backends)
+    {
+        ports.extend(snat_port_use(&snat, &nat, capped));
+    }
     Sample {
         listen,
         counters,
@@ -162,6 +194,7 @@ fn sample_with(
             .cloned()
             .collect(),
         syncookies: procfs::syncookies(),
+        nat,
     }
 }
 
@@ -185,6 +218,24 @@ pub fn port_use(conns: &[diag::TcpSocket], backends: &[Endpoint], usable: u32) -
             backend,
             used,
             usable,
+            by: PortsBy::Sockets,
+            capped: false,
+        })
+        .collect()
+}
+
+/// SNATed conntrack entries per (LB address, backend) as port use, against the SNAT rule's
+/// range (the kernel's 1024-65535 when no rule says).
+pub fn snat_port_use(snat: &procfs::SnatUse, nat: &nat::Nat, capped: bool) -> Vec<PortUse> {
+    let usable = nat.snat_usable();
+    snat.iter()
+        .map(|(&(source, backend), &used)| PortUse {
+            source,
+            backend,
+            used,
+            usable,
+            by: PortsBy::Conntrack,
+            capped,
         })
         .collect()
 }
@@ -223,8 +274,12 @@ pub enum Pressure {
     },
     /// Step 3: local ports toward a backend are (nearly) used up.
     SourcePorts { ports: PortUse, exhausted: bool },
-    /// Step 2 (Layer 4): this host does not forward IPv4.
-    NoForwarding,
+    /// Step 3: the LB's own probe of a backend got no local port (EADDRNOTAVAIL from connect,
+    /// or EADDRINUSE from binding port 0): direct evidence that its source ports are used up.
+    NoLocalPort { backend: SocketAddr, error: String },
+    /// Step 2 (Layer 4): this host does not forward IPv4. `dnat`: the rules that make the VIP a
+    /// Layer 4 one (nftables DNAT, IPVS), when they, not forwarded SYNs, tell.
+    NoForwarding { dnat: Vec<String> },
     /// Step 1: strict reverse-path filtering on a client-facing interface.
     StrictRpFilter { iface: String },
 }
@@ -238,14 +293,18 @@ impl Pressure {
             Self::SynCookies { .. } => "syn_cookies".to_owned(),
             Self::Conntrack { .. } => "conntrack".to_owned(),
             Self::SourcePorts { ports, .. } => format!("source_ports:{}", ports.backend),
-            Self::NoForwarding => "no_forwarding".to_owned(),
+            Self::NoLocalPort { backend, .. } => format!("source_ports:{backend}"),
+            Self::NoForwarding { .. } => "no_forwarding".to_owned(),
             Self::StrictRpFilter { iface } => format!("rp_filter_strict:{iface}"),
         }
     }
 
     /// A setting rather than something that ran out: true in every sample while it lasts.
     pub fn is_setting(&self) -> bool {
-        matches!(self, Self::NoForwarding | Self::StrictRpFilter { .. })
+        matches!(
+            self,
+            Self::NoForwarding { .. } | Self::StrictRpFilter { .. }
+        )
     }
 
     pub fn step(&self) -> u8 {
@@ -253,8 +312,8 @@ impl Pressure {
             Self::AcceptQueueFull { .. }
             | Self::SynCookies { .. }
             | Self::StrictRpFilter { .. } => 1,
-            Self::Conntrack { .. } | Self::NoForwarding => 2,
-            Self::SourcePorts { .. } => 3,
+            Self::Conntrack { .. } | Self::NoForwarding { .. } => 2,
+            Self::SourcePorts { .. } | Self::NoLocalPort { .. } => 3,
         }
     }
 }
@@ -278,7 +337,8 @@ fn moved(
 }
 
 /// What ran out between `before` and `after`. `layer4`: the VIP is NATed (conntrack and
-/// forwarding matter); `None` when not known.
+/// forwarding matter); `None` when the connections did not tell: then a DNAT rule or IPVS
+/// service for the VIP does (forwarding off, no SYN is ever forwarded).
 pub fn pressure(before: &Sample, after: &Sample, layer4: Option<bool>) -> Vec<Pressure> {
     let mut out = Vec::new();
     let overflow = moved(
@@ -330,8 +390,15 @@ pub fn pressure(before: &Sample, after: &Sample, layer4: Option<bool>) -> Vec<Pr
             });
         }
     }
-    if layer4 == Some(true) && after.ip_forward == Some(false) {
-        out.push(Pressure::NoForwarding);
+    let by_rules = layer4.is_none() && !after.nat.dnat.is_empty();
+    if (layer4 == Some(true) || by_rules) && after.ip_forward == Some(false) {
+        out.push(Pressure::NoForwarding {
+            dnat: if by_rules {
+                after.nat.dnat.clone()
+            } else {
+                Vec::new()
+            },
+        });
     }
     for iface in &after.rp_filter_strict {
         out.push(Pressure::StrictRpFilter {
@@ -412,12 +479,16 @@ mod tests {
                     backend,
                     used: 8,
                     usable: 10,
+                    by: PortsBy::Sockets,
+                    capped: false,
                 },
                 PortUse {
                     source,
                     backend: "10.10.3.12:8080".parse().unwrap(),
                     used: 7,
                     usable: 10,
+                    by: PortsBy::Sockets,
+                    capped: false,
                 },
             ],
             ip_forward: Some(false),
@@ -431,7 +502,24 @@ mod tests {
             matches!(&p[2], Pressure::SourcePorts { exhausted: false, ports } if ports.used == 8)
         );
         // Forwarding is only a finding for a Layer-4 VIP.
-        assert!(!pressure(&before, &after, Some(false)).contains(&Pressure::NoForwarding));
+        let no_fwd = Pressure::NoForwarding { dnat: Vec::new() };
+        assert!(pressure(&before, &after, Some(true)).contains(&no_fwd));
+        assert!(!pressure(&before, &after, Some(false)).contains(&no_fwd));
+        // Unknown from the connections (none was forwarded): a DNAT rule for the VIP tells.
+        assert!(
+            !pressure(&before, &after, None)
+                .iter()
+                .any(|p| matches!(p, Pressure::NoForwarding { .. }))
+        );
+        let mut dnat = after.clone();
+        dnat.nat.dnat = vec!["nftables lbtrace_lb/prerouting".to_owned()];
+        assert!(
+            pressure(&before, &dnat, None).contains(&Pressure::NoForwarding {
+                dnat: dnat.nat.dnat.clone()
+            })
+        );
+        // Observed Layer 7 wins over a rule.
+        assert!(!pressure(&before, &dnat, Some(false)).contains(&no_fwd));
         // A full table is a finding without any failed insert.
         let full = Sample {
             conntrack: Some(ct(100, 0)),
@@ -474,6 +562,36 @@ mod tests {
             ("10.10.3.1".to_owned(), 2)
         );
         assert_eq!(u[1].used, 1);
+    }
+
+    #[test]
+    fn snat_entries_count_against_the_snat_range() {
+        let b: SocketAddr = "10.10.3.11:8080".parse().unwrap();
+        let lb: IpAddr = "10.10.3.1".parse().unwrap();
+        let snat = BTreeMap::from([((lb, b), 17u32)]);
+        let ranged = nat::Nat {
+            dnat: Vec::new(),
+            snat_ports: Some((40000, 40019)),
+        };
+        let u = snat_port_use(&snat, &ranged, false);
+        assert_eq!(
+            (u[0].used, u[0].usable, u[0].by, u[0].capped),
+            (17, 20, PortsBy::Conntrack, false)
+        );
+        let after = Sample {
+            ports: u,
+            ..Sample::default()
+        };
+        assert!(matches!(
+            pressure(&Sample::default(), &after, Some(true))[..],
+            [Pressure::SourcePorts {
+                exhausted: false,
+                ..
+            }]
+        ));
+        // No range in the rule: the kernel's 1024-65535.
+        let u = snat_port_use(&snat, &nat::Nat::default(), true);
+        assert_eq!((u[0].usable, u[0].capped), (64512, true));
     }
 
     #[test]

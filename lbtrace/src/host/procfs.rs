@@ -4,7 +4,19 @@
 //!
 //! Every parser takes the file's text, so the rules are tested on recorded values.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use crate::endpoint::Endpoint;
+
+/// Lines of /proc/net/nf_conntrack read at most per sample (a few hundred bytes each; a busy
+/// NAT host has millions of entries: the rest are not read, and the counts say so).
+pub const MAX_CONNTRACK_LINES: usize = 250_000;
 
 /// Counters of /proc/net/netstat or /proc/net/snmp as `Group.Name` -> value (e.g.
 /// `TcpExt.ListenOverflows`). Each group is a header line of names followed by a line of values.
@@ -55,6 +67,93 @@ pub fn parse_conntrack_stat(text: &str) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// One TCP entry of /proc/net/nf_conntrack: the original direction's source and the reply
+/// direction's tuple (for SNAT, the reply goes to the LB's address and NAT port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    pub orig_src: SocketAddr,
+    pub reply_src: SocketAddr,
+    pub reply_dst: SocketAddr,
+}
+
+impl CtEntry {
+    /// The LB rewrote the source: the backend answers the LB, not the client.
+    pub fn snat(&self) -> bool {
+        self.reply_dst != self.orig_src
+    }
+}
+
+/// `ipv4 2 tcp 6 117 TIME_WAIT src=A dst=B sport=P dport=Q src=C dst=D sport=R dport=S ...`:
+/// the first src/dst/sport/dport are the original direction, the second the reply's.
+pub fn parse_conntrack_line(line: &str) -> Option<CtEntry> {
+    let mut it = line.split_whitespace();
+    if it.nth(2)? != "tcp" {
+        return None;
+    }
+    let (mut addrs, mut ports) = (Vec::with_capacity(4), Vec::with_capacity(4));
+    for (k, v) in it.filter_map(|t| t.split_once('=')) {
+        match k {
+            "src" | "dst" if addrs.len() < 4 => addrs.push(v.parse::<IpAddr>().ok()?),
+            "sport" | "dport" if ports.len() < 4 => ports.push(v.parse::<u16>().ok()?),
+            _ => {}
+        }
+    }
+    let [os, _od, rs, rd] = addrs[..] else {
+        return None;
+    };
+    let [osp, _odp, rsp, rdp] = ports[..] else {
+        return None;
+    };
+    Some(CtEntry {
+        orig_src: SocketAddr::new(os, osp),
+        reply_src: SocketAddr::new(rs, rsp),
+        reply_dst: SocketAddr::new(rd, rdp),
+    })
+}
+
+/// NAT ports in use per (LB source address, backend).
+pub type SnatUse = BTreeMap<(IpAddr, SocketAddr), u32>;
+
+/// NAT ports held by SNATed conntrack entries per (LB source address, backend) among `lines`,
+/// for the configured backends: the distinct reply destination ports (an entry in TIME_WAIT
+/// whose port a new connection took over shares it). Reads at most `cap` lines; true when it
+/// stopped there.
+pub fn snat_use(
+    lines: impl Iterator<Item = String>,
+    backends: &[Endpoint],
+    cap: usize,
+) -> (SnatUse, bool) {
+    let mut ports: BTreeMap<(IpAddr, SocketAddr), BTreeSet<u16>> = BTreeMap::new();
+    let mut capped = false;
+    for (read, line) in lines.enumerate() {
+        if read == cap {
+            capped = true;
+            break;
+        }
+        let Some(e) = parse_conntrack_line(&line) else {
+            continue;
+        };
+        if e.snat() && backends.iter().any(|b| b.matches(&e.reply_src)) {
+            ports
+                .entry((e.reply_dst.ip(), e.reply_src))
+                .or_default()
+                .insert(e.reply_dst.port());
+        }
+    }
+    let n = ports
+        .into_iter()
+        .map(|(k, p)| (k, u32::try_from(p.len()).unwrap_or(u32::MAX)))
+        .collect();
+    (n, capped)
+}
+
+/// [`snat_use`] of this namespace's /proc/net/nf_conntrack; None without it.
+pub fn conntrack_snat(backends: &[Endpoint]) -> Option<(SnatUse, bool)> {
+    let f = fs::File::open("/proc/net/nf_conntrack").ok()?;
+    let lines = BufReader::new(f).lines().map_while(Result::ok);
+    Some(snat_use(lines, backends, MAX_CONNTRACK_LINES))
 }
 
 /// `ip_local_port_range`: "32768\t60999".
@@ -195,6 +294,38 @@ mod tests {
         assert_eq!(s["drop"], 1);
         assert_eq!(s["search_restart"], 17);
         assert!(parse_conntrack_stat("").is_empty());
+    }
+
+    #[test]
+    fn snat_entries_are_counted_per_address_and_backend() {
+        let text = "ipv4     2 tcp      6 431999 ESTABLISHED src=10.10.1.2 dst=10.10.2.10 sport=41340 dport=80 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=40001 [ASSURED] mark=0 zone=0 use=2\n\
+                    ipv4     2 tcp      6 117 TIME_WAIT src=10.10.1.2 dst=10.10.2.10 sport=41341 dport=80 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=40002 [ASSURED] mark=0 zone=0 use=2\n\
+                    ipv4     2 tcp      6 431999 ESTABLISHED src=10.10.1.2 dst=10.10.2.10 sport=41343 dport=80 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=40002 [ASSURED] mark=0 zone=0 use=2\n\
+                    ipv4     2 tcp      6 117 TIME_WAIT src=10.10.1.2 dst=10.10.2.10 sport=41342 dport=80 src=10.10.3.12 dst=10.10.1.2 sport=8080 dport=41342 [ASSURED] mark=0 zone=0 use=2\n\
+                    ipv4     2 udp      17 20 src=10.10.1.2 dst=10.10.3.11 sport=5353 dport=8080 src=10.10.3.11 dst=10.10.3.1 sport=8080 dport=5353 mark=0 zone=0 use=2\n\
+                    ipv6     10 tcp      6 30 SYN_SENT src=fd00::2 dst=fd00:2::10 sport=5000 dport=80 [UNREPLIED] src=fd00:3::11 dst=fd00:3::1 sport=8080 dport=40000 mark=0 zone=0 use=2\n\
+                    ipv4 2 tcp 6 1 src=garbage\n";
+        let e = parse_conntrack_line(text.lines().next().unwrap()).unwrap();
+        assert_eq!(e.reply_dst, "10.10.3.1:40001".parse().unwrap());
+        assert!(e.snat());
+        let backends: Vec<Endpoint> = ["10.10.3.11:8080", "10.10.3.12:8080", "[fd00:3::11]:8080"]
+            .iter()
+            .map(|b| b.parse().unwrap())
+            .collect();
+        let lines = || text.lines().map(str::to_owned);
+        let (n, capped) = snat_use(lines(), &backends, 100);
+        assert!(!capped);
+        let lb: IpAddr = "10.10.3.1".parse().unwrap();
+        // Two NAT ports toward be1 (three entries: a TIME_WAIT one's port was taken over);
+        // be2's entry is DNAT only (the reply goes to the client); UDP is not counted; the IPv6
+        // entry is its own pair.
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!(n[&(lb, "10.10.3.11:8080".parse().unwrap())], 2);
+        let (n, capped) = snat_use(lines(), &backends, 1);
+        assert!(capped);
+        assert_eq!(n.values().sum::<u32>(), 1);
+        assert_eq!(parse_conntrack_line("ipv4 2 tcp"), None);
+        assert_eq!(parse_conntrack_line(""), None);
     }
 
     #[test]

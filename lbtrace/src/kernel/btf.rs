@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use btf_rs::{Btf, Type};
-use lbtrace_common::KernelOffsets;
+use lbtrace_common::{KernelOffsets, SockOffsets};
 
 use super::kallsyms::DropLocations;
 
@@ -131,6 +131,25 @@ impl KernelBtf {
             dev_nd_net: self.offset_of("net_device", &["nd_net", "net"])?,
             sk_net: self.offset_of("sock", &["__sk_common", "skc_net", "net"])?,
             net_inum: self.offset_of("net", &["ns", "inum"])?,
+        })
+    }
+
+    /// The offsets the retransmission tracer reads: the socket's tuple, the segment's length,
+    /// sequence number and flags, the socket's MSS.
+    pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {
+        let common = |m: &str| self.offset_of("sock_common", &[m]);
+        Ok(SockOffsets {
+            family: common("skc_family")?,
+            daddr: common("skc_daddr")?,
+            rcv_saddr: common("skc_rcv_saddr")?,
+            dport: common("skc_dport")?,
+            num: common("skc_num")?,
+            v6_daddr: common("skc_v6_daddr")?,
+            v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
+            skb_len: self.offset_of("sk_buff", &["len"])?,
+            skb_cb: self.offset_of("sk_buff", &["cb"])?,
+            cb_tcp_flags: self.offset_of("tcp_skb_cb", &["tcp_flags"])?,
+            mss_cache: self.offset_of("tcp_sock", &["mss_cache"])?,
         })
     }
 

@@ -17,7 +17,7 @@ use aya::{
 };
 use lbtrace_common::{
     EndpointKey, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS, PORT_HASHED, PORT_SLOT_ENTRIES,
-    PortEntry, PortSlot, names,
+    PortEntry, PortSlot, SockOffsets, names,
 };
 
 use super::rings::{CpuRings, PacketRing, RingLayout, RingMode};
@@ -91,6 +91,10 @@ pub struct Options<'a> {
     pub programs: Programs,
     /// Also load the drop tracer (`tp_kfree_skb`), with these parameters.
     pub drops: Option<DropParams>,
+    /// Offsets for the retransmission tracer (`tp_tcp_retransmit`), which the caller loads and
+    /// attaches itself when it wants it ([`load_retransmit`]): a kernel that refuses it only
+    /// loses retransmissions. It reads the namespace through the drop tracer's offsets.
+    pub retrans: Option<SockOffsets>,
 }
 
 impl<'a> Options<'a> {
@@ -108,6 +112,7 @@ impl<'a> Options<'a> {
                 xdp: true,
             },
             drops: None,
+            retrans: None,
         }
     }
 }
@@ -163,6 +168,9 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
         loader
             .override_global(names::GLOBAL_OFFSETS, &d.offsets, true)
             .override_global(names::GLOBAL_NETNS_INUM, &inum, true);
+    }
+    if let Some(so) = &opts.retrans {
+        loader.override_global(names::GLOBAL_SOCK_OFFSETS, so, true);
     }
     opts.layout.apply(&mut loader)?;
     let mut ebpf = loader
@@ -231,6 +239,19 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
         layout: opts.layout.clone(),
         notes,
     })
+}
+
+/// Puts the retransmission tracer of an object loaded with [`Options::retrans`] (and
+/// [`Options::drops`], for the namespace) through the verifier.
+pub fn load_retransmit(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint> {
+    let prog = names::PROG_TCP_RETRANSMIT;
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("the kernel's verifier rejected {prog}"))?;
+    Ok(p)
 }
 
 /// The ring mode `LBTRACE_RINGS` forces (`percpu` or `ringbuf`, hidden: to run the ring-buffer

@@ -87,6 +87,8 @@ pub struct Tracer {
     pub reasons: DropReasons,
     /// Which drop tracer runs (location only on kernels without drop reasons).
     pub drop_mode: DropMode,
+    /// Whether the retransmission tracer (`tcp:tcp_retransmit_skb`) is attached.
+    pub retransmits: bool,
     pub endpoints: Vec<Watched>,
     pub netns_inum: u64,
     pub layout: RingLayout,
@@ -165,6 +167,8 @@ impl Tracer {
             noise: reasons.noise_values(),
             mode: drop_mode,
         });
+        let retrans_offsets = kbtf.sock_offsets();
+        opts.retrans = retrans_offsets.as_ref().ok().copied();
         let Loaded {
             ebpf,
             layout,
@@ -180,6 +184,7 @@ impl Tracer {
             notes,
             reasons,
             drop_mode,
+            retransmits: false,
             endpoints: cfg.endpoints.clone(),
             netns_inum: inum,
             layout,
@@ -188,6 +193,12 @@ impl Tracer {
             tracer.notes.push(location_note(why, &tracer.reasons));
         }
         tracer.attach_drops()?;
+        match retrans_offsets {
+            Ok(_) => tracer.attach_retransmits(),
+            Err(e) => tracer
+                .notes
+                .push(format!("retransmissions are not traced: {e}")),
+        }
         if tc_mode == TcMode::Legacy && !cfg.ifaces.is_empty() {
             // Whatever a killed lbtrace left here goes first.
             let stale = legacy_tc::cleanup(inum);
@@ -244,6 +255,28 @@ impl Tracer {
         );
         self.notes.push(location_note(&why, &self.reasons));
         Ok(())
+    }
+
+    /// Attaches the retransmission tracer; a kernel without the tracepoint, or whose verifier
+    /// refuses it, only loses retransmissions, and a note says so.
+    fn attach_retransmits(&mut self) {
+        let mut attach = || -> Result<FdLink> {
+            let p = loader::load_retransmit(&mut self.ebpf)?;
+            let id = p
+                .attach(names::TP_TCP_RETRANSMIT)
+                .context("attaching to the raw tracepoint tcp:tcp_retransmit_skb")?;
+            Ok(FdLink::from(p.take_link(id)?))
+        };
+        match attach() {
+            Ok(link) => {
+                self.links.push(link);
+                self.retransmits = true;
+            }
+            Err(e) => self.notes.push(format!(
+                "retransmissions are not traced: {}",
+                crate::one_line(&e)
+            )),
+        }
     }
 
     fn attach_drop_program(&mut self, mode: DropMode) -> Result<()> {

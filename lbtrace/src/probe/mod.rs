@@ -279,6 +279,14 @@ pub(crate) fn ms_since(from_ns: u64) -> f64 {
 }
 
 /// "no route to host (EHOSTUNREACH)" for the errnos a probe meets; otherwise the io error.
+/// Whether a probe's error says it found no free local port: EADDRNOTAVAIL from the connect, or
+/// EADDRINUSE from binding port 0 (every port of the local range in use). Read from the words
+/// [`describe_io`] gives those errnos, so it holds for every outcome built with them.
+pub fn no_local_port(error: &str) -> bool {
+    error.contains("(EADDRNOTAVAIL)")
+        || (error.starts_with("bind ") && error.contains("(EADDRINUSE)"))
+}
+
 pub(crate) fn describe_io(e: &io::Error) -> String {
     let Some(code) = e.raw_os_error() else {
         return e.to_string();

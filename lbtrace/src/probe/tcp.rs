@@ -177,7 +177,20 @@ mod tests {
         assert_eq!(classify(&e, 1.0).name(), "unreachable");
         let e = io::Error::from_raw_os_error(libc::ETIMEDOUT);
         assert_eq!(classify(&e, 1.0).name(), "timeout");
+        // No free local port: the check's source-port evidence.
+        let e = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        let TcpOutcome::Error { error } = classify(&e, 1.0) else {
+            panic!("EADDRNOTAVAIL is an error outcome")
+        };
+        assert!(crate::probe::no_local_port(&error), "{error}");
+        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let e = io::Error::from_raw_os_error(libc::EADDRINUSE);
+        assert!(crate::probe::no_local_port(&format!(
+            "bind {any}: {}",
+            describe_io(&e)
+        )));
         let e = io::Error::from_raw_os_error(libc::EPERM);
+        assert!(!crate::probe::no_local_port(&describe_io(&e)));
         assert_eq!(
             classify(&e, 1.0),
             TcpOutcome::Error {

@@ -11,7 +11,7 @@ use std::{
 
 use super::recorder::{Conn, Evidence, Finding, OwnFinding};
 use crate::checklist::Step;
-use crate::host::{Moved, Pressure};
+use crate::host::{Pressure, words};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
@@ -124,55 +124,6 @@ fn describe(f: &Finding) -> String {
         Finding::AsymmetricReturn { backend } => format!(
             "SYNs forwarded to {backend} get no reply through the LB (its replies bypass the LB, or it is down)"
         ),
-    }
-}
-
-/// The words for a limit of the LB host, with the counters that moved.
-fn describe_pressure(p: &Pressure) -> String {
-    let moved = |c: &[Moved]| {
-        c.iter()
-            .map(|m| format!("{} +{} ({} -> {})", m.counter, m.delta(), m.before, m.after))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match p {
-        Pressure::AcceptQueueFull { listener, counters } => format!(
-            "the LB process does not accept fast enough: accept queue full{} ({}): check the LB's maxconn, backlog and worker saturation",
-            listener.map_or_else(String::new, |l| format!(
-                " on {} (Recv-Q {}/{})",
-                l.listener, l.depth, l.backlog
-            )),
-            moved(counters)
-        ),
-        Pressure::SynCookies { counters } => format!(
-            "the LB host answers SYNs with SYN cookies ({}): its SYN queue overflows (a flood, or too small a backlog); cookies drop TCP options such as window scaling",
-            moved(counters)
-        ),
-        Pressure::Conntrack {
-            count,
-            max,
-            counters,
-        } => format!(
-            "conntrack table {count}/{max}{}{}: NATed connections are dropped",
-            if counters.is_empty() { "" } else { ", " },
-            moved(counters)
-        ),
-        Pressure::SourcePorts { ports, exhausted } => format!(
-            "local ports from {} to backend {}: {} of {} in use{}",
-            ports.source,
-            ports.backend,
-            ports.used,
-            ports.usable,
-            if *exhausted {
-                ": exhausted, new connections fail (EADDRNOTAVAIL)"
-            } else {
-                ": nearly exhausted"
-            }
-        ),
-        Pressure::NoForwarding => "this host does not forward IPv4 (ip_forward=0)".to_owned(),
-        Pressure::StrictRpFilter { iface } => {
-            format!("strict reverse-path filtering on {iface} (rp_filter=1)")
-        }
     }
 }
 
@@ -315,10 +266,17 @@ impl Alerts {
         let key = p.alert_key();
         let backend = match p {
             Pressure::SourcePorts { ports, .. } => Some(ports.backend.to_string()),
+            Pressure::NoLocalPort { backend, .. } => Some(backend.to_string()),
             _ => None,
         };
         let step = p.step();
-        let (count, message) = self.count(now_ns, &key, step, || describe_pressure(p))?;
+        let (count, message) = self.count(now_ns, &key, step, || {
+            format!(
+                "{} [{}]",
+                words::words(p, None, false),
+                words::evidence(p).join("; ")
+            )
+        })?;
         Some(Notice::Alert(Alert {
             key,
             step,

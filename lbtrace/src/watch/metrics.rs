@@ -336,28 +336,24 @@ pub fn render(s: &Snapshot) -> String {
 /// The host's limits: accept queues of the VIP listeners, conntrack, local ports per backend, and
 /// the kernel's own counters as counters.
 fn render_host(o: &mut String, h: &host::Sample) {
-    let _ = writeln!(
+    let gauge = |o: &mut String, name: &str, help: &str, v: fn(&host::Listen) -> u32| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for l in &h.listen {
+            let _ = writeln!(o, "{name}{{listener=\"{}\"}} {}", l.listener, v(l));
+        }
+    };
+    gauge(
         o,
-        "# HELP lbtrace_host_listen_queue Connections waiting in a VIP listener's accept queue (ss Recv-Q).\n# TYPE lbtrace_host_listen_queue gauge"
+        "lbtrace_host_listen_queue",
+        "Connections waiting in a VIP listener's accept queue (ss Recv-Q).",
+        |l| l.depth,
     );
-    for l in &h.listen {
-        let _ = writeln!(
-            o,
-            "lbtrace_host_listen_queue{{listener=\"{}\"}} {}",
-            l.listener, l.depth
-        );
-    }
-    let _ = writeln!(
+    gauge(
         o,
-        "# HELP lbtrace_host_listen_backlog A VIP listener's accept queue limit (ss Send-Q).\n# TYPE lbtrace_host_listen_backlog gauge"
+        "lbtrace_host_listen_backlog",
+        "A VIP listener's accept queue limit (ss Send-Q).",
+        |l| l.backlog,
     );
-    for l in &h.listen {
-        let _ = writeln!(
-            o,
-            "lbtrace_host_listen_backlog{{listener=\"{}\"}} {}",
-            l.listener, l.backlog
-        );
-    }
     let _ = writeln!(
         o,
         "# HELP lbtrace_host_tcp_total The kernel's TCP counters (netstat TcpExt) that show an overflowing host.\n# TYPE lbtrace_host_tcp_total counter"
@@ -390,27 +386,76 @@ fn render_host(o: &mut String, h: &host::Sample) {
     }
     let _ = writeln!(
         o,
-        "# HELP lbtrace_host_ports_used Local ports in use from a source address toward a backend.\n# TYPE lbtrace_host_ports_used gauge"
+        "# HELP lbtrace_host_ports_used Local ports in use from a source address toward a backend, by what holds them (sockets; conntrack: SNATed entries).\n# TYPE lbtrace_host_ports_used gauge"
     );
     for p in &h.ports {
         let _ = writeln!(
             o,
-            "lbtrace_host_ports_used{{source=\"{}\",backend=\"{}\"}} {}",
-            p.source, p.backend, p.used
+            "lbtrace_host_ports_used{{source=\"{}\",backend=\"{}\",by=\"{}\"}} {}",
+            p.source,
+            p.backend,
+            ports_by(p.by),
+            p.used
         );
     }
-    if let Some(p) = h.ports.first() {
-        let _ = writeln!(
-            o,
-            "# HELP lbtrace_host_ports_usable Local ports usable per destination (ip_local_port_range minus reserved).\n# TYPE lbtrace_host_ports_usable gauge\nlbtrace_host_ports_usable {}",
-            p.usable
-        );
+    let _ = writeln!(
+        o,
+        "# HELP lbtrace_host_ports_usable Ports usable per destination (sockets: ip_local_port_range minus reserved; conntrack: the SNAT range).\n# TYPE lbtrace_host_ports_usable gauge"
+    );
+    let usable: BTreeMap<&str, u32> = h.ports.iter().map(|p| (ports_by(p.by), p.usable)).collect();
+    for (by, n) in usable {
+        let _ = writeln!(o, "lbtrace_host_ports_usable{{by=\"{by}\"}} {n}");
+    }
+}
+
+fn ports_by(b: host::PortsBy) -> &'static str {
+    match b {
+        host::PortsBy::Sockets => "sockets",
+        host::PortsBy::Conntrack => "conntrack",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_gauges_per_listener_and_port_use_by_what_holds_it() {
+        let port = |by, used, usable| host::PortUse {
+            source: "10.10.3.1".parse().unwrap(),
+            backend: "10.10.3.11:8080".parse().unwrap(),
+            used,
+            usable,
+            by,
+            capped: false,
+        };
+        let h = host::Sample {
+            listen: vec![host::Listen {
+                listener: "10.10.2.10:80".parse().unwrap(),
+                depth: 2,
+                backlog: 1,
+            }],
+            ports: vec![
+                port(host::PortsBy::Sockets, 3, 28232),
+                port(host::PortsBy::Conntrack, 17, 20),
+            ],
+            ..host::Sample::default()
+        };
+        let mut o = String::new();
+        render_host(&mut o, &h);
+        for line in [
+            "# TYPE lbtrace_host_listen_queue gauge",
+            "lbtrace_host_listen_queue{listener=\"10.10.2.10:80\"} 2",
+            "# TYPE lbtrace_host_listen_backlog gauge",
+            "lbtrace_host_listen_backlog{listener=\"10.10.2.10:80\"} 1",
+            "lbtrace_host_ports_used{source=\"10.10.3.1\",backend=\"10.10.3.11:8080\",by=\"sockets\"} 3",
+            "lbtrace_host_ports_used{source=\"10.10.3.1\",backend=\"10.10.3.11:8080\",by=\"conntrack\"} 17",
+            "lbtrace_host_ports_usable{by=\"sockets\"} 28232",
+            "lbtrace_host_ports_usable{by=\"conntrack\"} 20",
+        ] {
+            assert!(o.lines().any(|l| l == line), "{line} not in\n{o}");
+        }
+    }
 
     #[test]
     fn only_get_metrics_and_root_are_served() {

@@ -222,7 +222,7 @@ fn backend_event(
                 }
             })
         }
-        Detail::Drop { .. } => None,
+        Detail::Drop { .. } | Detail::Retrans => None,
         Detail::Icmp {
             outer_src,
             icmp_type,
@@ -651,7 +651,7 @@ impl Recorder {
                         out.extend(c.find(f).map(|f| (id, f)));
                     }
                 }
-                (Detail::Drop { .. }, _) => {}
+                (Detail::Drop { .. } | Detail::Retrans, _) => {}
                 (Detail::Icmp { .. }, _) => {}
             }
             let b1 = c.bytes();

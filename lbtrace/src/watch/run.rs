@@ -64,6 +64,8 @@ struct Loop {
     clock: Clock,
     ifnames: IfNames,
     tracer: Tracer,
+    /// How `tracer` traces, in every JSON health line.
+    capabilities: session::Capabilities,
     rec: Recorder,
     alerts: Alerts,
     on_alert: Option<OnAlert>,
@@ -313,7 +315,7 @@ impl Loop {
                     "connections": opened,
                     "failures": {"client-to-lb": fails[0], "lb-handling": fails[1], "lb-to-backend": fails[2], "return-path": fails[3]},
                     "lost": c.lost(), "active_alerts": self.alerts.active().len(), "recorder": acct,
-                    "output_dropped": self.out.dropped(),
+                    "output_dropped": self.out.dropped(), "capabilities": self.capabilities,
                 })
                 .to_string(),
                 Format::Text => format!(
@@ -551,6 +553,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         on_alert: on_alert.map(|cmd| OnAlert::new(cmd, on_alert_timeout, Arc::clone(&log))),
         tally: Tally::default(),
         show_events: events,
+        capabilities: session::Capabilities::of(&tracer, &cfg),
         tracer,
         prober,
     };

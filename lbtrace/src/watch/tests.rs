@@ -288,7 +288,7 @@ fn l4_joins_find_the_client_by_isn_among_many() {
 
 #[test]
 fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
-    use crate::host::{Moved, PortUse, Pressure};
+    use crate::host::{Moved, PortUse, PortsBy, Pressure};
     let mut al = Alerts::new(Thresholds {
         count: 2,
         window: Duration::from_secs(30),
@@ -311,7 +311,8 @@ fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
         ("syn_cookies", 1, "client-to-lb")
     );
     assert!(
-        a.message.contains("TcpExt.SyncookiesSent +4 (10 -> 14)"),
+        a.message.contains("SyncookiesSent +4")
+            && a.message.contains("TcpExt.SyncookiesSent 10 -> 14 (+4)"),
         "{}",
         a.message
     );
@@ -325,6 +326,8 @@ fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
             backend: backend.parse().unwrap(),
             used: 9,
             usable: 10,
+            by: PortsBy::Sockets,
+            capped: false,
         },
         exhausted: false,
     };
@@ -342,7 +345,10 @@ fn host_limits_alert_per_kind_and_backend_and_settings_never_do() {
         "another backend counts apart"
     );
     for _ in 0..5 {
-        assert!(al.host(2 * s, &Pressure::NoForwarding).is_none());
+        assert!(
+            al.host(2 * s, &Pressure::NoForwarding { dnat: Vec::new() })
+                .is_none()
+        );
         assert!(
             al.host(
                 2 * s,

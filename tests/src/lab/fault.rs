@@ -15,6 +15,7 @@
 //! | [`Lab::fault_backends_bypass_lb`] | the backends' default route goes through a second link to the router | replies to clients skip the lb |
 //! | [`Lab::fault_replies_dropped`] | the router drops packets from the VIPs to the client | the lb's SYN-ACKs never arrive |
 //! | [`Lab::fault_backend_answers`] | a backend's HTTP server answers with another status, or late | nothing: TCP is fine, HTTP is not |
+//! | [`Lab::fault_path_mtu_black_hole`] | the router's link to the client has MTU 1280 and the router drops ICMP fragmentation-needed / packet-too-big | the lb's full-size segments to the client die, unreported: it retransmits them |
 
 use std::{process::Command, time::Duration};
 
@@ -383,4 +384,44 @@ impl Lab {
         );
         f
     }
+
+    /// A path-MTU black hole between the lb and the client: the router's interface toward the
+    /// client gets MTU [`PATH_MTU`] (the client's own stays 1500, so its SYNs advertise MSS
+    /// 1460), and the router drops the ICMP fragmentation-needed (and ICMPv6 packet-too-big) it
+    /// would send about the larger packets it cannot forward. Handshakes and small replies pass;
+    /// full-size segments to the client vanish.
+    pub fn fault_path_mtu_black_hole(&self) -> Fault<'_> {
+        let mut f = Fault::new(
+            self,
+            format!(
+                "the router's link to the client has MTU {PATH_MTU} and the router drops ICMP fragmentation-needed"
+            ),
+        );
+        let table = "lbtrace_fault_pmtu";
+        f.nft_table(
+            &self.router,
+            table,
+            &format!(
+                "table inet {table} {{\n  chain out {{\n    \
+                 type filter hook output priority filter; policy accept;\n    \
+                 icmp type destination-unreachable icmp code frag-needed drop\n    \
+                 icmpv6 type packet-too-big drop\n  }}\n  chain forward {{\n    \
+                 type filter hook forward priority filter; policy accept;\n    \
+                 icmp type destination-unreachable icmp code frag-needed drop\n    \
+                 icmpv6 type packet-too-big drop\n  }}\n}}\n"
+            ),
+        );
+        let rc = format!("{}rc", self.prefix);
+        let mtu = PATH_MTU.to_string();
+        f.apply(
+            &self.router,
+            &["ip", "link", "set", "dev", &rc, "mtu", &mtu],
+            &["ip", "link", "set", "dev", &rc, "mtu", "1500"],
+        );
+        f
+    }
 }
+
+/// The MTU of the router's link toward the client in [`Lab::fault_path_mtu_black_hole`] (the
+/// IPv6 minimum, so IPv6 still works).
+pub const PATH_MTU: u32 = 1280;

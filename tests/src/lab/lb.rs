@@ -273,6 +273,21 @@ impl<'a> NftDnat<'a> {
         ns.nft(&NftDnat::ruleset_with(backends, true));
         NftDnat { ns }
     }
+
+    /// DNAT with SNAT whose masquerade takes its ports from `lo`-`hi` only (`masquerade to
+    /// :lo-hi`): the NAT ports from the lb's internal address toward each backend are that range.
+    pub fn load_snat_ports(
+        ns: &'a Netns,
+        backends: &[Backend],
+        (lo, hi): (u16, u16),
+    ) -> NftDnat<'a> {
+        let ruleset = NftDnat::ruleset_with(backends, true).replace(
+            "ct status dnat masquerade\n",
+            &format!("ct status dnat meta l4proto tcp masquerade to :{lo}-{hi}\n"),
+        );
+        ns.nft(&ruleset);
+        NftDnat { ns }
+    }
 }
 
 impl Drop for NftDnat<'_> {

@@ -141,10 +141,10 @@ pub const BACKENDS: [Backend; 3] = [
 ];
 
 /// The backends' HTTP server: dual-stack on port 8080, `GET /` answers 200 with
-/// `hello from <name>`, HTTP/1.0 (the server closes every connection, so no connection outlives
-/// its request). Prints `ready` once it listens. Arguments: name, port, and for a faulty backend
-/// ([`Answer`]) the status to answer (0: close the connection without an answer) and the seconds
-/// to wait before answering.
+/// `hello from <name>` (`GET /big`: [`BIG_BODY`] bytes, for path-MTU faults), HTTP/1.0 (the
+/// server closes every connection, so no connection outlives its request). Prints `ready` once it
+/// listens. Arguments: name, port, and for a faulty backend ([`Answer`]) the status to answer (0:
+/// close the connection without an answer) and the seconds to wait before answering.
 const HTTP_SERVER: &str = r#"
 import http.server, socket, socketserver, sys, time
 name = sys.argv[1]
@@ -157,7 +157,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status == 0:
             self.close_connection = True
             return
-        body = ("hello from %s\n" % name).encode()
+        if self.path.startswith("/big"):
+            body = b"x" * 200000
+        else:
+            body = ("hello from %s\n" % name).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -192,6 +195,9 @@ impl Answer {
         delay: Duration::ZERO,
     };
 }
+
+/// Bytes of the backends' `GET /big` answer (what the server script writes).
+pub const BIG_BODY: usize = 200_000;
 
 /// The lab. Fields drop in declaration order: processes first, then namespaces, then the
 /// temporary directory.

@@ -87,6 +87,11 @@ pub enum FaultKind {
     BackendHangs(usize),
     /// The backend's HTTP server reads each request and closes the connection without an answer.
     BackendDrops(usize),
+    /// A path-MTU black hole between the lb and the client; the client fetches `/big` (a
+    /// 200 KB answer) when `large`, `/` otherwise.
+    PathMtuBlackHole {
+        large: bool,
+    },
 }
 
 /// How late a [`FaultKind::BackendHangs`] backend answers.
@@ -188,6 +193,10 @@ pub const SCENARIOS: &[Scenario] = &[
         "be2 accepts requests and answers none (for 30 s): clients sent there time out"),
     sc("haproxy-http-backend-drops", L::HaproxyHttp, F::BackendDrops(1), Family::V4,
         "be2 reads every request and closes the connection without an answer: clients get 502"),
+    sc("haproxy-http-path-mtu-black-hole", L::HaproxyHttp, F::PathMtuBlackHole { large: true }, Family::V4,
+        "the link to the client has a smaller MTU and ICMP fragmentation-needed is dropped: large replies never arrive"),
+    sc("haproxy-http-path-mtu-small-replies", L::HaproxyHttp, F::PathMtuBlackHole { large: false }, Family::V4,
+        "the same path-MTU black hole, with small replies only: they all arrive"),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -315,6 +324,7 @@ impl Scenario {
                 };
                 Some(lab.fault_backend_answers(i, never))
             }
+            F::PathMtuBlackHole { .. } => Some(lab.fault_path_mtu_black_hole()),
         };
         Setup { fault, lb }
     }
@@ -339,7 +349,11 @@ impl Scenario {
                 format!("https://{TLS_NAME}/"),
             ]);
         } else {
-            argv.push(self.family.url(vip, self.lb.port()));
+            let mut url = self.family.url(vip, self.lb.port());
+            if self.fault == (F::PathMtuBlackHole { large: true }) {
+                url.push_str("big");
+            }
+            argv.push(url);
         }
         argv
     }

@@ -4,8 +4,8 @@
 use super::*;
 
 /// Runs every prefix of `frame` (0..len bytes) through every program. Prefixes the kernel refuses
-/// ([`kernel_refuses`]) must fail with EINVAL without counting anything; the others must pass,
-/// unmodified, write no record, and count a parse error exactly when `is_error(len)` says so.
+/// ([`Harness::kernel_refuses`]) must fail with EINVAL without counting anything; the others must
+/// pass, unmodified, write no record, and count a parse error exactly when `is_error(len)` says so.
 fn check_prefixes(h: &mut Harness, what: &str, frame: &[u8], is_error: impl Fn(usize) -> bool) {
     for len in 0..frame.len() {
         let want = if is_error(len) {
@@ -55,7 +55,8 @@ fn truncated_ipv4_with_options() {
 #[test]
 fn truncated_tcp_options_still_give_the_record() {
     // Only the 20-byte fixed TCP header is needed: a SYN whose options are cut off still yields
-    // its record; payload_len comes from the IP header (so it is 0 here, not negative).
+    // its record; payload_len comes from the IP header (so it is 0 here, not negative). The MSS
+    // (the first option, bytes 54..58) is in it only when the frame holds all of it.
     let mut h = Harness::standard();
     let frame = eth(
         ETH_P_IP,
@@ -68,7 +69,10 @@ fn truncated_tcp_options_still_give_the_record() {
     );
     assert_eq!(frame.len(), 74);
     for len in 54..74 {
-        let ev = pkt4(SYN, CLIENT4, 40000, VIP4, VIP_PORT);
+        let ev = Event {
+            mss: if len >= 58 { 1460 } else { 0 },
+            ..pkt4(SYN, CLIENT4, 40000, VIP4, VIP_PORT)
+        };
         h.check(
             &format!("SYN options cut to {len}"),
             &frame[..len],
@@ -243,8 +247,8 @@ fn garbage_frames_always_pass() {
                 };
             }
         }
-        for prog in PROGS {
-            if kernel_refuses(prog, &f) {
+        for prog in h.progs.clone() {
+            if h.kernel_refuses(prog, &f) {
                 let err = h
                     .try_run(prog, &f)
                     .expect_err("the kernel ran a frame it should refuse");

@@ -20,9 +20,10 @@
 //! * frames shorter than `ETH_HLEN` (14 bytes) are refused by the syscall itself with `EINVAL`
 //!   before any program runs, for skb and XDP programs alike;
 //! * skb (TC) test runs also refuse, with `EINVAL`, a frame whose outer EtherType is IPv4 / IPv6
-//!   but that is too short for the fixed IPv4 (20 bytes) / IPv6 (40 bytes) header (seen on 6.18).
+//!   but that is too short for the fixed IPv4 (20 bytes) / IPv6 (40 bytes) header (seen on 6.1
+//!   and 6.18; 5.10 runs such frames, and they are checked as any other run there).
 //!   Such cuts are tested through XDP, and through TC behind a VLAN tag (whose skb protocol is
-//!   802.1Q, so the kernel does not look further); see [`kernel_refuses`];
+//!   802.1Q, so the kernel does not look further); see [`Harness::kernel_refuses`];
 //! * skb test runs use the network namespace's loopback device, so `__sk_buff.ifindex` is its
 //!   ifindex; XDP test runs use loopback's rx queue 0, so `ingress_ifindex` is the same.
 

@@ -74,7 +74,7 @@ fn ringbuf_variant_counts_every_event_as_emitted_or_lost() {
     let sent: u64 = 100;
     let c0 = h.counters();
     for i in 0..sent {
-        let prog = PROGS[(i % 3) as usize];
+        let prog = h.nth_prog(i);
         let port = 30000 + u16::try_from(i).unwrap();
         h.run(prog, &tcp4_frame(CLIENT4, port, VIP4, VIP_PORT, SYN));
     }
@@ -89,10 +89,10 @@ fn ringbuf_variant_counts_every_event_as_emitted_or_lost() {
         let port = 30000 + u16::try_from(i).unwrap();
         assert_eq!(
             (e.sport, e.tcp_flags, e.hook),
-            (port, SYN, PROGS[i % 3].hook())
+            (port, SYN, h.nth_prog(i as u64).hook())
         );
     }
     // Drained, the ring takes records again.
-    h.run(Prog::Xdp, &tcp4_frame(CLIENT4, 1, VIP4, VIP_PORT, SYN));
+    h.run(h.nth_prog(0), &tcp4_frame(CLIENT4, 1, VIP4, VIP_PORT, SYN));
     assert_eq!(h.drain_events().len(), 1);
 }

@@ -20,6 +20,8 @@ fn syn_to_vip_v4() {
         0,
         0,
     );
+    // The MSS option comes first: 1460.
+    let ev = Event { mss: 1460, ..ev };
     h.check(
         "SYN to VIP",
         &frame,
@@ -179,6 +181,7 @@ fn syn_with_data() {
         0,
         16,
     );
+    let ev = Event { mss: 1460, ..ev };
     h.check(
         "SYN with data",
         &frame,
@@ -223,7 +226,10 @@ fn ipv4_total_length_shorter_than_headers() {
             ETH_P_IP,
             &ipv4_full(CLIENT4, VIP4, PROTO_TCP, &[], IP_DF, Some(tot), &seg),
         );
-        let ev = pkt4(SYN, CLIENT4, 40000, VIP4, VIP_PORT);
+        let ev = Event {
+            mss: 1460,
+            ..pkt4(SYN, CLIENT4, 40000, VIP4, VIP_PORT)
+        };
         h.check(
             &format!("SYN with tot_len {tot}"),
             &frame,
@@ -256,5 +262,86 @@ fn first_fragment_is_parsed() {
         "first fragment SYN",
         &frame,
         &Want::Packet(ev, ID_VIP4, stats(|s| s.syn = 1)),
+    );
+}
+
+/// A SYN or SYN-ACK's options give the event its `mss`; nothing else does.
+#[test]
+fn mss_of_syn_and_syn_ack() {
+    let mut h = Harness::standard();
+    // (what, flags, options, the mss the event must carry)
+    let cases: [(&str, u8, &[u8], u16); 9] = [
+        ("SYN without options", SYN, &[], 0),
+        ("SYN, MSS first", SYN, &SYN_OPTIONS, 1460),
+        // Two NOPs, then MSS 1220.
+        (
+            "SYN-ACK, MSS after NOPs",
+            SYN | ACK,
+            &[1, 1, 2, 4, 0x04, 0xc4, 0, 0],
+            1220,
+        ),
+        // Window scale (3 bytes) and a NOP before it.
+        (
+            "SYN, MSS after wscale",
+            SYN,
+            &[3, 3, 7, 1, 2, 4, 0x05, 0x78],
+            1400,
+        ),
+        // Past the walk: the MSS after four other options is not looked for.
+        ("SYN, MSS fifth", SYN, &[1, 1, 1, 1, 2, 4, 0x05, 0xb4], 0),
+        (
+            "SYN, end of options first",
+            SYN,
+            &[0, 0, 0, 0, 2, 4, 0x05, 0xb4],
+            0,
+        ),
+        ("SYN, MSS of a wrong length", SYN, &[2, 3, 0x05, 0xb4], 0),
+        (
+            "SYN, zero-length option",
+            SYN,
+            &[8, 0, 2, 4, 0x05, 0xb4, 0, 0],
+            0,
+        ),
+        // Not a SYN: its options are never read.
+        ("FIN-ACK with an MSS option", FIN | ACK, &SYN_OPTIONS, 0),
+    ];
+    for (what, flags, options, mss) in cases {
+        let ack = if flags & ACK != 0 { ACK_SEQ } else { 0 };
+        let seg = tcp_full(40000, VIP_PORT, SEQ, ack, flags, options, &[]);
+        let frame = eth(ETH_P_IP, &ipv4(CLIENT4, VIP4, PROTO_TCP, &seg));
+        let ev = Event {
+            mss,
+            ..pkt4(flags, CLIENT4, 40000, VIP4, VIP_PORT)
+        };
+        let sd = stats(|s| {
+            if flags & SYN == 0 {
+                s.fin = 1;
+            } else if flags & ACK != 0 {
+                s.syn_ack = 1;
+            } else {
+                s.syn = 1;
+            }
+        });
+        h.check(what, &frame, &Want::Packet(ev, ID_VIP4, sd));
+    }
+    // IPv6: the same walk after the fixed header.
+    let seg = tcp_full(
+        40000,
+        VIP_PORT,
+        SEQ,
+        0,
+        SYN,
+        &[2, 4, 0x05, 0xa0, 1, 1, 4, 2],
+        &[],
+    );
+    let frame = eth(ETH_P_IPV6, &ipv6(CLIENT6, VIP6, PROTO_TCP, &seg));
+    let ev = Event {
+        mss: 1440,
+        ..pkt6(SYN, CLIENT6, 40000, VIP6, VIP_PORT)
+    };
+    h.check(
+        "IPv6 SYN, MSS 1440",
+        &frame,
+        &Want::Packet(ev, ID_VIP6, stats(|s| s.syn = 1)),
     );
 }

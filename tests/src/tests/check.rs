@@ -311,6 +311,13 @@ fn check_haproxy_http_healthy() {
     );
     assert_backends_serve(&o, &[0, 1, 2]);
     assert_eq!(o.json["vip_probe"]["http_status"], 200, "{}", o.dump());
+    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons), no --xdp.
+    assert_eq!(
+        o.json["capabilities"],
+        serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"}),
+        "{}",
+        o.dump()
+    );
     // It ends early once every step passes.
     assert!(
         o.json["observed_seconds"].as_f64().is_some_and(|s| s < 5.5),
@@ -879,4 +886,62 @@ fn check_lb_service_down() {
         o.dump()
     );
     assert_clients(&o, |c| c.code == "000", "connections refused (000)");
+}
+
+/// A path-MTU black hole toward the client (HAProxy, L7: the LB retransmits its replies): the
+/// handshakes and the request pass, the 200 KB answer's full-size segments never arrive, and
+/// no ICMP fragmentation-needed comes back. Step 4 fails with the MTU finding, naming the
+/// retransmissions (in its evidence too) and the MSS the client advertised.
+#[test]
+fn check_haproxy_http_path_mtu_black_hole() {
+    let o = check("haproxy-http-path-mtu-black-hole");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 1,
+            mode: "l7",
+            steps: ["pass", "pass", "pass", "fail"],
+            first_failed: Some(4),
+            backends: HEALTHY,
+        },
+    );
+    assert_contains(&o, 4, "path-MTU black hole between the LB and the client");
+    assert_contains(&o, 4, "full-size segments retransmitted");
+    assert_contains(&o, 4, "the MSS the client advertised (1460)");
+    let evidence = o.step(4)["evidence"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        evidence.iter().any(|e| e["type"] == "retrans"
+            && e["full_size"] == true
+            && e["src"] == o.scenario.vip()),
+        "step 4's evidence lacks a full-size retransmission from the VIP\n{}",
+        o.dump()
+    );
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["type"] == "packet" && e["flags"] == "S" && e["mss"] == 1460),
+        "step 4's evidence lacks the client's SYN with MSS 1460\n{}",
+        o.dump()
+    );
+    assert_clients(&o, |c| c.code != "200", "no complete answer");
+}
+
+/// The same black hole with small replies only: every reply fits the path, step 4 passes.
+#[test]
+fn check_haproxy_http_path_mtu_small_replies() {
+    let o = check("haproxy-http-path-mtu-small-replies");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 0,
+            mode: "l7",
+            steps: PASS4,
+            first_failed: None,
+            backends: HEALTHY,
+        },
+    );
+    assert_clients(&o, |c| c.code == "200", "HTTP 200");
 }

@@ -1,8 +1,9 @@
-//! `lbtrace check` with the LB host under pressure (issue 13): a full accept queue, SYN cookies.
-//! Each test builds its lab, puts the LB host in the state, runs `lbtrace check --format json` in
-//! the lb namespace while clients connect, and checks that the verdict names the host's limit
-//! with the counters that moved (before and after) and that no step passes with failed
-//! connections inside it.
+//! `lbtrace check` with the LB host under pressure (issue 13): a full accept queue, SYN cookies,
+//! source ports (a proxy's sockets, SNAT's conntrack entries), forwarding off under DNAT, strict
+//! reverse-path filtering. Each test builds its lab, puts the LB host in the state, runs
+//! `lbtrace check --format json` in the lb namespace while clients connect, and checks that the
+//! verdict names the host's limit with the counters that moved (before and after) and that no
+//! step passes with failed connections inside it.
 
 use std::{thread, time::Duration};
 
@@ -10,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     lab::{
-        BACKEND_PORT, BACKENDS, Lab, Proc, VIP, VIP_PORT, curl,
+        BACKEND_PORT, BACKENDS, BRIDGE, CLIENT, Lab, NftDnat, Proc, VIP, VIP_PORT, curl,
         scenario::{self, CheckRun},
     },
     runner::lbtrace_bin,
@@ -20,8 +21,19 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `lbtrace check --format json` for VIP:80 and every backend while `clients` runs.
 fn check(lab: &Lab, clients: impl FnOnce()) -> (i32, Value, String) {
+    check_with(lab, BACKENDS.len(), "6s", |_| clients())
+}
+
+/// Runs `lbtrace check --format json --observe <observe>` for VIP:80 and the first `backends`
+/// backends while `clients` runs (it may signal the check).
+fn check_with(
+    lab: &Lab,
+    backends: usize,
+    observe: &str,
+    clients: impl FnOnce(&CheckRun),
+) -> (i32, Value, String) {
     let mut args = vec!["--vip".to_owned(), format!("{}:{VIP_PORT}", VIP.v4)];
-    for b in &BACKENDS {
+    for b in &BACKENDS[..backends] {
         args.extend([
             "--backend".to_owned(),
             format!("{}:{BACKEND_PORT}", b.addr.v4),
@@ -32,14 +44,14 @@ fn check(lab: &Lab, clients: impl FnOnce()) -> (i32, Value, String) {
             "--format",
             "json",
             "--observe",
-            "6s",
+            observe,
             "--probe-timeout",
             "2s",
         ]
         .map(str::to_owned),
     );
     let run = CheckRun::start(lab, &lbtrace_bin(), "check", &args);
-    clients();
+    clients(&run);
     let done = run.wait(CHECK_TIMEOUT);
     let json: Value = serde_json::from_str(done.stdout.trim()).unwrap_or_else(|err| {
         panic!(
@@ -173,10 +185,16 @@ fn pressure_syn_cookies_are_a_finding() {
     let _setup = s.setup(&lab);
     // Every SYN-ACK of the lb namespace is a cookie.
     lab.lb.sysctl("net.ipv4.tcp_syncookies", "2");
-    let (code, j, shown) = check(&lab, || {
+    // A window far longer than the test: the check ends early once every step passes, and the
+    // host's "after" sample is taken all the same.
+    let (code, j, shown) = check_with(&lab, BACKENDS.len(), "25s", |_| {
         let codes = curls(&lab, 4);
         assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
     });
+    assert!(
+        j["observed_seconds"].as_f64().is_some_and(|s| s < 20.0),
+        "the check did not end early\n{shown}"
+    );
     let s1 = &j["steps"][0];
     assert_eq!(s1["status"], "warn", "{shown}");
     assert!(
@@ -276,6 +294,28 @@ fn pressure_source_ports_warn_then_fail() {
     );
     assert_eq!(j["steps"][2]["status"], "fail", "{shown}");
     assert_eq!(code, 1, "{shown}");
+    // The LB's own probe of the backend found no free local port: direct evidence, a finding
+    // of its own with the probe's error.
+    let be = format!("{}:{BACKEND_PORT}", BACKENDS[0].addr.v4);
+    let probe = j["steps"][2]["host"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|h| h["kind"] == "no_local_port" && h["backend"] == be)
+        })
+        .unwrap_or_else(|| panic!("no no_local_port finding for {be}\n{shown}"));
+    assert_eq!(probe["status"], "fail", "{shown}");
+    let err = probe["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("EADDRINUSE") || err.contains("EADDRNOTAVAIL"),
+        "{shown}"
+    );
+    assert!(
+        probe["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("got no local port")),
+        "{shown}"
+    );
     drop(first);
 }
 
@@ -299,4 +339,206 @@ fn pressure_one_backend_of_three_failing_passes_no_step_with_failures() {
         "{shown}"
     );
     assert_no_pass_with_failures(&j, &shown);
+}
+
+#[test]
+fn pressure_ctrl_c_keeps_the_host_evidence() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-accept-queue-full").expect("scenario");
+    let _setup = s.setup(&lab);
+    // The window would last a minute: Ctrl-C ends it, and the verdict still has the host's
+    // "after" sample (the overflows of the SYNs sent during it).
+    let (code, j, shown) = check_with(&lab, BACKENDS.len(), "60s", |run| {
+        curls(&lab, 3);
+        run.signal(libc::SIGINT);
+    });
+    assert!(
+        j["observed_seconds"].as_f64().is_some_and(|s| s < 30.0),
+        "{shown}"
+    );
+    assert_eq!(code, 1, "{shown}");
+    let (b, a) = counter(&j, "TcpExt.ListenOverflows");
+    assert!(a > b, "host.counters ListenOverflows {b} -> {a}\n{shown}");
+    assert!(
+        j["steps"][0]["host"].as_array().is_some_and(|h| h
+            .iter()
+            .any(|f| f["kind"] == "accept_queue_full" && f["status"] == "fail")),
+        "{shown}"
+    );
+}
+
+/// `n` idle connections from the client to the VIP (through the DNAT and SNAT to backend 0);
+/// connections that cannot be made are left out (the NAT ports may be used up).
+fn hold_vip_connections(lab: &Lab, n: usize, name: &str) -> Proc {
+    let code = format!(
+        "import socket, time\n\
+         socks = []\n\
+         for _ in range({n}):\n\
+         \x20   try:\n\
+         \x20       socks.append(socket.create_connection(('{}', {VIP_PORT}), timeout=2))\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         print('holding', len(socks), flush=True)\n\
+         time.sleep(60)\n",
+        VIP.v4
+    );
+    let mut p = lab
+        .client
+        .spawn(name, lab.dir(), &["/usr/bin/python3", "-c", &code]);
+    p.wait_until("holding connections", Duration::from_secs(30), |p| {
+        p.stdout().contains("holding")
+    });
+    p
+}
+
+#[test]
+fn pressure_snat_ports_warn_then_fail() {
+    let lab = Lab::new();
+    // DNAT to backend 0 only, masquerading to 20 NAT ports of the lb's internal address.
+    let _nat = NftDnat::load_snat_ports(&lab.lb, &BACKENDS[..1], (40000, 40019));
+    // The lb's own local port range is far wider: SNAT does not take its ports from it.
+    lab.lb.sysctl("net.ipv4.ip_local_port_range", "40000 40019");
+    let first = hold_vip_connections(&lab, 17, "vip-holders-17");
+    let (_, j, shown) = check_with(&lab, 1, "6s", |_| {
+        curls(&lab, 1);
+    });
+    let be = format!("{}:{BACKEND_PORT}", BACKENDS[0].addr.v4);
+    let snat = |j: &Value| -> Option<Value> {
+        j["steps"][2]["host"].as_array().and_then(|a| {
+            a.iter()
+                .find(|h| {
+                    h["kind"] == "source_ports"
+                        && h["ports"]["backend"] == be
+                        && h["ports"]["by"] == "conntrack"
+                })
+                .cloned()
+        })
+    };
+    let f = snat(&j).unwrap_or_else(|| panic!("no SNAT source_ports finding\n{shown}"));
+    assert_eq!(
+        (&f["status"], &f["exhausted"], &f["ports"]["usable"]),
+        (&Value::from("warn"), &Value::from(false), &Value::from(20)),
+        "{shown}"
+    );
+    assert_eq!(f["ports"]["source"], "10.10.3.1", "{shown}");
+    assert!(
+        f["ports"]["used"]
+            .as_u64()
+            .is_some_and(|u| (17..20).contains(&u)),
+        "{shown}"
+    );
+    assert!(
+        f["summary"].as_str().is_some_and(
+            |s| s.contains("SNAT ports from 10.10.3.1") && s.contains("nearly used up")
+        ),
+        "{shown}"
+    );
+    // The SNAT range the rule gives, read from nftables.
+    assert_eq!(
+        j["host"]["nat"]["snat_ports"],
+        serde_json::json!([40000, 40019]),
+        "{shown}"
+    );
+    // Every NAT port held: the finding fails step 3.
+    let _rest = hold_vip_connections(&lab, 3, "vip-holders-3");
+    let (code, j, shown) = check_with(&lab, 1, "6s", |_| {
+        curls(&lab, 1);
+    });
+    let f = snat(&j).unwrap_or_else(|| panic!("no SNAT source_ports finding\n{shown}"));
+    assert_eq!(
+        (&f["status"], &f["exhausted"]),
+        (&Value::from("fail"), &Value::from(true)),
+        "{shown}"
+    );
+    assert_eq!(j["steps"][2]["status"], "fail", "{shown}");
+    assert_eq!(code, 1, "{shown}");
+    drop(first);
+}
+
+#[test]
+fn pressure_forwarding_off_under_dnat_fails_step_two() {
+    let lab = Lab::new();
+    let s = scenario::find("nft-dnat-healthy").expect("scenario nft-dnat-healthy");
+    let _setup = s.setup(&lab);
+    lab.lb.sysctl("net.ipv4.ip_forward", "0");
+    let (code, j, shown) = check(&lab, || {
+        let codes = curls(&lab, 3);
+        assert!(codes.iter().all(|c| c != "200"), "{codes:?}");
+    });
+    assert_eq!(code, 1, "{shown}");
+    let s2 = &j["steps"][1];
+    assert_eq!(s2["status"], "fail", "{shown}");
+    let f = s2["host"]
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["kind"] == "no_forwarding"))
+        .unwrap_or_else(|| panic!("no no_forwarding finding in step 2\n{shown}"));
+    assert_eq!(f["status"], "fail", "{shown}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("ip_forward")),
+        "{shown}"
+    );
+    // The DNAT rule for the VIP is read from nftables. On this kernel the SYN dies after its
+    // DNAT (IP_INADDRERRORS, with the client's ISN), which already shows Layer 4; where no
+    // SYN shows it, the rule does, and the finding names it.
+    let rule = format!("nftables {}/prerouting", NftDnat::TABLE);
+    assert_eq!(
+        j["host"]["nat"]["dnat"],
+        serde_json::json!([rule]),
+        "{shown}"
+    );
+    let by_rule = if j["mode"] == "l4" {
+        serde_json::json!([])
+    } else {
+        serde_json::json!([rule])
+    };
+    assert_eq!(f["dnat"], by_rule, "{shown}");
+    assert!(
+        s2["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("ip_forward")),
+        "{shown}"
+    );
+    assert_eq!(j["host"]["ip_forward"], false, "{shown}");
+}
+
+#[test]
+fn pressure_strict_rp_filter_drops_fail_step_one() {
+    let lab = Lab::new();
+    let s = scenario::find("haproxy-http-healthy").expect("scenario haproxy-http-healthy");
+    let _setup = s.setup(&lab);
+    // Strict filtering on the client-facing interface, and the route back to the client through
+    // the bridge instead: the client's SYNs fail the reverse-path check.
+    lab.lb
+        .sysctl(&format!("net.ipv4.conf.{}.rp_filter", lab.lb_ext), "1");
+    lab.lb.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{}/32", CLIENT.v4),
+        "dev",
+        BRIDGE,
+    ]);
+    let (code, j, shown) = check(&lab, || {
+        curls(&lab, 2);
+    });
+    assert_eq!(code, 1, "{shown}");
+    let s1 = &j["steps"][0];
+    assert_eq!(s1["status"], "fail", "{shown}");
+    let f = s1["host"]
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["kind"] == "strict_rp_filter"))
+        .unwrap_or_else(|| panic!("no strict_rp_filter finding in step 1\n{shown}"));
+    assert_eq!(
+        (&f["status"], &f["iface"]),
+        (&Value::from("fail"), &Value::from(lab.lb_ext.as_str())),
+        "{shown}"
+    );
+    assert!(
+        f["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("rp_filter = 1") && s.contains("IP_RPFILTER")),
+        "{shown}"
+    );
 }

@@ -148,8 +148,34 @@ fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool, env
             p.src.starts_with('[') == (family == Family::V6),
             "a packet of the other family: {p}"
         );
+        // Linux puts an MSS option in every SYN and SYN-ACK: lbtrace read it (and tcpdump
+        // agreed on its value above).
+        assert!(
+            !p.flags.contains('S') || p.mss > 0,
+            "a SYN without its MSS: {p}\n{}",
+            trace.dump()
+        );
     }
     assert_eq!(trace.lost(), 0, "events lost\n{}", trace.dump());
+    // What ran, as the summary says it: this kernel has drop reasons; the rest as forced.
+    let caps = &trace.summary["capabilities"];
+    let ringbuf = env.contains(&"LBTRACE_RINGS=ringbuf");
+    assert_eq!(
+        (
+            &caps["attach"],
+            &caps["packet_rings"],
+            &caps["drops"],
+            caps["xdp"] == "off"
+        ),
+        (
+            &Value::from(if legacy { "legacy_tc" } else { "tcx" }),
+            &Value::from(if ringbuf { "ringbuf" } else { "percpu" }),
+            &Value::from("reason"),
+            !xdp
+        ),
+        "capabilities in {}",
+        trace.summary
+    );
 
     for ev in trace.of_type("packet") {
         check_common_fields(ev, &lab.lb);
@@ -407,6 +433,11 @@ fn drop_by_location_without_reasons() {
     );
     let notes = trace.stderr.matches("drop reasons are unavailable").count();
     assert_eq!(notes, 1, "said once:\n{}", trace.stderr);
+    assert_eq!(
+        trace.summary["capabilities"]["drops"], "location",
+        "{}",
+        trace.summary
+    );
 }
 
 #[test]

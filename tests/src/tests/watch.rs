@@ -216,8 +216,19 @@ fn watch_alerts_backend_down_and_recovers() {
         h["connections"].as_u64() >= Some(5)
     });
     assert!(
-        health.is_some_and(|h| h["vip"] == vip().as_str() && h["lost"] == 0),
+        health
+            .as_ref()
+            .is_some_and(|h| h["vip"] == vip().as_str() && h["lost"] == 0),
         "no health line counting the 5 connections\nlbtrace watch {}",
+        watch.dump()
+    );
+    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons), no --xdp.
+    assert_eq!(
+        health.map(|h| h["capabilities"].clone()),
+        Some(
+            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"})
+        ),
+        "lbtrace watch {}",
         watch.dump()
     );
 

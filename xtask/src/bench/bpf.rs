@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `enum bpf_attach_type`: BPF_XDP, BPF_TCX_INGRESS, BPF_TCX_EGRESS.
@@ -157,6 +158,26 @@ pub fn link(prog_fd: RawFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
     let fd = RawFd::try_from(fd).context("bpf(2) returned an fd out of range")?;
     // SAFETY: BPF_LINK_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Pins the program (or map) `fd` at `path`, in a bpffs.
+pub fn pin(fd: RawFd, path: &std::path::Path) -> Result<()> {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = ObjPinAttr {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: u32::try_from(fd).context("negative fd")?,
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning at {}", path.display()))?;
+    Ok(())
 }
 
 /// What one BPF_PROG_TEST_RUN reported.

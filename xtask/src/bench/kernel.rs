@@ -1,6 +1,12 @@
 //! Part 1 of the bench, kernel cost per packet: BPF_PROG_TEST_RUN (repeat 1,000,000) of
 //! `tc_ingress` and `xdp_ingress` on hand-built frames, against an empty program of the same type
 //! run on the same frame with the same repeat, interleaved (the order flips every round).
+//!
+//! Also the legacy TC program (`lbtrace_tc_in`, attached as a cls_bpf filter before 6.6) against
+//! the same empty SCHED_CLS program (what an empty cls_bpf filter runs), live and as a stale
+//! filter: one a SIGKILLed lbtrace left behind, whose rings nobody reads, so every event meets a
+//! full ring. A test run does not go through the hook itself (clsact + cls_bpf, or TCX); that
+//! dispatch is the same for lbtrace's filter and an empty one.
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
@@ -41,10 +47,21 @@ pub enum Prog {
     /// `tc_ingress_rb`: packet events through a BPF ring buffer (kernels before 5.12). Not in
     /// the goals: it is the fallback, measured to say what it costs.
     TcRingBuf,
+    /// `lbtrace_tc_in`: the legacy TC filter's program (before 6.6). Not in the goals.
+    LegacyTc,
+    /// `lbtrace_tc_in` as a stale filter runs it: every case on the object whose rings are full
+    /// and never read. Not in the goals.
+    LegacyTcStale,
 }
 
 /// Every program measured, in table order.
-const PROGS: [Prog; 3] = [Prog::Tc, Prog::Xdp, Prog::TcRingBuf];
+const PROGS: [Prog; 5] = [
+    Prog::Tc,
+    Prog::Xdp,
+    Prog::TcRingBuf,
+    Prog::LegacyTc,
+    Prog::LegacyTcStale,
+];
 
 impl Prog {
     pub fn label(self) -> &'static str {
@@ -52,14 +69,31 @@ impl Prog {
             Prog::Tc => "tc_ingress",
             Prog::Xdp => "xdp_ingress",
             Prog::TcRingBuf => "tc_ingress_rb",
+            Prog::LegacyTc => "lbtrace_tc_in",
+            Prog::LegacyTcStale => "lbtrace_tc_in, stale filter:",
+        }
+    }
+
+    /// The program's name in the object.
+    fn program(self) -> &'static str {
+        match self {
+            Prog::Tc => names::PROG_TC_INGRESS,
+            Prog::Xdp => names::PROG_XDP_INGRESS,
+            Prog::TcRingBuf => "tc_ingress_rb",
+            Prog::LegacyTc | Prog::LegacyTcStale => names::PROG_LEGACY_TC_INGRESS,
         }
     }
 
     fn pass(self) -> u32 {
         match self {
-            Prog::Tc | Prog::TcRingBuf => bpf::TC_ACT_UNSPEC as u32,
             Prog::Xdp => bpf::XDP_PASS as u32,
+            _ => bpf::TC_ACT_UNSPEC as u32,
         }
+    }
+
+    /// Whether the goals judge it (the default attachment of a current kernel).
+    pub fn in_goals(self) -> bool {
+        matches!(self, Prog::Tc | Prog::Xdp)
     }
 }
 
@@ -182,7 +216,20 @@ pub fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
     }
 }
 
-fn load(slots: u64, priority_bytes: u32, mode: RingMode) -> Result<Loaded> {
+/// [`load_with`], with the legacy TC programs where the object has them (an older one,
+/// `LBTRACE_BENCH_OBJECT`, may not: then they are not measured).
+fn load(slots: u64, priority_bytes: u32, mode: RingMode) -> Result<(Loaded, bool)> {
+    match load_with(slots, priority_bytes, mode, mode == RingMode::PerCpu) {
+        Ok(l) => Ok((l, mode == RingMode::PerCpu)),
+        Err(e) if mode == RingMode::PerCpu => {
+            eprintln!("xtask: bench: lbtrace_tc_in not measured: {e:#}");
+            Ok((load_with(slots, priority_bytes, mode, false)?, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn load_with(slots: u64, priority_bytes: u32, mode: RingMode, legacy_tc: bool) -> Result<Loaded> {
     // Rings for the bench CPU only (the calls are pinned there): 1M records of 104 bytes is
     // 104 MiB per CPU. The reader would be woken at a quarter full; here nobody reads during a
     // call, so the threshold is never reached: every record takes the production path of a
@@ -200,7 +247,8 @@ fn load(slots: u64, priority_bytes: u32, mode: RingMode) -> Result<Loaded> {
     // The ring-buffer variant's ring: room for `slots` records of 8 + 104 bytes.
     layout.shared_bytes = u32::try_from((slots * (8 + EVENT_SIZE as u64)).next_power_of_two())?;
     let object = object()?;
-    let opts = loader::Options::new(&object, layout, frames::endpoints().to_vec());
+    let mut opts = loader::Options::new(&object, layout, frames::endpoints().to_vec());
+    opts.programs.legacy_tc = legacy_tc;
     let mut loaded = loader::load(&opts).context("loading lbtrace's eBPF object")?;
     let RawRings {
         packets: events,
@@ -223,19 +271,16 @@ pub fn run_lbtrace(ebpf: &Ebpf, prog: Prog, frame: &[u8], repeat: u32) -> Result
         repeat,
         ..TestRunOptions::new()
     };
+    let program = ebpf
+        .program(prog.program())
+        .with_context(|| format!("no {}", prog.program()))?;
     let res = match prog {
-        Prog::Tc | Prog::TcRingBuf => {
-            let p: &SchedClassifier = ebpf
-                .program(prog.label())
-                .with_context(|| format!("no {}", prog.label()))?
-                .try_into()?;
+        Prog::Xdp => {
+            let p: &Xdp = program.try_into()?;
             p.test_run(opts)
         }
-        Prog::Xdp => {
-            let p: &Xdp = ebpf
-                .program(names::PROG_XDP_INGRESS)
-                .context("no xdp_ingress")?
-                .try_into()?;
+        _ => {
+            let p: &SchedClassifier = program.try_into()?;
             p.test_run(opts)
         }
     }
@@ -266,8 +311,8 @@ struct Baselines {
 impl Baselines {
     fn run(&self, prog: Prog, frame: &[u8]) -> Result<u32> {
         let (p, want) = match prog {
-            Prog::Tc | Prog::TcRingBuf => (&self.tc, bpf::TC_ACT_UNSPEC as u32),
             Prog::Xdp => (&self.xdp, bpf::XDP_PASS as u32),
+            _ => (&self.tc, bpf::TC_ACT_UNSPEC as u32),
         };
         let r = bpf::test_run(p.fd(), frame, REPEAT)?;
         ensure!(
@@ -288,12 +333,12 @@ pub struct Result1 {
 pub fn measure(rounds: usize) -> Result<Result1> {
     // One CPU for every call: no migration between subject and baseline.
     let _pin = sys::pin_current_thread(BENCH_CPU);
-    let mut main = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::PerCpu)?;
-    let mut full = load(MIN_SLOTS, TINY_PRIORITY_RING, RingMode::PerCpu)?;
+    let (mut main, legacy) = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::PerCpu)?;
+    let (mut full, legacy_full) = load(MIN_SLOTS, TINY_PRIORITY_RING, RingMode::PerCpu)?;
     // 4 KiB for the full one: 36 records, filled by the warm-up, then every write fails.
     // An older object (LBTRACE_BENCH_OBJECT) may have no ring-buffer variant: measured without.
     let rb = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::RingBuf)
-        .and_then(|main| Ok((main, load(1, TINY_PRIORITY_RING, RingMode::RingBuf)?)));
+        .and_then(|(main, _)| Ok((main, load(1, TINY_PRIORITY_RING, RingMode::RingBuf)?.0)));
     let (mut main_rb, mut full_rb) = match rb {
         Ok(pair) => (Some(pair.0), Some(pair.1)),
         Err(e) => {
@@ -304,6 +349,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     let progs: Vec<Prog> = PROGS
         .into_iter()
         .filter(|p| *p != Prog::TcRingBuf || main_rb.is_some())
+        .filter(|p| !matches!(p, Prog::LegacyTc | Prog::LegacyTcStale) || (legacy && legacy_full))
         .collect();
     let base = Baselines {
         tc: EmptyProg::load(bpf::BPF_PROG_TYPE_SCHED_CLS, bpf::TC_ACT_UNSPEC)?,
@@ -314,7 +360,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     let mut kinds = Vec::new();
     for &prog in &progs {
         for case in &cases {
-            if prog != Prog::TcRingBuf {
+            if prog.in_goals() {
                 kinds.push((prog, case.kind, figures.len()));
             }
             let mut f = Figure::new(SECTION, format!("{} {}", prog.label(), case.name), "ns")
@@ -322,7 +368,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
             if case.ring != Ring::None {
                 f.note = "event written and drained after each call".to_owned();
             }
-            if case.obj == Obj::Full {
+            if case.obj == Obj::Full || (prog == Prog::LegacyTcStale && case.ring != Ring::None) {
                 f.note = "ring full: no slot, loss counted".to_owned();
             }
             figures.push(f);
@@ -330,14 +376,20 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     }
 
     let mut one = |prog: Prog, case: &Case| -> Result<u32> {
-        let l = match (case.obj, prog) {
+        // A stale filter's rings are full whatever the case.
+        let obj = if prog == Prog::LegacyTcStale {
+            Obj::Full
+        } else {
+            case.obj
+        };
+        let l = match (obj, prog) {
             (Obj::Main, Prog::TcRingBuf) => main_rb.as_mut().context("no ring-buffer variant")?,
             (Obj::Full, Prog::TcRingBuf) => full_rb.as_mut().context("no ring-buffer variant")?,
             (Obj::Main, _) => &mut main,
             (Obj::Full, _) => &mut full,
         };
         let ns = run_lbtrace(&l.ebpf, prog, &case.frame, REPEAT)?;
-        if case.obj == Obj::Main {
+        if obj == Obj::Main {
             let want = match case.ring {
                 Ring::None => 0,
                 _ => u64::from(REPEAT),

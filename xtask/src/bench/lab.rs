@@ -186,6 +186,12 @@ pub enum Tool {
     EmptyTcx,
     /// `lbtrace watch` (TCX, or XDP on ingress).
     Watch { xdp: bool },
+    /// An empty TC program as a legacy TC filter (clsact + cls_bpf direct-action, `tc filter
+    /// ... bpf object-pinned`) on both lb interfaces, ingress and egress: what the cls_bpf hooks
+    /// cost by themselves.
+    EmptyLegacyTc,
+    /// `lbtrace watch` attached with legacy TC (`LBTRACE_ATTACH=tc`, as below 6.6).
+    WatchLegacyTc,
     /// `lbtrace trace --format json` to a file.
     Trace,
     /// One `tcpdump -w` per lb interface, filtered to the watched tuples' SYN/FIN/RST.
@@ -199,6 +205,8 @@ impl Tool {
             Tool::EmptyTcx => "empty TCX program",
             Tool::Watch { xdp: false } => "lbtrace watch (TCX)",
             Tool::Watch { xdp: true } => "lbtrace watch --xdp",
+            Tool::EmptyLegacyTc => "empty legacy TC filter",
+            Tool::WatchLegacyTc => "lbtrace watch (legacy TC)",
             Tool::Trace => "lbtrace trace --format json",
             Tool::Tcpdump => "tcpdump (2, filtered)",
         }
@@ -213,10 +221,13 @@ enum Kind {
     Tcpdump,
 }
 
-/// A running tool: its processes, or its bpf_links (closing them detaches).
+/// A running tool: its processes, or its bpf_links (closing them detaches), or the clsact qdiscs
+/// its filters hang on (deleted on stop; the namespace goes with the lab in any case).
 pub struct Running {
     procs: Vec<Proc>,
     links: Vec<OwnedFd>,
+    /// `ip netns exec ... tc qdisc del ...` for each.
+    qdiscs: Vec<Vec<String>>,
     kind: Kind,
 }
 
@@ -260,8 +271,33 @@ impl Running {
                 return Ok(Running {
                     procs: Vec::new(),
                     links,
+                    qdiscs: Vec::new(),
                     kind: Kind::EmptyProg,
                 });
+            }
+            Tool::EmptyLegacyTc => {
+                let qdiscs = attach_empty_legacy(&lab.lb, dir, &ifaces)?;
+                return Ok(Running {
+                    procs: Vec::new(),
+                    links: Vec::new(),
+                    qdiscs,
+                    kind: Kind::EmptyProg,
+                });
+            }
+            Tool::WatchLegacyTc => {
+                let sock = dir
+                    .join(format!("{tag}.sock"))
+                    .to_string_lossy()
+                    .into_owned();
+                let mut argv = vec![
+                    "env".to_owned(),
+                    "LBTRACE_ATTACH=tc".to_owned(),
+                    format!("LBTRACE_RUN_DIR={}", dir.join("run").display()),
+                ];
+                argv.extend(lbtrace_argv("watch", &["--socket", &sock]));
+                let mut p = lab.lb.try_spawn(tag, dir, &argv)?;
+                wait_until(&mut p, "ready", Duration::from_secs(30), |_| ready.exists())?;
+                (vec![p], Kind::Watch)
             }
             Tool::Watch { xdp } => {
                 let sock = dir
@@ -313,6 +349,7 @@ impl Running {
         Ok(Running {
             procs,
             links: Vec::new(),
+            qdiscs: Vec::new(),
             kind,
         })
     }
@@ -343,6 +380,9 @@ impl Running {
     pub fn stop(mut self) -> Result<Report> {
         let mut report = Report::default();
         self.links.clear();
+        for argv in std::mem::take(&mut self.qdiscs) {
+            process::try_run(&argv)?;
+        }
         if self.kind == Kind::Tcpdump {
             // tcpdump reads its capture ring a block at a time (a block is handed over when full
             // or after 1 s) and stops at SIGINT without reading the block being filled: give
@@ -427,6 +467,72 @@ fn attach_empty(ns: &Netns, ifaces: &[&str], xdp: bool) -> Result<Vec<OwnedFd>> 
         .join()
         .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
     })
+}
+
+/// A bpffs mounted for this process, unmounted (with its pins) when dropped.
+struct BpfFs(std::ffi::CString);
+
+impl BpfFs {
+    fn mount(at: &Path) -> Result<BpfFs> {
+        fs::create_dir_all(at)?;
+        let path = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+        // SAFETY: NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                path.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mounting a bpffs on {}", at.display()));
+        }
+        Ok(BpfFs(path))
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path this process mounted.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Loads an empty TC program, pins it in a bpffs mounted in `dir` for the time it takes
+/// (`ip netns exec` hides the host's /sys/fs/bpf), and adds it as a cls_bpf direct-action filter
+/// on `ifaces` of `ns`, ingress and egress, on clsact qdiscs of its own: returned, to be deleted
+/// with their filters.
+fn attach_empty_legacy(ns: &Netns, dir: &Path, ifaces: &[&str]) -> Result<Vec<Vec<String>>> {
+    let fs_dir = dir.join("bpffs");
+    let _bpffs = BpfFs::mount(&fs_dir)?;
+    let pin = fs_dir.join("empty_tc");
+    let prog = EmptyProg::load(bpf::BPF_PROG_TYPE_SCHED_CLS, bpf::TC_ACT_UNSPEC)?;
+    bpf::pin(prog.fd(), &pin)?;
+    let pin = pin.to_string_lossy().into_owned();
+    let mut qdiscs = Vec::new();
+    for &i in ifaces {
+        ns.try_exec(&["tc", "qdisc", "add", "dev", i, "clsact"])?;
+        qdiscs.push(ns.argv(&["tc", "qdisc", "del", "dev", i, "clsact"]));
+        for hook in ["ingress", "egress"] {
+            ns.try_exec(&[
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                i,
+                hook,
+                "bpf",
+                "object-pinned",
+                &pin,
+                "direct-action",
+            ])?;
+        }
+    }
+    // The filters hold the program; the pin goes with the bpffs.
+    Ok(qdiscs)
 }
 
 /// The integer right before `suffix` in `text` ("12 packets captured" -> 12).

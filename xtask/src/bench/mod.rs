@@ -1,9 +1,9 @@
 //! `cargo xtask bench [--quick] [--json FILE]`: what lbtrace costs, measured on this machine.
 //!
-//! 1. kernel cost per packet (BPF_PROG_TEST_RUN of `tc_ingress` / `xdp_ingress` against an empty
-//!    program of the same type);
+//! 1. kernel cost per packet (BPF_PROG_TEST_RUN of `tc_ingress` / `xdp_ingress`, and of the older
+//!    kernels' variants and a stale legacy TC filter, against an empty program of the same type);
 //! 2. throughput (iperf3 through a namespace load balancer, with no tracer, `lbtrace watch`,
-//!    `lbtrace watch --xdp`, tcpdump);
+//!    `lbtrace watch --xdp`, tcpdump, `lbtrace watch` with legacy TC);
 //! 3. connection rate (short connections at rising rates: control packets recorded against the
 //!    kernel's own counts, events lost, CPU and peak RSS of the tracer);
 //! 4. ring-buffer drain (lbtrace's own drain + decode path against a test-run producer);

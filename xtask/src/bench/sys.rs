@@ -112,6 +112,29 @@ fn sched_runtime(pid: u32) -> Option<f64> {
     any.then_some(total_ms / 1000.0)
 }
 
+/// CPU time, in seconds, of the threads of `pid` called `comm` (/proc/<pid>/task/*/comm), from
+/// the scheduler's exact run time; None when no such thread runs.
+pub fn named_threads_cpu_seconds(pid: u32, comm: &str) -> Option<f64> {
+    let mut total_ms = 0.0;
+    let mut any = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let named =
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == comm);
+        let sched = std::fs::read_to_string(task.path().join("sched")).ok();
+        if let (true, Some(ms)) = (
+            named,
+            sched.and_then(|t| sched_field(&t, "se.sum_exec_runtime")),
+        ) {
+            total_ms += ms;
+            any = true;
+        }
+    }
+    any.then_some(total_ms / 1000.0)
+}
+
 fn sched_field(text: &str, key: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;

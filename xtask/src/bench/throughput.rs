@@ -1,7 +1,8 @@
 //! Part 2 of the bench, throughput: iperf3 TCP (one stream, then four) from the client through the
 //! lb (nftables DNAT) to the server, with no tracer, `lbtrace watch` (TCX), `lbtrace watch --xdp`
 //! and tcpdump (one per lb interface, filtered to the watched tuples' SYN/FIN/RST, writing files),
-//! and empty XDP / TCX programs as controls. Each round runs every tracer once, in an order that
+//! and empty XDP / TCX programs as controls; `lbtrace watch` with legacy TC (as below 6.6) against
+//! an empty legacy TC filter. Each round runs every tracer once, in an order that
 //! rotates, each between two runs without a tracer; its baseline sample is the mean of those two.
 
 use std::path::Path;
@@ -18,7 +19,7 @@ pub const SECTION: &str = "throughput: iperf3 TCP client -> lb (nftables DNAT) -
 pub const STREAMS: [u32; 2] = [1, 4];
 
 /// The configurations, `None` first (the baseline).
-fn configs() -> [Option<Tool>; 6] {
+fn configs() -> [Option<Tool>; 8] {
     [
         None,
         Some(Tool::Watch { xdp: false }),
@@ -26,6 +27,8 @@ fn configs() -> [Option<Tool>; 6] {
         Some(Tool::Tcpdump),
         Some(Tool::EmptyXdp),
         Some(Tool::EmptyTcx),
+        Some(Tool::WatchLegacyTc),
+        Some(Tool::EmptyLegacyTc),
     ]
 }
 
@@ -158,6 +161,8 @@ pub fn measure(lab: &mut Lab, lbtrace: &Path, rounds: usize, secs: u32) -> Resul
         fs[2].note = "compare with the empty XDP program".to_owned();
         fs[4].note = "XDP on a veth by itself: the peer's TSO goes off".to_owned();
         fs[5].note = "the TCX hooks watch uses, by themselves".to_owned();
+        fs[6].note = "compare with the empty legacy TC filter".to_owned();
+        fs[7].note = "clsact + cls_bpf hooks (legacy TC, before 6.6), by themselves".to_owned();
     }
     Ok(Throughput {
         figures,

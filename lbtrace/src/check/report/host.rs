@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::status_str;
 use crate::{
     check::verdict::{HostFacts, HostFinding, Status, Verdict},
-    host::{Moved, Pressure},
+    host::{PortsBy, Pressure, words},
 };
 
 /// One host finding: the pressure as `host::Pressure` serializes it (`kind`, its counters with
@@ -48,85 +48,14 @@ pub(super) fn host_json(h: &HostFacts, v: &Verdict) -> Value {
         "ip_forward": h.after.ip_forward,
         "rp_filter_strict": h.after.rp_filter_strict,
         "syncookies": h.after.syncookies,
+        "nat": h.after.nat,
         "pressure": pressure,
     })
 }
 
-/// A counter's short name (`ListenOverflows` for `TcpExt.ListenOverflows`) and its delta.
-fn moved_words(m: &[Moved]) -> String {
-    m.iter()
-        .map(|c| {
-            let name = c.counter.rsplit('.').next().unwrap_or(&c.counter);
-            format!("{name} +{}", c.delta())
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A host finding in words.
+/// A host finding in words (the wording `watch`'s alerts use too).
 pub fn host_words(h: &HostFinding) -> String {
-    match &h.pressure {
-        Pressure::AcceptQueueFull { listener, counters } => {
-            let queue = listener.map_or_else(String::new, |l| {
-                format!("Recv-Q {}/{} on {}, ", l.depth, l.backlog, l.listener)
-            });
-            let share = match h.unanswered {
-                Some((n, of)) if n > 0 => {
-                    format!(": {n} of {of} client connection(s) got no SYN-ACK")
-                }
-                _ => String::new(),
-            };
-            format!(
-                "the LB process does not accept fast enough: accept queue full ({queue}{}){share}",
-                moved_words(counters)
-            )
-        }
-        Pressure::SynCookies { counters } => format!(
-            "the LB host answered SYNs with SYN cookies ({}): its SYN queue overflowed or cookies are forced; those connections lose TCP options such as window scaling",
-            moved_words(counters)
-        ),
-        Pressure::Conntrack {
-            count,
-            max,
-            counters,
-        } => {
-            let moved = if counters.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", moved_words(counters))
-            };
-            format!(
-                "conntrack is full or failing (entries {count}/{max}{moved}): the LB host drops connections it cannot track"
-            )
-        }
-        Pressure::SourcePorts { ports, exhausted } => {
-            let pct = u64::from(ports.used) * 100 / u64::from(ports.usable.max(1));
-            let what = if *exhausted {
-                "used up: new connections to it fail (EADDRNOTAVAIL)"
-            } else {
-                "nearly used up"
-            };
-            format!(
-                "local ports from {} to backend {}: {} of {} in use ({pct} %), {what}",
-                ports.source, ports.backend, ports.used, ports.usable
-            )
-        }
-        Pressure::NoForwarding => {
-            "IPv4 forwarding is off on the LB host (net.ipv4.ip_forward = 0): a NAT VIP cannot forward"
-                .to_owned()
-        }
-        Pressure::StrictRpFilter { iface } => {
-            if h.status == Status::Fail {
-                format!(
-                    "strict reverse-path filtering (rp_filter = 1) on {iface} drops clients' SYNs (IP_RPFILTER)"
-                )
-            } else {
-                format!(
-                    "strict reverse-path filtering (rp_filter = 1) on {iface} (no IP_RPFILTER drop seen)"
-                )
-            }
-        }
-    }
+    words::words(&h.pressure, h.unanswered, h.status == Status::Fail)
 }
 
 /// What to look at for a host finding.
@@ -135,51 +64,16 @@ pub(super) fn host_next(p: &Pressure) -> Option<String> {
         Pressure::AcceptQueueFull { .. } => "check the LB's maxconn (HAProxy: global and frontend), its listen backlog (and net.core.somaxconn), and whether its workers are saturated (CPU, connections held by slow clients or backends)".to_owned(),
         Pressure::SynCookies { .. } => "a SYN flood, or a SYN queue too small for the load: net.ipv4.tcp_max_syn_backlog, the listen backlog, net.ipv4.tcp_syncookies".to_owned(),
         Pressure::Conntrack { .. } => "raise net.netfilter.nf_conntrack_max, shorten conntrack timeouts, or find what fills the table (conntrack -S, conntrack -L)".to_owned(),
-        Pressure::SourcePorts { .. } => "widen net.ipv4.ip_local_port_range, give the LB more source addresses toward the backend, or reuse backend connections (keep-alive)".to_owned(),
-        Pressure::NoForwarding => "enable forwarding: sysctl -w net.ipv4.ip_forward=1".to_owned(),
+        Pressure::SourcePorts { ports, .. } if ports.by == PortsBy::Conntrack => "widen the SNAT rule's port range (or drop it: 1024-65535), SNAT to more addresses toward the backend, or shorten conntrack's TIME_WAIT timeout".to_owned(),
+        Pressure::SourcePorts { .. } | Pressure::NoLocalPort { .. } => "widen net.ipv4.ip_local_port_range, give the LB more source addresses toward the backend, or reuse backend connections (keep-alive)".to_owned(),
+        Pressure::NoForwarding { .. } => "enable forwarding: sysctl -w net.ipv4.ip_forward=1".to_owned(),
         Pressure::StrictRpFilter { .. } => "set rp_filter to loose (2) on that interface, or route the replies to those clients through it".to_owned(),
     })
 }
 
 /// The counters and readings behind a host finding, before -> after.
 pub(super) fn host_evidence(p: &Pressure) -> Vec<String> {
-    let moved = |m: &[Moved]| {
-        m.iter()
-            .map(|c| format!("{} {} -> {} (+{})", c.counter, c.before, c.after, c.delta()))
-            .collect::<Vec<_>>()
-    };
-    match p {
-        Pressure::AcceptQueueFull { listener, counters } => {
-            let mut v = moved(counters);
-            if let Some(l) = listener {
-                v.push(format!(
-                    "listener {} Recv-Q {} Send-Q (backlog) {}",
-                    l.listener, l.depth, l.backlog
-                ));
-            }
-            v
-        }
-        Pressure::SynCookies { counters } => moved(counters),
-        Pressure::Conntrack {
-            count,
-            max,
-            counters,
-        } => {
-            let mut v = vec![format!("conntrack entries {count} of max {max}")];
-            v.extend(
-                moved(counters)
-                    .into_iter()
-                    .map(|l| format!("conntrack {l}")),
-            );
-            v
-        }
-        Pressure::SourcePorts { ports, .. } => vec![format!(
-            "{} -> {}: {} local ports in use of {} usable",
-            ports.source, ports.backend, ports.used, ports.usable
-        )],
-        Pressure::NoForwarding => vec!["net.ipv4.ip_forward = 0".to_owned()],
-        Pressure::StrictRpFilter { iface } => vec![format!("net.ipv4.conf.{iface}.rp_filter = 1")],
-    }
+    words::evidence(p)
 }
 
 /// The host's limits before -> after the window, for the text report.
@@ -233,10 +127,7 @@ pub(super) fn host_text(h: &HostFacts) -> String {
         ));
     }
     for p in &h.after.ports {
-        out.push_str(&format!(
-            "  local ports {} -> {}: {} of {}\n",
-            p.source, p.backend, p.used, p.usable
-        ));
+        out.push_str(&format!("  {}\n", words::port_line(p)));
     }
     out
 }

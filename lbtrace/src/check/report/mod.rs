@@ -15,8 +15,8 @@ use super::{
     Collected, representative, summary_of,
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
-        LocalService, Mode, Outcomes, ReturnFinding, Status, StepFinding, StepVerdict, Unserved,
-        Verdict, flow::ReasonCounts,
+        LocalService, Mode, Outcomes, ReturnFinding, Side, Status, StepFinding, StepVerdict,
+        Unserved, Verdict, flow::ReasonCounts,
     },
 };
 use crate::{
@@ -149,6 +149,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             "decode_errors": ctx.collected.decode_errors,
         },
         "host": host_json(&ctx.collected.host, v),
+        "capabilities": ctx.collected.capabilities,
     })
 }
 
@@ -462,6 +463,9 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
                 .to_owned(),
         ),
         StepFinding::ReturnPath(ReturnFinding::SynAcksLost { .. }) => Some("the return path from the LB to the client drops them: check routing and firewalls between the LB and the client (asymmetric routing?)".to_owned()),
+        StepFinding::ReturnPath(ReturnFinding::MtuBlackHole { .. }) => Some("let ICMP fragmentation-needed (type 3 code 4; ICMPv6 packet too big) through the routers and firewalls between the LB and the client, or clamp the MSS toward clients on the LB (nftables: tcp flags syn tcp option maxseg size set rt mtu)".to_owned()),
+        StepFinding::ReturnPath(ReturnFinding::Stalled { side: Side::Client, .. }) => Some("capture on the client side: does the data arrive, and do its ACKs leave? (a firewall or NIC offload between the LB and the client dropping segments)".to_owned()),
+        StepFinding::ReturnPath(ReturnFinding::Stalled { side: Side::Backend, .. }) => Some("look at the backends named in the evidence: overloaded, or segments lost between the LB and them".to_owned()),
         StepFinding::ReturnPath(ReturnFinding::NotAcknowledged { .. }) => {
             Some("let the client finish its request, or observe longer (--observe)".to_owned())
         }
@@ -739,6 +743,45 @@ fn return_summary(f: &ReturnFinding) -> String {
         ReturnFinding::SynAcksLost { clients } => format!(
             "the LB's replies do not reach the client: the LB sent SYN-ACKs, and {clients} client(s) kept retransmitting their SYN"
         ),
+        ReturnFinding::MtuBlackHole {
+            connections,
+            full_size,
+            small,
+            client_mss,
+            lb_mss,
+        } => {
+            let mss = |m: &Option<u16>| m.map_or_else(|| "not seen".to_owned(), |m| m.to_string());
+            let small = if *small == 0 {
+                String::new()
+            } else {
+                format!(" ({small} small)")
+            };
+            format!(
+                "replies leave the LB toward the client and are never acknowledged: full-size segments retransmitted {full_size} times{small} in {connections} connection(s) while small ones pass, no ICMP fragmentation-needed seen: a path-MTU black hole between the LB and the client; compare the MSS the client advertised ({}) with the path (the LB sends segments of {})",
+                mss(client_mss),
+                mss(lb_mss)
+            )
+        }
+        ReturnFinding::Stalled {
+            side,
+            connections,
+            retransmissions,
+            full_size,
+            frag_needed,
+        } => {
+            let (who, whom) = match side {
+                Side::Client => ("the client", "toward the client"),
+                Side::Backend => ("the backend", "toward a backend"),
+            };
+            let icmp = if *frag_needed {
+                "; ICMP fragmentation-needed came back, so path-MTU discovery works: not an MTU problem"
+            } else {
+                ""
+            };
+            format!(
+                "segments from the LB {whom} stall: retransmitted {retransmissions} times ({full_size} full-size) in {connections} connection(s) and not acknowledged: {who} (or the path to it) stopped acknowledging{icmp}"
+            )
+        }
         ReturnFinding::NotAcknowledged { syn_acks } => format!(
             "{syn_acks} SYN-ACK(s) left the LB; no client acknowledgement seen yet (connections still open?)"
         ),

@@ -37,6 +37,8 @@ pub struct Flow {
     pub client_closes: Vec<usize>,
     pub drops: Vec<usize>,
     pub icmp: Vec<usize>,
+    /// Segments the LB host retransmitted to the client (Layer 7: the LB is the client's peer).
+    pub retrans: Vec<usize>,
 }
 
 impl Flow {
@@ -87,11 +89,15 @@ impl Flow {
 
     /// The answering side sent data. Its FIN carries the exact count (seq = ISN + 1 + bytes);
     /// without one, the client's acknowledgement tells (ack = ISN + 1 + bytes, + 1 once the
-    /// answering side's FIN arrived, which this branch excludes).
+    /// answering side's FIN arrived, which this branch excludes). A retransmission of data by
+    /// the LB host proves it too, whether or not the data arrived (step 4's business).
     pub fn server_sent_data(&self, events: &[KernelEvent]) -> bool {
         let Some(sisn) = self.server_isn else {
             return false;
         };
+        if self.lb_retransmitted_data(events) {
+            return true;
+        }
         let past = |i: &usize| seq_past(events[*i].seq, sisn) || events[*i].payload_len > 0;
         if !self.lb_fins.is_empty() {
             return self.lb_fins.iter().any(past);
@@ -103,6 +109,12 @@ impl Flow {
                 .any(|&i| seq_past(events[i].ack, sisn))
     }
 
+    /// The LB host retransmitted data to the client: it answered, the answer was not
+    /// acknowledged.
+    pub fn lb_retransmitted_data(&self, events: &[KernelEvent]) -> bool {
+        self.retrans.iter().any(|&i| events[i].payload_len > 0)
+    }
+
     /// The client closed first, after sending a request and before receiving a byte, and gave
     /// up waiting (a hang), whatever the LB did after that.
     ///
@@ -111,7 +123,13 @@ impl Flow {
     /// after its request, as `nc -N` sends) still reads: an LB FIN after the client's FIN with
     /// no client RST is the LB answering (or closing), not hanging. A FIN the LB never follows
     /// stays a hang: the LB sent nothing.
+    ///
+    /// Not when the LB retransmitted data to it: then the LB answered and the answer got lost on
+    /// the way (step 4).
     pub fn client_gave_up(&self, events: &[KernelEvent]) -> bool {
+        if self.lb_retransmitted_data(events) {
+            return false;
+        }
         let (Some(isn), Some(sisn)) = (self.isn, self.server_isn) else {
             return false;
         };
@@ -311,6 +329,9 @@ pub fn classify(f: &Facts<'_>) -> Classified {
         match (&e.detail, to_vip) {
             (Detail::Drop { .. }, _) => fl.drops.push(i),
             (Detail::Icmp { .. }, _) => fl.icmp.push(i),
+            (Detail::Retrans, false) => fl.retrans.push(i),
+            // The LB host as the client of its own VIP: the probes cover it.
+            (Detail::Retrans, true) => {}
             (Detail::Packet, true) => {
                 if e.is_syn() {
                     fl.isn.get_or_insert(e.seq);

@@ -10,9 +10,15 @@
 //! - SYN cookies sent: step 1 `warn` (connections survive, without their TCP options);
 //! - strict rp_filter on a client-facing interface: step 1 `fail` with an `IP_RPFILTER` drop,
 //!   otherwise shown and not judged (strict filtering with symmetric routes is harmless);
-//! - conntrack full or failing inserts: step 2 `fail`; IPv4 forwarding off for a Layer 4 VIP:
-//!   step 2 `fail`;
-//! - local ports toward a backend: step 3 `warn` from 80 % use, `fail` when used up.
+//! - conntrack full or failing inserts: step 2 `fail`; IPv4 forwarding off for a Layer 4 VIP
+//!   (seen from forwarded SYNs, or, when none was forwarded, from a DNAT rule or IPVS service
+//!   for the VIP): step 2 `fail`;
+//! - local ports toward a backend (the LB's sockets from `ip_local_port_range`, or SNATed
+//!   conntrack entries from the SNAT range): step 3 `warn` from 80 % use, `fail` when used up;
+//!   the LB's own probe of a backend failing for want of a local port (EADDRNOTAVAIL, or
+//!   EADDRINUSE binding port 0): step 3 `fail`.
+
+use std::net::SocketAddr;
 
 use super::{Mode, Status};
 use crate::host::{Pressure, Sample};
@@ -40,7 +46,7 @@ impl HostFinding {
 }
 
 /// What the connections showed, for the rule.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Seen {
     /// Client connections with no SYN-ACK, no RST, not forwarded and not dropped.
     pub unanswered: usize,
@@ -48,6 +54,8 @@ pub struct Seen {
     pub syn_flows: usize,
     /// An `IP_RPFILTER` drop of a client SYN.
     pub rpfilter_drop: bool,
+    /// Backends whose probe got no local port, with the probe's error.
+    pub no_local_port: Vec<(SocketAddr, String)>,
 }
 
 /// Layer 4 as [`crate::host::pressure`] wants it: unknown when the mode is.
@@ -61,8 +69,16 @@ pub fn layer4(mode: Mode) -> Option<bool> {
 
 /// The host's findings for this window, by the rule above.
 pub fn findings(h: &HostFacts, mode: Mode, seen: Seen) -> Vec<HostFinding> {
+    let probes = seen
+        .no_local_port
+        .iter()
+        .map(|(backend, error)| Pressure::NoLocalPort {
+            backend: *backend,
+            error: error.clone(),
+        });
     crate::host::pressure(&h.before, &h.after, layer4(mode))
         .into_iter()
+        .chain(probes)
         .map(|p| {
             let mut unanswered = None;
             let status = match &p {
@@ -77,7 +93,9 @@ pub fn findings(h: &HostFacts, mode: Mode, seen: Seen) -> Vec<HostFinding> {
                 Pressure::SynCookies { .. } => Status::Warn,
                 Pressure::StrictRpFilter { .. } if seen.rpfilter_drop => Status::Fail,
                 Pressure::StrictRpFilter { .. } => Status::Pass,
-                Pressure::Conntrack { .. } | Pressure::NoForwarding => Status::Fail,
+                Pressure::Conntrack { .. }
+                | Pressure::NoForwarding { .. }
+                | Pressure::NoLocalPort { .. } => Status::Fail,
                 Pressure::SourcePorts { exhausted, .. } => {
                     if *exhausted {
                         Status::Fail
@@ -112,7 +130,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::host::{Listen, PortUse, procfs::Conntrack};
+    use crate::host::{Listen, PortUse, PortsBy, procfs::Conntrack};
 
     fn counters(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
@@ -143,8 +161,9 @@ mod tests {
             unanswered: 3,
             syn_flows: 6,
             rpfilter_drop: false,
+            no_local_port: Vec::new(),
         };
-        let f = findings(&overflowing(), Mode::L7, seen);
+        let f = findings(&overflowing(), Mode::L7, seen.clone());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!((f[0].step(), f[0].status), (1, Status::Fail));
         assert_eq!(f[0].unanswered, Some((3, 6)));
@@ -162,6 +181,13 @@ mod tests {
         assert_eq!(escalate(Status::Fail, &f), Status::Fail);
     }
 
+    fn calm_of(h: &HostFacts) -> HostFacts {
+        HostFacts {
+            before: h.before.clone(),
+            after: h.before.clone(),
+        }
+    }
+
     /// Conntrack's table cannot be filled in a test namespace without starving the host's (the
     /// limit is global on this kernel): the rule is tested on recorded values.
     #[test]
@@ -176,6 +202,8 @@ mod tests {
             backend: "10.10.3.11:8080".parse().unwrap(),
             used,
             usable: 10,
+            by: PortsBy::Sockets,
+            capped: false,
         };
         let h = HostFacts {
             before: Sample {
@@ -220,6 +248,32 @@ mod tests {
             [(2, Status::Fail), (3, Status::Fail), (1, Status::Fail)],
             "{f:?}"
         );
+        // The probe of a backend got no local port: step 3 fails, whatever the counts said.
+        let f = findings(
+            &calm_of(&h),
+            Mode::L7,
+            Seen {
+                no_local_port: vec![(
+                    "10.10.3.11:8080".parse().unwrap(),
+                    "bind 0.0.0.0:0: address in use (EADDRINUSE)".to_owned(),
+                )],
+                ..Seen::default()
+            },
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].step(), f[0].status), (3, Status::Fail));
+        assert!(
+            matches!(&f[0].pressure, Pressure::NoLocalPort { backend, .. } if backend.port() == 8080)
+        );
+        // No connection showed the mode; forwarding off under a DNAT rule for the VIP fails
+        // step 2 all the same.
+        let mut dnat = calm_of(&h);
+        dnat.after.ip_forward = Some(false);
+        assert!(findings(&dnat, Mode::Unknown, Seen::default()).is_empty());
+        dnat.after.nat.dnat = vec!["nftables lbtrace_lb/prerouting".to_owned()];
+        let f = findings(&dnat, Mode::Unknown, Seen::default());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].step(), f[0].status), (2, Status::Fail));
         // Nothing moved: nothing found.
         let calm = HostFacts {
             before: h.before.clone(),

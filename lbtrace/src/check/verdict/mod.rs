@@ -29,7 +29,7 @@ pub use backends::{BackendFinding, BackendsFinding, LbToBackend};
 pub use client::ClientFinding;
 pub use handling::{HandlingFinding, LocalService, Outcomes};
 pub use host::{HostFacts, HostFinding};
-pub use return_path::ReturnFinding;
+pub use return_path::{ReturnFinding, Side};
 pub use unserved::Unserved;
 
 use crate::{
@@ -256,10 +256,20 @@ fn host_findings(
             flow::drop_class(&f.events[i], f.reasons) == Some(crate::checklist::DropClass::RpFilter)
         })
     });
+    let no_local_port = f
+        .probes
+        .iter()
+        .filter(|p| p.tcp == TcpResult::Error)
+        .filter_map(|p| {
+            let why = p.why.as_ref()?;
+            crate::probe::no_local_port(why).then(|| (p.target, why.clone()))
+        })
+        .collect();
     let seen = host::Seen {
         unanswered: live.iter().filter(|fl| fl.unanswered()).count(),
         syn_flows: syn_flows.len(),
         rpfilter_drop,
+        no_local_port,
     };
     host::findings(h, mode, seen)
 }

@@ -1,7 +1,11 @@
 //! Step 4, `return-path`: do backend replies come back through the LB (Layer 4 without SNAT),
-//! and do the LB's SYN-ACKs reach the client?
+//! do the LB's SYN-ACKs reach the client, and are the LB's replies acknowledged (Layer 7: the
+//! LB host's own retransmissions, full-size ones repeated while small ones pass being a
+//! path-MTU black hole)?
 
 use std::net::SocketAddr;
+
+use crate::event::{Detail, KernelEvent};
 
 use super::{
     Facts, Status, StepFinding, StepVerdict, TcpResult,
@@ -23,6 +27,29 @@ pub enum ReturnFinding {
     SynAcksLost { clients: usize },
     /// SYN-ACKs left; no client acknowledged one yet.
     NotAcknowledged { syn_acks: usize },
+    /// Replies to clients retransmitted again and again, full-size segments only (or nearly),
+    /// no ICMP fragmentation-needed seen: the path to the client drops what is larger than its
+    /// MTU and says nothing.
+    MtuBlackHole {
+        connections: usize,
+        /// Full-size and smaller data retransmissions of those connections.
+        full_size: usize,
+        small: usize,
+        /// The MSS the clients advertised in their SYNs (the first seen), and the LB's own MSS
+        /// on those connections.
+        client_mss: Option<u16>,
+        lb_mss: Option<u16>,
+    },
+    /// Segments retransmitted again and again without the MTU shape: `side` stopped
+    /// acknowledging.
+    Stalled {
+        side: Side,
+        connections: usize,
+        retransmissions: usize,
+        full_size: usize,
+        /// ICMP fragmentation-needed / packet-too-big about those connections reached the LB.
+        frag_needed: bool,
+    },
     /// `proven` of `answered` connections acknowledged the SYN-ACK; `via_backend` of them got a
     /// backend's SYN-ACK through the LB; `retransmitted` clients retransmitted their SYN after it.
     Acknowledged {
@@ -33,10 +60,26 @@ pub enum ReturnFinding {
     },
 }
 
+/// Which peer of the LB host stopped acknowledging its segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client, or the path from the LB to it.
+    Client,
+    /// A backend, or the path to it (the LB's own backend connections, Layer 7).
+    Backend,
+}
+
+/// Retransmissions of one connection from which it counts as stalled: the first RTO and the
+/// tail-loss probe are routine on a lossy path, the third is not.
+pub const STALL_RETRANSMISSIONS: usize = 3;
+
 impl ReturnFinding {
     pub fn status(&self) -> Status {
         match self {
-            Self::Bypass { .. } | Self::SynAcksLost { .. } => Status::Fail,
+            Self::Bypass { .. } | Self::SynAcksLost { .. } | Self::MtuBlackHole { .. } => {
+                Status::Fail
+            }
+            Self::Stalled { .. } => Status::Warn,
             Self::NothingAnswered | Self::NotAcknowledged { .. } => Status::Unknown,
             Self::Acknowledged {
                 retransmitted: 0, ..
@@ -121,6 +164,9 @@ fn find(f: &Facts<'_>, live: &[&Flow]) -> (ReturnFinding, Vec<usize>) {
             evidence_of(&lost_flows, Flow::evidence),
         );
     }
+    if let Some(stall) = stalls(f, &answered) {
+        return stall;
+    }
     if proven.is_empty() {
         return (
             ReturnFinding::NotAcknowledged {
@@ -153,4 +199,138 @@ fn find(f: &Facts<'_>, live: &[&Flow]) -> (ReturnFinding, Vec<usize>) {
         },
         evidence,
     )
+}
+
+/// Data retransmissions (not a SYN-ACK's: losing those is [`ReturnFinding::SynAcksLost`]).
+fn data_retrans<'a>(
+    ev: &'a [KernelEvent],
+    idx: &'a [usize],
+) -> impl Iterator<Item = &'a KernelEvent> {
+    idx.iter()
+        .map(|&i| &ev[i])
+        .filter(|e| matches!(e.detail, Detail::Retrans) && !e.has_syn())
+}
+
+/// ICMP fragmentation-needed (IPv4 type 3 code 4) or packet-too-big (ICMPv6 type 2).
+fn frag_needed(e: &KernelEvent) -> bool {
+    match e.detail {
+        Detail::Icmp {
+            outer_src,
+            icmp_type,
+            icmp_code,
+            ..
+        } => {
+            if outer_src.is_ipv6() {
+                icmp_type == 2
+            } else {
+                icmp_type == 3 && icmp_code == 4
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Connections whose replies the LB retransmitted [`STALL_RETRANSMISSIONS`] times or more: a
+/// path-MTU black hole when the full-size ones are more than twice the small ones and no ICMP
+/// fragmentation-needed came back, a stall of the client's side otherwise; else the LB's own
+/// backend connections stalling.
+fn stalls(f: &Facts<'_>, answered: &[&Flow]) -> Option<(ReturnFinding, Vec<usize>)> {
+    let ev = f.events;
+    let stalled: Vec<&Flow> = answered
+        .iter()
+        .copied()
+        .filter(|fl| data_retrans(ev, &fl.retrans).count() >= STALL_RETRANSMISSIONS)
+        .collect();
+    if stalled.is_empty() {
+        return backend_stalls(f);
+    }
+    let all: Vec<&KernelEvent> = stalled
+        .iter()
+        .flat_map(|fl| data_retrans(ev, &fl.retrans))
+        .collect();
+    let full_size = all.iter().filter(|e| e.full_size()).count();
+    let small = all.len() - full_size;
+    let icmp = stalled
+        .iter()
+        .any(|fl| fl.icmp.iter().any(|&i| frag_needed(&ev[i])));
+    let first: Vec<&Flow> = stalled.iter().take(2).copied().collect();
+    let evidence = evidence_of(&first, |fl| {
+        let mut v = fl.syns.iter().take(1).copied().collect::<Vec<_>>();
+        v.extend(fl.syn_acks.iter().take(1).copied());
+        v.extend(fl.retrans.iter().take(4).copied());
+        v.extend(fl.icmp.iter().take(2).copied());
+        v
+    });
+    if full_size >= STALL_RETRANSMISSIONS && small * 2 < full_size && !icmp {
+        let client_mss = stalled
+            .iter()
+            .flat_map(|fl| fl.syns.iter().map(|&i| ev[i].mss))
+            .find(|&m| m != 0);
+        let lb_mss = all.iter().map(|e| e.mss).find(|&m| m != 0);
+        return Some((
+            ReturnFinding::MtuBlackHole {
+                connections: stalled.len(),
+                full_size,
+                small,
+                client_mss,
+                lb_mss,
+            },
+            evidence,
+        ));
+    }
+    Some((
+        ReturnFinding::Stalled {
+            side: Side::Client,
+            connections: stalled.len(),
+            retransmissions: all.len(),
+            full_size,
+            frag_needed: icmp,
+        },
+        evidence,
+    ))
+}
+
+/// The LB's own connections to backends (Layer 7) whose segments it retransmitted
+/// [`STALL_RETRANSMISSIONS`] times or more.
+fn backend_stalls(f: &Facts<'_>) -> Option<(ReturnFinding, Vec<usize>)> {
+    let mut per_conn: std::collections::HashMap<(SocketAddr, SocketAddr), Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, e) in f.events.iter().enumerate() {
+        if matches!(e.detail, Detail::Retrans)
+            && !e.has_syn()
+            && f.backends.iter().any(|b| b.matches(&e.dst))
+        {
+            per_conn.entry((e.src, e.dst)).or_default().push(i);
+        }
+    }
+    let mut stalled: Vec<Vec<usize>> = per_conn
+        .into_values()
+        .filter(|v| v.len() >= STALL_RETRANSMISSIONS)
+        .collect();
+    if stalled.is_empty() {
+        return None;
+    }
+    stalled.sort_by_key(|v| v.first().copied());
+    let retransmissions = stalled.iter().map(Vec::len).sum();
+    let full_size = stalled
+        .iter()
+        .flatten()
+        .filter(|&&i| f.events[i].full_size())
+        .count();
+    let mut evidence: Vec<usize> = stalled
+        .iter()
+        .take(2)
+        .flat_map(|v| v.iter().take(4).copied())
+        .collect();
+    evidence.sort_unstable();
+    Some((
+        ReturnFinding::Stalled {
+            side: Side::Backend,
+            connections: stalled.len(),
+            retransmissions,
+            full_size,
+            frag_needed: false,
+        },
+        evidence,
+    ))
 }

@@ -851,3 +851,123 @@ fn the_lb_serving_errors_is_step_two_failing_only_when_its_backends_are_fine() {
         HandlingFinding::Served { local: None, .. }
     ));
 }
+
+/// A segment the LB host retransmitted: `len` bytes, the socket's MSS 1448.
+fn retrans(t: u64, src: &str, dst: &str, seq: u32, len: u16) -> KernelEvent {
+    KernelEvent {
+        ifindex: 0,
+        hook: crate::event::Hook::TcpRetransmit,
+        payload_len: len,
+        mss: 1448,
+        detail: crate::event::Detail::Retrans,
+        ..pkt(t, Dir::Out, src, dst, ACK, seq, 0)
+    }
+}
+
+/// An L7 connection whose client advertised MSS 1460 and the LB's replies of `lens` bytes were
+/// retransmitted, then the client gave up (FIN).
+fn stalled_l7(lens: &[u16]) -> Vec<KernelEvent> {
+    let mut ev = probe_packets();
+    ev.push(KernelEvent {
+        mss: 1460,
+        ..pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0)
+    });
+    ev.push(pkt(11, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001));
+    for (i, &len) in lens.iter().enumerate() {
+        ev.push(retrans(200 + 200 * i as u64, VIP, CLIENT, 7001, len));
+    }
+    ev.push(pkt(3000, Dir::In, CLIENT, VIP, FIN | ACK, 1080, 7001));
+    ev
+}
+
+#[test]
+fn full_size_retransmissions_without_icmp_are_a_path_mtu_black_hole() {
+    let v = run(&stalled_l7(&[1448, 1448, 1448, 1448]), &healthy_probes());
+    assert_eq!(
+        *return_path(&v),
+        ReturnFinding::MtuBlackHole {
+            connections: 1,
+            full_size: 4,
+            small: 0,
+            client_mss: Some(1460),
+            lb_mss: Some(1448),
+        }
+    );
+    assert_eq!(v.steps[3].status, Status::Fail, "{v:#?}");
+    assert_eq!(v.first_failed_step, Some(Step::ReturnPath));
+    // The LB answered (it retransmitted its answer): no hang at step 2, though the client gave
+    // up without a byte.
+    assert_eq!(statuses(&v)[..3], [Status::Pass; 3], "{v:#?}");
+    // The evidence names the retransmissions.
+    let ev = stalled_l7(&[1448, 1448, 1448, 1448]);
+    assert!(
+        v.steps[3]
+            .evidence
+            .iter()
+            .any(|&i| matches!(ev[i].detail, crate::event::Detail::Retrans))
+    );
+}
+
+#[test]
+fn a_returning_frag_needed_or_small_retransmissions_make_it_a_stall() {
+    // ICMP fragmentation-needed came back: path-MTU discovery works, the stall is something else.
+    let mut ev = stalled_l7(&[1448, 1448, 1448]);
+    ev.push(KernelEvent {
+        detail: crate::event::Detail::Icmp {
+            outer_src: "10.10.1.1".parse().unwrap(),
+            outer_dst: "10.10.2.10".parse().unwrap(),
+            icmp_type: 3,
+            icmp_code: 4,
+        },
+        ..pkt(250, Dir::In, VIP, CLIENT, 0, 7001, 0)
+    });
+    let v = run(&ev, &healthy_probes());
+    assert_eq!(
+        *return_path(&v),
+        ReturnFinding::Stalled {
+            side: Side::Client,
+            connections: 1,
+            retransmissions: 3,
+            full_size: 3,
+            frag_needed: true,
+        }
+    );
+    assert_eq!(v.steps[3].status, Status::Warn);
+    // Small segments retransmitted as often as full-size ones: not MTU-shaped.
+    let v = run(&stalled_l7(&[1448, 100, 1448, 100]), &healthy_probes());
+    assert!(
+        matches!(
+            return_path(&v),
+            ReturnFinding::Stalled {
+                side: Side::Client,
+                retransmissions: 4,
+                full_size: 2,
+                ..
+            }
+        ),
+        "{v:#?}"
+    );
+    // Two retransmissions are routine: still a pass.
+    let v = run(&stalled_l7(&[1448, 1448]), &healthy_probes());
+    assert_eq!(v.steps[3].status, Status::Pass, "{v:#?}");
+}
+
+#[test]
+fn retransmissions_toward_a_backend_are_a_backend_stall() {
+    let mut ev = probe_packets();
+    ev.extend(l7_conn(10, CLIENT, 1000));
+    for i in 0..3 {
+        ev.push(retrans(20 + i * 200, "10.10.3.1:41000", BE1, 124, 80));
+    }
+    let v = run(&ev, &healthy_probes());
+    assert_eq!(
+        *return_path(&v),
+        ReturnFinding::Stalled {
+            side: Side::Backend,
+            connections: 1,
+            retransmissions: 3,
+            full_size: 0,
+            frag_needed: false,
+        }
+    );
+}
