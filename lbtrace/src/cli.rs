@@ -380,6 +380,7 @@ mod tests {
                 "300000000000y",
             ],
             &["watch", "--vip", "10.0.0.1:80", "--probe-timeout", "0s"],
+            &["watch", "--vip", "10.0.0.1:80", "--slow", "0s"],
             &["watch", "--vip", "10.0.0.1:80", "--alert-count", "0"],
             &["watch", "--vip", "10.0.0.1:80", "--on-alert-timeout", "0s"],
             &[
@@ -445,5 +446,26 @@ mod tests {
         assert_eq!(cli.watch.probe_interval, Duration::from_secs(10));
         let cli = parse(&["--vip", "10.0.0.1", "--probe-interval", "0"]).unwrap();
         assert_eq!(cli.watch.probe_interval, Duration::ZERO);
+        // check's probe options, with check's defaults, and one spec builder.
+        let p = &cli.watch.probe;
+        assert_eq!(
+            (p.tls, p.no_http, p.http_path.as_str()),
+            (false, false, "/")
+        );
+        assert_eq!((p.probe_timeout, p.slow), (SECOND * 3, SECOND));
+        let cli = parse(&["--vip", "10.0.0.1:443", "--tls", "--sni", "a.test"]).unwrap();
+        let vip: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        let spec = cli.watch.probe.spec(vip, true);
+        assert_eq!(spec.tls.and_then(|t| t.sni).as_deref(), Some("a.test"));
+        assert_eq!(spec.http.map(|h| h.host).as_deref(), Some("a.test"));
+        let backend = cli
+            .watch
+            .probe
+            .spec("10.0.1.1:8080".parse().unwrap(), false);
+        assert!(
+            backend.tls.is_none(),
+            "the backends of a TLS VIP speak plain HTTP"
+        );
+        assert_eq!(backend.http.map(|h| h.host).as_deref(), Some("10.0.1.1"));
     }
 }
