@@ -189,6 +189,8 @@ pub const SCENARIOS: &[Scenario] = &[
         "be2 answers every request with HTTP 500, behind nginx"),
     sc("haproxy-http-backend-slow", L::HaproxyHttp, F::BackendSlow(1), Family::V4,
         "be2 answers after 1.5 s, past HAProxy's timeout server (1 s): clients get 504"),
+    sc("nginx-backend-slow", L::Nginx, F::BackendSlow(1), Family::V4,
+        "be2 answers after 1.5 s behind nginx (proxy_read_timeout 10 s): clients sent there wait"),
     sc("haproxy-http-backend-hangs", L::HaproxyHttp, F::BackendHangs(1), Family::V4,
         "be2 accepts requests and answers none (for 30 s): clients sent there time out"),
     sc("haproxy-http-backend-drops", L::HaproxyHttp, F::BackendDrops(1), Family::V4,

@@ -159,6 +159,39 @@ fn check_haproxy_http_backend_slow() {
     assert_clients(&o, |c| c.code == "200" || c.code == "504", "200 or 504");
 }
 
+/// The same slow be2 behind nginx, which waits for it (`proxy_read_timeout 10s`): clients sent
+/// there get their 200 late instead of a 504; step 3 names be2 as slow all the same, from the
+/// LB host's own probes, with its numbers.
+#[test]
+fn check_nginx_backend_slow() {
+    let o = check("nginx-backend-slow");
+    assert_eq!(o.json["steps"][2]["status"], "warn", "{}", o.dump());
+    assert_eq!(o.json["mode"], "l7", "{}", o.dump());
+    let be2 = format!("{}:{BACKEND_PORT}", BACKENDS[BE2].addr.v4);
+    assert_contains(
+        &o,
+        3,
+        &format!("{be2} slow: time to first byte median 1.5 s (min "),
+    );
+    let s = series(&o, BE2);
+    assert_eq!(
+        (&s["health"], &s["what"]),
+        (&Value::from("slow"), &Value::from("first_byte")),
+        "{}",
+        o.dump()
+    );
+    let delay = SLOW_BACKEND_DELAY.as_secs_f64() * 1000.0;
+    let ttfb = median(&o, &s["ttfb_ms"]);
+    assert!(
+        ttfb >= delay && ttfb < delay + 400.0,
+        "{ttfb} ms\n{}",
+        o.dump()
+    );
+    assert_fine(&o, &[0, 2]);
+    // curl -m 2 outlasts be2's 1.5 s: every client gets a 200, some of them late.
+    assert_clients(&o, |c| c.code == "200", "200 (late from be2)");
+}
+
 /// be2 accepts and never answers within the probe timeout (2 s): step 3 fails naming it as
 /// hanging, with the timeout; clients sent there by HAProxy give up (curl -m 2), so step 2 warns
 /// that connections hang.

@@ -47,6 +47,10 @@ fn check_with(
             observe,
             "--probe-timeout",
             "2s",
+            // One probe per target: the source-port tests count every port in use, and each
+            // probe leaves a socket (and under SNAT a conntrack entry) in TIME_WAIT.
+            "--probe-count",
+            "1",
         ]
         .map(str::to_owned),
     );
@@ -501,6 +505,16 @@ fn pressure_forwarding_off_under_dnat_fails_step_two() {
         "{shown}"
     );
     assert_eq!(j["host"]["ip_forward"], false, "{shown}");
+    // The SYNs reached the LB, were NATed and died there: no step says "not dropped" or
+    // "served", and step 3's advice is about forwarding, not ARP.
+    let said = |i: usize, k: &str| j["steps"][i][k].as_str().unwrap_or_default().to_owned();
+    assert!(!said(0, "summary").contains("not dropped"), "{shown}");
+    if j["mode"] == "l4" {
+        assert!(said(0, "summary").contains("NATed"), "{shown}");
+        assert!(said(1, "summary").contains("NATed"), "{shown}");
+        assert!(!said(1, "summary").contains("served"), "{shown}");
+        assert!(said(2, "next").contains("ip_forward"), "{shown}");
+    }
 }
 
 #[test]

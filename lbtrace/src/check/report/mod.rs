@@ -357,9 +357,11 @@ pub fn summary(s: &StepVerdict) -> String {
     let base = match &s.finding {
         // SYNs a full accept queue refused were dropped without a drop reason: "not dropped"
         // would contradict the headline.
-        StepFinding::ClientToLb(ClientFinding::Reached { syns, connections })
-            if s.host.iter().any(|h| h.status == Status::Fail) =>
-        {
+        StepFinding::ClientToLb(ClientFinding::Reached {
+            syns,
+            connections,
+            nat_dropped: 0,
+        }) if s.host.iter().any(|h| h.status == Status::Fail) => {
             format!("{syns} SYN(s) from {connections} client connection(s) reached the LB")
         }
         _ => finding_summary(s),
@@ -456,7 +458,7 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
                         .to_owned(),
                 ),
             };
-            base.or_else(|| f.forward_drops.as_ref().map(|_| "NEIGH_FAILED: the backend does not answer ARP/ND (host down, wrong VLAN); IP_OUTNOROUTES: no route to it".to_owned()))
+            base.or_else(|| f.forward_drops.as_ref().map(forward_drop_advice))
         }
         StepFinding::ReturnPath(ReturnFinding::Bypass { .. }) => Some(
             "check the backends' default gateway (it must be the LB), or enable SNAT on the LB"
@@ -492,10 +494,44 @@ fn client_summary(f: &ClientFinding) -> String {
         } => format!(
             "clients' SYNs reach the LB but the LB host drops them: {connections} connection(s) of {of} dropped ({reasons})"
         ),
-        ClientFinding::Reached { syns, connections } => format!(
+        ClientFinding::Reached {
+            syns,
+            connections,
+            nat_dropped: 0,
+        } => format!(
             "{syns} SYN(s) from {connections} client connection(s) reached the LB and were not dropped"
         ),
+        ClientFinding::Reached {
+            syns,
+            connections,
+            nat_dropped,
+        } => format!(
+            "{syns} SYN(s) from {connections} client connection(s) reached the LB and its stack took them in; {nat_dropped} connection(s) were NATed toward a backend and then dropped by the LB host (see steps 2 and 3)"
+        ),
     }
+}
+
+/// What to do about client SYNs the LB host NATed and then dropped, by their drop reasons.
+fn forward_drop_advice(reasons: &ReasonCounts) -> String {
+    let mut advice = Vec::new();
+    if reasons.0.iter().any(|(r, _)| r.contains("INADDRERRORS")) {
+        advice.push("IP_INADDRERRORS after NAT: the LB host does not forward (net.ipv4.ip_forward / net.ipv6.conf.all.forwarding = 0), or the NATed address is not routable from it");
+    }
+    if reasons.any(DropClass::Netfilter) {
+        advice.push("NETFILTER_DROP: the LB host's forward chain drops them (nft list ruleset)");
+    }
+    if reasons.any(DropClass::Neigh) {
+        advice.push("NEIGH_FAILED: the backend does not answer ARP/ND (host down, wrong VLAN)");
+    }
+    if reasons.any(DropClass::NoRoute) {
+        advice.push("IP_OUTNOROUTES: the LB host has no route to the backend");
+    }
+    if advice.is_empty() {
+        return format!(
+            "the kernel drops them ({reasons}): look the reason up in include/net/dropreason-core.h"
+        );
+    }
+    advice.join("; ")
 }
 
 fn drop_advice(reasons: &ReasonCounts) -> String {
@@ -538,6 +574,10 @@ fn outcome_words(mode: Mode, o: &Outcomes) -> Vec<String> {
         (o.answered_closed, "answered and closed"),
         (o.kernel_refused, "refused by the kernel (NO_SOCKET)"),
         (o.unanswered, "unanswered"),
+        (
+            o.nat_dropped,
+            "NATed toward a backend, then dropped by the LB host before leaving (see step 3)",
+        ),
     ]
     .into_iter()
     .filter(|(n, _)| *n > 0)
@@ -879,6 +919,25 @@ mod tests {
         assert_eq!(
             next(&s).as_deref(),
             Some("pass the backends with --backend ADDR:PORT")
+        );
+    }
+
+    #[test]
+    fn forwarded_drops_get_the_advice_of_their_reasons() {
+        let r = |v: &[(&str, usize)]| {
+            ReasonCounts(v.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect())
+        };
+        let a = forward_drop_advice(&r(&[("IP_INADDRERRORS", 9)]));
+        assert!(
+            a.contains("ip_forward") && !a.contains("NEIGH_FAILED"),
+            "{a}"
+        );
+        let a = forward_drop_advice(&r(&[("NEIGH_FAILED", 2), ("IP_OUTNOROUTES", 1)]));
+        assert!(a.contains("ARP/ND") && a.contains("no route") && !a.contains("ip_forward"));
+        let a = forward_drop_advice(&r(&[("SKB_CSUM", 1)]));
+        assert!(
+            a.contains("SKB_CSUM") && a.contains("dropreason-core.h"),
+            "{a}"
         );
     }
 

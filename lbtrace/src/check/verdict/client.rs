@@ -21,8 +21,13 @@ pub enum ClientFinding {
         of: usize,
         reasons: ReasonCounts,
     },
-    /// SYNs arrived and were not dropped.
-    Reached { syns: usize, connections: usize },
+    /// SYNs arrived and the LB host's stack took them in; `nat_dropped` connections' SYNs were
+    /// NATed and then dropped by the LB host on their way to a backend (steps 2 and 3 judge that).
+    Reached {
+        syns: usize,
+        connections: usize,
+        nat_dropped: usize,
+    },
 }
 
 impl ClientFinding {
@@ -69,6 +74,7 @@ pub fn judge(f: &Facts<'_>, syn_flows: &[&Flow]) -> StepVerdict {
             ClientFinding::Reached {
                 syns: syn_flows.iter().map(|fl| fl.syns.len()).sum(),
                 connections: syn_flows.len(),
+                nat_dropped: syn_flows.iter().filter(|fl| fl.nat_dropped()).count(),
             },
             syn_flows
                 .iter()

@@ -53,6 +53,12 @@ impl Flow {
         !self.answered() && !self.l4() && self.lb_rsts.is_empty()
     }
 
+    /// The client's SYN was NATed and then dropped by the LB host: none of its SYNs left toward
+    /// a backend.
+    pub fn nat_dropped(&self) -> bool {
+        self.forwarded.is_empty() && !self.forward_drops.is_empty()
+    }
+
     /// The client's SYN was forwarded to a backend (NAT).
     pub fn l4(&self) -> bool {
         !self.forwarded.is_empty() || !self.forward_drops.is_empty()

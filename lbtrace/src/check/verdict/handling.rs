@@ -32,6 +32,9 @@ pub struct Outcomes {
     pub kernel_refused: usize,
     /// Neither answered, nor forwarded, nor reset.
     pub unanswered: usize,
+    /// NATed (Layer 4), then dropped by the LB host before leaving toward a backend: step 3
+    /// names the drop reasons (a host setting such as `ip_forward` is a host finding here).
+    pub nat_dropped: usize,
 }
 
 /// The LB host's own requests to the VIP, when they did not all get a fine answer.
@@ -214,8 +217,11 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
     let mut rst_immediate: Vec<&Flow> = Vec::new();
     let mut closed_empty: Vec<&Flow> = Vec::new();
     let mut answered_closed = 0;
+    let mut nat_dropped = 0;
     for fl in live.iter().copied().filter(|fl| fl.answered() || fl.l4()) {
-        if fl.client_gave_up(ev) {
+        if fl.nat_dropped() && !fl.answered() {
+            nat_dropped += 1;
+        } else if fl.client_gave_up(ev) {
             hang.push(fl);
         } else if let Some(&r) = fl.lb_rsts.first() {
             let acked_data = fl
@@ -241,6 +247,7 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
         answered_closed,
         kernel_refused,
         unanswered,
+        nat_dropped,
     };
     let first: Vec<&Flow> = live.iter().take(2).copied().collect();
     let mut evid = evidence_of(&first, Flow::evidence);

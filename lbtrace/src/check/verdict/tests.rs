@@ -142,7 +142,8 @@ fn healthy_l7_passes_every_step() {
         *client_finding(&v),
         ClientFinding::Reached {
             syns: 1,
-            connections: 1
+            connections: 1,
+            nat_dropped: 0,
         }
     );
     assert_eq!(
@@ -425,6 +426,17 @@ fn forwarded_syns_dropped_on_the_way_to_a_dead_backend_are_step_three() {
     );
     assert!(v.steps[2].evidence.contains(&1));
     assert_eq!(v.first_failed_step, Some(Step::LbToBackend));
+    // The SYN reached the LB's stack, was NATed, and died there: said at steps 1 and 2, not
+    // "not dropped" and "served".
+    assert!(matches!(
+        client_finding(&v),
+        ClientFinding::Reached { nat_dropped: 1, .. }
+    ));
+    assert!(matches!(
+        handling(&v),
+        HandlingFinding::Served { outcomes, .. }
+            if *outcomes == Outcomes { nat_dropped: 1, ..Outcomes::default() }
+    ));
 }
 
 #[test]
@@ -573,7 +585,8 @@ fn many_clients_are_judged_in_linear_time() {
         *client_finding(&v),
         ClientFinding::Reached {
             syns: n,
-            connections: n
+            connections: n,
+            nat_dropped: 0,
         }
     );
     assert_eq!(
