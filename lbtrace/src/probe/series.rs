@@ -6,8 +6,9 @@
 //! 1. any probe whose TCP connect failed: [`Health::Unreachable`] (the connect outcome says how);
 //! 2. any probe that connected but whose TLS handshake or HTTP answer never came within the
 //!    timeout: [`Health::Hangs`];
-//! 3. any probe that connected and was then reset or closed without an answer (or got a malformed
-//!    one), in the TLS handshake or before the HTTP answer: [`Health::Drops`];
+//! 3. any probe that connected and was then reset or closed without a byte of answer, in the TLS
+//!    handshake or before the HTTP answer: [`Health::Drops`] (an answer that is not HTTP, e.g. a
+//!    database's greeting, is no failure of the target: it does not speak HTTP);
 //! 4. any 5xx answer: [`Health::Erroring`] with the count (all of them: the target serves errors;
 //!    some: it serves errors intermittently);
 //! 5. a median connect time or time to first byte past `--slow`: [`Health::Slow`];
@@ -70,8 +71,8 @@ pub enum Health {
         of: usize,
         after_ms: f64,
     },
-    /// TCP connects, then the target resets or closes the connection (`how`: reset / closed /
-    /// error) without an answer (`phase`: tls / http) in `dropped` of `of` probes.
+    /// TCP connects, then the target resets or closes the connection (`how`: reset / closed)
+    /// without an answer (`phase`: tls / http) in `dropped` of `of` probes.
     Drops {
         phase: String,
         how: String,
@@ -147,12 +148,10 @@ pub fn judge(reports: &[ProbeReport], slow: Duration) -> Summary {
                 ttfb.push(*ttfb_ms);
             }
             Some(HttpOutcome::Hang { after_ms }) => hung.push(("http", *after_ms)),
-            Some(
-                o @ (HttpOutcome::Reset { .. }
-                | HttpOutcome::Closed { .. }
-                | HttpOutcome::Error { .. }),
-            ) => dropped.push(("http", o.name())),
-            None => {}
+            Some(o @ (HttpOutcome::Reset { .. } | HttpOutcome::Closed { .. })) => {
+                dropped.push(("http", o.name()));
+            }
+            Some(HttpOutcome::Error { .. }) | None => {}
         }
     }
     let failed: Vec<&TcpOutcome> = reports

@@ -11,6 +11,10 @@
 //! whenever its latest probe is not fine on its own; the VIP doing so while every backend's probes
 //! are fine is step 2's `lb_serves_errors` (`check`'s [`LocalService`] rule). The VIP's connect
 //! failing is no finding: a Layer-4 (NAT) VIP is usually not reachable from the LB host itself.
+//! A target's HTTP-level troubles (closing or hanging before an HTTP answer) count only once it
+//! (for a backend: any backend) has answered a probe in HTTP since the tripwire started: backends
+//! that do not speak HTTP (a database, TLS) or an HTTPS VIP probed without `--tls` are judged on
+//! their TCP connects alone instead of alerting for weeks.
 //!
 //! Each probe is a tokio task of its own; at most one per target is under way at a time, so the
 //! tasks stay bounded by the targets given, and the main loop never waits for one: it starts
@@ -60,12 +64,24 @@ pub struct Judged {
     pub window: Option<series::Summary>,
     /// This probe connected and, judged alone, is fine.
     pub fine_alone: bool,
+    /// The target has answered a probe in HTTP since the start.
+    pub speaks_http: bool,
 }
 
 impl Judged {
     /// The window's health, when this probe connected.
     pub fn health(&self) -> Option<&Health> {
         self.window.as_ref().map(|s| &s.health)
+    }
+
+    /// The window drops or hangs before an HTTP answer, from a target that never answered in
+    /// HTTP: it may not speak HTTP at all, so this is no evidence.
+    fn http_unproven(&self) -> bool {
+        !self.speaks_http
+            && matches!(
+                self.health(),
+                Some(Health::Drops { phase, .. } | Health::Hangs { phase, .. }) if phase == "http"
+            )
     }
 
     /// A backend's window judged erroring, dropping, hanging or slow (slow only over a full
@@ -75,7 +91,7 @@ impl Judged {
         let window = self
             .window
             .as_ref()
-            .filter(|_| !self.vip && !self.fine_alone)?;
+            .filter(|_| !self.vip && !self.fine_alone && !self.http_unproven())?;
         // The median of two is their mean: one slow answer of two would be a verdict.
         if matches!(window.health, Health::Slow { .. }) && window.probes < WINDOW {
             return None;
@@ -96,7 +112,9 @@ impl Judged {
     /// every backend's probes are fine: `check`'s step-2 rule, failing or warning, makes it
     /// [`Finding::LbServesErrors`].
     pub fn serves_errors(&self, backends_fine: bool) -> Option<Finding> {
-        let health = self.health().filter(|_| self.vip && !self.fine_alone)?;
+        let health = self
+            .health()
+            .filter(|_| self.vip && !self.fine_alone && !self.http_unproven())?;
         if matches!(health, Health::Slow { .. }) {
             return None;
         }
@@ -132,6 +150,8 @@ pub struct Prober {
     pub state: BTreeMap<SocketAddr, State>,
     /// Every backend given has a port, so is probed.
     every_backend: bool,
+    /// The targets that answered a probe in HTTP since the start.
+    answered_http: HashSet<SocketAddr>,
 }
 
 impl Prober {
@@ -167,6 +187,7 @@ impl Prober {
                 windows: BTreeMap::new(),
                 state: BTreeMap::new(),
                 every_backend: backends.iter().all(|b| b.port.is_some()),
+                answered_http: HashSet::new(),
             },
             rx,
         ))
@@ -200,6 +221,13 @@ impl Prober {
         let connected = matches!(d.report.tcp, TcpOutcome::Connected { .. });
         let tcp = d.report.tcp.name();
         let slow = self.args.slow;
+        if matches!(d.report.http, Some(probe::HttpOutcome::Response { .. })) {
+            self.answered_http.insert(target);
+        }
+        // The backends of one LB speak one protocol: one answering in HTTP vouches for all. The
+        // VIP speaks for itself (an HTTPS VIP probed without --tls must not look dropping).
+        let speaks_http = self.answered_http.contains(&target)
+            || (!vip && self.answered_http.iter().any(|t| !self.is_vip(*t)));
         let (window, fine_alone) = if connected {
             let fine_alone =
                 series::judge(std::slice::from_ref(&d.report), slow).health == Health::Fine;
@@ -212,7 +240,18 @@ impl Prober {
         } else {
             (None, false)
         };
-        let result = window.as_ref().map_or(tcp, |s| s.health.name());
+        let judged = Judged {
+            facts,
+            vip,
+            window,
+            fine_alone,
+            speaks_http,
+        };
+        let result = match judged.health() {
+            Some(_) if judged.http_unproven() => "connected",
+            Some(h) => h.name(),
+            None => tcp,
+        };
         self.state.insert(
             target,
             State {
@@ -221,12 +260,7 @@ impl Prober {
                 vip,
             },
         );
-        Judged {
-            facts,
-            vip,
-            window,
-            fine_alone,
-        }
+        judged
     }
 
     fn is_vip(&self, target: SocketAddr) -> bool {
@@ -341,7 +375,8 @@ mod tests {
         );
         let connected = TcpOutcome::Connected { connect_ms: 0.3 };
         let closed = Some(HttpOutcome::Closed { after_ms: 1.0 });
-        let j = p.done(done(BE1, connected.clone(), closed));
+        // BE2's HTTP answer vouches for BE1 speaking HTTP: its close without an answer counts.
+        let j = p.done(done(BE1, connected.clone(), closed.clone()));
         assert_eq!(kind(&j), Some(format!("backend_drops:{BE1}")));
         let hang = Some(HttpOutcome::Hang { after_ms: 3000.0 });
         let j = p.done(done(BE1, connected, hang));
@@ -396,6 +431,31 @@ mod tests {
         let j = p.done(answer(VIP, 200, 1500.0));
         assert_eq!(j.health().map(Health::name), Some("slow"));
         assert_eq!(j.serves_errors(true), None);
+        // A target that does not speak HTTP (a database greeting: not an HTTP head; or a server
+        // that closes on what it does not understand) raises nothing, however often.
+        let mut q = prober();
+        let greeting = Some(HttpOutcome::Error {
+            error: "not an HTTP response".into(),
+        });
+        let hang = Some(HttpOutcome::Hang { after_ms: 3000.0 });
+        let closed = Some(HttpOutcome::Closed { after_ms: 1.0 });
+        for http in [greeting, hang.clone(), hang, closed.clone()] {
+            let j = q.done(done(BE2, TcpOutcome::Connected { connect_ms: 0.3 }, http));
+            assert_eq!((kind(&j), j.serves_errors(true)), (None, None));
+        }
+        assert_eq!(q.state[&BE2.parse().unwrap()].result, "connected");
+        // An HTTPS VIP probed without --tls closes: the VIP has not answered in HTTP itself, so
+        // the backends' answers do not make that a finding.
+        q.done(answer(BE1, 200, 2.0));
+        let j = q.done(done(
+            VIP,
+            TcpOutcome::Connected { connect_ms: 0.3 },
+            closed.clone(),
+        ));
+        assert_eq!(j.serves_errors(true), None);
+        // Once BE1 answered in HTTP, BE2's window (a hang, two closes) counts: hangs first.
+        let j = q.done(done(BE2, TcpOutcome::Connected { connect_ms: 0.3 }, closed));
+        assert_eq!(kind(&j), Some(format!("backend_hangs:{BE2}")));
         // A request the VIP resets is dropped.
         let reset = Some(HttpOutcome::Reset { after_ms: 1.0 });
         let j = p.done(done(VIP, TcpOutcome::Connected { connect_ms: 0.3 }, reset));
