@@ -46,18 +46,25 @@ pub struct TcpSocket {
     pub wqueue: u32,
 }
 
-/// The request: inet_diag_req_v2 for every socket of `family` in `states` (a bit per state).
-fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
+/// The netlink header and the first fields of an inet_diag_req_v2 (family, protocol, `ext`,
+/// `states`); the socket id (48 bytes) follows.
+fn request_head(flags: u16, seq: u32, family: u8, ext: u8, states: u32) -> Vec<u8> {
     let len: u32 = (NLMSG_HDRLEN + 56) as u32;
     let mut b = Vec::with_capacity(len as usize);
     b.extend_from_slice(&len.to_ne_bytes());
     b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, ext, 0]);
     b.extend_from_slice(&states.to_ne_bytes());
-    b.resize(len as usize, 0); // the socket id: all zero, a dump
+    b
+}
+
+/// The request: inet_diag_req_v2 for every socket of `family` in `states` (a bit per state).
+fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
+    let mut b = request_head(NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0, states);
+    b.resize(NLMSG_HDRLEN + 56, 0); // the socket id: all zero, a dump
     b
 }
 
@@ -78,16 +85,9 @@ fn request_one(local: SocketAddr, remote: SocketAddr, seq: u32) -> Option<Vec<u8
         (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6,
         _ => return None,
     };
-    let len: u32 = (NLMSG_HDRLEN + 56) as u32;
-    let mut b = Vec::with_capacity(len as usize);
-    b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes()); // no dump: this one socket
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
+    // No dump (this one socket), in any state, with its tcp_info.
     let ext = 1u8 << (INET_DIAG_INFO - 1);
-    b.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, ext, 0]);
-    b.extend_from_slice(&u32::MAX.to_ne_bytes()); // any state
+    let mut b = request_head(NLM_F_REQUEST, seq, family as u8, ext, u32::MAX);
     b.extend_from_slice(&local.port().to_be_bytes());
     b.extend_from_slice(&remote.port().to_be_bytes());
     b.extend_from_slice(&raw(local.ip()));
@@ -528,19 +528,25 @@ mod tests {
         b[0] = 1; // ESTABLISHED
         b[2] = 5; // retransmits
         b[4] = 5; // backoff
-        let mut put = |at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-        put(8, 6_400_000); // rto
-        put(16, 1448); // snd_mss
-        put(20, 536); // rcv_mss
-        put(24, 12); // unacked
-        put(32, 10); // lost
-        put(36, 1); // retrans
-        put(60, 1500); // pmtu
-        put(68, 400); // rtt
-        put(72, 200); // rttvar
-        put(80, 1); // snd_cwnd
-        put(84, 1448); // advmss
-        put(100, 25); // total_retrans
+        // (offset, value): rto, snd_mss, rcv_mss, unacked, lost, retrans, pmtu, rtt, rttvar,
+        // snd_cwnd, advmss, total_retrans.
+        let fields: [(usize, u32); 12] = [
+            (8, 6_400_000),
+            (16, 1448),
+            (20, 536),
+            (24, 12),
+            (32, 10),
+            (36, 1),
+            (60, 1500),
+            (68, 400),
+            (72, 200),
+            (80, 1),
+            (84, 1448),
+            (100, 25),
+        ];
+        for (at, v) in fields {
+            b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
         b.truncate(len);
         b
     }
