@@ -56,6 +56,8 @@ pub struct Collected {
     pub host: verdict::HostFacts,
     /// How the kernel side traced (the report's `capabilities`).
     pub capabilities: session::Capabilities,
+    /// The tcp_info of the LB's connections that looked stalled during the window (step 4).
+    pub tcp_info: Vec<observe::TcpInfoSnapshot>,
 }
 
 /// The time between two probes of one target.
@@ -272,6 +274,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         (None, Some(p)) => p.await.context("the probe task failed")?,
         (None, None) => bail!("probes did not run"),
     };
+    let tcp_info = observed.stalls.finish().await;
     let host_after = sample_host();
     tracer.detach();
     let mut log = observed.log;
@@ -288,6 +291,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         counters: tracer.counters(),
         data_drops: tracer.data_drop_reasons(),
         capabilities: session::Capabilities::of(&tracer, &cfg),
+        tcp_info,
         host: verdict::HostFacts {
             before: host_before,
             after: host_after,

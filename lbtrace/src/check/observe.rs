@@ -2,15 +2,21 @@
 //! clients connect, in bounded memory, until the window closes, a signal arrives, or every step
 //! passes.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinHandle;
 
 use super::{ProbeSet, facts, verdict};
 use crate::{
-    cli::CheckArgs, event::KernelEvent, kernel::btf::DropReasons, kernel::rings::Rings,
-    probe::ProbeReport, session,
+    cli::CheckArgs,
+    event::{Detail, KernelEvent},
+    host::diag::{self, TcpInfo},
+    kernel::btf::DropReasons,
+    kernel::rings::Rings,
+    probe::ProbeReport,
+    render::Clock,
+    session,
 };
 
 /// Kernel events a check keeps (128 bytes each: 12.8 MB): later ones are counted, not kept, and
@@ -90,6 +96,91 @@ impl EventLog {
     }
 }
 
+/// Data retransmissions by the LB host on one connection from which its socket's tcp_info is
+/// read: the first RTO and two backed-off ones, a leg that looks stalled.
+pub const STALLED_AFTER: u32 = 3;
+/// At most this many tcp_info queries per check (one per stalled connection).
+pub const MAX_TCP_INFO: usize = 16;
+/// Connections whose retransmissions are counted (beyond: not counted, not queried).
+const MAX_COUNTED: usize = 4096;
+
+/// The tcp_info of one of the LB host's sockets, read when its connection looked stalled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpInfoSnapshot {
+    /// The LB's end and the peer's (a client or a backend).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// When it was read (CLOCK_MONOTONIC ns, the events' clock).
+    pub ts_ns: u64,
+    /// The retransmissions seen on the connection when the query was made.
+    pub retransmissions: u32,
+    pub info: TcpInfo,
+}
+
+/// Counts the LB host's data retransmissions per connection and, when one reaches
+/// [`STALLED_AFTER`], reads that socket's tcp_info from a blocking task (the event drain never
+/// waits for it), at most [`MAX_TCP_INFO`] times.
+#[derive(Debug, Default)]
+pub struct Stalls {
+    counts: HashMap<(SocketAddr, SocketAddr), u32>,
+    /// Queries started so far.
+    asked: usize,
+    queries: Vec<JoinHandle<Option<TcpInfoSnapshot>>>,
+}
+
+impl Stalls {
+    /// The connections of `evs` that just became stalled (each once), within the caps.
+    fn newly_stalled(&mut self, evs: &[KernelEvent]) -> Vec<(SocketAddr, SocketAddr, u32)> {
+        let mut out = Vec::new();
+        for e in evs {
+            if !matches!(e.detail, Detail::Retrans) || e.has_syn() {
+                continue;
+            }
+            let key = (e.src, e.dst);
+            if !self.counts.contains_key(&key) && self.counts.len() >= MAX_COUNTED {
+                continue;
+            }
+            let n = self.counts.entry(key).or_default();
+            *n = n.saturating_add(1);
+            if *n == STALLED_AFTER && self.asked < MAX_TCP_INFO {
+                self.asked += 1;
+                out.push((e.src, e.dst, *n));
+            }
+        }
+        out
+    }
+
+    /// Starts the queries for the connections `evs` made stalled.
+    pub fn see(&mut self, evs: &[KernelEvent]) {
+        for (local, remote, retransmissions) in self.newly_stalled(evs) {
+            self.queries.push(tokio::task::spawn_blocking(move || {
+                let info = diag::tcp_info(local, remote).ok().flatten()?;
+                Some(TcpInfoSnapshot {
+                    local,
+                    remote,
+                    ts_ns: Clock::monotonic_ns(),
+                    retransmissions,
+                    info,
+                })
+            }));
+        }
+    }
+
+    /// The snapshots read (sockets already closed, or queries that failed, give none).
+    pub async fn finish(self) -> Vec<TcpInfoSnapshot> {
+        let mut out = Vec::new();
+        for q in self.queries {
+            match q.await {
+                Ok(Some(s)) => out.push(s),
+                Ok(None) => {}
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        out
+    }
+}
+
 /// The backends' series of probes (in `--backend` order) and the VIP's.
 pub type ProbeResults = (Vec<Vec<ProbeReport>>, Vec<ProbeReport>);
 
@@ -99,6 +190,8 @@ pub struct Observed {
     /// `None` when the window closed before the probes ended.
     pub probes: Option<ProbeResults>,
     pub pending: Option<JoinHandle<ProbeResults>>,
+    /// The tcp_info queries of stalled connections, started during the window.
+    pub stalls: Stalls,
 }
 
 /// Collects events until `args.observe` passes, `shutdown` resolves, or (once the probes are
@@ -115,6 +208,7 @@ pub async fn observe(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Observed> {
     let mut log = EventLog::new(vip, MAX_EVENTS);
+    let mut stalls = Stalls::default();
     let mut done: Option<ProbeResults> = None;
     let mut pending = Some(probes);
     let mut last_progress = started;
@@ -132,7 +226,11 @@ pub async fn observe(
                 pending = None;
                 done = Some(r.context("the probe task failed")?);
             }
-            () = rings.wait() => log.extend(session::drain(rings, decode_errors)),
+            () = rings.wait() => {
+                let evs = session::drain(rings, decode_errors);
+                stalls.see(&evs);
+                log.extend(evs);
+            }
             () = tokio::time::sleep_until(judge_at), if unjudged => {}
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
@@ -179,6 +277,7 @@ pub async fn observe(
         log,
         probes: done,
         pending,
+        stalls,
     })
 }
 
@@ -211,6 +310,52 @@ mod tests {
             kept.iter().map(|e| e.ts_ns).collect::<Vec<_>>(),
             [0, 1_000_000, 2_000_000]
         );
+    }
+
+    fn retrans(ts: u64, from: &str, to: &str) -> KernelEvent {
+        KernelEvent {
+            hook: crate::event::Hook::TcpRetransmit,
+            detail: Detail::Retrans,
+            payload_len: 1448,
+            mss: 1448,
+            ..pkt(ts, Dir::Out, from, to, ACK, 1, 1)
+        }
+    }
+
+    #[test]
+    fn a_connection_is_stalled_at_its_third_retransmission_once_and_within_the_cap() {
+        let mut st = Stalls::default();
+        let lb = "10.10.1.1:80";
+        // Two retransmissions, a SYN retransmitted, a packet: nothing yet.
+        let mut syn = retrans(0, lb, "10.10.1.2:40000");
+        syn.flags = SYN;
+        let evs = [
+            retrans(1, lb, "10.10.1.2:40000"),
+            retrans(2, lb, "10.10.1.2:40000"),
+            syn,
+            pkt(3, Dir::Out, lb, "10.10.1.2:40000", ACK, 1, 1),
+        ];
+        assert!(st.newly_stalled(&evs).is_empty());
+        let third = st.newly_stalled(&[retrans(4, lb, "10.10.1.2:40000")]);
+        assert_eq!(
+            third,
+            [(lb.parse().unwrap(), "10.10.1.2:40000".parse().unwrap(), 3)]
+        );
+        // The fourth does not ask again.
+        assert!(
+            st.newly_stalled(&[retrans(5, lb, "10.10.1.2:40000")])
+                .is_empty()
+        );
+        // Many stalled connections: the cap holds across calls (the queries started count).
+        let many: Vec<KernelEvent> = (0..40u64)
+            .flat_map(|c| {
+                let to = format!("10.10.1.3:{}", 41000 + c);
+                (0..3).map(move |i| retrans(10 + c * 3 + i, lb, &to))
+            })
+            .collect();
+        let got = st.newly_stalled(&many);
+        assert_eq!(got.len(), MAX_TCP_INFO - 1);
+        assert!(got.iter().all(|&(_, _, n)| n == STALLED_AFTER));
     }
 
     #[test]

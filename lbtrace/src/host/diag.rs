@@ -2,6 +2,9 @@
 //! same data as `ss -tan`, without running it. For a listener, `rqueue` is the accept queue's
 //! current depth and `wqueue` its limit (the backlog: `ss -lnt` Recv-Q / Send-Q).
 //!
+//! One connection's `struct tcp_info` (what `ss -ti` shows) is read by its exact tuple:
+//! [`tcp_info`].
+//!
 //! The dump's messages are parsed from bytes with bounds checks; the socket calls are the only
 //! unsafe code.
 
@@ -24,6 +27,10 @@ pub(super) const NLM_F_DUMP: u16 = 0x300;
 pub(super) const NLMSG_HDRLEN: usize = 16;
 /// inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue, wqueue, uid, inode.
 const INET_DIAG_MSG_LEN: usize = 72;
+/// inet_diag_req_v2's idiag_ext bit for INET_DIAG_INFO (attribute type 2: struct tcp_info).
+const INET_DIAG_INFO: u16 = 2;
+/// The socket id's cookie that matches any socket.
+const INET_DIAG_NOCOOKIE: u32 = !0;
 /// At most this many sockets are read per dump (a busy LB has many; the rest are counted).
 const MAX_SOCKETS: usize = 1 << 20;
 
@@ -39,19 +46,162 @@ pub struct TcpSocket {
     pub wqueue: u32,
 }
 
-/// The request: inet_diag_req_v2 for every socket of `family` in `states` (a bit per state).
-fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
+/// The netlink header and the first fields of an inet_diag_req_v2 (family, protocol, `ext`,
+/// `states`); the socket id (48 bytes) follows.
+fn request_head(flags: u16, seq: u32, family: u8, ext: u8, states: u32) -> Vec<u8> {
     let len: u32 = (NLMSG_HDRLEN + 56) as u32;
     let mut b = Vec::with_capacity(len as usize);
     b.extend_from_slice(&len.to_ne_bytes());
     b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, ext, 0]);
     b.extend_from_slice(&states.to_ne_bytes());
-    b.resize(len as usize, 0); // the socket id: all zero, a dump
     b
+}
+
+/// The request: inet_diag_req_v2 for every socket of `family` in `states` (a bit per state).
+fn request(family: u8, states: u32, seq: u32) -> Vec<u8> {
+    let mut b = request_head(NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0, states);
+    b.resize(NLMSG_HDRLEN + 56, 0); // the socket id: all zero, a dump
+    b
+}
+
+/// The request for the one socket `local` -> `remote` (same family), with its tcp_info.
+fn request_one(local: SocketAddr, remote: SocketAddr, seq: u32) -> Option<Vec<u8>> {
+    let raw = |a: IpAddr| -> [u8; 16] {
+        match a {
+            IpAddr::V4(v) => {
+                let mut r = [0u8; 16];
+                r[..4].copy_from_slice(&v.octets());
+                r
+            }
+            IpAddr::V6(v) => v.octets(),
+        }
+    };
+    let family = match (local.ip(), remote.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET,
+        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6,
+        _ => return None,
+    };
+    // No dump (this one socket), in any state, with its tcp_info.
+    let ext = 1u8 << (INET_DIAG_INFO - 1);
+    let mut b = request_head(NLM_F_REQUEST, seq, family as u8, ext, u32::MAX);
+    b.extend_from_slice(&local.port().to_be_bytes());
+    b.extend_from_slice(&remote.port().to_be_bytes());
+    b.extend_from_slice(&raw(local.ip()));
+    b.extend_from_slice(&raw(remote.ip()));
+    b.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    b.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    b.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    Some(b)
+}
+
+/// The fields of `struct tcp_info` (include/uapi/linux/tcp.h) that say why a connection stalls.
+/// A field is `None` when the kernel's struct is too short to hold it (older kernels send
+/// shorter ones). Times in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpInfo {
+    pub state: Option<u8>,
+    /// Retransmissions of the head segment since the last acknowledgement (the RTO count).
+    pub retransmits: Option<u8>,
+    /// The RTO's exponential backoff.
+    pub backoff: Option<u8>,
+    pub rto_us: Option<u32>,
+    pub snd_mss: Option<u32>,
+    pub rcv_mss: Option<u32>,
+    /// Segments sent and not acknowledged.
+    pub unacked: Option<u32>,
+    /// Segments the sender holds for lost.
+    pub lost: Option<u32>,
+    /// Segments retransmitted and not acknowledged.
+    pub retrans: Option<u32>,
+    /// The path MTU the socket uses.
+    pub pmtu: Option<u32>,
+    pub rtt_us: Option<u32>,
+    pub rttvar_us: Option<u32>,
+    pub snd_cwnd: Option<u32>,
+    pub advmss: Option<u32>,
+    /// Retransmissions over the connection's life.
+    pub total_retrans: Option<u32>,
+}
+
+impl TcpInfo {
+    /// Parses the payload of an INET_DIAG_INFO attribute: only the fields it is long enough for.
+    pub fn parse(b: &[u8]) -> Self {
+        let u8_at = |at: usize| b.get(at).copied();
+        let u32_ = |at: usize| u32_at(b, at);
+        Self {
+            state: u8_at(0),
+            retransmits: u8_at(2),
+            backoff: u8_at(4),
+            rto_us: u32_(8),
+            snd_mss: u32_(16),
+            rcv_mss: u32_(20),
+            unacked: u32_(24),
+            lost: u32_(32),
+            retrans: u32_(36),
+            pmtu: u32_(60),
+            rtt_us: u32_(68),
+            rttvar_us: u32_(72),
+            snd_cwnd: u32_(80),
+            advmss: u32_(84),
+            total_retrans: u32_(100),
+        }
+    }
+}
+
+/// The netlink attributes (type, payload) that follow a message's fixed part, as far as their
+/// headers are sound.
+fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let (Some(len), Some(kind)) = (u16_at(b, 0), u16_at(b, 2)) else {
+            break;
+        };
+        let len = usize::from(len);
+        let Some(payload) = b.get(4..len) else {
+            break;
+        };
+        out.push((kind, payload));
+        b = b.get((len + 3) & !3..).unwrap_or_default();
+    }
+    out
+}
+
+/// The answer to [`request_one`]: the socket's tcp_info, `Ok(None)` when the kernel knows no
+/// such socket (or sent no tcp_info), the kernel's error otherwise.
+fn parse_one(b: &[u8]) -> io::Result<Option<TcpInfo>> {
+    for m in messages(b) {
+        match m {
+            NlMsg::Error(errno) if errno == libc::ENOENT => return Ok(None),
+            NlMsg::Error(errno) if errno != 0 => return Err(io::Error::from_raw_os_error(errno)),
+            NlMsg::Msg(SOCK_DIAG_BY_FAMILY, body) if body.len() >= INET_DIAG_MSG_LEN => {
+                let info = attributes(&body[INET_DIAG_MSG_LEN..])
+                    .into_iter()
+                    .find(|(kind, _)| *kind == INET_DIAG_INFO)
+                    .map(|(_, p)| TcpInfo::parse(p));
+                return Ok(info);
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The tcp_info of the connection `local` -> `remote` of this network namespace (`None`: no
+/// such socket, e.g. already closed). One request, one answer, at most a second's wait.
+pub fn tcp_info(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<TcpInfo>> {
+    let Some(req) = request_one(local, remote, 1) else {
+        return Ok(None);
+    };
+    let mut out = Ok(None);
+    dump_with(NETLINK_SOCK_DIAG, &req, |datagram| {
+        out = parse_one(datagram);
+        Ok(false)
+    })?;
+    out
 }
 
 pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -349,6 +499,181 @@ mod tests {
         let mut tiny = m;
         tiny[..4].copy_from_slice(&3u32.to_ne_bytes());
         assert!(parse_batch(&tiny).sockets.is_empty());
+    }
+
+    /// An answer to a one-socket request: inet_diag_msg, then an INET_DIAG_INFO attribute
+    /// carrying `info`.
+    fn answer(info: &[u8]) -> Vec<u8> {
+        let mut m = msg(
+            libc::AF_INET as u8,
+            1,
+            v4([10, 10, 1, 2]),
+            80,
+            v4([10, 10, 1, 9]),
+            40312,
+        );
+        let attr_len = 4 + info.len();
+        m.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        m.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        m.extend_from_slice(info);
+        m.resize((m.len() + 3) & !3, 0);
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m
+    }
+
+    /// A tcp_info of `len` bytes as a stalled sender's: the RTO fired 5 times.
+    fn stalled_info(len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 232];
+        b[0] = 1; // ESTABLISHED
+        b[2] = 5; // retransmits
+        b[4] = 5; // backoff
+        // (offset, value): rto, snd_mss, rcv_mss, unacked, lost, retrans, pmtu, rtt, rttvar,
+        // snd_cwnd, advmss, total_retrans.
+        let fields: [(usize, u32); 12] = [
+            (8, 6_400_000),
+            (16, 1448),
+            (20, 536),
+            (24, 12),
+            (32, 10),
+            (36, 1),
+            (60, 1500),
+            (68, 400),
+            (72, 200),
+            (80, 1),
+            (84, 1448),
+            (100, 25),
+        ];
+        for (at, v) in fields {
+            b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        b.truncate(len);
+        b
+    }
+
+    #[test]
+    fn reads_the_tcp_info_of_one_socket() {
+        let info = parse_one(&answer(&stalled_info(232))).unwrap().unwrap();
+        assert_eq!(
+            info,
+            TcpInfo {
+                state: Some(1),
+                retransmits: Some(5),
+                backoff: Some(5),
+                rto_us: Some(6_400_000),
+                snd_mss: Some(1448),
+                rcv_mss: Some(536),
+                unacked: Some(12),
+                lost: Some(10),
+                retrans: Some(1),
+                pmtu: Some(1500),
+                rtt_us: Some(400),
+                rttvar_us: Some(200),
+                snd_cwnd: Some(1),
+                advmss: Some(1448),
+                total_retrans: Some(25),
+            }
+        );
+    }
+
+    #[test]
+    fn a_short_tcp_info_gives_only_the_fields_it_holds() {
+        // A kernel whose struct ends before total_retrans (at 100) and rcv_rtt.
+        let info = parse_one(&answer(&stalled_info(88))).unwrap().unwrap();
+        assert_eq!((info.pmtu, info.advmss), (Some(1500), Some(1448)));
+        assert_eq!((info.total_retrans, info.snd_cwnd), (None, Some(1)));
+        let info = parse_one(&answer(&stalled_info(3))).unwrap().unwrap();
+        assert_eq!(
+            (info.state, info.retransmits, info.backoff),
+            (Some(1), Some(5), None)
+        );
+        assert_eq!(info.rto_us, None);
+        // A field cut in the middle is not read.
+        let info = TcpInfo::parse(&stalled_info(62));
+        assert_eq!((info.retrans, info.pmtu), (Some(1), None));
+    }
+
+    #[test]
+    fn garbage_and_errors_in_the_answer() {
+        let whole = answer(&stalled_info(232));
+        for cut in 0..whole.len() {
+            // Never a panic; a message cut short is no answer.
+            let _ = parse_one(&whole[..cut]);
+        }
+        assert!(parse_one(&whole[..100]).unwrap().is_none());
+        // An attribute whose length runs past the message.
+        let mut lying = whole.clone();
+        lying[NLMSG_HDRLEN + INET_DIAG_MSG_LEN..][..2].copy_from_slice(&5000u16.to_ne_bytes());
+        assert!(parse_one(&lying).unwrap().is_none());
+        // An attribute length below its header.
+        lying[NLMSG_HDRLEN + INET_DIAG_MSG_LEN..][..2].copy_from_slice(&1u16.to_ne_bytes());
+        assert!(parse_one(&lying).unwrap().is_none());
+        let mut noise = 0x1234_5678_u32;
+        let bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                noise ^= noise << 13;
+                noise ^= noise >> 17;
+                noise ^= noise << 5;
+                noise as u8
+            })
+            .collect();
+        for start in 0..64 {
+            let _ = parse_one(&bytes[start..]);
+            let _ = TcpInfo::parse(&bytes[start..start + 40]);
+        }
+        // The kernel's "no such socket" and other errors.
+        let mut err = vec![0u8; 36];
+        err[..4].copy_from_slice(&36u32.to_ne_bytes());
+        err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        err[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        assert!(parse_one(&err).unwrap().is_none());
+        err[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        assert_eq!(
+            parse_one(&err).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+    }
+
+    #[test]
+    fn the_one_socket_request_names_the_tuple() {
+        let r = request_one(
+            "10.10.1.1:80".parse().unwrap(),
+            "10.10.1.2:40312".parse().unwrap(),
+            7,
+        )
+        .unwrap();
+        assert_eq!(r.len(), NLMSG_HDRLEN + 56);
+        assert_eq!(u16_at(&r, 6), Some(NLM_F_REQUEST), "not a dump");
+        let body = &r[NLMSG_HDRLEN..];
+        assert_eq!(body[..3], [libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 2]);
+        assert_eq!(body[8..12], [0, 80, 0x9d, 0x78]);
+        assert_eq!(body[12..16], [10, 10, 1, 1]);
+        assert_eq!(body[28..32], [10, 10, 1, 2]);
+        assert_eq!(u32_at(body, 48), Some(INET_DIAG_NOCOOKIE));
+        assert!(
+            request_one("10.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap(), 1).is_none()
+        );
+    }
+
+    #[test]
+    fn this_host_gives_the_tcp_info_of_a_connection_it_just_opened() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let info = tcp_info(c.local_addr().unwrap(), c.peer_addr().unwrap())
+            .unwrap()
+            .expect("our connection");
+        assert_eq!(info.state, Some(1), "ESTABLISHED");
+        assert!(
+            info.pmtu.is_some_and(|p| p >= 1500),
+            "loopback's MTU: {info:?}"
+        );
+        assert!(info.snd_mss.is_some_and(|m| m > 1000), "{info:?}");
+        assert_eq!(info.total_retrans, Some(0));
+        let gone = tcp_info(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        assert!(gone.unwrap().is_none());
     }
 
     #[test]

@@ -926,6 +926,24 @@ fn check_haproxy_http_path_mtu_black_hole() {
         "step 4's evidence lacks the client's SYN with MSS 1460\n{}",
         o.dump()
     );
+    // The LB's own view of a stalled client leg (sock_diag tcp_info): its path MTU is still its
+    // link's 1500, the black hole's signature, with segments lost and retransmitted.
+    let snapshots = o.step(4)["tcp_info"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        snapshots.iter().any(|t| t["side"] == "client"
+            && t["local"] == o.scenario.vip()
+            && t["info"]["pmtu"] == 1500
+            && (t["info"]["lost"].as_u64() > Some(0) || t["info"]["retrans"].as_u64() > Some(0))
+            && t["info"]["total_retrans"].as_u64() >= Some(3)
+            && t["words"]
+                .as_str()
+                .is_some_and(|w| w.contains("path MTU 1500, MSS "))),
+        "step 4 lacks a tcp_info of a stalled client leg with path MTU 1500\n{}",
+        o.dump()
+    );
     assert_clients(&o, |c| c.code != "200", "no complete answer");
 }
 

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use self::host::{host_evidence, host_finding_json, host_json, host_next, host_text, host_words};
 use super::{
-    Collected, representative, summary_of,
+    Collected,
+    observe::TcpInfoSnapshot,
+    representative, summary_of,
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
         LocalService, Mode, Outcomes, ReturnFinding, Side, Status, StepFinding, StepVerdict,
@@ -20,7 +22,7 @@ use super::{
     },
 };
 use crate::{
-    checklist::DropClass,
+    checklist::{DropClass, Step},
     endpoint::Endpoint,
     kernel::btf::DropReasons,
     probe::{HttpOutcome, ProbeReport},
@@ -105,6 +107,9 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             if let Some(u) = &s.unserved {
                 o["unserved"] = json!({"connections": u.connections, "of": u.of});
             }
+            if s.step == Step::ReturnPath {
+                o["tcp_info"] = tcp_info_json(&ctx).into();
+            }
             o
         })
         .collect();
@@ -151,6 +156,82 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         "host": host_json(&ctx.collected.host, v),
         "capabilities": ctx.collected.capabilities,
     })
+}
+
+/// Whether a stalled leg of the LB goes to a client or to one of the backends.
+fn leg_side(v: &Verdict, t: &TcpInfoSnapshot) -> Side {
+    if v.backends.iter().any(|b| b.addr == t.remote) {
+        Side::Backend
+    } else {
+        Side::Client
+    }
+}
+
+/// Step 4's `tcp_info`: the snapshots of the LB's stalled legs (docs/output.md).
+fn tcp_info_json(ctx: &Ctx<'_>) -> Vec<Value> {
+    ctx.collected
+        .tcp_info
+        .iter()
+        .map(|t| {
+            let side = match leg_side(ctx.verdict, t) {
+                Side::Client => "client",
+                Side::Backend => "backend",
+            };
+            json!({
+                "time": ctx.clock.rfc3339(t.ts_ns),
+                "local": t.local.to_string(),
+                "remote": t.remote.to_string(),
+                "side": side,
+                "retransmissions_seen": t.retransmissions,
+                "info": t.info,
+                "words": tcp_info_words(t, leg_side(ctx.verdict, t)),
+            })
+        })
+        .collect()
+}
+
+/// One stalled leg's tcp_info in words: "the LB's socket to 10.10.1.2:40312: path MTU 1500,
+/// MSS 1448, ...". Fields the kernel did not send are left out.
+pub fn tcp_info_words(t: &TcpInfoSnapshot, side: Side) -> String {
+    let i = &t.info;
+    let whom = match side {
+        Side::Client => "client",
+        Side::Backend => "backend",
+    };
+    let mut parts = Vec::new();
+    if let Some(p) = i.pmtu {
+        parts.push(format!("path MTU {p}"));
+    }
+    if let Some(m) = i.snd_mss {
+        parts.push(format!("MSS {m}"));
+    }
+    if let Some(n) = i.unacked {
+        parts.push(format!("{n} segment(s) unacknowledged"));
+    }
+    if let Some(n) = i.lost {
+        parts.push(format!("{n} lost"));
+    }
+    if let Some(n) = i.total_retrans {
+        parts.push(format!("{n} retransmitted"));
+    }
+    if let Some(n) = i.retransmits.filter(|n| *n > 0) {
+        parts.push(format!("{n} timeout(s) in a row"));
+    }
+    if let Some(r) = i.rtt_us {
+        parts.push(format!("RTT {:.1} ms", f64::from(r) / 1000.0));
+    }
+    if let Some(r) = i.rto_us {
+        parts.push(format!("RTO {:.0} ms", f64::from(r) / 1000.0));
+    }
+    format!(
+        "the LB's socket to {whom} {}: {}",
+        t.remote,
+        if parts.is_empty() {
+            "no tcp_info fields".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    )
 }
 
 fn probe_line(p: &ProbeReport) -> String {
@@ -262,6 +343,15 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
                 "            ... {} more (--format json or --pcap for all)\n",
                 s.evidence.len() - 8
             ));
+        }
+        if s.step == Step::ReturnPath {
+            for t in &ctx.collected.tcp_info {
+                out.push_str(&format!(
+                    "            tcp_info {}: {}\n",
+                    render::time_text(t.ts_ns, ctx.clock, base),
+                    tcp_info_words(t, leg_side(v, t))
+                ));
+            }
         }
         for h in &s.host {
             for line in host_evidence(&h.pressure) {
@@ -854,7 +944,6 @@ fn return_summary(f: &ReturnFinding) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checklist::Step;
 
     fn step(finding: StepFinding) -> StepVerdict {
         StepVerdict {
@@ -1018,6 +1107,39 @@ mod tests {
         assert_eq!(
             (j["step"].as_u64(), j["status"].as_str()),
             (Some(1), Some("fail"))
+        );
+    }
+
+    #[test]
+    fn a_stalled_leg_in_words() {
+        let mut t = TcpInfoSnapshot {
+            local: "10.10.1.1:80".parse().unwrap(),
+            remote: "10.10.1.2:40312".parse().unwrap(),
+            ts_ns: 0,
+            retransmissions: 3,
+            info: crate::host::diag::TcpInfo {
+                pmtu: Some(1500),
+                snd_mss: Some(1448),
+                unacked: Some(12),
+                lost: Some(10),
+                total_retrans: Some(25),
+                retransmits: Some(0),
+                rtt_us: Some(400),
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            tcp_info_words(&t, Side::Client),
+            "the LB's socket to client 10.10.1.2:40312: path MTU 1500, MSS 1448, 12 segment(s) unacknowledged, 10 lost, 25 retransmitted, RTT 0.4 ms"
+        );
+        t.info = crate::host::diag::TcpInfo {
+            retransmits: Some(4),
+            rto_us: Some(3_200_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            tcp_info_words(&t, Side::Backend),
+            "the LB's socket to backend 10.10.1.2:40312: 4 timeout(s) in a row, RTO 3200 ms"
         );
     }
 }
