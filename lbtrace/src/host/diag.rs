@@ -152,9 +152,9 @@ impl TcpInfo {
     }
 }
 
-/// The netlink attributes (type, payload) that follow a message's fixed part, as far as their
-/// headers are sound.
-fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+/// The netlink attributes (type without the nested / byte-order flags, payload) that follow a
+/// message's fixed part, as far as their headers are sound.
+pub(super) fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while b.len() >= 4 {
         let (Some(len), Some(kind)) = (u16_at(b, 0), u16_at(b, 2)) else {
@@ -164,7 +164,7 @@ fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
         let Some(payload) = b.get(4..len) else {
             break;
         };
-        out.push((kind, payload));
+        out.push((kind & 0x3fff, payload));
         b = b.get((len + 3) & !3..).unwrap_or_default();
     }
     out

@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeSet, io, net::IpAddr};
 
-use super::diag::{self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, NlMsg, u16_at};
+use super::diag::{self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, NlMsg};
 use crate::endpoint::Endpoint;
 
 const NETLINK_NETFILTER: libc::c_int = 12;
@@ -90,25 +90,8 @@ struct Rule {
     exprs: Vec<Expr>,
 }
 
-/// The attributes of `b`: (type without the nested / byte-order flags, payload).
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let (Some(len), Some(kind)) = (u16_at(b, 0), u16_at(b, 2)) else {
-            break;
-        };
-        let len = usize::from(len);
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((kind & 0x3fff, &b[4..len]));
-        b = b.get((len + 3) & !3..).unwrap_or_default();
-    }
-    out
-}
-
 fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
-    attrs(b)
+    diag::attributes(b)
         .into_iter()
         .find(|(k, _)| *k == kind)
         .map(|(_, v)| v)
@@ -157,7 +140,7 @@ fn parse_rule(body: &[u8]) -> Option<Rule> {
     Some(Rule {
         table: attr(a, NFTA_RULE_TABLE).map(string).unwrap_or_default(),
         chain: attr(a, NFTA_RULE_CHAIN).map(string).unwrap_or_default(),
-        exprs: attrs(exprs)
+        exprs: diag::attributes(exprs)
             .into_iter()
             .filter(|(k, _)| *k == NFTA_LIST_ELEM)
             .map(|(_, e)| expr(e))
