@@ -19,6 +19,7 @@ use std::{
 use crate::{
     check::verdict::{
         ProbeFacts, TcpResult,
+        return_path::STALL_RETRANSMISSIONS,
         unserved::{self, Answered},
     },
     checklist::{DropClass, Step, kernel_refused, seq_past},
@@ -94,6 +95,10 @@ pub enum Finding {
     SynAckLost,
     /// Step 4: a forwarded SYN whose backend reply never came back through the LB.
     AsymmetricReturn { backend: SocketAddr },
+    /// Step 4: the LB host (Layer 7) retransmitted its reply to a client
+    /// [`STALL_RETRANSMISSIONS`] times: the client does not acknowledge it. `full_size` of them
+    /// were full-size segments (only full-size ones repeating is a path-MTU black hole's shape).
+    RepliesRetransmitted { full_size: u32, of: u32 },
 }
 
 impl Finding {
@@ -121,7 +126,9 @@ impl Finding {
             | Self::BackendUnreachable { .. }
             | Self::BackendDegraded { .. }
             | Self::Unserved => Step::LbToBackend,
-            Self::SynAckLost | Self::AsymmetricReturn { .. } => Step::ReturnPath,
+            Self::SynAckLost
+            | Self::AsymmetricReturn { .. }
+            | Self::RepliesRetransmitted { .. } => Step::ReturnPath,
         }
     }
 
@@ -152,6 +159,7 @@ impl Finding {
             Self::Unserved => "unserved".to_owned(),
             Self::SynAckLost => "synack_lost".to_owned(),
             Self::AsymmetricReturn { backend } => format!("asymmetric_return:{backend}"),
+            Self::RepliesRetransmitted { .. } => "replies_retransmitted".to_owned(),
         }
     }
 }
@@ -171,6 +179,9 @@ pub struct BackendLeg {
     /// SYNs sent with `isn` (more than one: retransmitted).
     #[serde(skip)]
     pub syns: u32,
+    /// Data segments the LB host retransmitted to the backend.
+    #[serde(skip)]
+    pub retrans: u32,
 }
 
 /// What one event of a backend leg reveals, joined or not. `own`: the LB's own connection
@@ -220,6 +231,19 @@ fn backend_event(
                     backend,
                     what: syn_drop_what(&name),
                 }
+            })
+        }
+        // The LB's data to the backend not acknowledged, again and again: the backend (or the
+        // path to it) stalls. Once per leg, at the threshold.
+        Detail::Retrans if to_backend && ev.payload_len > 0 => {
+            leg.retrans = leg.retrans.saturating_add(1);
+            (leg.retrans as usize == STALL_RETRANSMISSIONS).then(|| Finding::BackendDegraded {
+                backend,
+                health: "stalls".to_owned(),
+                what: format!(
+                    "stops acknowledging the LB's data: {} retransmissions on one connection",
+                    leg.retrans
+                ),
             })
         }
         Detail::Drop { .. } | Detail::Retrans => None,
@@ -330,6 +354,9 @@ pub struct Conn {
     pub truncated: u32,
     pub findings: Vec<Finding>,
     pub closed: bool,
+    /// Data segments the LB host retransmitted to the client, and how many were full-size.
+    pub retrans: u32,
+    pub retrans_full: u32,
 }
 
 impl Conn {
@@ -508,6 +535,8 @@ impl Recorder {
             truncated: 0,
             findings: Vec::new(),
             closed: false,
+            retrans: 0,
+            retrans_full: 0,
         };
         self.bytes += c.bytes();
         self.conns.push_back(c);
@@ -651,6 +680,19 @@ impl Recorder {
                         out.extend(c.find(f).map(|f| (id, f)));
                     }
                 }
+                // The LB host's reply to the client retransmitted: counted, a finding once at
+                // the threshold (check's step-4 rule says whether it is MTU-shaped).
+                (Detail::Retrans, false) if ev.payload_len > 0 => {
+                    c.retrans = c.retrans.saturating_add(1);
+                    c.retrans_full += u32::from(ev.full_size());
+                    if c.retrans as usize == STALL_RETRANSMISSIONS {
+                        let f = Finding::RepliesRetransmitted {
+                            full_size: c.retrans_full,
+                            of: c.retrans,
+                        };
+                        out.extend(c.find(f).map(|f| (id, f)));
+                    }
+                }
                 (Detail::Drop { .. } | Detail::Retrans, _) => {}
                 (Detail::Icmp { .. }, _) => {}
             }
@@ -761,6 +803,7 @@ impl Recorder {
                             answered: false,
                             closed: false,
                             syns: 0,
+                            retrans: 0,
                         },
                         first_ns: ev.ts_ns,
                         findings: Vec::new(),
@@ -930,6 +973,7 @@ impl Recorder {
             answered: false,
             closed: false,
             syns: 0,
+            retrans: 0,
         });
         self.by_backend.insert((lb, backend), id);
         Some(id)

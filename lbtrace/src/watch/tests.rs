@@ -797,3 +797,75 @@ fn a_degraded_backend_recovers_when_its_probes_are_fine() {
     assert_eq!(al.vip_fine(6_000).len(), 1);
     assert!(al.active().is_empty());
 }
+
+/// A segment the LB host retransmitted (`tcp:tcp_retransmit_skb`): `len` bytes, MSS 1448.
+fn retrans(ms: u64, src: &str, dst: &str, seq: u32, len: u16) -> crate::event::KernelEvent {
+    crate::event::KernelEvent {
+        hook: crate::event::Hook::TcpRetransmit,
+        payload_len: len,
+        mss: 1448,
+        detail: crate::event::Detail::Retrans,
+        ..pkt(ms, Dir::Out, src, dst, ACK, seq, 0)
+    }
+}
+
+/// The LB's reply to a client retransmitted: a step-4 finding once, at the third data
+/// retransmission, with how many were full-size; SYN retransmissions and a fourth one add none.
+#[test]
+fn replies_retransmitted_to_a_client_are_a_step_four_finding_once() {
+    let mut r = rec(100);
+    let c = client(1);
+    r.ingest(&pkt(0, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001));
+    r.ingest(&pkt(2, Dir::In, &c, VIP, ACK, 1001, 7001));
+    assert!(r.ingest(&retrans(300, VIP, &c, 7001, 1448)).is_empty());
+    assert!(
+        r.ingest(&retrans(600, VIP, &c, 7001, 0)).is_empty(),
+        "no data"
+    );
+    assert!(r.ingest(&retrans(900, VIP, &c, 8449, 200)).is_empty());
+    let f = r.ingest(&retrans(1500, VIP, &c, 7001, 1448));
+    assert_eq!(
+        f.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+        vec![Finding::RepliesRetransmitted {
+            full_size: 2,
+            of: 3
+        }]
+    );
+    assert_eq!(f[0].1.step(), 4);
+    assert_eq!(f[0].1.alert_key(), "replies_retransmitted");
+    assert!(r.ingest(&retrans(2700, VIP, &c, 7001, 1448)).is_empty());
+    // The dump's timeline keeps the retransmissions.
+    let conn = r.conns().next().unwrap();
+    assert_eq!(
+        conn.events
+            .iter()
+            .filter(|e| matches!(e.detail, crate::event::Detail::Retrans))
+            .count(),
+        5
+    );
+}
+
+/// The LB's own data to a backend retransmitted again and again: the backend stalls (step 3).
+#[test]
+fn data_retransmitted_to_a_backend_is_a_stalling_backend() {
+    let mut r = rec(100);
+    let lb = "10.10.3.1:50000";
+    r.ingest(&pkt(0, Dir::Out, lb, BE1, SYN, 5, 0));
+    r.ingest(&pkt(1, Dir::In, BE1, lb, SYN | ACK, 900, 6));
+    for (i, ms) in [200, 400, 800].into_iter().enumerate() {
+        r.ingest(&retrans(ms, lb, BE1, 6, 80));
+        let own = r.take_own();
+        if i < 2 {
+            assert!(own.is_empty(), "{own:?}");
+        } else {
+            assert_eq!(own.len(), 1, "{own:?}");
+            assert!(matches!(
+                &own[0].finding,
+                Finding::BackendDegraded { health, what, .. }
+                    if health == "stalls" && what.contains("3 retransmissions")
+            ));
+            assert_eq!(own[0].finding.alert_key(), format!("backend_stalls:{BE1}"));
+        }
+    }
+}

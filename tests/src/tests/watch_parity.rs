@@ -563,3 +563,42 @@ fn haproxy_checked(lab: &Lab) -> Proc {
     });
     proc
 }
+
+/// A path-MTU black hole toward the client: the LB's full-size replies are retransmitted until
+/// the clients give up. The tripwire says so at step 4 (`replies_retransmitted`, most of them
+/// full-size); the same lab with small replies raises nothing of the kind.
+#[test]
+fn watch_path_mtu_black_hole_is_replies_retransmitted() {
+    for (name, expect) in [
+        ("haproxy-http-path-mtu-black-hole", true),
+        ("haproxy-http-path-mtu-small-replies", false),
+    ] {
+        let lab = Lab::new();
+        let s = scenario::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+        let _setup = s.setup(&lab);
+        let watch = Watch::start(name, &lab.lb, lab.dir(), &scenario_args(s));
+        let t0 = Instant::now();
+        let results = s.drive(&lab, 4, &|_| {});
+        eprintln!("{name}: {results:?}");
+        if expect {
+            let (a, latency) =
+                alert_after(&watch, "replies_retransmitted", t0, Duration::from_secs(20));
+            eprintln!("{name}: replies_retransmitted {latency:?} after the first request");
+            assert_eq!(a["alert"]["step"], 4, "{a}");
+            let msg = a["alert"]["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains("not acknowledged") && msg.contains("full-size"),
+                "{a}"
+            );
+        }
+        thread::sleep(Duration::from_millis(1500));
+        let (objects, _) = watch.stop();
+        let alerts: Vec<&Value> = objects.iter().filter(|o| o["type"] == "alert").collect();
+        if !expect {
+            assert!(
+                alerts.iter().all(|a| a["alert"]["step"] != 4),
+                "{name}: {alerts:?}"
+            );
+        }
+    }
+}
