@@ -141,6 +141,10 @@ pub struct FilterArgs {
     /// interface's offloads: see README). Never replaces an XDP program already attached.
     #[arg(long)]
     pub xdp: bool,
+    /// Data-path mode: also follow data segments of watched tuples (first byte each way,
+    /// retransmissions, data after FIN), with per-flow state in the kernel (docs/output.md).
+    #[arg(long)]
+    pub data: bool,
     /// Packet-event records in MiB, split evenly over the online CPUs, one ring each (at least 256
     /// records).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_RING_MIB, value_parser = parse_ring_mib)]
@@ -191,6 +195,9 @@ pub struct CheckArgs {
     /// Trace ingress with XDP instead of TCX.
     #[arg(long)]
     pub xdp: bool,
+    /// Data-path mode: follow data segments too (forwarded retransmissions for step 4).
+    #[arg(long)]
+    pub data: bool,
     /// The VIP speaks TLS: probe it with a TLS handshake (rustls), then HTTP over TLS.
     #[arg(long)]
     pub tls: bool,

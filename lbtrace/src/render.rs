@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::{
     event::{Dir, Hook, KernelEvent},
     kernel::btf::DropReasons,
-    record::{EventRecord, Tcp},
+    record::{DataRecord, EventRecord, Tcp},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -153,7 +153,8 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         EventRecord::Packet(p) => p.dir,
         EventRecord::Icmp(i) => i.dir,
         EventRecord::Drop(_) => None,
-        EventRecord::Retrans(_) => Some(Dir::Out),
+        EventRecord::Retrans(r) => r.dir.or(Some(Dir::Out)),
+        EventRecord::Data(d) => d.dir,
     };
     let dir = match (rec.seen().hook, dir) {
         (Hook::Xdp, _) => "in(xdp)",
@@ -163,7 +164,7 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         (_, None) => "drop",
     };
     // A retransmission's ack is not traced (it is written when the segment leaves).
-    let with_ack = !matches!(rec, EventRecord::Retrans(_));
+    let with_ack = !matches!(rec, EventRecord::Retrans(r) if r.dir.is_none());
     let tcp = |t: &Tcp| {
         let mut s = format!("{} > {}: Flags [{}], seq {}", t.src, t.dst, t.flags, t.seq);
         if with_ack && t.flags.contains('.') {
@@ -190,10 +191,28 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
             ),
         },
         EventRecord::Retrans(r) => format!(
-            "{time} {iface:<10} {dir:<7} {}{}",
+            "{time} {iface:<10} {dir:<7} {}{}{}",
             tcp(&r.tcp),
+            // Seen again at an interface (data-path mode), not sent again by this host.
+            if r.dir.is_some() {
+                ", retransmission"
+            } else {
+                ""
+            },
             if r.full_size { ", full-size" } else { "" }
         ),
+        EventRecord::Data(d) => {
+            let mark = match (d.mark.as_str(), d.since_peer_ns) {
+                (DataRecord::FIRST_BYTE, Some(ns)) => format!(
+                    "first data, {:.3} ms after the other side's first data",
+                    ns as f64 / 1e6
+                ),
+                (DataRecord::FIRST_BYTE, None) => "first data".to_owned(),
+                (DataRecord::AFTER_FIN, _) => "data after the other side's FIN".to_owned(),
+                (other, _) => other.to_owned(),
+            };
+            format!("{time} {iface:<10} {dir:<7} {}, {mark}", tcp(&d.tcp))
+        }
         EventRecord::Icmp(i) => format!(
             "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",
             i.src, i.dst, i.what, i.icmp_type, i.icmp_code, i.inner_src, i.inner_dst, i.inner_seq

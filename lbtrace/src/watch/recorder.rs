@@ -203,7 +203,7 @@ fn backend_event(
                 }
             })
         }
-        Detail::Drop { .. } | Detail::Retrans => None,
+        Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) => None,
         Detail::Icmp {
             outer_src,
             icmp_type,
@@ -617,7 +617,7 @@ impl Recorder {
                         out.extend(c.find(f).map(|f| (id, f)));
                     }
                 }
-                (Detail::Drop { .. } | Detail::Retrans, _) => {}
+                (Detail::Drop { .. } | Detail::Retrans | Detail::Data(_), _) => {}
                 (Detail::Icmp { .. }, _) => {}
             }
             let b1 = c.bytes();
