@@ -18,6 +18,22 @@ pub mod kind {
     /// A TCP segment of a watched tuple retransmitted by this host's stack
     /// (`tcp:tcp_retransmit_skb`).
     pub const RETRANS: u8 = 4;
+    /// A data segment of a watched tuple that the data-path mode (`--data`) marks: `reason`
+    /// says what ([`data_event`]).
+    pub const DATA: u8 = 5;
+}
+
+/// What a `DATA` event marks (`Event::reason`).
+pub mod data_event {
+    /// The first byte of data in this direction of the flow at this interface. The first 8
+    /// bytes of `outer_src` hold the nanoseconds since the other direction's first byte
+    /// ([`super::Event::location`]), 0 when this direction sent first.
+    pub const FIRST_BYTE: u32 = 1;
+    /// Data seen again at this interface: a segment that starts before the highest sequence
+    /// number already seen in its direction (a retransmission, by whichever host sent it).
+    pub const RETRANS: u32 = 2;
+    /// New data from one side after the other side's FIN (reported once per direction).
+    pub const AFTER_FIN: u32 = 3;
 }
 
 /// Where an event was seen (`Event::hook`).
@@ -68,6 +84,12 @@ pub mod family {
 ///   and port as source), the segment's flags and first sequence number, `payload_len` its
 ///   bytes of data (`skb->len`, saturated), `mss` the socket's current MSS (`mss_cache`);
 ///   `ifindex` 0.
+///
+/// * `DATA` (`--data` only): a data segment at a TC or XDP hook; `reason` is a [`data_event`]
+///   value, `payload_len` its length, `mss` the MSS its receiver advertised in its SYN or
+///   SYN-ACK minus the option bytes of this segment (so `payload_len >= mss` is a full-size
+///   segment; 0 when the flow's handshake was not seen). For `FIRST_BYTE` the first 8 bytes of
+///   `outer_src` hold the nanoseconds since the other direction's first byte (0 if none).
 ///
 /// `mss` is read from SYN and SYN-ACK packet events only (the option walk runs on nothing else).
 #[repr(C)]
@@ -222,6 +244,57 @@ pub struct EndpointStats {
 }
 const _: () = assert!(core::mem::size_of::<EndpointStats>() == 48);
 
+/// Key of the data-path mode's `FLOWS` map: a flow at one interface, its two ends ordered
+/// (`a` the lower address-and-port, as words), so both directions find the same entry. Plain
+/// words with no padding: the programs build it without a `memset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub a: [u64; 2],
+    pub b: [u64; 2],
+    /// `a`'s port in the high 16 bits, `b`'s in the low 16.
+    pub ports: u32,
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// One direction of a flow in `FLOWS` (`FlowState::dir[0]` is sent by `FlowKey::a`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirState {
+    /// When this direction's first data byte was seen (CLOCK_MONOTONIC ns), 0 before.
+    pub first_ns: u64,
+    /// The sequence number after the highest one seen (valid with `flow_flag::NXT`).
+    pub nxt: u32,
+    /// The MSS this direction's sender advertised in its SYN / SYN-ACK (0: not seen).
+    pub mss: u16,
+    /// `flow_flag` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// The data-path mode's per-flow state (`FLOWS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub dir: [DirState; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+
+/// `DirState::flags`.
+pub mod flow_flag {
+    /// `nxt` holds a sequence number.
+    pub const NXT: u8 = 1;
+    /// This direction sent a FIN.
+    pub const FIN: u8 = 2;
+    /// Its data after the other side's FIN was reported.
+    pub const AFTER_FIN_REPORTED: u8 = 4;
+}
+
+/// Flows the data-path mode follows at once (`FLOWS`, an LRU hash: the least recently seen
+/// flow makes room). Userspace sizes the map to 1 when the mode is off.
+pub const MAX_FLOWS: u32 = 65_536;
+
 /// Indices of the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Packet events written to this CPU's `EVENTS` ring.
@@ -359,6 +432,12 @@ pub mod names {
     /// The tracepoint it attaches to.
     pub const TP_TCP_RETRANSMIT: &str = "tcp_retransmit_skb";
 
+    /// LRU hash of `FlowKey` -> `FlowState`: the data-path mode's per-flow state.
+    pub const FLOWS: &str = "FLOWS";
+    /// `u8`: 1 = the data-path mode (`--data`) is on: the packet programs follow data segments
+    /// of watched tuples. Read-only data, so with 0 the verifier removes that code.
+    pub const GLOBAL_DATA_MODE: &str = "DATA_MODE";
+
     /// `KernelOffsets` for the drop tracer.
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
     /// `SockOffsets` for the retransmission tracer.
@@ -385,4 +464,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::RingCursor {}
     unsafe impl aya::Pod for super::PortSlot {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
 }

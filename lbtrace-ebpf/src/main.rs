@@ -5,6 +5,9 @@
 //!   errors; the control packets (SYN, SYN-ACK, RST, FIN) of watched tuples and ICMP errors
 //!   quoting a watched TCP tuple become events. Any other packet costs a few header loads and
 //!   one counter.
+//! * `data` (the data-path mode, `--data`, off unless asked for): for watched tuples, per-flow
+//!   state in an LRU map marks the first data byte each way, retransmitted data and data after
+//!   a FIN.
 //! * `drop`: `tp_kfree_skb` (raw tracepoint `skb:kfree_skb`): drops of watched tuples in the
 //!   traced network namespace, with the kernel's drop reason; data-packet drops are only counted.
 //!   `tp_kfree_skb_loc` is the same for kernels before 5.17 (no `reason` argument).
@@ -22,6 +25,7 @@
 #![allow(internal_features)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod data;
 mod drop;
 mod header;
 mod lookup;

@@ -7,11 +7,11 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lbtrace_common::{
-    EndpointKey, EndpointStats, Event, KernelOffsets, MAX_DROP_REASONS, MAX_ENDPOINTS,
-    MAX_PORT_SLOTS, PortSlot, RingCursor, SockOffsets, counter,
+    EndpointKey, EndpointStats, Event, FlowKey, FlowState, KernelOffsets, MAX_DROP_REASONS,
+    MAX_ENDPOINTS, MAX_FLOWS, MAX_PORT_SLOTS, PortSlot, RingCursor, SockOffsets, counter,
 };
 
 /// Packet events (SYN, SYN-ACK, RST, FIN): one single-producer ring per CPU, `RING_SLOTS` records
@@ -59,6 +59,18 @@ pub(crate) static NOISE_REASONS: Array<u8> = Array::with_max_entries(MAX_DROP_RE
 pub(crate) static PORTS: Array<u16> = Array::with_max_entries(65536, 0);
 #[map]
 pub(crate) static PORT_SLOTS: Array<PortSlot> = Array::with_max_entries(MAX_PORT_SLOTS, 0);
+
+/// The data-path mode's per-flow state (`--data`): first data byte each way, the highest
+/// sequence number seen, the advertised MSS, FIN seen. LRU: a full map forgets the flow seen
+/// least recently. Userspace sizes it to 1 entry when the mode is off.
+#[map]
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// 1 when the data-path mode is on. In `.rodata`, set before load: with 0 the verifier sees a
+/// constant and removes the data-path code from the packet programs.
+#[unsafe(no_mangle)]
+pub(crate) static DATA_MODE: Global<u8> = Global::new(0);
 
 /// Struct offsets of this kernel for the drop tracer (Rust eBPF has no CO-RE relocations).
 #[unsafe(no_mangle)]

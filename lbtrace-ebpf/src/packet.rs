@@ -7,12 +7,13 @@
 use lbtrace_common::{Event, counter, family, kind, tcp_flag};
 
 use crate::{
+    data::{self, Seg},
     header::{
         Bounds, ETH_P_IP, ETH_P_IPV6, IP4_LEN, IP6_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         Ip4, Ip6, TCP_LEN, TCPOPT_EOL, TCPOPT_MSS, TCPOPT_NOP, Tcp, l2,
     },
     lookup::{count_flags, ports, stats, watched},
-    maps::count,
+    maps::{DATA_MODE, count},
     ring::{PacketSink, emit_priority, now_ns},
 };
 
@@ -105,8 +106,9 @@ pub(crate) fn handle<S: PacketSink>(b: &Bounds, ifindex: u32, hook: u8) -> Resul
 fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
     let t = Tcp(b.at::<TCP_LEN>(l3.l4).ok_or(())?);
     let flags = t.flags();
-    // The fast path: data and pure ACKs stop here, before any map lookup.
-    if flags & tcp_flag::CONTROL == 0 {
+    // The fast path: data and pure ACKs stop here, before any map lookup; in the data-path
+    // mode (`DATA_MODE`, a load-time constant) only pure ACKs do.
+    if flags & tcp_flag::CONTROL == 0 && (DATA_MODE.load() == 0 || l3.l4_len <= t.doff()) {
         return Ok(());
     }
     let (sport, dport) = (t.sport(), t.dport());
@@ -117,29 +119,48 @@ fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result
     let Some(id) = watched(l3.fam, saddr, daddr, &p) else {
         return Ok(());
     };
-    count_flags(id, flags);
     let doff = t.doff();
+    let payload_len = l3.l4_len.saturating_sub(doff);
     let mss = if flags & tcp_flag::SYN != 0 {
         syn_mss(b, l3.l4, doff)
     } else {
         0
     };
-    S::emit(|e| {
-        e.ts_ns = now_ns();
-        e.ifindex = ifindex;
-        e.kind = kind::PACKET;
-        e.hook = hook;
-        e.family = l3.fam;
-        e.tcp_flags = flags;
-        e.saddr = saddr;
-        e.daddr = daddr;
-        e.sport = sport;
-        e.dport = dport;
-        e.seq = t.seq();
-        e.ack = t.ack();
-        e.payload_len = l3.l4_len.saturating_sub(doff);
-        e.mss = mss;
-    });
+    if flags & tcp_flag::CONTROL != 0 {
+        count_flags(id, flags);
+        S::emit(|e| {
+            e.ts_ns = now_ns();
+            e.ifindex = ifindex;
+            e.kind = kind::PACKET;
+            e.hook = hook;
+            e.family = l3.fam;
+            e.tcp_flags = flags;
+            e.saddr = saddr;
+            e.daddr = daddr;
+            e.sport = sport;
+            e.dport = dport;
+            e.seq = t.seq();
+            e.ack = t.ack();
+            e.payload_len = payload_len;
+            e.mss = mss;
+        });
+    }
+    if DATA_MODE.load() != 0 {
+        let seg = Seg {
+            fam: l3.fam,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            flags,
+            seq: t.seq(),
+            ack: t.ack(),
+            payload: payload_len,
+            opt_len: doff.saturating_sub(TCP_LEN as u16),
+            syn_mss: mss,
+        };
+        data::track::<S>(&seg, ifindex, hook);
+    }
     Ok(())
 }
 

@@ -145,6 +145,10 @@ pub struct FilterArgs {
     /// interface's offloads: see README). Never replaces an XDP program already attached.
     #[arg(long)]
     pub xdp: bool,
+    /// Data-path mode: also follow data segments of watched tuples (first byte each way,
+    /// retransmissions, data after FIN), with per-flow state in the kernel (docs/output.md).
+    #[arg(long)]
+    pub data: bool,
     /// Packet-event records in MiB, split evenly over the online CPUs, one ring each (at least 256
     /// records).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_RING_MIB, value_parser = parse_ring_mib)]
@@ -195,6 +199,9 @@ pub struct CheckArgs {
     /// Trace ingress with XDP instead of TCX.
     #[arg(long)]
     pub xdp: bool,
+    /// Data-path mode: follow data segments too (forwarded retransmissions for step 4).
+    #[arg(long)]
+    pub data: bool,
     #[command(flatten)]
     pub probe: ProbeArgs,
     /// How long to watch for client connections (ends early once every step passes; 1s to 24h).
@@ -226,7 +233,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Connections the flight recorder keeps (oldest evicted first; 1 to 1,000,000). Each costs
-    /// at most 4 KiB (typically about 1.3 KiB): the default bounds the recorder at 40 MiB.
+    /// at most 4.2 KiB (typically about 1.3 KiB): the default bounds the recorder at 42 MiB.
     #[arg(long, value_name = "N", default_value = "10000", value_parser = count_in(1usize, 1_000_000))]
     pub history: usize,
     /// Also print every event, as `trace` does.

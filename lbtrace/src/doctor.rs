@@ -329,6 +329,7 @@ fn load_and_attach_tracepoint() -> anyhow::Result<(kernel::rings::RingMode, Drop
         endpoints: Vec::new(),
         ifaces: Vec::new(),
         xdp: true,
+        data: false,
         ring_bytes: 1 << 16,
         priority_ring_bytes: 1 << 16,
     };

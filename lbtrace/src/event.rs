@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lbtrace_common::{EVENT_SIZE, Event, family, hook, kind, tcp_flag};
+use lbtrace_common::{EVENT_SIZE, Event, data_event, family, hook, kind, tcp_flag};
 
 /// Where a packet was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -38,9 +38,26 @@ pub enum Detail {
     },
     /// The kernel freed the packet with this `enum skb_drop_reason` value.
     Drop { reason: u32 },
-    /// This host's TCP stack retransmitted the segment: `payload_len` is its length, `mss` the
-    /// socket's MSS.
+    /// A retransmitted segment: `payload_len` is its length, `mss` the size from which it is
+    /// full-size. From the `tcp:tcp_retransmit_skb` hook (`Hook::TcpRetransmit`): this host's
+    /// TCP stack sent it again, `mss` the socket's MSS. From a TC / XDP hook (the data-path mode,
+    /// `--data`): data seen again at that interface, whoever sent it (on a NAT LB the backend or
+    /// the client), `mss` what its receiver advertised less this segment's option bytes (0 when
+    /// the flow's handshake was not seen).
     Retrans,
+    /// A data segment the data-path mode (`--data`) marks.
+    Data(DataMark),
+}
+
+/// What a data-path event marks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataMark {
+    /// The first data byte of this direction seen at this interface; `since_ns` the time since
+    /// the other direction's first byte (for a reply: time to first byte), `None` when this
+    /// direction sent first.
+    FirstByte { since_ns: Option<u64> },
+    /// New data after the other side's FIN (once per direction).
+    AfterFin,
 }
 
 /// One decoded kernel event.
@@ -115,6 +132,8 @@ pub enum DecodeError {
     Truncated { got: usize },
     #[error("unknown event kind {0}")]
     UnknownKind(u8),
+    #[error("unknown data-path mark {0}")]
+    UnknownDataMark(u32),
     #[error("unknown hook {0}")]
     UnknownHook(u8),
     #[error("unknown address family {0}")]
@@ -154,6 +173,14 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         },
         kind::DROP => Detail::Drop { reason: ev.reason },
         kind::RETRANS => Detail::Retrans,
+        kind::DATA => match ev.reason {
+            data_event::RETRANS => Detail::Retrans,
+            data_event::FIRST_BYTE => Detail::Data(DataMark::FirstByte {
+                since_ns: Some(ev.location()).filter(|&n| n != 0),
+            }),
+            data_event::AFTER_FIN => Detail::Data(DataMark::AfterFin),
+            r => return Err(DecodeError::UnknownDataMark(r)),
+        },
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok(KernelEvent {
@@ -173,7 +200,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         payload_len: ev.payload_len,
         mss: match ev.kind {
             kind::PACKET if ev.tcp_flags & tcp_flag::SYN != 0 => ev.mss,
-            kind::RETRANS => ev.mss,
+            kind::RETRANS | kind::DATA => ev.mss,
             _ => 0,
         },
         location: if ev.kind == kind::DROP {
@@ -380,6 +407,43 @@ mod tests {
                 .unwrap()
                 .full_size()
         );
+    }
+
+    #[test]
+    fn decodes_data_path_marks() {
+        let data = |mark: u32, since: u64| {
+            decode(&record(|ev| {
+                ev.kind = kind::DATA;
+                ev.hook = hook::TC_EGRESS;
+                ev.tcp_flags = tcp_flag::ACK;
+                ev.reason = mark;
+                ev.payload_len = 1448;
+                ev.mss = 1448;
+                ev.outer_src = lbtrace_common::location_bytes(since);
+            }))
+        };
+        // A forwarded retransmission is a retransmission seen at the TC hook, full-size here.
+        let e = data(data_event::RETRANS, 0).unwrap();
+        assert_eq!(
+            (e.hook, e.dir, &e.detail),
+            (Hook::Tc, Some(Dir::Out), &Detail::Retrans)
+        );
+        assert!(e.full_size());
+        assert_eq!(
+            data(data_event::FIRST_BYTE, 2_500_000).unwrap().detail,
+            Detail::Data(DataMark::FirstByte {
+                since_ns: Some(2_500_000)
+            })
+        );
+        assert_eq!(
+            data(data_event::FIRST_BYTE, 0).unwrap().detail,
+            Detail::Data(DataMark::FirstByte { since_ns: None })
+        );
+        assert_eq!(
+            data(data_event::AFTER_FIN, 0).unwrap().detail,
+            Detail::Data(DataMark::AfterFin)
+        );
+        assert_eq!(data(9, 0), Err(DecodeError::UnknownDataMark(9)));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     checklist::Step,
-    event::{Detail, Dir, Hook, KernelEvent, flags_from_str, flags_str, icmp_what},
+    event::{DataMark, Detail, Dir, Hook, KernelEvent, flags_from_str, flags_str, icmp_what},
     kernel::btf::DropReasons,
     render::{Clock, IfNames},
     watch::recorder::{Accounting, Finding, Join},
@@ -80,15 +80,52 @@ pub struct DropRecord {
     pub tcp: Tcp,
 }
 
-/// A segment of a watched tuple the LB host's TCP stack retransmitted (`"type": "retrans"`).
+/// A segment of a watched tuple retransmitted (`"type": "retrans"`): by the LB host's TCP
+/// stack (hook `tcp_retransmit`), or seen again at an interface in the data-path mode (hook `tc`
+/// or `xdp`, with `dir`: a forwarded retransmission).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RetransRecord {
     #[serde(flatten)]
     pub seen: Seen,
+    /// Seen at an interface (data-path mode): which way; absent for the LB host's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Dir>,
     /// At least a full MSS of data (`len` >= `mss`).
     pub full_size: bool,
     #[serde(flatten)]
     pub tcp: Tcp,
+}
+
+/// A data segment the data-path mode (`--data`) marks (`"type": "data"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub dir: Option<Dir>,
+    /// `first_byte` (the first data of this direction seen at this interface) or `after_fin`
+    /// (new data after the other side's FIN).
+    pub mark: String,
+    /// `first_byte` only: nanoseconds since the other direction's first byte (for a reply, the
+    /// time to first byte); absent when this direction sent first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_peer_ns: Option<u64>,
+    #[serde(flatten)]
+    pub tcp: Tcp,
+}
+
+impl DataRecord {
+    pub const FIRST_BYTE: &str = "first_byte";
+    pub const AFTER_FIN: &str = "after_fin";
+
+    fn mark_of(&self) -> Option<DataMark> {
+        match self.mark.as_str() {
+            Self::FIRST_BYTE => Some(DataMark::FirstByte {
+                since_ns: self.since_peer_ns,
+            }),
+            Self::AFTER_FIN => Some(DataMark::AfterFin),
+            _ => None,
+        }
+    }
 }
 
 /// One kernel event as printed: the event object of docs/output.md.
@@ -99,6 +136,7 @@ pub enum EventRecord {
     Icmp(IcmpRecord),
     Drop(DropRecord),
     Retrans(RetransRecord),
+    Data(DataRecord),
 }
 
 impl EventRecord {
@@ -157,10 +195,24 @@ impl EventRecord {
                 tcp: tcp(),
             }),
             Detail::Retrans => Self::Retrans(RetransRecord {
+                dir: ev.dir.filter(|_| ev.hook != Hook::TcpRetransmit),
                 seen,
                 full_size: ev.full_size(),
                 tcp: tcp(),
             }),
+            Detail::Data(mark) => {
+                let (mark, since_peer_ns) = match *mark {
+                    DataMark::FirstByte { since_ns } => (DataRecord::FIRST_BYTE, since_ns),
+                    DataMark::AfterFin => (DataRecord::AFTER_FIN, None),
+                };
+                Self::Data(DataRecord {
+                    seen,
+                    dir: ev.dir,
+                    mark: mark.to_owned(),
+                    since_peer_ns,
+                    tcp: tcp(),
+                })
+            }
         }
     }
 
@@ -171,6 +223,7 @@ impl EventRecord {
             Self::Icmp(i) => &i.seen,
             Self::Drop(d) => &d.seen,
             Self::Retrans(r) => &r.seen,
+            Self::Data(d) => &d.seen,
         }
     }
 
@@ -211,7 +264,8 @@ impl EventRecord {
                     reason: d.reason_code,
                 },
             ),
-            Self::Retrans(r) => from_tcp(Some(Dir::Out), &r.tcp, Detail::Retrans),
+            Self::Retrans(r) => from_tcp(r.dir.or(Some(Dir::Out)), &r.tcp, Detail::Retrans),
+            Self::Data(d) => from_tcp(d.dir, &d.tcp, Detail::Data(d.mark_of()?)),
             Self::Icmp(i) => Some(KernelEvent {
                 ts_ns: seen.ts_ns,
                 ifindex: seen.ifindex,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::{
     event::{Dir, Hook, KernelEvent},
     kernel::btf::DropReasons,
-    record::{EventRecord, Tcp},
+    record::{DataRecord, EventRecord, Tcp},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -153,7 +153,8 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         EventRecord::Packet(p) => p.dir,
         EventRecord::Icmp(i) => i.dir,
         EventRecord::Drop(_) => None,
-        EventRecord::Retrans(_) => Some(Dir::Out),
+        EventRecord::Retrans(r) => r.dir.or(Some(Dir::Out)),
+        EventRecord::Data(d) => d.dir,
     };
     let dir = match (rec.seen().hook, dir) {
         (Hook::Xdp, _) => "in(xdp)",
@@ -163,7 +164,7 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         (_, None) => "drop",
     };
     // A retransmission's ack is not traced (it is written when the segment leaves).
-    let with_ack = !matches!(rec, EventRecord::Retrans(_));
+    let with_ack = !matches!(rec, EventRecord::Retrans(r) if r.dir.is_none());
     let tcp = |t: &Tcp| {
         let mut s = format!("{} > {}: Flags [{}], seq {}", t.src, t.dst, t.flags, t.seq);
         if with_ack && t.flags.contains('.') {
@@ -190,10 +191,28 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
             ),
         },
         EventRecord::Retrans(r) => format!(
-            "{time} {iface:<10} {dir:<7} {}{}",
+            "{time} {iface:<10} {dir:<7} {}{}{}",
             tcp(&r.tcp),
+            // Seen again at an interface (data-path mode), not sent again by this host.
+            if r.dir.is_some() {
+                ", retransmission"
+            } else {
+                ""
+            },
             if r.full_size { ", full-size" } else { "" }
         ),
+        EventRecord::Data(d) => {
+            let mark = match (d.mark.as_str(), d.since_peer_ns) {
+                (DataRecord::FIRST_BYTE, Some(ns)) => format!(
+                    "first data, {:.3} ms after the other side's first data",
+                    ns as f64 / 1e6
+                ),
+                (DataRecord::FIRST_BYTE, None) => "first data".to_owned(),
+                (DataRecord::AFTER_FIN, _) => "data after the other side's FIN".to_owned(),
+                (other, _) => other.to_owned(),
+            };
+            format!("{time} {iface:<10} {dir:<7} {}, {mark}", tcp(&d.tcp))
+        }
         EventRecord::Icmp(i) => format!(
             "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",
             i.src, i.dst, i.what, i.icmp_type, i.icmp_code, i.inner_src, i.inner_dst, i.inner_seq
@@ -258,6 +277,84 @@ mod tests {
             ),
             "{}",
             line(&retrans)
+        );
+    }
+
+    #[test]
+    fn data_path_lines_and_records() {
+        use crate::event::{DataMark, Detail};
+        let (clock, reasons) = (Clock::new(), DropReasons::default());
+        let line =
+            |ev: &KernelEvent| event_text(ev, &clock, &mut IfNames::default(), &reasons, Some(0));
+        let seg = |detail, len| KernelEvent {
+            payload_len: len,
+            mss: 1448,
+            detail,
+            ..pkt(4, Dir::Out, "10.0.0.10:80", "10.0.0.5:4000", ACK, 5000, 90)
+        };
+        // Seen again at an interface: its direction and ack, and the word.
+        let again = seg(Detail::Retrans, 1448);
+        assert!(
+            line(&again).ends_with(
+                " out     10.0.0.10:80 > 10.0.0.5:4000: Flags [.], seq 5000, ack 90, mss 1448, length 1448, retransmission, full-size"
+            ),
+            "{}",
+            line(&again)
+        );
+        let first = seg(
+            Detail::Data(DataMark::FirstByte {
+                since_ns: Some(1_843_210),
+            }),
+            100,
+        );
+        assert!(
+            line(&first)
+                .ends_with("length 100, first data, 1.843 ms after the other side's first data"),
+            "{}",
+            line(&first)
+        );
+        let after = seg(Detail::Data(DataMark::AfterFin), 100);
+        assert!(
+            line(&after).ends_with("length 100, data after the other side's FIN"),
+            "{}",
+            line(&after)
+        );
+        // The JSON records carry what the text shows and give the events back.
+        for ev in [&again, &first, &after] {
+            let rec = EventRecord::of(ev, &clock, &mut IfNames::default(), &reasons);
+            let json = serde_json::to_value(&rec).unwrap();
+            let back: EventRecord = serde_json::from_value(json.clone()).unwrap();
+            let got = back.to_event().unwrap();
+            assert_eq!((&got.detail, got.dir), (&ev.detail, ev.dir), "{json}");
+        }
+        let json = |ev| {
+            serde_json::to_value(EventRecord::of(
+                ev,
+                &clock,
+                &mut IfNames::default(),
+                &reasons,
+            ))
+            .unwrap()
+        };
+        let j = json(&first);
+        assert_eq!(
+            (&j["type"], &j["mark"], &j["since_peer_ns"], &j["dir"]),
+            (
+                &serde_json::json!("data"),
+                &serde_json::json!("first_byte"),
+                &serde_json::json!(1_843_210),
+                &serde_json::json!("out")
+            )
+        );
+        let j = json(&again);
+        assert_eq!(
+            (&j["type"], &j["hook"], &j["dir"], &j["full_size"]),
+            (
+                &serde_json::json!("retrans"),
+                &serde_json::json!("tc"),
+                &serde_json::json!("out"),
+                &serde_json::json!(true)
+            )
         );
     }
 }

@@ -67,6 +67,7 @@ pub fn tracer_config(filter: &FilterArgs) -> Result<TracerConfig> {
         endpoints,
         ifaces,
         xdp: filter.xdp,
+        data: filter.data,
         ring_bytes: filter.ring_size << 20,
         priority_ring_bytes: 1 << 20,
     })

@@ -227,6 +227,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         backend: args.backend.clone(),
         iface: args.iface.clone(),
         xdp: args.xdp,
+        data: args.data,
         ring_size: DEFAULT_RING_MIB,
     };
     let cfg = session::tracer_config(&filter)?;

@@ -95,6 +95,9 @@ pub struct Options<'a> {
     /// attaches itself when it wants it ([`load_retransmit`]): a kernel that refuses it only
     /// loses retransmissions. It reads the namespace through the drop tracer's offsets.
     pub retrans: Option<SockOffsets>,
+    /// The data-path mode (`--data`): the packet programs follow data segments of watched
+    /// tuples in the `FLOWS` map. Off: the verifier removes that code and `FLOWS` has 1 entry.
+    pub data: bool,
 }
 
 impl<'a> Options<'a> {
@@ -113,6 +116,7 @@ impl<'a> Options<'a> {
             },
             drops: None,
             retrans: None,
+            data: false,
         }
     }
 }
@@ -162,6 +166,11 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
     let wildcard = u8::from(opts.has_wildcard);
     let mut loader = EbpfLoader::new();
     loader.override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
+    let data_mode = u8::from(opts.data);
+    loader.override_global(names::GLOBAL_DATA_MODE, &data_mode, true);
+    if !opts.data {
+        loader.map_max_entries(names::FLOWS, 1);
+    }
     let inum;
     if let Some(d) = &opts.drops {
         inum = d.netns_inum;

@@ -35,6 +35,8 @@ pub struct TracerConfig {
     pub ifaces: Vec<Link>,
     /// XDP instead of TCX on ingress, where no XDP program holds the interface already.
     pub xdp: bool,
+    /// The data-path mode (`--data`): data segments of watched tuples too.
+    pub data: bool,
     /// Bytes of packet-event records, split over the per-CPU rings.
     pub ring_bytes: u32,
     /// Bytes of the ICMP/drop ring buffer (power of two, multiple of the page size).
@@ -160,6 +162,7 @@ impl Tracer {
             legacy_tc: tc_mode == TcMode::Legacy,
             xdp: cfg.xdp,
         };
+        opts.data = cfg.data;
         opts.drops = Some(DropParams {
             offsets: kbtf.offsets()?,
             netns_inum: u32::try_from(inum)

@@ -98,7 +98,7 @@ pub enum Finding {
     /// Step 4: the LB host (Layer 7) retransmitted its reply to a client
     /// [`STALL_RETRANSMISSIONS`] times: the client does not acknowledge it. `full_size` of them
     /// were full-size segments (only full-size ones repeating is a path-MTU black hole's shape).
-    RepliesRetransmitted { full_size: u32, of: u32 },
+    RepliesRetransmitted { full_size: u8, of: u8 },
 }
 
 impl Finding {
@@ -181,7 +181,7 @@ pub struct BackendLeg {
     pub syns: u32,
     /// Data segments the LB host retransmitted to the backend.
     #[serde(skip)]
-    pub retrans: u32,
+    pub retrans: u8,
 }
 
 /// What one event of a backend leg reveals, joined or not. `own`: the LB's own connection
@@ -235,7 +235,9 @@ fn backend_event(
         }
         // The LB's data to the backend not acknowledged, again and again: the backend (or the
         // path to it) stalls. Once per leg, at the threshold.
-        Detail::Retrans if to_backend && ev.payload_len > 0 => {
+        Detail::Retrans
+            if to_backend && ev.payload_len > 0 && ev.hook == crate::event::Hook::TcpRetransmit =>
+        {
             leg.retrans = leg.retrans.saturating_add(1);
             (leg.retrans as usize == STALL_RETRANSMISSIONS).then(|| Finding::BackendDegraded {
                 backend,
@@ -246,7 +248,7 @@ fn backend_event(
                 ),
             })
         }
-        Detail::Drop { .. } | Detail::Retrans => None,
+        Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) => None,
         Detail::Icmp {
             outer_src,
             icmp_type,
@@ -355,8 +357,8 @@ pub struct Conn {
     pub findings: Vec<Finding>,
     pub closed: bool,
     /// Data segments the LB host retransmitted to the client, and how many were full-size.
-    pub retrans: u32,
-    pub retrans_full: u32,
+    pub retrans: u8,
+    pub retrans_full: u8,
 }
 
 impl Conn {
@@ -682,9 +684,16 @@ impl Recorder {
                 }
                 // The LB host's reply to the client retransmitted: counted, a finding once at
                 // the threshold (check's step-4 rule says whether it is MTU-shaped).
-                (Detail::Retrans, false) if ev.payload_len > 0 => {
+                // With --data the segment is also seen forwarded (hook tc): for a Layer 4
+                // connection that is the only sighting, for the LB's own (Layer 7) one it is
+                // the tracepoint's again and not counted twice.
+                (Detail::Retrans, false)
+                    if ev.payload_len > 0
+                        && (ev.hook == crate::event::Hook::TcpRetransmit
+                            || c.backend.as_ref().is_some_and(|b| b.join == Join::Isn)) =>
+                {
                     c.retrans = c.retrans.saturating_add(1);
-                    c.retrans_full += u32::from(ev.full_size());
+                    c.retrans_full = c.retrans_full.saturating_add(u8::from(ev.full_size()));
                     if c.retrans as usize == STALL_RETRANSMISSIONS {
                         let f = Finding::RepliesRetransmitted {
                             full_size: c.retrans_full,
@@ -693,7 +702,7 @@ impl Recorder {
                         out.extend(c.find(f).map(|f| (id, f)));
                     }
                 }
-                (Detail::Drop { .. } | Detail::Retrans, _) => {}
+                (Detail::Drop { .. } | Detail::Retrans | Detail::Data(_), _) => {}
                 (Detail::Icmp { .. }, _) => {}
             }
             let b1 = c.bytes();

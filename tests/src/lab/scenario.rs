@@ -112,6 +112,15 @@ pub struct Scenario {
     pub family: Family,
     /// What is wrong, in one line.
     pub about: &'static str,
+    /// `check` runs with `--data` (the data-path mode): the scenario's finding needs it.
+    pub data: bool,
+}
+
+impl Scenario {
+    /// The scenario checked with `--data`.
+    const fn with_data(self) -> Self {
+        Self { data: true, ..self }
+    }
 }
 
 const fn sc(
@@ -127,6 +136,7 @@ const fn sc(
         fault,
         family,
         about,
+        data: false,
     }
 }
 
@@ -199,6 +209,8 @@ pub const SCENARIOS: &[Scenario] = &[
         "the link to the client has a smaller MTU and ICMP fragmentation-needed is dropped: large replies never arrive"),
     sc("haproxy-http-path-mtu-small-replies", L::HaproxyHttp, F::PathMtuBlackHole { large: false }, Family::V4,
         "the same path-MTU black hole, with small replies only: they all arrive"),
+    sc("nft-dnat-path-mtu-black-hole", L::NftDnat, F::PathMtuBlackHole { large: true }, Family::V4,
+        "the path-MTU black hole in front of nftables DNAT (Layer 4): the backends' large replies never arrive (check --data)").with_data(),
 ];
 
 /// The scenario `cargo xtask demo` shows by default: everything looks up, one backend is not.
@@ -251,7 +263,8 @@ impl Scenario {
             .collect()
     }
 
-    /// `--vip ... --backend ...` (every backend) and, for TLS, `--tls --sni lbtrace.test`.
+    /// `--vip ... --backend ...` (every backend), for TLS `--tls --sni lbtrace.test`, and
+    /// `--data` for a scenario that needs the data-path mode.
     pub fn check_args(&self) -> Vec<String> {
         let mut args = vec!["--vip".to_owned(), self.vip()];
         for b in self.backends() {
@@ -259,6 +272,9 @@ impl Scenario {
         }
         if self.lb.tls() {
             args.extend(["--tls", "--sni", TLS_NAME].map(str::to_owned));
+        }
+        if self.data {
+            args.push("--data".to_owned());
         }
         args
     }

@@ -126,13 +126,33 @@ impl Harness {
         Self::new(&standard_endpoints(), false)
     }
 
+    /// [`Harness::standard`] with the data-path mode on (`--data`), in the ring mode this
+    /// kernel takes.
+    pub(super) fn standard_data() -> Self {
+        Self::load(
+            &standard_endpoints(),
+            false,
+            256 << 10,
+            256 << 10,
+            None,
+            true,
+        )
+    }
+
     pub(super) fn with_rings(
         endpoints: &[(EndpointKey, u32)],
         wildcard: bool,
         events_bytes: u64,
         priority_bytes: u32,
     ) -> Self {
-        Self::load(endpoints, wildcard, events_bytes, priority_bytes, None)
+        Self::load(
+            endpoints,
+            wildcard,
+            events_bytes,
+            priority_bytes,
+            None,
+            false,
+        )
     }
 
     /// The programs of ring mode `mode` (the `_rb` variants for [`RingMode::RingBuf`]).
@@ -149,6 +169,7 @@ impl Harness {
             events_bytes,
             priority_bytes,
             Some(mode),
+            false,
         )
     }
 
@@ -161,10 +182,12 @@ impl Harness {
         events_bytes: u64,
         priority_bytes: u32,
         mode: Option<RingMode>,
+        data: bool,
     ) -> Self {
         let layout = RingLayout::new(events_bytes, priority_bytes).expect("ring layout");
         let mut opts = loader::Options::new(EBPF_OBJECT, layout, endpoints.to_vec());
         opts.has_wildcard = wildcard;
+        opts.data = data;
         let loaded = match mode {
             Some(mode) => {
                 opts.layout.mode = mode;

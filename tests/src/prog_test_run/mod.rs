@@ -14,7 +14,8 @@
 //! Layout: `addrs` (addresses, endpoints), `expect` (the records and stats a frame should give),
 //! `harness` (loading through `lbtrace::kernel::loader`, running, checking); the frames come
 //! from the library's [`crate::frames`]; then one file per behaviour (`ringbuf_variant`: the
-//! programs that write packet events to a BPF ring buffer, for kernels before 5.12).
+//! programs that write packet events to a BPF ring buffer, for kernels before 5.12; `data`: the
+//! data-path mode, `--data`).
 //!
 //! Kernel facts these tests rely on (net/bpf/test_run.c):
 //! * frames shorter than `ETH_HLEN` (14 bytes) are refused by the syscall itself with `EINVAL`
@@ -31,6 +32,7 @@ mod addrs;
 mod expect;
 mod harness;
 
+mod data;
 mod headers;
 mod icmp;
 mod malformed;

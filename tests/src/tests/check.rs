@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// How many curls the client makes during the window.
-const REQUESTS: usize = 4;
+pub(super) const REQUESTS: usize = 4;
 /// A check observes for 6 s, its probes take at most 2 s each: it is done well within this.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 

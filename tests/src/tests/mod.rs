@@ -4,6 +4,7 @@
 mod check;
 mod check_slow;
 mod coexist;
+mod data_path;
 mod hardening;
 mod lab_smoke;
 mod pressure;

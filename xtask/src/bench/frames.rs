@@ -60,6 +60,13 @@ pub fn tcp_data(dst: [u8; 4], dport: u16) -> Vec<u8> {
     eth(ETH_P_IP, &ipv4(CLIENT, dst, PROTO_TCP, &t))
 }
 
+/// A data segment of `len` bytes from the client's port `sport` to `dst:dport` (with
+/// timestamps), seq `frames::SEQ`.
+pub fn tcp_data_from(sport: u16, dst: [u8; 4], dport: u16, len: usize) -> Vec<u8> {
+    let t = tcp(sport, dport, ACK | PSH, &TS_OPTIONS, &vec![0xab; len]);
+    eth(ETH_P_IP, &ipv4(CLIENT, dst, PROTO_TCP, &t))
+}
+
 /// A SYN as Linux sends it (20 bytes of options) to `dst:dport`.
 pub fn syn(dst: [u8; 4], dport: u16) -> Vec<u8> {
     let t = tcp(40000, dport, SYN, &SYN_OPTIONS, &[]);

@@ -104,6 +104,9 @@ enum Obj {
     Main,
     /// Tiny rings, filled once and never drained.
     Full,
+    /// Big rings, drained after every call, the data-path mode on (`--data`). Measured with
+    /// `tc_ingress` only.
+    Data,
 }
 
 /// Which ring a case writes to (drained after each call on `Obj::Main`).
@@ -112,6 +115,8 @@ enum Ring {
     None,
     Events,
     Priority,
+    /// One packet event on a flow's first data byte (the first call), none after.
+    FirstOnly,
 }
 
 pub struct Case {
@@ -190,7 +195,46 @@ pub fn cases() -> Vec<Case> {
             Obj::Main,
             Ring::Priority,
         ),
+        // The data-path mode (`--data`): the rows above are the same packets with it off.
+        c(
+            "--data: TCP data, unwatched tuple",
+            Kind::Other,
+            frames::tcp_data(UNWATCHED, 80),
+            Obj::Data,
+            Ring::None,
+        ),
+        // One byte at the flow's next-but-one sequence number: after the first call's first
+        // byte, every run is the flow looked up and updated without an event (the path of
+        // in-order data; a test run repeats one frame, so real in-order data cannot be
+        // replayed).
+        c(
+            "--data: TCP data, watched, flow updated (no event)",
+            Kind::Other,
+            frames::tcp_data_from(40002, VIP, VIP_PORT, 1),
+            Obj::Data,
+            Ring::FirstOnly,
+        ),
+        // The same 100 bytes again and again: every run a retransmission event.
+        c(
+            "--data: TCP data, watched, seen again (event written)",
+            Kind::Other,
+            frames::tcp_data_from(40003, VIP, VIP_PORT, 100),
+            Obj::Data,
+            Ring::Events,
+        ),
+        c(
+            "--data: SYN, watched (event written, flow reset)",
+            Kind::Other,
+            frames::syn(VIP, VIP_PORT),
+            Obj::Data,
+            Ring::Events,
+        ),
     ]
+}
+
+/// Whether `prog` runs `case`: the data-path mode is measured with `tc_ingress` only.
+fn runs(prog: Prog, case: &Case) -> bool {
+    case.obj != Obj::Data || prog == Prog::Tc
 }
 
 struct Loaded {
@@ -219,17 +263,23 @@ pub fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
 /// [`load_with`], with the legacy TC programs where the object has them (an older one,
 /// `LBTRACE_BENCH_OBJECT`, may not: then they are not measured).
 fn load(slots: u64, priority_bytes: u32, mode: RingMode) -> Result<(Loaded, bool)> {
-    match load_with(slots, priority_bytes, mode, mode == RingMode::PerCpu) {
+    match load_with(slots, priority_bytes, mode, mode == RingMode::PerCpu, false) {
         Ok(l) => Ok((l, mode == RingMode::PerCpu)),
         Err(e) if mode == RingMode::PerCpu => {
             eprintln!("xtask: bench: lbtrace_tc_in not measured: {e:#}");
-            Ok((load_with(slots, priority_bytes, mode, false)?, false))
+            Ok((load_with(slots, priority_bytes, mode, false, false)?, false))
         }
         Err(e) => Err(e),
     }
 }
 
-fn load_with(slots: u64, priority_bytes: u32, mode: RingMode, legacy_tc: bool) -> Result<Loaded> {
+fn load_with(
+    slots: u64,
+    priority_bytes: u32,
+    mode: RingMode,
+    legacy_tc: bool,
+    data: bool,
+) -> Result<Loaded> {
     // Rings for the bench CPU only (the calls are pinned there): 1M records of 104 bytes is
     // 104 MiB per CPU. The reader would be woken at a quarter full; here nobody reads during a
     // call, so the threshold is never reached: every record takes the production path of a
@@ -249,6 +299,7 @@ fn load_with(slots: u64, priority_bytes: u32, mode: RingMode, legacy_tc: bool) -
     let object = object()?;
     let mut opts = loader::Options::new(&object, layout, frames::endpoints().to_vec());
     opts.programs.legacy_tc = legacy_tc;
+    opts.data = data;
     let mut loaded = loader::load(&opts).context("loading lbtrace's eBPF object")?;
     let RawRings {
         packets: events,
@@ -335,6 +386,8 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     let _pin = sys::pin_current_thread(BENCH_CPU);
     let (mut main, legacy) = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::PerCpu)?;
     let (mut full, legacy_full) = load(MIN_SLOTS, TINY_PRIORITY_RING, RingMode::PerCpu)?;
+    let mut data = load_with(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::PerCpu, false, true)
+        .context("the data-path mode (--data)")?;
     // 4 KiB for the full one: 36 records, filled by the warm-up, then every write fails.
     // An older object (LBTRACE_BENCH_OBJECT) may have no ring-buffer variant: measured without.
     let rb = load(BIG_SLOTS, BIG_PRIORITY_RING, RingMode::RingBuf)
@@ -359,13 +412,13 @@ pub fn measure(rounds: usize) -> Result<Result1> {
     let mut figures = Vec::new();
     let mut kinds = Vec::new();
     for &prog in &progs {
-        for case in &cases {
+        for case in cases.iter().filter(|c| runs(prog, c)) {
             if prog.in_goals() {
                 kinds.push((prog, case.kind, figures.len()));
             }
             let mut f = Figure::new(SECTION, format!("{} {}", prog.label(), case.name), "ns")
                 .with_baseline("empty prog");
-            if case.ring != Ring::None {
+            if matches!(case.ring, Ring::Events | Ring::Priority) {
                 f.note = "event written and drained after each call".to_owned();
             }
             if case.obj == Obj::Full || (prog == Prog::LegacyTcStale && case.ring != Ring::None) {
@@ -385,17 +438,21 @@ pub fn measure(rounds: usize) -> Result<Result1> {
         let l = match (obj, prog) {
             (Obj::Main, Prog::TcRingBuf) => main_rb.as_mut().context("no ring-buffer variant")?,
             (Obj::Full, Prog::TcRingBuf) => full_rb.as_mut().context("no ring-buffer variant")?,
+            (Obj::Data, _) => &mut data,
             (Obj::Main, _) => &mut main,
             (Obj::Full, _) => &mut full,
         };
         let ns = run_lbtrace(&l.ebpf, prog, &case.frame, REPEAT)?;
-        if obj == Obj::Main {
+        if obj != Obj::Full {
             let want = match case.ring {
                 Ring::None => 0,
-                _ => u64::from(REPEAT),
+                Ring::FirstOnly => 1,
+                Ring::Events | Ring::Priority => u64::from(REPEAT),
             };
             let got = l.events.drain(|_| {}) + drain_ringbuf(&mut l.priority);
-            if got != want {
+            // The first-only case's first event came in the warm-up.
+            let ok = got == want || (case.ring == Ring::FirstOnly && got == 0);
+            if !ok {
                 bail!(
                     "{} {}: {got} ring records after {REPEAT} runs, expected {want}",
                     prog.label(),
@@ -408,7 +465,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
 
     // Warm-up: caches, the full ring filled, nothing recorded.
     for &prog in &progs {
-        for case in &cases {
+        for case in cases.iter().filter(|c| runs(prog, c)) {
             one(prog, case)?;
             base.run(prog, &case.frame)?;
         }
@@ -417,7 +474,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
         interrupted()?;
         let mut i = 0;
         for &prog in &progs {
-            for case in &cases {
+            for case in cases.iter().filter(|c| runs(prog, c)) {
                 let (s, b) = if round % 2 == 0 {
                     let b = base.run(prog, &case.frame)?;
                     (one(prog, case)?, b)

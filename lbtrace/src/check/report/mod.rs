@@ -879,15 +879,25 @@ fn return_summary(f: &ReturnFinding) -> String {
             small,
             client_mss,
             lb_mss,
+            forwarded,
         } => {
             let mss = |m: &Option<u16>| m.map_or_else(|| "not seen".to_owned(), |m| m.to_string());
+            // Layer 4 (`--data`): the backend's segments, forwarded by the LB.
+            let (what, sender) = if *forwarded {
+                (
+                    "forwarded full-size segments",
+                    "the backend sends segments of",
+                )
+            } else {
+                ("full-size segments", "the LB sends segments of")
+            };
             let small = if *small == 0 {
                 String::new()
             } else {
                 format!(" ({small} small)")
             };
             format!(
-                "replies leave the LB toward the client and are never acknowledged: full-size segments retransmitted {full_size} times{small} in {connections} connection(s) while small ones pass, no ICMP fragmentation-needed seen: a path-MTU black hole between the LB and the client; compare the MSS the client advertised ({}) with the path (the LB sends segments of {})",
+                "replies leave the LB toward the client and are never acknowledged: {what} retransmitted {full_size} times{small} in {connections} connection(s) while small ones pass, no ICMP fragmentation-needed seen: a path-MTU black hole between the LB and the client; compare the MSS the client advertised ({}) with the path ({sender} {})",
                 mss(client_mss),
                 mss(lb_mss)
             )

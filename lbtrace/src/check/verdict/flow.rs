@@ -336,8 +336,10 @@ pub fn classify(f: &Facts<'_>) -> Classified {
             (Detail::Drop { .. }, _) => fl.drops.push(i),
             (Detail::Icmp { .. }, _) => fl.icmp.push(i),
             (Detail::Retrans, false) => fl.retrans.push(i),
-            // The LB host as the client of its own VIP: the probes cover it.
+            // The LB host as the client of its own VIP: the probes cover it. A client's data
+            // seen again (data-path mode) is the client's business, not the return path's.
             (Detail::Retrans, true) => {}
+            (Detail::Data(_), _) => {}
             (Detail::Packet, true) => {
                 if e.is_syn() {
                     fl.isn.get_or_insert(e.seq);

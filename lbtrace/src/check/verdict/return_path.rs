@@ -1,11 +1,12 @@
 //! Step 4, `return-path`: do backend replies come back through the LB (Layer 4 without SNAT),
-//! do the LB's SYN-ACKs reach the client, and are the LB's replies acknowledged (Layer 7: the
-//! LB host's own retransmissions, full-size ones repeated while small ones pass being a
-//! path-MTU black hole)?
+//! do the LB's SYN-ACKs reach the client, and are the replies acknowledged (full-size segments
+//! retransmitted while small ones pass being a path-MTU black hole)? The retransmissions are
+//! the LB host's own (Layer 7, `tcp:tcp_retransmit_skb`) or, with the data-path mode
+//! (`--data`), the backends' that the LB forwards toward the client (Layer 4).
 
 use std::net::SocketAddr;
 
-use crate::event::{Detail, KernelEvent};
+use crate::event::{Detail, Hook, KernelEvent};
 
 use super::{
     Facts, Status, StepFinding, StepVerdict, TcpResult,
@@ -39,6 +40,9 @@ pub enum ReturnFinding {
         /// on those connections.
         client_mss: Option<u16>,
         lb_mss: Option<u16>,
+        /// The retransmissions were forwarded (Layer 4, seen with `--data`): the backend sent
+        /// them, and `lb_mss` is the size from which its segments are full-size.
+        forwarded: bool,
     },
     /// Segments retransmitted again and again without the MTU shape: `side` stopped
     /// acknowledging.
@@ -201,14 +205,19 @@ fn find(f: &Facts<'_>, live: &[&Flow]) -> (ReturnFinding, Vec<usize>) {
     )
 }
 
-/// Data retransmissions (not a SYN-ACK's: losing those is [`ReturnFinding::SynAcksLost`]).
+/// Data retransmissions (not a SYN-ACK's: losing those is [`ReturnFinding::SynAcksLost`]):
+/// the LB host's own when it has any (with `--data` the same segments are also seen leaving at
+/// the interface), else those the LB forwarded (data-path mode, Layer 4).
 fn data_retrans<'a>(
     ev: &'a [KernelEvent],
     idx: &'a [usize],
 ) -> impl Iterator<Item = &'a KernelEvent> {
-    idx.iter()
-        .map(|&i| &ev[i])
-        .filter(|e| matches!(e.detail, Detail::Retrans) && !e.has_syn())
+    let own = idx.iter().any(|&i| ev[i].hook == Hook::TcpRetransmit);
+    idx.iter().map(|&i| &ev[i]).filter(move |e| {
+        matches!(e.detail, Detail::Retrans)
+            && !e.has_syn()
+            && (!own || e.hook == Hook::TcpRetransmit)
+    })
 }
 
 /// ICMP fragmentation-needed (IPv4 type 3 code 4) or packet-too-big (ICMPv6 type 2).
@@ -267,6 +276,7 @@ fn stalls(f: &Facts<'_>, answered: &[&Flow]) -> Option<(ReturnFinding, Vec<usize
             .flat_map(|fl| fl.syns.iter().map(|&i| ev[i].mss))
             .find(|&m| m != 0);
         let lb_mss = all.iter().map(|e| e.mss).find(|&m| m != 0);
+        let forwarded = all.iter().all(|e| e.hook != Hook::TcpRetransmit);
         return Some((
             ReturnFinding::MtuBlackHole {
                 connections: stalled.len(),
@@ -274,6 +284,7 @@ fn stalls(f: &Facts<'_>, answered: &[&Flow]) -> Option<(ReturnFinding, Vec<usize
                 small,
                 client_mss,
                 lb_mss,
+                forwarded,
             },
             evidence,
         ));
@@ -291,12 +302,14 @@ fn stalls(f: &Facts<'_>, answered: &[&Flow]) -> Option<(ReturnFinding, Vec<usize
 }
 
 /// The LB's own connections to backends (Layer 7) whose segments it retransmitted
-/// [`STALL_RETRANSMISSIONS`] times or more.
+/// [`STALL_RETRANSMISSIONS`] times or more (not forwarded ones: a client's data the LB
+/// forwards again is the client's retransmission).
 fn backend_stalls(f: &Facts<'_>) -> Option<(ReturnFinding, Vec<usize>)> {
     let mut per_conn: std::collections::HashMap<(SocketAddr, SocketAddr), Vec<usize>> =
         std::collections::HashMap::new();
     for (i, e) in f.events.iter().enumerate() {
         if matches!(e.detail, Detail::Retrans)
+            && e.hook == Hook::TcpRetransmit
             && !e.has_syn()
             && f.backends.iter().any(|b| b.matches(&e.dst))
         {

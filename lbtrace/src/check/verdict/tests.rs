@@ -904,6 +904,7 @@ fn full_size_retransmissions_without_icmp_are_a_path_mtu_black_hole() {
             small: 0,
             client_mss: Some(1460),
             lb_mss: Some(1448),
+            forwarded: false,
         }
     );
     assert_eq!(v.steps[3].status, Status::Fail, "{v:#?}");
@@ -982,5 +983,103 @@ fn retransmissions_toward_a_backend_are_a_backend_stall() {
             full_size: 0,
             frag_needed: false,
         }
+    );
+}
+
+/// A NAT (Layer 4) connection: the client's SYN forwarded to BE1 with its ISN, the backend's
+/// SYN-ACK back through the LB; then, with `--data`, the backend's replies of `lens` bytes
+/// seen leaving toward the client again (forwarded retransmissions, full-size from 1448), each
+/// also seen arriving from the backend; then the client gives up.
+fn stalled_l4(lens: &[u16]) -> Vec<KernelEvent> {
+    let mut ev = probe_packets();
+    ev.push(KernelEvent {
+        mss: 1460,
+        ..pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0)
+    });
+    ev.push(KernelEvent {
+        mss: 1460,
+        ..pkt(11, Dir::Out, "10.10.1.2:40000", BE1, SYN, 1000, 0)
+    });
+    ev.push(pkt(
+        12,
+        Dir::In,
+        BE1,
+        "10.10.1.2:40000",
+        SYN | ACK,
+        7000,
+        1001,
+    ));
+    ev.push(pkt(13, Dir::Out, VIP, CLIENT, SYN | ACK, 7000, 1001));
+    for (i, &len) in lens.iter().enumerate() {
+        let t = 200 + 200 * i as u64;
+        let seen = |dir, src, dst| KernelEvent {
+            payload_len: len,
+            mss: 1448,
+            detail: crate::event::Detail::Retrans,
+            ..pkt(t, dir, src, dst, ACK, 7001, 1080)
+        };
+        ev.push(seen(Dir::In, BE1, "10.10.1.2:40000"));
+        ev.push(seen(Dir::Out, VIP, CLIENT));
+    }
+    ev.push(pkt(3000, Dir::In, CLIENT, VIP, FIN | ACK, 1080, 7001));
+    ev
+}
+
+#[test]
+fn forwarded_full_size_retransmissions_are_a_layer_4_path_mtu_black_hole() {
+    let v = run(&stalled_l4(&[1448, 1448, 1448, 1448]), &healthy_probes());
+    assert_eq!(
+        *return_path(&v),
+        ReturnFinding::MtuBlackHole {
+            connections: 1,
+            full_size: 4,
+            small: 0,
+            client_mss: Some(1460),
+            lb_mss: Some(1448),
+            forwarded: true,
+        }
+    );
+    assert_eq!(v.steps[3].status, Status::Fail, "{v:#?}");
+    // The backend-side copies are not a stall of the LB's own backend connections, and small
+    // forwarded retransmissions as often as full-size ones are a stall toward the client.
+    let v = run(&stalled_l4(&[1448, 100, 1448, 100]), &healthy_probes());
+    assert!(
+        matches!(
+            return_path(&v),
+            ReturnFinding::Stalled {
+                side: Side::Client,
+                retransmissions: 4,
+                ..
+            }
+        ),
+        "{v:#?}"
+    );
+}
+
+#[test]
+fn own_retransmissions_seen_again_at_the_interface_count_once() {
+    // With --data on a Layer 7 LB its own retransmissions are also seen leaving at TC.
+    let mut ev = stalled_l7(&[1448, 1448, 1448]);
+    let again: Vec<KernelEvent> = ev
+        .iter()
+        .filter(|e| e.hook == crate::event::Hook::TcpRetransmit)
+        .map(|e| KernelEvent {
+            hook: crate::event::Hook::Tc,
+            ifindex: 2,
+            ..e.clone()
+        })
+        .collect();
+    ev.extend(again);
+    let v = run(&ev, &healthy_probes());
+    assert!(
+        matches!(
+            return_path(&v),
+            ReturnFinding::MtuBlackHole {
+                full_size: 3,
+                forwarded: false,
+                ..
+            }
+        ),
+        "{v:#?}"
     );
 }
