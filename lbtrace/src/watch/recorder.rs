@@ -610,6 +610,9 @@ impl Recorder {
             };
             let reasons = &self.reasons;
             let alive = self.last_alive_ns;
+            // Without backends given, an LB (or plain server) answering and closing at once is
+            // just serving: nothing says it has backends to lose.
+            let has_backends = !self.backends.is_empty();
             let Some(c) = get_mut(&mut self.conns, id) else {
                 return out;
             };
@@ -656,7 +659,9 @@ impl Recorder {
                             out.extend(c.find(Finding::NoListener).map(|f| (id, f)));
                         }
                     } else if ev.is_fin() {
-                        out.extend(unserved_at(c, ev, alive).map(|f| (id, f)));
+                        if has_backends {
+                            out.extend(unserved_at(c, ev, alive).map(|f| (id, f)));
+                        }
                         c.closed = true;
                     }
                 }

@@ -874,3 +874,31 @@ fn data_retransmitted_to_a_backend_is_a_stalling_backend() {
         }
     }
 }
+
+/// A server on the VIP (no `--backend` given) answering and closing at once is serving: no
+/// `unserved` finding, which needs backends the LB could have lost. With backends given, the
+/// same connection is one.
+#[test]
+fn answering_at_once_without_backends_given_is_not_unserved() {
+    let conn = |r: &mut Recorder| {
+        let c = client(7);
+        let mut found = Vec::new();
+        for e in [
+            pkt(0, Dir::In, &c, VIP, SYN, 1000, 0),
+            pkt(1, Dir::Out, VIP, &c, SYN | ACK, 7000, 1001),
+            pkt(2, Dir::In, &c, VIP, ACK, 1001, 7001),
+            pkt(5, Dir::Out, VIP, &c, FIN | ACK, 7101, 1080),
+        ] {
+            found.extend(r.ingest(&e).into_iter().map(|(_, f)| f));
+        }
+        found
+    };
+    let mut bare = Recorder::new(
+        vec![VIP.parse().unwrap()],
+        Vec::new(),
+        100,
+        DropReasons::from_pairs(&[]),
+    );
+    assert_eq!(conn(&mut bare), Vec::<Finding>::new());
+    assert_eq!(conn(&mut rec(100)), vec![Finding::Unserved]);
+}

@@ -59,6 +59,11 @@ pub struct Unserved {
 /// The rule over a whole window: `live` are the client connections the LB host's stack kept.
 /// Returns the finding and its evidence (the first connections' packets).
 pub fn judge(f: &Facts<'_>, live: &[&Flow]) -> Option<(Unserved, Vec<usize>)> {
+    // Without backends given nothing says the LB has backends to lose: a server answering and
+    // closing at once is just serving.
+    if f.backends.is_empty() {
+        return None;
+    }
     let ev = f.events;
     let is_backend = |sa: &std::net::SocketAddr| f.backends.iter().any(|b| b.matches(sa));
     // Any backend's SYN-ACK to the LB (a leg, a health check, the probe), or a probe that
