@@ -167,7 +167,9 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
     let mut loader = EbpfLoader::new();
     loader.override_global(names::GLOBAL_HAS_WILDCARD, &wildcard, true);
     let data_mode = u8::from(opts.data);
-    loader.override_global(names::GLOBAL_DATA_MODE, &data_mode, true);
+    // Required only to turn the mode on: an object built before the data path (the bench's
+    // LBTRACE_BENCH_OBJECT) has no such constant and nothing to turn off.
+    loader.override_global(names::GLOBAL_DATA_MODE, &data_mode, opts.data);
     if !opts.data {
         loader.map_max_entries(names::FLOWS, 1);
     }
