@@ -121,18 +121,28 @@ pub struct Capabilities {
     pub packet_rings: &'static str,
     /// `reason` (the kernel's drop reason) or `location` (the freeing function, before 5.17).
     pub drops: &'static str,
+    /// `tracepoint` (the LB host's own retransmissions, `tcp:tcp_retransmit_skb`) or `off` (the
+    /// kernel has no such tracepoint, or no BTF offsets for it).
+    pub retransmissions: &'static str,
 }
 
 impl Capabilities {
     /// Of a started tracer; `cfg` is what it was started with.
     pub fn of(tracer: &Tracer, cfg: &TracerConfig) -> Self {
-        Self::new(
-            tracer.tc_mode,
-            tracer.layout.mode,
-            tracer.drop_mode,
-            cfg.xdp,
-            &tracer.attachments,
-        )
+        Self {
+            retransmissions: if tracer.retransmits {
+                "tracepoint"
+            } else {
+                "off"
+            },
+            ..Self::new(
+                tracer.tc_mode,
+                tracer.layout.mode,
+                tracer.drop_mode,
+                cfg.xdp,
+                &tracer.attachments,
+            )
+        }
     }
 
     fn new(
@@ -164,6 +174,7 @@ impl Capabilities {
                 DropMode::Reason => "reason",
                 DropMode::Location => "location",
             },
+            retransmissions: "off",
         }
     }
 }
@@ -388,7 +399,7 @@ mod tests {
         let caps = Capabilities::new(TcMode::Tcx, RingMode::PerCpu, DropMode::Reason, false, &tcx);
         assert_eq!(
             serde_json::to_value(caps).unwrap(),
-            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"})
+            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "off"})
         );
         // 5.10: legacy TC, the ring buffer, drops by location; --xdp refused by the kernel.
         let legacy = [at("eth0", "tc-ingress"), at("eth0", "tc-egress")];
@@ -401,7 +412,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(caps).unwrap(),
-            serde_json::json!({"attach": "legacy_tc", "xdp": "tc_fallback", "packet_rings": "ringbuf", "drops": "location"})
+            serde_json::json!({"attach": "legacy_tc", "xdp": "tc_fallback", "packet_rings": "ringbuf", "drops": "location", "retransmissions": "off"})
         );
         // --xdp on two interfaces: on while XDP has every ingress, tc_fallback once one has TC.
         let mut both = vec![

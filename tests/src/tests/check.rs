@@ -311,10 +311,11 @@ fn check_haproxy_http_healthy() {
     );
     assert_backends_serve(&o, &[0, 1, 2]);
     assert_eq!(o.json["vip_probe"]["http_status"], 200, "{}", o.dump());
-    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons), no --xdp.
+    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons, the retransmission
+    // tracepoint), no --xdp.
     assert_eq!(
         o.json["capabilities"],
-        serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"}),
+        serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "tracepoint"}),
         "{}",
         o.dump()
     );

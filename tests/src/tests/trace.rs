@@ -165,13 +165,15 @@ fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool, env
             &caps["attach"],
             &caps["packet_rings"],
             &caps["drops"],
-            caps["xdp"] == "off"
+            caps["xdp"] == "off",
+            &caps["retransmissions"],
         ),
         (
             &Value::from(if legacy { "legacy_tc" } else { "tcx" }),
             &Value::from(if ringbuf { "ringbuf" } else { "percpu" }),
             &Value::from("reason"),
-            !xdp
+            !xdp,
+            &Value::from("tracepoint"),
         ),
         "capabilities in {}",
         trace.summary

@@ -222,11 +222,12 @@ fn watch_alerts_backend_down_and_recovers() {
         "no health line counting the 5 connections\nlbtrace watch {}",
         watch.dump()
     );
-    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons), no --xdp.
+    // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons, the retransmission
+    // tracepoint), no --xdp.
     assert_eq!(
         health.map(|h| h["capabilities"].clone()),
         Some(
-            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason"})
+            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "tracepoint"})
         ),
         "lbtrace watch {}",
         watch.dump()
