@@ -328,14 +328,10 @@ fn unserved() {
     // HAProxy's retries: the 503 comes seconds later, after every backend connection failed.
     let mut slow = l7_client(100, 40002, 3000);
     slow.extend(leg(102, 41000, BE1, Some(RST | ACK)));
-    let refused = [
-        probe(1, BE1, 50001, TcpResult::Refused),
-        probe(1, BE2, 50002, TcpResult::Refused),
-    ];
     assert_parity(
         "unserved after retries",
         &slow,
-        &refused,
+        &probes,
         &[
             (3, "unserved", None),
             (3, "backend_refused", Some(BE1)),

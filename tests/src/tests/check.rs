@@ -896,23 +896,7 @@ fn check_lb_service_down() {
 #[test]
 fn check_haproxy_http_path_mtu_black_hole() {
     let o = check("haproxy-http-path-mtu-black-hole");
-    assert_verdict(
-        &o,
-        &Expect {
-            code: 1,
-            mode: "l7",
-            steps: ["pass", "pass", "pass", "fail"],
-            first_failed: Some(4),
-            backends: HEALTHY,
-        },
-    );
-    assert_contains(&o, 4, "path-MTU black hole between the LB and the client");
-    assert_contains(&o, 4, "full-size segments retransmitted");
-    assert_contains(&o, 4, "the MSS the client advertised (1460)");
-    let evidence = o.step(4)["evidence"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let evidence = assert_mtu_black_hole(&o, "l7", "full-size segments retransmitted");
     assert!(
         evidence.iter().any(|e| e["type"] == "retrans"
             && e["full_size"] == true
@@ -946,6 +930,32 @@ fn check_haproxy_http_path_mtu_black_hole() {
         o.dump()
     );
     assert_clients(&o, |c| c.code != "200", "no complete answer");
+}
+
+/// Step 4 alone fails, with the path-MTU finding in `mode`: its words name the black hole,
+/// `retransmitted` and the MSS the client advertised. Returns step 4's evidence.
+pub(super) fn assert_mtu_black_hole(
+    o: &Outcome,
+    mode: &'static str,
+    retransmitted: &str,
+) -> Vec<Value> {
+    assert_verdict(
+        o,
+        &Expect {
+            code: 1,
+            mode,
+            steps: ["pass", "pass", "pass", "fail"],
+            first_failed: Some(4),
+            backends: HEALTHY,
+        },
+    );
+    assert_contains(o, 4, "path-MTU black hole between the LB and the client");
+    assert_contains(o, 4, retransmitted);
+    assert_contains(o, 4, "the MSS the client advertised (1460)");
+    o.step(4)["evidence"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The same black hole with small replies only: every reply fits the path, step 4 passes.

@@ -2,8 +2,7 @@
 //! of a path-MTU black hole are the backend's, and only `--data` sees them.
 
 use super::check::{
-    Expect, HEALTHY, Outcome, REQUESTS, assert_clients, assert_contains, assert_verdict,
-    check_driven, check_scenario,
+    Outcome, REQUESTS, assert_clients, assert_mtu_black_hole, check_driven, check_scenario,
 };
 use crate::lab::scenario::Scenario;
 
@@ -25,23 +24,7 @@ fn check_nft_dnat_path_mtu_black_hole() {
         }));
         with
     });
-    assert_verdict(
-        &o,
-        &Expect {
-            code: 1,
-            mode: "l4",
-            steps: ["pass", "pass", "pass", "fail"],
-            first_failed: Some(4),
-            backends: HEALTHY,
-        },
-    );
-    assert_contains(&o, 4, "path-MTU black hole between the LB and the client");
-    assert_contains(&o, 4, "forwarded full-size segments retransmitted");
-    assert_contains(&o, 4, "the MSS the client advertised (1460)");
-    let evidence = o.step(4)["evidence"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let evidence = assert_mtu_black_hole(&o, "l4", "forwarded full-size segments retransmitted");
     assert!(
         evidence.iter().any(|e| e["type"] == "retrans"
             && e["hook"] == "tc"
