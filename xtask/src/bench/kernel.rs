@@ -105,7 +105,7 @@ enum Obj {
     /// Tiny rings, filled once and never drained.
     Full,
     /// Big rings, drained after every call, the data-path mode on (`--data`). Measured with
-    /// `tc_ingress` only.
+    /// `tc_ingress`, `xdp_ingress` and `tc_ingress_rb` (its own object: the ring-buffer variant).
     Data,
 }
 
@@ -232,9 +232,11 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// Whether `prog` runs `case`: the data-path mode is measured with `tc_ingress` only.
+/// Whether `prog` runs `case`: the data-path mode is measured with the programs a current kernel
+/// (`tc_ingress`, `xdp_ingress`) and one before 5.12 (`tc_ingress_rb`) attach; the legacy TC
+/// program is `tc_ingress`'s body under another name.
 fn runs(prog: Prog, case: &Case) -> bool {
-    case.obj != Obj::Data || prog == Prog::Tc
+    case.obj != Obj::Data || matches!(prog, Prog::Tc | Prog::Xdp | Prog::TcRingBuf)
 }
 
 struct Loaded {
@@ -405,6 +407,18 @@ pub fn measure(rounds: usize) -> Result<Result1> {
             (None, None)
         }
     };
+    // The ring-buffer variant with the data-path mode: an object of its own (one ring mode per
+    // object), its flows apart from the per-CPU object's.
+    let mut data_rb = match (&data, &main_rb) {
+        (Some(_), Some(_)) => Some(load_with(
+            BIG_SLOTS,
+            BIG_PRIORITY_RING,
+            RingMode::RingBuf,
+            false,
+            true,
+        )?),
+        _ => None,
+    };
     let progs: Vec<Prog> = PROGS
         .into_iter()
         .filter(|p| *p != Prog::TcRingBuf || main_rb.is_some())
@@ -447,6 +461,7 @@ pub fn measure(rounds: usize) -> Result<Result1> {
         let l = match (obj, prog) {
             (Obj::Main, Prog::TcRingBuf) => main_rb.as_mut().context("no ring-buffer variant")?,
             (Obj::Full, Prog::TcRingBuf) => full_rb.as_mut().context("no ring-buffer variant")?,
+            (Obj::Data, Prog::TcRingBuf) => data_rb.as_mut().context("no ring-buffer variant")?,
             (Obj::Data, _) => data.as_mut().context("no data-path mode")?,
             (Obj::Main, _) => &mut main,
             (Obj::Full, _) => &mut full,
