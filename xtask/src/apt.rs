@@ -16,6 +16,7 @@ use crate::process;
 const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("nft", "nftables"),
+    ("iptables-nft", "iptables"),
     ("tcpdump", "tcpdump"),
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),

@@ -6,6 +6,7 @@
 //! (before and after a window) and names what ran out, tied to a checklist step. Counters named
 //! in a [`Pressure`] carry their before and after values.
 
+mod conntrack;
 pub mod diag;
 pub mod nat;
 pub mod procfs;
@@ -80,6 +81,9 @@ pub struct Sample {
     pub syncookies: Option<u8>,
     /// How the host NATs the VIPs (DNAT rules, IPVS) and the SNAT port range.
     pub nat: nat::Nat,
+    /// Where the SNAT port counts' conntrack entries were read (ctnetlink, else
+    /// /proc/net/nf_conntrack); None when they were not read (no backends, no conntrack).
+    pub conntrack_read: Option<procfs::CtSource>,
 }
 
 /// Samples the host again and again (the tripwire): everything each time but the connection
@@ -176,11 +180,13 @@ fn sample_with(
         }
         _ => Vec::new(),
     };
+    let mut conntrack_read = None;
     if with_ports
         && !backends.is_empty()
-        && let Some((snat, capped)) = procfs::conntrack_snat(backends)
+        && let Some((snat, capped, from)) = procfs::conntrack_snat(backends)
     {
         ports.extend(snat_port_use(&snat, &nat, capped));
+        conntrack_read = Some(from);
     }
     Sample {
         listen,
@@ -195,6 +201,7 @@ fn sample_with(
             .collect(),
         syncookies: procfs::syncookies(),
         nat,
+        conntrack_read,
     }
 }
 
@@ -570,8 +577,8 @@ mod tests {
         let lb: IpAddr = "10.10.3.1".parse().unwrap();
         let snat = BTreeMap::from([((lb, b), 17u32)]);
         let ranged = nat::Nat {
-            dnat: Vec::new(),
             snat_ports: Some((40000, 40019)),
+            ..nat::Nat::default()
         };
         let u = snat_port_use(&snat, &ranged, false);
         assert_eq!(

@@ -1,6 +1,8 @@
 //! How the LB host NATs, read from its kernel: the nftables rules that DNAT a VIP or SNAT toward
 //! the backends (nf_tables over netlink, NETLINK_NETFILTER: the rules `nft list ruleset` shows,
-//! without running it), and IPVS virtual services (/proc/net/ip_vs).
+//! without running it; iptables-nft's rules are among them, with xtables `DNAT` / `SNAT` /
+//! `MASQUERADE` targets), and IPVS virtual services (/proc/net/ip_vs). iptables-legacy's rules
+//! have no netlink interface: only the presence of its nat table is told.
 //!
 //! A VIP with a DNAT rule or an IPVS service is a Layer 4 VIP even when no SYN was forwarded
 //! (forwarding off: the SYN dies before it is forwarded). An SNAT rule's port range (`masquerade
@@ -14,12 +16,12 @@ use std::{collections::BTreeSet, io, net::IpAddr};
 use super::diag::{self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, NlMsg};
 use crate::endpoint::Endpoint;
 
-const NETLINK_NETFILTER: libc::c_int = 12;
+pub(super) const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 /// nfgenmsg: family, version, resource id.
-const NFGENMSG_LEN: usize = 4;
+pub(super) const NFGENMSG_LEN: usize = 4;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
@@ -39,6 +41,14 @@ const NFT_NAT_DNAT: u32 = 1;
 /// masq: NFTA_MASQ_REG_PROTO_MIN / MAX.
 const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
 const NFTA_MASQ_REG_PROTO_MAX: u16 = 3;
+/// target (iptables-nft's xtables targets): NFTA_TARGET_NAME, NFTA_TARGET_REV, NFTA_TARGET_INFO.
+const NFTA_TARGET_NAME: u16 = 1;
+const NFTA_TARGET_REV: u16 = 2;
+const NFTA_TARGET_INFO: u16 = 3;
+/// nfgenmsg families of iptables' and ip6tables' rules.
+const NFPROTO_IPV4: u8 = 2;
+/// `nf_nat_range*.flags`: the rule gives a port range.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 /// Rules read at most per dump.
 const MAX_RULES: usize = 100_000;
 
@@ -53,6 +63,10 @@ pub struct Nat {
     /// The ports SNAT uses (the narrowest range of the SNAT and masquerade rules; 1024-65535
     /// for a rule without one); `None` without such a rule.
     pub snat_ports: Option<(u16, u16)>,
+    /// iptables-legacy has a nat table here (/proc/net/ip_tables_names or ip6_tables_names):
+    /// its rules have no netlink interface and are not read, so a DNAT or SNAT there is not in
+    /// `dnat` / `snat_ports`.
+    pub iptables_legacy_nat: bool,
 }
 
 impl Nat {
@@ -80,6 +94,12 @@ enum Expr {
         proto_min: Option<u32>,
         proto_max: Option<u32>,
     },
+    /// An iptables-nft `DNAT`, `SNAT` or `MASQUERADE` target: the port range is in the
+    /// target's own data, not in registers.
+    XtNat {
+        dnat: bool,
+        ports: Option<(u16, u16)>,
+    },
     Other,
 }
 
@@ -106,7 +126,43 @@ fn string(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn expr(elem: &[u8]) -> Expr {
+/// The port range of an xtables SNAT / MASQUERADE target's data, by revision and family:
+/// revision 0 for IPv4 is `nf_nat_ipv4_multi_range_compat` (a count, then flags, two addresses
+/// and the two ports of the first range); every other is `nf_nat_range` / `nf_nat_range2`
+/// (flags, two 16-byte addresses, the two ports). Ports are in network order.
+fn xt_ports(rev: u32, family: u8, info: &[u8]) -> Option<(u16, u16)> {
+    let (flags, min) = if rev == 0 && family == NFPROTO_IPV4 {
+        (4, 16)
+    } else {
+        (0, 36)
+    };
+    let flags = u32::from_ne_bytes(info.get(flags..flags + 4)?.try_into().ok()?);
+    if flags & NF_NAT_RANGE_PROTO_SPECIFIED == 0 {
+        return None;
+    }
+    let port = |at: usize| Some(u16::from_be_bytes(info.get(at..at + 2)?.try_into().ok()?));
+    let (lo, hi) = (port(min)?, port(min + 2)?);
+    Some((lo.min(hi), lo.max(hi)))
+}
+
+fn xt_target(data: &[u8], family: u8) -> Expr {
+    let name = attr(data, NFTA_TARGET_NAME).map(string).unwrap_or_default();
+    let rev = attr(data, NFTA_TARGET_REV).and_then(be32).unwrap_or(0);
+    let info = attr(data, NFTA_TARGET_INFO).unwrap_or_default();
+    match name.as_str() {
+        "DNAT" => Expr::XtNat {
+            dnat: true,
+            ports: None,
+        },
+        "SNAT" | "MASQUERADE" => Expr::XtNat {
+            dnat: false,
+            ports: xt_ports(rev, family, info),
+        },
+        _ => Expr::Other,
+    }
+}
+
+fn expr(elem: &[u8], family: u8) -> Expr {
     let name = attr(elem, NFTA_EXPR_NAME).map(string).unwrap_or_default();
     let data = attr(elem, NFTA_EXPR_DATA).unwrap_or_default();
     let value = |a: Option<&[u8]>| a.and_then(|d| attr(d, NFTA_DATA_VALUE)).map(<[u8]>::to_vec);
@@ -129,12 +185,14 @@ fn expr(elem: &[u8]) -> Expr {
             proto_min: attr(data, NFTA_MASQ_REG_PROTO_MIN).and_then(be32),
             proto_max: attr(data, NFTA_MASQ_REG_PROTO_MAX).and_then(be32),
         },
+        "target" => xt_target(data, family),
         _ => Expr::Other,
     }
 }
 
 /// One NFT_MSG_NEWRULE body (nfgenmsg, then the rule's attributes).
 fn parse_rule(body: &[u8]) -> Option<Rule> {
+    let family = *body.first()?;
     let a = body.get(NFGENMSG_LEN..)?;
     let exprs = attr(a, NFTA_RULE_EXPRESSIONS)?;
     Some(Rule {
@@ -143,7 +201,7 @@ fn parse_rule(body: &[u8]) -> Option<Rule> {
         exprs: diag::attributes(exprs)
             .into_iter()
             .filter(|(k, _)| *k == NFTA_LIST_ELEM)
-            .map(|(_, e)| expr(e))
+            .map(|(_, e)| expr(e, family))
             .collect(),
     })
 }
@@ -151,10 +209,12 @@ fn parse_rule(body: &[u8]) -> Option<Rule> {
 impl Rule {
     /// A DNAT rule matching one of `vips`' addresses.
     fn dnats(&self, vips: &[Endpoint]) -> bool {
-        let dnat = self
-            .exprs
-            .iter()
-            .any(|e| matches!(e, Expr::Nat { dnat: true, .. }));
+        let dnat = self.exprs.iter().any(|e| {
+            matches!(
+                e,
+                Expr::Nat { dnat: true, .. } | Expr::XtNat { dnat: true, .. }
+            )
+        });
         dnat && self.exprs.iter().any(|e| match e {
             Expr::Cmp(v) => vips.iter().any(|vip| *v == octets(vip.addr)),
             _ => false,
@@ -165,6 +225,9 @@ impl Rule {
     /// (the immediates before it), or the kernel's default range.
     fn snat_ports(&self) -> Option<(u16, u16)> {
         self.exprs.iter().enumerate().find_map(|(i, e)| {
+            if let Expr::XtNat { dnat: false, ports } = e {
+                return Some(ports.unwrap_or(SNAT_DEFAULT_PORTS));
+            }
             let Expr::Nat {
                 dnat: false,
                 proto_min,
@@ -202,7 +265,15 @@ fn judge_rules(rules: &[Rule], vips: &[Endpoint]) -> Nat {
     let dnat: BTreeSet<String> = rules
         .iter()
         .filter(|r| r.dnats(vips))
-        .map(|r| format!("nftables {}/{}", r.table, r.chain))
+        .map(|r| {
+            // iptables-nft writes its rules as nftables rules with xtables targets.
+            let by = if r.exprs.iter().any(|e| matches!(e, Expr::XtNat { .. })) {
+                "iptables-nft"
+            } else {
+                "nftables"
+            };
+            format!("{by} {}/{}", r.table, r.chain)
+        })
         .collect();
     Nat {
         dnat: dnat.into_iter().collect(),
@@ -210,26 +281,30 @@ fn judge_rules(rules: &[Rule], vips: &[Endpoint]) -> Nat {
             .iter()
             .filter_map(Rule::snat_ports)
             .min_by_key(|(lo, hi)| hi - lo),
+        iptables_legacy_nat: false,
     }
 }
 
-fn request(seq: u32) -> Vec<u8> {
+/// A dump request of nfnetlink message `msg_type` (subsystem << 8 | message) for `family`
+/// (NFPROTO_UNSPEC 0: every family).
+pub(super) fn nfnl_dump_request(msg_type: u16, family: u8, seq: u32) -> Vec<u8> {
     let len = NLMSG_HDRLEN + NFGENMSG_LEN;
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE).to_ne_bytes());
+    b.extend_from_slice(&msg_type.to_ne_bytes());
     b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
-    // Every family (NFPROTO_UNSPEC), NFNETLINK_V0, resource id 0.
-    b.extend_from_slice(&[0, 0, 0, 0]);
+    // nfgenmsg: the family, NFNETLINK_V0, resource id 0.
+    b.extend_from_slice(&[family, 0, 0, 0]);
     b
 }
 
 /// Every nftables rule of this namespace (at most [`MAX_RULES`]).
 fn rules() -> io::Result<Vec<Rule>> {
     let mut out = Vec::new();
-    diag::dump_with(NETLINK_NETFILTER, &request(1), |datagram| {
+    let req = nfnl_dump_request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE, 0, 1);
+    diag::dump_with(NETLINK_NETFILTER, &req, |datagram| {
         for m in diag::messages(datagram) {
             match m {
                 NlMsg::Msg(kind, body) if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE => {
@@ -279,6 +354,9 @@ pub fn read(vips: &[Endpoint]) -> Nat {
     if std::fs::read_to_string("/proc/net/ip_vs").is_ok_and(|t| parse_ipvs(&t, vips)) {
         nat.dnat.push("ipvs".to_owned());
     }
+    nat.iptables_legacy_nat = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+        .iter()
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|l| l.trim() == "nat")));
     nat
 }
 
@@ -375,6 +453,92 @@ mod tests {
         assert!(nat.dnat.is_empty());
         assert_eq!(nat.snat_usable(), 64512);
         assert_eq!(judge_rules(&[], &[vip]), Nat::default());
+    }
+
+    fn xt_rule(family: u8, target: &str, rev: u32, info: &[u8], vip: Option<[u8; 4]>) -> Vec<u8> {
+        let mut name = target.as_bytes().to_vec();
+        name.push(0);
+        let mut exprs = Vec::new();
+        if let Some(v) = vip {
+            exprs.push(elem("payload", &[]));
+            exprs.push(elem("cmp", &[value(NFTA_CMP_DATA, &v)]));
+        }
+        exprs.push(elem(
+            "target",
+            &[
+                nla(NFTA_TARGET_NAME, &name),
+                nla(NFTA_TARGET_REV, &rev.to_be_bytes()),
+                nla(NFTA_TARGET_INFO, info),
+            ],
+        ));
+        let mut b = vec![family, 0, 0, 0];
+        b.extend(nla(NFTA_RULE_TABLE, b"nat\0"));
+        b.extend(nla(NFTA_RULE_CHAIN, b"PREROUTING\0"));
+        b.extend(nested(NFTA_RULE_EXPRESSIONS, &exprs));
+        b
+    }
+
+    /// `nf_nat_ipv4_multi_range_compat` with one range: ports `lo-hi` when `flags` say so.
+    fn compat_range(flags: u32, lo: u16, hi: u16) -> Vec<u8> {
+        let mut b = 1u32.to_ne_bytes().to_vec();
+        b.extend(flags.to_ne_bytes());
+        b.extend([10, 10, 3, 1, 10, 10, 3, 1]);
+        b.extend(lo.to_be_bytes());
+        b.extend(hi.to_be_bytes());
+        b
+    }
+
+    /// `nf_nat_range2`: flags, two addresses, the ports, the base port.
+    fn range2(flags: u32, lo: u16, hi: u16) -> Vec<u8> {
+        let mut b = flags.to_ne_bytes().to_vec();
+        b.extend([0u8; 32]);
+        b.extend(lo.to_be_bytes());
+        b.extend(hi.to_be_bytes());
+        b.extend(0u16.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn iptables_nft_targets() {
+        let vip: Endpoint = "10.10.2.10:80".parse().unwrap();
+        let parse = |b: Vec<u8>| parse_rule(&b).expect("a rule");
+        // iptables -t nat -A PREROUTING -d 10.10.2.10 -p tcp --dport 80 -j DNAT ...
+        let dnat = parse(xt_rule(
+            2,
+            "DNAT",
+            2,
+            &range2(3, 8080, 8080),
+            Some([10, 10, 2, 10]),
+        ));
+        let nat = judge_rules(std::slice::from_ref(&dnat), &[vip]);
+        assert_eq!(nat.dnat, ["iptables-nft nat/PREROUTING"]);
+        assert_eq!(nat.snat_ports, None, "a DNAT's ports are not SNAT's");
+        // -j MASQUERADE --to-ports 40000-40019 (revision 0, IPv4: the compat layout).
+        let masq = parse(xt_rule(
+            2,
+            "MASQUERADE",
+            0,
+            &compat_range(2, 40000, 40019),
+            None,
+        ));
+        assert_eq!(masq.snat_ports(), Some((40000, 40019)));
+        // Without --to-ports: the kernel's range; ip6tables' MASQUERADE uses nf_nat_range.
+        let masq = parse(xt_rule(2, "MASQUERADE", 0, &compat_range(0, 0, 0), None));
+        assert_eq!(masq.snat_ports(), Some(SNAT_DEFAULT_PORTS));
+        let masq6 = parse(xt_rule(10, "MASQUERADE", 0, &range2(2, 50000, 50099), None));
+        assert_eq!(masq6.snat_ports(), Some((50000, 50099)));
+        // -j SNAT --to-source 10.10.3.1:41000-41009 (revision 2).
+        let snat = parse(xt_rule(2, "SNAT", 2, &range2(3, 41009, 41000), None));
+        assert_eq!(snat.snat_ports(), Some((41000, 41009)));
+        // Another target is no NAT; truncated data is the kernel's range, never a panic.
+        let other = parse(xt_rule(2, "LOG", 0, &[], Some([10, 10, 2, 10])));
+        assert_eq!(judge_rules(&[other], &[vip]), Nat::default());
+        let cut = parse(xt_rule(2, "SNAT", 2, &range2(3, 1, 2)[..20], None));
+        assert_eq!(cut.snat_ports(), Some(SNAT_DEFAULT_PORTS));
+        let b = xt_rule(2, "SNAT", 2, &range2(3, 1, 2), None);
+        for n in 0..b.len() {
+            let _ = parse_rule(&b[..n]).map(|r| r.snat_ports());
+        }
     }
 
     #[test]

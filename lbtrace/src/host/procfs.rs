@@ -116,44 +116,84 @@ pub fn parse_conntrack_line(line: &str) -> Option<CtEntry> {
 /// NAT ports in use per (LB source address, backend).
 pub type SnatUse = BTreeMap<(IpAddr, SocketAddr), u32>;
 
-/// NAT ports held by SNATed conntrack entries per (LB source address, backend) among `lines`,
-/// for the configured backends: the distinct reply destination ports (an entry in TIME_WAIT
-/// whose port a new connection took over shares it). Reads at most `cap` lines; true when it
+/// Counts the NAT ports held by SNATed conntrack entries per (LB source address, backend), for
+/// the configured backends: the distinct reply destination ports (an entry in TIME_WAIT whose
+/// port a new connection took over shares it). Memory is bounded by the ports (at most 65,536
+/// per pair), not by the entries.
+pub struct SnatCount<'a> {
+    backends: &'a [Endpoint],
+    ports: BTreeMap<(IpAddr, SocketAddr), BTreeSet<u16>>,
+}
+
+impl<'a> SnatCount<'a> {
+    pub fn new(backends: &'a [Endpoint]) -> Self {
+        Self {
+            backends,
+            ports: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, e: &CtEntry) {
+        if e.snat() && self.backends.iter().any(|b| b.matches(&e.reply_src)) {
+            self.ports
+                .entry((e.reply_dst.ip(), e.reply_src))
+                .or_default()
+                .insert(e.reply_dst.port());
+        }
+    }
+
+    pub fn finish(self) -> SnatUse {
+        self.ports
+            .into_iter()
+            .map(|(k, p)| (k, u32::try_from(p.len()).unwrap_or(u32::MAX)))
+            .collect()
+    }
+}
+
+/// [`SnatCount`] of /proc/net/nf_conntrack's `lines`. Reads at most `cap` lines; true when it
 /// stopped there.
 pub fn snat_use(
     lines: impl Iterator<Item = String>,
     backends: &[Endpoint],
     cap: usize,
 ) -> (SnatUse, bool) {
-    let mut ports: BTreeMap<(IpAddr, SocketAddr), BTreeSet<u16>> = BTreeMap::new();
+    let mut count = SnatCount::new(backends);
     let mut capped = false;
     for (read, line) in lines.enumerate() {
         if read == cap {
             capped = true;
             break;
         }
-        let Some(e) = parse_conntrack_line(&line) else {
-            continue;
-        };
-        if e.snat() && backends.iter().any(|b| b.matches(&e.reply_src)) {
-            ports
-                .entry((e.reply_dst.ip(), e.reply_src))
-                .or_default()
-                .insert(e.reply_dst.port());
+        if let Some(e) = parse_conntrack_line(&line) {
+            count.add(&e);
         }
     }
-    let n = ports
-        .into_iter()
-        .map(|(k, p)| (k, u32::try_from(p.len()).unwrap_or(u32::MAX)))
-        .collect();
-    (n, capped)
+    (count.finish(), capped)
 }
 
-/// [`snat_use`] of this namespace's /proc/net/nf_conntrack; None without it.
-pub fn conntrack_snat(backends: &[Endpoint]) -> Option<(SnatUse, bool)> {
+/// Where conntrack's entries were read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CtSource {
+    /// ctnetlink (NETLINK_NETFILTER), what `conntrack -L` uses.
+    Netlink,
+    /// /proc/net/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS, obsolete, off in some distributions).
+    Procfs,
+}
+
+/// SNAT port use toward `backends` from this namespace's conntrack table: over ctnetlink, else
+/// /proc/net/nf_conntrack; None when neither can be read (no conntrack, or no CAP_NET_ADMIN and
+/// no procfs table). At most [`MAX_CONNTRACK_LINES`] entries are read (true when capped).
+pub fn conntrack_snat(backends: &[Endpoint]) -> Option<(SnatUse, bool, CtSource)> {
+    let mut count = SnatCount::new(backends);
+    match super::conntrack::each_tcp(MAX_CONNTRACK_LINES, |e| count.add(e)) {
+        Ok(capped) => return Some((count.finish(), capped, CtSource::Netlink)),
+        Err(e) => log::debug!("conntrack over netlink: {e}; trying /proc/net/nf_conntrack"),
+    }
     let f = fs::File::open("/proc/net/nf_conntrack").ok()?;
     let lines = BufReader::new(f).lines().map_while(Result::ok);
-    Some(snat_use(lines, backends, MAX_CONNTRACK_LINES))
+    let (n, capped) = snat_use(lines, backends, MAX_CONNTRACK_LINES);
+    Some((n, capped, CtSource::Procfs))
 }
 
 /// `ip_local_port_range`: "32768\t60999".

@@ -290,6 +290,85 @@ impl<'a> NftDnat<'a> {
     }
 }
 
+/// iptables-nft's nat table (iptables rules that the kernel keeps as nftables rules with
+/// xtables targets): VIP:80 DNATed to one backend, the client subnet's connections masqueraded
+/// out of the bridge to ports `lo`-`hi` only. Flushed and its table deleted on drop.
+pub struct IptablesNat<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> IptablesNat<'a> {
+    pub fn load_snat_ports(
+        ns: &'a Netns,
+        vip: &str,
+        backend: &str,
+        (lo, hi): (u16, u16),
+    ) -> IptablesNat<'a> {
+        let ports = format!("{lo}-{hi}");
+        let rules: [&[&str]; 2] = [
+            &[
+                "-A",
+                "PREROUTING",
+                "-d",
+                vip,
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                backend,
+            ],
+            &[
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "10.10.1.0/24",
+                "-o",
+                super::BRIDGE,
+                "-p",
+                "tcp",
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                &ports,
+            ],
+        ];
+        let guard = IptablesNat { ns };
+        for rule in rules {
+            let mut argv = vec!["iptables-nft", "-t", "nat"];
+            argv.extend_from_slice(rule);
+            let out = ns.output(&argv);
+            assert!(
+                out.status.success(),
+                "{argv:?} in {} failed: {}",
+                ns.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        guard
+    }
+}
+
+impl Drop for IptablesNat<'_> {
+    fn drop(&mut self) {
+        for argv in [
+            &["iptables-nft", "-t", "nat", "-F"][..],
+            &["nft", "delete", "table", "ip", "nat"][..],
+        ] {
+            let out = self.ns.output(argv);
+            if !out.status.success() {
+                eprintln!(
+                    "warning: {argv:?} in {}: {}",
+                    self.ns.name(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
 impl Drop for NftDnat<'_> {
     fn drop(&mut self) {
         let out = process::output(

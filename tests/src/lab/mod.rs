@@ -31,7 +31,7 @@ use tempfile::TempDir;
 
 pub use self::{
     fault::Fault,
-    lb::{HaProxy, HaProxyMode, NftDnat, Nginx},
+    lb::{HaProxy, HaProxyMode, IptablesNat, NftDnat, Nginx},
     netns::Netns,
     process::{Finished, Proc},
 };

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::{
     lab::{
-        BACKEND_PORT, BACKENDS, BRIDGE, CLIENT, Lab, NftDnat, Proc, VIP, VIP_PORT, curl,
+        BACKEND_PORT, BACKENDS, BRIDGE, CLIENT, IptablesNat, Lab, NftDnat, Proc, VIP, VIP_PORT,
+        curl,
         scenario::{self, CheckRun},
     },
     runner::lbtrace_bin,
@@ -452,12 +453,13 @@ fn pressure_snat_ports_warn_then_fail() {
         ),
         "{shown}"
     );
-    // The SNAT range the rule gives, read from nftables.
+    // The SNAT range the rule gives, read from nftables; the entries over ctnetlink.
     assert_eq!(
         j["host"]["nat"]["snat_ports"],
         serde_json::json!([40000, 40019]),
         "{shown}"
     );
+    assert_eq!(j["host"]["conntrack_read"], "netlink", "{shown}");
     // Every NAT port held: the finding fails step 3.
     let _rest = hold_vip_connections(&lab, 3, "vip-holders-3");
     let (code, j, shown) = check_with(&lab, 1, "6s", |_| {
@@ -472,6 +474,52 @@ fn pressure_snat_ports_warn_then_fail() {
     assert_eq!(j["steps"][2]["status"], "fail", "{shown}");
     assert_eq!(code, 1, "{shown}");
     drop(first);
+}
+
+/// The same NAT written with iptables (iptables-nft, the default iptables of Debian 11+ and
+/// RHEL 9): its DNAT and MASQUERADE are xtables targets inside nftables rules, the port range in
+/// the target's own data. Every NAT port held: step 3 fails naming the SNAT range.
+#[test]
+fn pressure_iptables_nft_snat_ports_used_up_fail_step_three() {
+    let lab = Lab::new();
+    let be = format!("{}:{BACKEND_PORT}", BACKENDS[0].addr.v4);
+    let vip = VIP.v4.to_string();
+    let _nat = IptablesNat::load_snat_ports(&lab.lb, &vip, &be, (40000, 40019));
+    lab.lb.sysctl("net.ipv4.ip_local_port_range", "40000 40019");
+    let held = hold_vip_connections(&lab, 20, "vip-holders-20");
+    let (code, j, shown) = check_with(&lab, 1, "6s", |_| {
+        curls(&lab, 1);
+    });
+    assert_eq!(
+        j["host"]["nat"]["dnat"],
+        serde_json::json!(["iptables-nft nat/PREROUTING"]),
+        "{shown}"
+    );
+    assert_eq!(
+        j["host"]["nat"]["snat_ports"],
+        serde_json::json!([40000, 40019]),
+        "{shown}"
+    );
+    assert_eq!(j["host"]["nat"]["iptables_legacy_nat"], false, "{shown}");
+    assert_eq!(j["host"]["conntrack_read"], "netlink", "{shown}");
+    let f = j["steps"][2]["host"]
+        .as_array()
+        .and_then(|a| {
+            a.iter().find(|h| {
+                h["kind"] == "source_ports"
+                    && h["ports"]["backend"] == be
+                    && h["ports"]["by"] == "conntrack"
+            })
+        })
+        .unwrap_or_else(|| panic!("no SNAT source_ports finding\n{shown}"));
+    assert_eq!(
+        (&f["status"], &f["exhausted"], &f["ports"]["usable"]),
+        (&Value::from("fail"), &Value::from(true), &Value::from(20)),
+        "{shown}"
+    );
+    assert_eq!(j["steps"][2]["status"], "fail", "{shown}");
+    assert_eq!(code, 1, "{shown}");
+    drop(held);
 }
 
 #[test]

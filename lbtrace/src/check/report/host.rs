@@ -49,6 +49,7 @@ pub(super) fn host_json(h: &HostFacts, v: &Verdict) -> Value {
         "rp_filter_strict": h.after.rp_filter_strict,
         "syncookies": h.after.syncookies,
         "nat": h.after.nat,
+        "conntrack_read": h.after.conntrack_read,
         "pressure": pressure,
     })
 }
