@@ -81,6 +81,40 @@ pub fn timeline_text(c: &ConnRecord) -> String {
     out
 }
 
+/// An alert or recovery in the words of the tripwire's text output (without its example
+/// connection), from its JSON object.
+pub fn notice_text(v: &Value) -> Option<String> {
+    let time = v["time"].as_str().unwrap_or("?");
+    let s = |o: &Value, k: &str| o[k].as_str().unwrap_or("?").to_owned();
+    match v["type"].as_str()? {
+        "alert" => {
+            let a = &v["alert"];
+            let count = match (a["count"].as_u64(), a["window_seconds"].as_u64()) {
+                (Some(n), Some(w)) if w > 0 => format!(" ({n} in {w} s)"),
+                _ => String::new(),
+            };
+            Some(format!(
+                "{time} ALERT step {} {}: {}{count}",
+                a["step"],
+                s(a, "step_name"),
+                s(a, "message")
+            ))
+        }
+        "recovered" => {
+            let r = &v["recovered"];
+            Some(format!(
+                "{time} RECOVERED step {} {}: {} ({} findings over {:.0} s)",
+                r["step"],
+                s(r, "step_name"),
+                s(r, "message"),
+                r["total"],
+                r["active_seconds"].as_f64().unwrap_or(0.0)
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn permission_denied(path: &std::path::Path) -> anyhow::Error {
     anyhow::anyhow!(
         "permission denied on {}: the tripwire's history is root-only; run lbtrace dump with sudo",
@@ -178,6 +212,9 @@ pub async fn run(args: &DumpArgs) -> Result<u8> {
     let conns = &d.connections;
     match args.format {
         Format::Json => {
+            for n in &d.notices {
+                println!("{n}");
+            }
             for c in conns {
                 println!("{}", serde_json::to_string(c)?);
             }
@@ -191,6 +228,16 @@ pub async fn run(args: &DumpArgs) -> Result<u8> {
         Format::Text => {
             for c in conns {
                 println!("{}", timeline_text(c));
+            }
+            if !d.notices.is_empty() {
+                let older = match d.notices_dropped {
+                    0 => String::new(),
+                    n => format!("; {n} older ones no longer kept"),
+                };
+                println!("alerts and recoveries ({}{older}):", d.notices.len());
+                for line in d.notices.iter().filter_map(notice_text) {
+                    println!("  {line}");
+                }
             }
             let r = &d.recorder;
             println!(
@@ -234,6 +281,28 @@ mod tests {
         testutil::{drop, pkt},
         watch::recorder::Finding,
     };
+
+    #[test]
+    fn notices_in_the_tripwire_words() {
+        let alert = serde_json::json!({"type": "alert", "time": "2026-11-29T10:00:00Z",
+            "alert": {"key": "backend_refused:10.0.0.2:80", "step": 3, "step_name": "lb-to-backend",
+                      "message": "backend 10.0.0.2:80 refused", "count": 3, "window_seconds": 30}});
+        assert_eq!(
+            notice_text(&alert).as_deref(),
+            Some(
+                "2026-11-29T10:00:00Z ALERT step 3 lb-to-backend: backend 10.0.0.2:80 refused (3 in 30 s)"
+            )
+        );
+        let rec = serde_json::json!({"type": "recovered", "time": "t",
+            "recovered": {"step": 3, "step_name": "lb-to-backend", "message": "m", "total": 7,
+                          "active_seconds": 61.2}});
+        assert_eq!(
+            notice_text(&rec).as_deref(),
+            Some("t RECOVERED step 3 lb-to-backend: m (7 findings over 61 s)")
+        );
+        assert_eq!(notice_text(&serde_json::json!({"type": "health"})), None);
+        assert_eq!(notice_text(&serde_json::json!([])), None);
+    }
 
     /// `dump`'s timeline lines are `trace`'s lines, times relative to the connection's start.
     #[test]

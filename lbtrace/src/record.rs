@@ -336,7 +336,18 @@ pub struct ConnRecord {
 pub struct DumpRecord {
     pub recorder: Accounting,
     pub connections: Vec<ConnRecord>,
+    /// The tripwire's latest alerts and recoveries, oldest first: the objects its output
+    /// printed (`"type": "alert"` / `"recovered"`), at most [`MAX_NOTICES`] kept. Absent from
+    /// an older tripwire's answer.
+    #[serde(default)]
+    pub notices: Vec<serde_json::Value>,
+    /// Alerts and recoveries older than the kept ones, no longer held.
+    #[serde(default)]
+    pub notices_dropped: u64,
 }
+
+/// Alerts and recoveries the tripwire keeps for `dump` (the newest; about 1 KiB each).
+pub const MAX_NOTICES: usize = 256;
 
 /// The last line of `lbtrace dump --format json` (`"type": "recorder"`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

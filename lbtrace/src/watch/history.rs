@@ -2,7 +2,7 @@
 //! object per connection, client leg and backend leg side by side, with the same event objects as
 //! `trace` prints. The request a dump sends is a [`Query`].
 
-use std::net::SocketAddr;
+use std::{collections::VecDeque, net::SocketAddr};
 
 use serde_json::Value;
 
@@ -10,7 +10,7 @@ use super::recorder::{Accounting, Conn};
 use crate::{
     endpoint::Endpoint,
     kernel::btf::DropReasons,
-    record::{BackendLegRecord, ConnRecord, ConnStatus, DumpRecord, EventRecord},
+    record::{BackendLegRecord, ConnRecord, ConnStatus, DumpRecord, EventRecord, MAX_NOTICES},
     render::{Clock, IfNames},
 };
 
@@ -96,11 +96,87 @@ pub fn conn_record(c: &Conn, r: &mut Render<'_>) -> ConnRecord {
     }
 }
 
-/// The answer to a dump request: the selected connections and the recorder's accounting.
-pub fn dump_json(conns: &[&Conn], acct: Accounting, r: &mut Render<'_>) -> Value {
+/// The alerts and recoveries a tripwire printed, for `dump`: the newest [`MAX_NOTICES`], with
+/// the time each was printed (CLOCK_MONOTONIC ns) for `--since`.
+#[derive(Default)]
+pub struct Notices {
+    kept: VecDeque<(u64, Value)>,
+    dropped: u64,
+}
+
+impl Notices {
+    pub fn push(&mut self, now_ns: u64, notice: Value) {
+        if self.kept.len() == MAX_NOTICES {
+            self.kept.pop_front();
+            self.dropped += 1;
+        }
+        self.kept.push_back((now_ns, notice));
+    }
+
+    /// The kept notices a query selects (by `since_secs` only: an alert is about the whole VIP,
+    /// not about one client or backend connection), oldest first.
+    fn select(&self, q: &Query, now_ns: u64) -> Vec<Value> {
+        self.kept
+            .iter()
+            .filter(|(t, _)| {
+                q.since_secs
+                    .is_none_or(|s| (now_ns.saturating_sub(*t) as f64) / 1e9 <= s)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// The answer to a dump request: the selected connections, the recorder's accounting and the
+/// alerts and recoveries of the time asked for.
+pub fn dump_json(
+    conns: &[&Conn],
+    acct: Accounting,
+    notices: &Notices,
+    q: &Query,
+    now_ns: u64,
+    r: &mut Render<'_>,
+) -> Value {
     let d = DumpRecord {
         recorder: acct,
         connections: conns.iter().map(|c| conn_record(c, r)).collect(),
+        notices: notices.select(q, now_ns),
+        notices_dropped: notices.dropped,
     };
     serde_json::to_value(d).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn notices_keep_the_newest_and_select_by_time() {
+        let mut n = Notices::default();
+        let sec = 1_000_000_000u64;
+        for i in 0..(MAX_NOTICES as u64 + 3) {
+            n.push(i * sec, json!({"type": "alert", "i": i}));
+        }
+        assert_eq!(n.dropped, 3);
+        let now = (MAX_NOTICES as u64 + 2) * sec;
+        let all = n.select(&Query::default(), now);
+        assert_eq!(all.len(), MAX_NOTICES);
+        assert_eq!(all[0]["i"], 3, "the oldest three were dropped");
+        let recent = Query {
+            since_secs: Some(1.5),
+            ..Query::default()
+        };
+        let v = n.select(&recent, now);
+        let got: Vec<_> = v.iter().map(|v| v["i"].as_u64().unwrap()).collect();
+        assert_eq!(got, [MAX_NOTICES as u64 + 1, MAX_NOTICES as u64 + 2]);
+        // The connection filters do not filter alerts.
+        let by_client = Query {
+            client: Some("10.0.0.5".into()),
+            failed: true,
+            ..Query::default()
+        };
+        assert_eq!(n.select(&by_client, now).len(), MAX_NOTICES);
+    }
 }

@@ -68,6 +68,8 @@ struct Loop {
     capabilities: session::Capabilities,
     rec: Recorder,
     alerts: Alerts,
+    /// The alerts and recoveries printed, for `dump`.
+    notices: history::Notices,
     on_alert: Option<OnAlert>,
     tally: Tally,
     show_events: bool,
@@ -125,6 +127,7 @@ impl Loop {
         if let (Notice::Alert(_), Some(oa)) = (&n, self.on_alert.as_mut()) {
             oa.run(&json.to_string());
         }
+        self.notices.push(Clock::monotonic_ns(), json);
     }
 
     fn findings(&mut self, now: u64, found: Vec<(u64, Finding)>) {
@@ -352,7 +355,7 @@ impl Loop {
             ifnames: &mut self.ifnames,
             reasons: &self.tracer.reasons,
         };
-        history::dump_json(&sel, self.rec.accounting(), &mut r)
+        history::dump_json(&sel, self.rec.accounting(), &self.notices, q, now, &mut r)
     }
 
     fn snapshot(&mut self) -> Snapshot {
@@ -550,6 +553,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
             window: alert_window,
             recover_after,
         }),
+        notices: history::Notices::default(),
         on_alert: on_alert.map(|cmd| OnAlert::new(cmd, on_alert_timeout, Arc::clone(&log))),
         tally: Tally::default(),
         show_events: events,

@@ -92,6 +92,13 @@ fn dump_ok(ns: &Netns, args: &[&str]) -> String {
 
 /// `lbtrace dump --format json <args>`: the connections and the final `recorder` object.
 fn dump_json(ns: &Netns, socket: &Path, args: &[&str]) -> (Vec<Value>, Value) {
+    let (_, conns, recorder) = dump_parts(ns, socket, args);
+    (conns, recorder)
+}
+
+/// `lbtrace dump --format json <args>`: the alerts and recoveries (first), the connections,
+/// and the final `recorder` object.
+fn dump_parts(ns: &Netns, socket: &Path, args: &[&str]) -> (Vec<Value>, Vec<Value>, Value) {
     let sock = socket.to_string_lossy();
     let mut argv = vec!["--socket", &sock, "--format", "json"];
     argv.extend(args);
@@ -101,10 +108,15 @@ fn dump_json(ns: &Netns, socket: &Path, args: &[&str]) -> (Vec<Value>, Value) {
         recorder["type"], "recorder",
         "dump's last line is not the recorder: {recorder}"
     );
-    for c in &objects {
+    let n = objects
+        .iter()
+        .take_while(|o| o["type"] == "alert" || o["type"] == "recovered")
+        .count();
+    let conns = objects.split_off(n);
+    for c in &conns {
         assert_eq!(c["type"], "connection", "{c}");
     }
-    (objects, recorder["recorder"].clone())
+    (objects, conns, recorder["recorder"].clone())
 }
 
 /// The python3 the lab uses.
@@ -319,6 +331,30 @@ fn watch_alerts_backend_down_and_recovers() {
         watch.dump()
     );
 
+    // The dump holds the alert and its recovery, as watch printed them.
+    let (notices, _, _) = dump_parts(&lab.lb, &sock, &["--failed"]);
+    let kinds: Vec<(&str, &str)> = notices
+        .iter()
+        .map(|n| {
+            let t = n["type"].as_str().unwrap_or("?");
+            let body = if t == "alert" { "alert" } else { "recovered" };
+            (t, n[body]["key"].as_str().unwrap_or("?"))
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("alert", key.as_str()), ("recovered", key.as_str())],
+        "{notices:#?}"
+    );
+    assert_eq!(
+        notices[0],
+        objects
+            .iter()
+            .find(|o| o["type"] == "alert")
+            .cloned()
+            .unwrap()
+    );
+
     // The evidence: every failed connection went to be2 and was refused by it.
     let (failed, acct) = dump_json(&lab.lb, &sock, &["--failed"]);
     eprintln!("dump --failed:\n{failed:#?}\n{acct}");
@@ -384,6 +420,12 @@ fn watch_alerts_backend_down_and_recovers() {
             && text_dump.contains(&format!("backend leg {}:", LB_INTERNAL.v4))
             && text_dump.contains(&format!("> {be2} (joined by inferred"))
             && text_dump.contains("FAIL at step 3 (backend_refused)"),
+        "{text_dump}"
+    );
+    assert!(
+        text_dump.contains("alerts and recoveries (2):")
+            && text_dump.contains("ALERT step 3 lb-to-backend")
+            && text_dump.contains("RECOVERED step 3 lb-to-backend"),
         "{text_dump}"
     );
     assert!(
