@@ -346,7 +346,8 @@ pub struct DumpRecord {
     pub notices_dropped: u64,
 }
 
-/// Alerts and recoveries the tripwire keeps for `dump` (the newest; about 1 KiB each).
+/// Alerts and recoveries the tripwire keeps for `dump` (the newest; a JSON object of a few KiB
+/// each at most, under 1 MiB in all).
 pub const MAX_NOTICES: usize = 256;
 
 /// The last line of `lbtrace dump --format json` (`"type": "recorder"`).
