@@ -386,3 +386,84 @@ impl Drop for NftDnat<'_> {
         }
     }
 }
+
+/// A Layer 4 LB without NAT: the lb does not hold the VIP but routes it to the backends (an ECMP
+/// route over the three, hashed on the ports), and each backend holds the VIP itself (on lo, not
+/// answering ARP for it) and serves it (an nft redirect of VIP:80 to its server on :8080), as
+/// ECMP tiers and IPVS direct routing do. The backends' replies come from the VIP. IPv4.
+/// Undone on drop.
+#[derive(Debug)]
+pub struct RoutedVip<'a> {
+    lb: &'a Netns,
+    lb_ext: String,
+    router: &'a Netns,
+    backends: &'a [Netns],
+}
+
+impl<'a> RoutedVip<'a> {
+    pub const TABLE: &'static str = "lbtrace_vip";
+
+    pub fn start(lab: &'a super::Lab) -> RoutedVip<'a> {
+        let vip = format!("{}/32", VIP.v4);
+        let guard = RoutedVip {
+            lb: &lab.lb,
+            lb_ext: lab.lb_ext.clone(),
+            router: &lab.router,
+            backends: &lab.backends,
+        };
+        for ns in &lab.backends {
+            ns.exec(&["ip", "addr", "add", &vip, "dev", "lo"]);
+            ns.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+            ns.sysctl("net.ipv4.conf.all.arp_announce", "2");
+            ns.nft(&format!(
+                "table ip {table} {{\n\
+                 \x20 chain prerouting {{\n\
+                 \x20   type nat hook prerouting priority dstnat;\n\
+                 \x20   ip daddr {vip} tcp dport {VIP_PORT} redirect to :{BACKEND_PORT}\n\
+                 \x20 }}\n\
+                 }}\n",
+                table = Self::TABLE,
+                vip = VIP.v4,
+            ));
+        }
+        lab.lb
+            .exec(&["ip", "addr", "del", &vip, "dev", &lab.lb_ext]);
+        lab.lb.sysctl("net.ipv4.fib_multipath_hash_policy", "1");
+        let mut route = vec!["ip", "route", "add", &vip];
+        for be in &super::BACKENDS {
+            route.extend(["nexthop", "via", be.addr.v4]);
+        }
+        lab.lb.exec(&route);
+        lab.router
+            .exec(&["ip", "route", "add", &vip, "via", super::LB_EXTERNAL.v4]);
+        guard
+    }
+}
+
+impl Drop for RoutedVip<'_> {
+    fn drop(&mut self) {
+        let vip = format!("{}/32", VIP.v4);
+        let mut undo: Vec<(&Netns, Vec<&str>)> = vec![
+            (self.router, vec!["ip", "route", "del", &vip]),
+            (self.lb, vec!["ip", "route", "del", &vip]),
+            (
+                self.lb,
+                vec!["ip", "addr", "add", &vip, "dev", &self.lb_ext],
+            ),
+        ];
+        for ns in self.backends {
+            undo.push((ns, vec!["nft", "delete", "table", "ip", Self::TABLE]));
+            undo.push((ns, vec!["ip", "addr", "del", &vip, "dev", "lo"]));
+        }
+        for (ns, argv) in undo {
+            let out = ns.output(&argv);
+            if !out.status.success() {
+                eprintln!(
+                    "warning: {argv:?} in {}: {}",
+                    ns.name(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}

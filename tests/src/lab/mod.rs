@@ -31,7 +31,7 @@ use tempfile::TempDir;
 
 pub use self::{
     fault::Fault,
-    lb::{HaProxy, HaProxyMode, IptablesNat, NftDnat, Nginx},
+    lb::{HaProxy, HaProxyMode, IptablesNat, NftDnat, Nginx, RoutedVip},
     netns::Netns,
     process::{Finished, Proc},
 };

@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     Answer, BACKEND_PORT, BACKENDS, Family, Fault, HaProxy, HaProxyMode, Lab, NftDnat, Nginx, Proc,
-    TLS_NAME, VIP, fault::FirewallHook, process::Finished,
+    RoutedVip, TLS_NAME, VIP, fault::FirewallHook, process::Finished,
 };
 
 /// A load balancer on the lab's lb (HAProxy with `retries 1`, see [`HaProxy::start_mode`]).
@@ -29,6 +29,9 @@ pub enum LbKind {
     NftDnatSnat,
     /// nginx on VIP:80, `proxy_pass` to an upstream of the backends.
     Nginx,
+    /// No NAT: the lb routes the VIP to the backends, which hold it themselves
+    /// ([`super::RoutedVip`]), like an ECMP tier or IPVS direct routing. IPv4.
+    Routed,
 }
 
 impl LbKind {
@@ -46,7 +49,7 @@ impl LbKind {
 
     /// Whether it forwards the client's packets (NAT) instead of proxying.
     pub fn layer4(self) -> bool {
-        matches!(self, LbKind::NftDnat | LbKind::NftDnatSnat)
+        matches!(self, LbKind::NftDnat | LbKind::NftDnatSnat | LbKind::Routed)
     }
 
     pub fn describe(self) -> &'static str {
@@ -57,6 +60,9 @@ impl LbKind {
             LbKind::NftDnat => "nftables DNAT (Layer 4), no SNAT",
             LbKind::NftDnatSnat => "nftables DNAT (Layer 4) with SNAT (masquerade)",
             LbKind::Nginx => "nginx, proxy_pass to an upstream of the backends",
+            LbKind::Routed => {
+                "the VIP routed to the backends without NAT (ECMP; each backend holds the VIP)"
+            }
         }
     }
 }
@@ -157,6 +163,10 @@ pub const SCENARIOS: &[Scenario] = &[
         "nftables DNAT with SNAT in front of 3 healthy backends"),
     sc("haproxy-http-v6-healthy", L::HaproxyHttp, F::None, Family::V6,
         "HAProxy (http) on an IPv6 VIP in front of 3 healthy IPv6 backends"),
+    sc("routed-healthy", L::Routed, F::None, Family::V4,
+        "the VIP routed to 3 healthy backends without NAT (ECMP; each holds the VIP); replies back through the LB"),
+    sc("routed-direct-return", L::Routed, F::BackendsBypassLb, Family::V4,
+        "the VIP routed to the backends without NAT, replies straight to the client (direct server return)"),
     sc("haproxy-http-upstream-drop", L::HaproxyHttp, F::UpstreamDrop, Family::V4,
         "a router before the LB drops the clients' SYNs"),
     sc("haproxy-http-lb-firewall", L::HaproxyHttp, F::LbFirewall, Family::V4,
@@ -227,6 +237,7 @@ pub enum LbGuard<'a> {
     HaProxy(HaProxy),
     Nft(NftDnat<'a>),
     Nginx(Nginx),
+    Routed(RoutedVip<'a>),
 }
 
 /// A scenario set up on a lab. Drops the fault first, then the load balancer.
@@ -296,6 +307,7 @@ impl Scenario {
             LbKind::NftDnat => LbGuard::Nft(lab.nft_dnat()),
             LbKind::NftDnatSnat => LbGuard::Nft(lab.nft_dnat_snat()),
             LbKind::Nginx => LbGuard::Nginx(lab.nginx()),
+            LbKind::Routed => LbGuard::Routed(RoutedVip::start(lab)),
         };
         let hook = if self.lb.layer4() {
             FirewallHook::Prerouting

@@ -391,6 +391,53 @@ fn check_nft_dnat_healthy() {
     assert_contains(&o, 4, "came back through the LB");
 }
 
+/// A Layer 4 LB without NAT (the VIP routed to backends that hold it): the client's SYN leaves
+/// the LB still addressed to the VIP. Layer 4, not a proxy answering by itself (no `unserved`),
+/// and the replies come back through the LB.
+#[test]
+fn check_routed_healthy() {
+    let o = check("routed-healthy");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 0,
+            mode: "l4",
+            steps: PASS4,
+            first_failed: None,
+            backends: HEALTHY,
+        },
+    );
+    assert_eq!(o.json["forwarding"], "unchanged", "{}", o.dump());
+    assert_contains(&o, 2, "forwarded unchanged");
+    assert_contains(&o, 4, "came back through the LB");
+    assert!(o.step(3)["unserved"].is_null(), "{}", o.dump());
+    assert_clients(&o, |c| c.code == "200", "200 from every request");
+}
+
+/// The same LB with the backends' replies going straight to the client (direct server return):
+/// no reply passes the LB, by design; step 4 passes and says why, while the same bypass behind
+/// a NAT fails (`check_nft_dnat_asymmetric_return`).
+#[test]
+fn check_routed_direct_return() {
+    let o = check("routed-direct-return");
+    assert_verdict(
+        &o,
+        &Expect {
+            code: 0,
+            mode: "l4",
+            steps: PASS4,
+            first_failed: None,
+            backends: HEALTHY,
+        },
+    );
+    assert_eq!(o.json["forwarding"], "unchanged", "{}", o.dump());
+    assert_contains(&o, 4, "direct server return");
+    let d = &o.step(4)["direct_return"];
+    assert!(d["connections"].as_u64() >= Some(1), "{}", o.dump());
+    assert_eq!(d["finished"], d["connections"], "{}", o.dump());
+    assert_clients(&o, |c| c.code == "200", "200 from every request");
+}
+
 #[test]
 fn check_nft_dnat_snat_healthy() {
     let o = check("nft-dnat-snat-healthy");

@@ -110,6 +110,13 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             if s.step == Step::ReturnPath {
                 o["tcp_info"] = tcp_info_json(&ctx).into();
             }
+            if let StepFinding::ReturnPath(ReturnFinding::DirectReturn {
+                connections,
+                finished,
+            }) = &s.finding
+            {
+                o["direct_return"] = json!({"connections": connections, "finished": finished});
+            }
             o
         })
         .collect();
@@ -137,9 +144,26 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         representative(all).map(|p| json!({"local": true, "probe": p, "tcp": p.tcp.name(), "http_status": http_status(p), "series": summary_of(all, slow)}))
     });
     let c = &ctx.collected.counters;
+    // Layer 4: how the client's SYN left, NATed or still to the VIP.
+    let forwarding = v.steps.iter().find_map(|s| match &s.finding {
+        StepFinding::LbHandling(
+            HandlingFinding::Served {
+                mode: Mode::L4,
+                unchanged,
+                ..
+            }
+            | HandlingFinding::Hang {
+                mode: Mode::L4,
+                unchanged,
+                ..
+            },
+        ) => Some(if *unchanged { "unchanged" } else { "nat" }),
+        _ => None,
+    });
     json!({
         "vip": ctx.vip.to_string(),
         "mode": mode_str(v.mode),
+        "forwarding": forwarding,
         "first_failed_step": v.first_failed_step,
         "observed_seconds": (ctx.collected.window.as_secs_f64() * 10.0).round() / 10.0,
         "steps": steps,
@@ -554,6 +578,10 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
             "check the backends' default gateway (it must be the LB), or enable SNAT on the LB"
                 .to_owned(),
         ),
+        StepFinding::ReturnPath(ReturnFinding::DirectReturn {
+            connections,
+            finished,
+        }) if finished < connections => Some("on each backend: does it hold the VIP (on lo, with arp_ignore=1 / arp_announce=2 so it does not answer ARP for it), does a service listen on VIP:port, and does its route to the client work? Capture there: the replies leave it, not the LB".to_owned()),
         StepFinding::ReturnPath(ReturnFinding::SynAcksLost { .. }) => Some("the return path from the LB to the client drops them: check routing and firewalls between the LB and the client (asymmetric routing?)".to_owned()),
         StepFinding::ReturnPath(ReturnFinding::MtuBlackHole { .. }) => Some("let ICMP fragmentation-needed (type 3 code 4; ICMPv6 packet too big) through the routers and firewalls between the LB and the client, or clamp the MSS toward clients on the LB (nftables: tcp flags syn tcp option maxseg size set rt mtu)".to_owned()),
         StepFinding::ReturnPath(ReturnFinding::Stalled { side: Side::Client, .. }) => Some("capture on the client side: does the data arrive, and do its ACKs leave? (a firewall or NIC offload between the LB and the client dropping segments)".to_owned()),
@@ -639,8 +667,11 @@ fn drop_advice(reasons: &ReasonCounts) -> String {
     }
 }
 
-fn mode_sentence(mode: Mode) -> &'static str {
+fn mode_sentence(mode: Mode, unchanged: bool) -> &'static str {
     match mode {
+        Mode::L4 if unchanged => {
+            "Layer 4: the client's SYN is forwarded unchanged, still to the VIP (no NAT: routed to a backend that holds the VIP, as ECMP or IPVS direct routing do)"
+        }
         Mode::L4 => "Layer 4: the client's SYN is forwarded to a backend with its ISN (NAT)",
         Mode::L7 => "Layer 7: the LB completes the handshake itself before any backend connection",
         Mode::Unknown => "mode unknown",
@@ -704,6 +735,7 @@ fn handling_summary(f: &HandlingFinding) -> String {
         }
         HandlingFinding::Served {
             mode,
+            unchanged,
             connections,
             outcomes,
             local_http,
@@ -713,7 +745,7 @@ fn handling_summary(f: &HandlingFinding) -> String {
             format!(
                 "{}{}; of {connections} connection(s): {}{}",
                 failed_share(outcomes, *connections),
-                mode_sentence(*mode),
+                mode_sentence(*mode, *unchanged),
                 if extra.is_empty() {
                     "served".to_owned()
                 } else {
@@ -724,13 +756,14 @@ fn handling_summary(f: &HandlingFinding) -> String {
         }
         HandlingFinding::Hang {
             mode,
+            unchanged,
             hang,
             outcomes,
             local_http,
             local,
         } => format!(
             "{}; {hang} connection(s) hang: the LB accepted the request and sent nothing back ({}){}",
-            mode_sentence(*mode),
+            mode_sentence(*mode, *unchanged),
             outcome_words(*mode, outcomes).join(", "),
             local_words(*local_http, local.as_ref())
         ),
@@ -866,6 +899,19 @@ fn return_summary(f: &ReturnFinding) -> String {
         } => format!(
             "backend replies do not come back through the LB: {connections} client SYN(s) forwarded to {} got no SYN-ACK through the LB, while the backend answers the LB's own probe: its replies bypass the LB",
             backends.join(", ")
+        ),
+        ReturnFinding::DirectReturn {
+            connections,
+            finished,
+        } if finished == connections => format!(
+            "direct server return: the LB forwarded {connections} client SYN(s) without NAT (still to the VIP) and no reply came back through it, yet every client went on and closed its connection: the backends answer the clients directly, as such an LB is built to"
+        ),
+        ReturnFinding::DirectReturn {
+            connections,
+            finished,
+        } => format!(
+            "direct server return: the LB forwarded {connections} client SYN(s) without NAT (still to the VIP), no reply came back through it, and {} of them never went on (no FIN from the client): the backend's replies, which go around the LB, did not reach those clients",
+            connections - finished
         ),
         ReturnFinding::NothingAnswered => {
             "no SYN-ACK left the LB towards a client: nothing to judge".to_owned()
@@ -1071,6 +1117,7 @@ mod tests {
         };
         let mut s = step(StepFinding::LbHandling(HandlingFinding::Served {
             mode: Mode::L7,
+            unchanged: false,
             connections: 6,
             outcomes,
             local_http: None,

@@ -27,6 +27,10 @@ pub struct Flow {
     pub server_isn: Option<u32>,
     /// The client's SYN leaving towards a backend with the same ISN (L4).
     pub forwarded: Vec<usize>,
+    /// The forwarded SYN left still addressed to the VIP: forwarded without NAT (routed to a
+    /// backend that holds the VIP itself: ECMP, IPVS direct routing), so the IP header does not
+    /// say which backend.
+    pub forwarded_unchanged: bool,
     /// The backend's SYN-ACK to a forwarded SYN, seen arriving at the LB.
     pub backend_syn_acks: Vec<usize>,
     /// The client's SYN, already NATed towards a backend, dropped by the LB host on the way
@@ -59,9 +63,16 @@ impl Flow {
         self.forwarded.is_empty() && !self.forward_drops.is_empty()
     }
 
-    /// The client's SYN was forwarded to a backend (NAT).
+    /// The client's SYN was forwarded to a backend (NAT, or unchanged: see
+    /// `forwarded_unchanged`).
     pub fn l4(&self) -> bool {
         !self.forwarded.is_empty() || !self.forward_drops.is_empty()
+    }
+
+    /// The client closed the connection with a FIN: it got the server's SYN-ACK and went on,
+    /// whichever way the SYN-ACK reached it.
+    pub fn client_finished(&self, events: &[KernelEvent]) -> bool {
+        self.client_closes.iter().any(|&i| events[i].is_fin())
     }
 
     /// The client's SYN retransmitted after the LB sent its SYN-ACK.
@@ -340,12 +351,29 @@ pub fn classify(f: &Facts<'_>) -> Classified {
             // seen again (data-path mode) is the client's business, not the return path's.
             (Detail::Retrans, true) => {}
             (Detail::Data(_), _) => {}
+            // The client's packet leaving the LB host still addressed to the VIP: forwarded
+            // without NAT (an ECMP / direct-routing LB, IPVS DR). Its SYN is the backend leg;
+            // the rest is the client's packet seen a second time.
+            (Detail::Packet, true) if e.dir == Some(Dir::Out) => {
+                if e.is_syn() {
+                    fl.forwarded.push(i);
+                    fl.forwarded_unchanged = true;
+                }
+            }
             (Detail::Packet, true) => {
                 if e.is_syn() {
                     fl.isn.get_or_insert(e.seq);
                     fl.syns.push(i);
                 } else if e.is_fin() || e.is_rst() {
                     fl.client_closes.push(i);
+                }
+            }
+            // A packet from the VIP arriving at the LB host: a backend's, on its way back to the
+            // client through the LB (forwarded without NAT); seen again when it leaves.
+            (Detail::Packet, false) if e.dir == Some(Dir::In) => {
+                if e.is_syn_ack() {
+                    fl.server_isn.get_or_insert(e.seq);
+                    fl.backend_syn_acks.push(i);
                 }
             }
             (Detail::Packet, false) => {

@@ -114,6 +114,8 @@ pub enum HandlingFinding {
     /// The LB served the connections (`outcomes` says how each ended).
     Served {
         mode: Mode,
+        /// Layer 4 forwarding without NAT: every forwarded SYN left still to the VIP.
+        unchanged: bool,
         connections: usize,
         outcomes: Outcomes,
         /// The LB host's own HTTP request to the VIP got this status.
@@ -124,6 +126,7 @@ pub enum HandlingFinding {
     /// `hang` connections: the LB accepted the request and sent nothing back.
     Hang {
         mode: Mode,
+        unchanged: bool,
         hang: usize,
         outcomes: Outcomes,
         local_http: Option<u16>,
@@ -249,6 +252,10 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
         unanswered,
         nat_dropped,
     };
+    let forwarded: Vec<&&Flow> = live.iter().filter(|fl| !fl.forwarded.is_empty()).collect();
+    let unchanged = mode == Mode::L4
+        && !forwarded.is_empty()
+        && forwarded.iter().all(|fl| fl.forwarded_unchanged);
     let first: Vec<&Flow> = live.iter().take(2).copied().collect();
     let mut evid = evidence_of(&first, Flow::evidence);
     evid.extend(
@@ -283,6 +290,7 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
         return (
             HandlingFinding::Hang {
                 mode,
+                unchanged,
                 hang: hang.len(),
                 outcomes,
                 local_http,
@@ -294,6 +302,7 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
     (
         HandlingFinding::Served {
             mode,
+            unchanged,
             connections: live.len(),
             outcomes,
             local_http,

@@ -22,6 +22,10 @@ pub enum ReturnFinding {
         connections: usize,
         backends: Vec<String>,
     },
+    /// SYNs forwarded without NAT (the backend holds the VIP) got no reply through the LB, and
+    /// the clients went on (closed with a FIN): the backends answer the clients directly
+    /// (direct server return), by design of such an LB. `unfinished` of them never went on.
+    DirectReturn { connections: usize, finished: usize },
     /// No SYN-ACK left the LB towards a client.
     NothingAnswered,
     /// The LB sent SYN-ACKs and `clients` kept retransmitting their SYN.
@@ -83,6 +87,13 @@ impl ReturnFinding {
             Self::Bypass { .. } | Self::SynAcksLost { .. } | Self::MtuBlackHole { .. } => {
                 Status::Fail
             }
+            Self::DirectReturn {
+                connections,
+                finished,
+            } if finished == connections => Status::Pass,
+            // Some clients never got a reply they acted on: the direct path lost them.
+            Self::DirectReturn { finished, .. } if *finished > 0 => Status::Warn,
+            Self::DirectReturn { .. } => Status::Fail,
             Self::Stalled { .. } => Status::Warn,
             Self::NothingAnswered | Self::NotAcknowledged { .. } => Status::Unknown,
             Self::Acknowledged {
@@ -144,6 +155,28 @@ fn find(f: &Facts<'_>, live: &[&Flow]) -> (ReturnFinding, Vec<usize>) {
         );
     }
     let answered: Vec<&Flow> = live.iter().copied().filter(|fl| fl.answered()).collect();
+    // Forwarded unchanged, and nothing came back through the LB: direct server return.
+    let direct: Vec<&Flow> = live
+        .iter()
+        .copied()
+        .filter(|fl| {
+            fl.forwarded_unchanged
+                && !fl.answered()
+                && fl.backend_syn_acks.is_empty()
+                && fl.lb_rsts.is_empty()
+        })
+        .collect();
+    if answered.is_empty() && !direct.is_empty() {
+        let finished = direct.iter().filter(|fl| fl.client_finished(ev)).count();
+        let first: Vec<&Flow> = direct.iter().take(3).copied().collect();
+        return (
+            ReturnFinding::DirectReturn {
+                connections: direct.len(),
+                finished,
+            },
+            evidence_of(&first, Flow::evidence),
+        );
+    }
     if answered.is_empty() {
         return (ReturnFinding::NothingAnswered, Vec::new());
     }

@@ -157,6 +157,7 @@ fn healthy_l7_passes_every_step() {
             },
             local_http: None,
             local: None,
+            unchanged: false,
         }
     );
     // The probe's own packets are not client evidence and are tied to the probe.
@@ -189,6 +190,80 @@ fn healthy_l4_nat_keeps_the_isn() {
             retransmitted: 0
         }
     );
+}
+
+/// Forwarded without NAT (the SYN leaves still to the VIP): Layer 4, the backend's SYN-ACK seen
+/// arriving and leaving, each packet counted once.
+#[test]
+fn l4_without_nat_is_forwarding_not_a_proxy() {
+    let mut ev = probe_packets();
+    ev.extend([
+        pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+        pkt(11, Dir::Out, CLIENT, VIP, SYN, 1000, 0),
+        pkt(12, Dir::In, VIP, CLIENT, SYN | ACK, 9000, 1001),
+        pkt(13, Dir::Out, VIP, CLIENT, SYN | ACK, 9000, 1001),
+        pkt(20, Dir::In, VIP, CLIENT, FIN | ACK, 9300, 1080),
+        pkt(21, Dir::Out, VIP, CLIENT, FIN | ACK, 9300, 1080),
+        pkt(22, Dir::In, CLIENT, VIP, FIN | ACK, 1080, 9301),
+        pkt(23, Dir::Out, CLIENT, VIP, FIN | ACK, 1080, 9301),
+    ]);
+    let v = run(&ev, &healthy_probes());
+    assert_eq!(v.mode, Mode::L4);
+    assert_eq!(statuses(&v), vec![Status::Pass; 4], "{v:#?}");
+    assert!(
+        matches!(handling(&v), HandlingFinding::Served { unchanged: true, outcomes, .. }
+            if outcomes.answered_closed == 1),
+        "{v:#?}"
+    );
+    assert!(matches!(
+        return_path(&v),
+        ReturnFinding::Acknowledged { via_backend: 1, .. }
+    ));
+}
+
+/// Forwarded without NAT and nothing back through the LB: direct server return. Clients that
+/// went on (FIN) pass step 4; one that only retransmitted its SYN makes it a warning, all of
+/// them a failure.
+#[test]
+fn direct_server_return_passes_when_clients_go_on() {
+    let conn = |t: u64, client: &'static str, isn: u32, fin: bool| {
+        let mut v = vec![
+            pkt(t, Dir::In, client, VIP, SYN, isn, 0),
+            pkt(t + 1, Dir::Out, client, VIP, SYN, isn, 0),
+        ];
+        if fin {
+            v.push(pkt(t + 5, Dir::In, client, VIP, FIN | ACK, isn + 80, 7));
+            v.push(pkt(t + 6, Dir::Out, client, VIP, FIN | ACK, isn + 80, 7));
+        } else {
+            v.push(pkt(t + 1000, Dir::In, client, VIP, SYN, isn, 0));
+        }
+        v
+    };
+    let finding = |conns: &[(&'static str, u32, bool)]| {
+        let mut ev = probe_packets();
+        for (i, &(c, isn, fin)) in conns.iter().enumerate() {
+            ev.extend(conn(10 + 10_000 * i as u64, c, isn, fin));
+        }
+        let v = run(&ev, &healthy_probes());
+        assert_eq!(v.mode, Mode::L4);
+        (return_path(&v).clone(), return_path(&v).status())
+    };
+    let c2 = "10.0.0.6:40001";
+    assert_eq!(
+        finding(&[(CLIENT, 1000, true), (c2, 2000, true)]),
+        (
+            ReturnFinding::DirectReturn {
+                connections: 2,
+                finished: 2
+            },
+            Status::Pass
+        )
+    );
+    assert_eq!(
+        finding(&[(CLIENT, 1000, true), (c2, 2000, false)]).1,
+        Status::Warn
+    );
+    assert_eq!(finding(&[(c2, 2000, false)]).1, Status::Fail);
 }
 
 #[test]
