@@ -17,21 +17,33 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+/// A socket's tuple, local end as source: addresses in network order (IPv4 in the first 4
+/// bytes), ports in host order.
+pub(crate) struct SockTuple {
+    pub(crate) fam: u8,
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+}
+
+/// The tuple of socket `sk` (any `sock_common`: full, request or TIME_WAIT socket) when it
+/// lives in the traced network namespace; `None` elsewhere or when a read faults.
 #[inline(always)]
-pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
-    let sk: u64 = ctx.arg(0);
-    let skb: u64 = ctx.arg(1);
-    if sk == 0 || skb == 0 {
-        return None;
-    }
+pub(crate) fn sock_tuple(sk: u64) -> Option<SockTuple> {
     let so = SOCK_OFFSETS.load();
     let net: u64 = read(sk, OFFSETS.load().sk_net)?;
     if net == 0 || read::<u32>(net, OFFSETS.load().net_inum)? != NETNS_INUM.load() {
         return None;
     }
-    let sport: u16 = read(sk, so.num)?;
+    let mut sport: u16 = read(sk, so.num)?;
+    if sport == 0 {
+        // A full socket closing has left its port's hash (`skc_num` 0, e.g. aborted with
+        // SO_LINGER 0); its `inet_sport` still holds the port. Request and TIME_WAIT sockets,
+        // which are not `inet_sock`s, always have `skc_num`.
+        sport = u16::from_be(read(sk, so.inet_sport)?);
+    }
     let dport = u16::from_be(read(sk, so.dport)?);
-    let p = ports(sport, dport)?;
     let v4 = || -> Option<(u8, [u8; 16], [u8; 16])> {
         let (s, d): (u32, u32) = (read(sk, so.rcv_saddr)?, read(sk, so.daddr)?);
         let addr = |a: u32| {
@@ -58,7 +70,31 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
         }
         _ => return None,
     };
-    watched(fam, saddr, daddr, &p)?;
+    Some(SockTuple {
+        fam,
+        saddr,
+        daddr,
+        sport,
+        dport,
+    })
+}
+
+#[inline(always)]
+pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    if sk == 0 || skb == 0 {
+        return None;
+    }
+    let so = SOCK_OFFSETS.load();
+    let SockTuple {
+        fam,
+        saddr,
+        daddr,
+        sport,
+        dport,
+    } = sock_tuple(sk)?;
+    watched(fam, saddr, daddr, &ports(sport, dport)?)?;
     let len: u32 = read(skb, so.skb_len).unwrap_or(0);
     let seq: u32 = read(skb, so.skb_cb).unwrap_or(0);
     let flags: u8 = read(skb, so.skb_cb + so.cb_tcp_flags).unwrap_or(0);

@@ -155,10 +155,12 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         EventRecord::Drop(_) => None,
         EventRecord::Retrans(r) => r.dir.or(Some(Dir::Out)),
         EventRecord::Data(d) => d.dir,
+        EventRecord::Reset(r) => r.dir,
     };
     let dir = match (rec.seen().hook, dir) {
         (Hook::Xdp, _) => "in(xdp)",
         (Hook::TcpRetransmit, _) => "RETRANS",
+        (Hook::TcpSendReset | Hook::TcpReceiveReset, _) => "RESET",
         (_, Some(Dir::In)) => "in",
         (_, Some(Dir::Out)) => "out",
         (_, None) => "drop",
@@ -212,6 +214,29 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
                 (other, _) => other.to_owned(),
             };
             format!("{time} {iface:<10} {dir:<7} {}, {mark}", tcp(&d.tcp))
+        }
+        EventRecord::Reset(r) => {
+            let mut s = format!(
+                "{time} {iface:<10} {dir:<7} {} > {}: Flags [R], {}",
+                r.src,
+                r.dst,
+                if r.dir == Some(Dir::In) {
+                    "received"
+                } else {
+                    "sent"
+                }
+            );
+            match &r.state {
+                Some(st) => s.push_str(&format!(", socket {st}")),
+                None => s.push_str(", no socket"),
+            }
+            if r.active {
+                s.push_str(", aborted");
+            }
+            if let Some(reason) = &r.reason {
+                s.push_str(&format!(", reason {reason}"));
+            }
+            s
         }
         EventRecord::Icmp(i) => format!(
             "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",

@@ -36,14 +36,17 @@ grep -q '"type":"summary".*"lost":0,' "$out" || fail "12 of 12 control packets, 
 others=$(grep '"flags":"S"' "$out" | grep -vE "\"src\":\"$CLIENT_IP:4000[123]\"")
 [ -z "$others" ] || fail "12 of 12 control packets, but also SYNs of other tuples: $others"
 # The summary's capabilities are what this kernel gives: TCX from 6.6, per-CPU rings from 5.12,
-# drop reasons from 5.17, the retransmission tracepoint on every kernel of the matrix
-# (docs/output.md).
+# drop reasons from 5.17, the retransmission tracepoint on every kernel of the matrix, every
+# reset sent from 6.10 (tcp:tcp_send_reset with its reason: the matrix's 6.12 BTF has it, 5.10
+# and 6.1 have the two-argument tracepoint: full sockets only) (docs/output.md).
 kv=$(($(uname -r | sed 's/^\([0-9]*\)\.\([0-9]*\).*/\1 * 100 + \2/')))
 attach=legacy_tc rings=ringbuf drops=location
 [ "$kv" -ge 606 ] && attach=tcx
 [ "$kv" -ge 512 ] && rings=percpu
 [ "$kv" -ge 517 ] && drops=reason
-caps="\"capabilities\":{\"attach\":\"$attach\",\"xdp\":\"off\",\"packet_rings\":\"$rings\",\"drops\":\"$drops\",\"retransmissions\":\"tracepoint\"}"
+resets=sockets
+[ "$kv" -ge 610 ] && resets=all
+caps="\"capabilities\":{\"attach\":\"$attach\",\"xdp\":\"off\",\"packet_rings\":\"$rings\",\"drops\":\"$drops\",\"retransmissions\":\"tracepoint\",\"resets\":\"$resets\"}"
 grep '"type":"summary"' "$out" | grep -qF "$caps" ||
     fail "12 of 12 control packets, but the summary does not say $caps: $(grep '"type":"summary"' "$out" | grep -o '"capabilities":{[^}]*}')"
-detail "3 connections: 12 of 12 control packets (SYN, SYN-ACK, FIN both ways) with their tuples, 0 lost; $attach, $rings, drops by $drops, retransmissions by tracepoint"
+detail "3 connections: 12 of 12 control packets (SYN, SYN-ACK, FIN both ways) with their tuples, 0 lost; $attach, $rings, drops by $drops, retransmissions by tracepoint, resets: $resets"

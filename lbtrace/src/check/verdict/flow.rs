@@ -39,6 +39,9 @@ pub struct Flow {
     pub icmp: Vec<usize>,
     /// Segments the LB host retransmitted to the client (Layer 7: the LB is the client's peer).
     pub retrans: Vec<usize>,
+    /// Resets of the flow's tuple this host's TCP stack sent or accepted (the reset
+    /// tracepoints): who made the RSTs ([`super::resets`]).
+    pub resets: Vec<usize>,
 }
 
 impl Flow {
@@ -198,6 +201,7 @@ impl Flow {
             &self.client_closes,
             &self.drops,
             &self.icmp,
+            &self.resets,
         ]
         .into_iter()
         .flatten()
@@ -340,6 +344,7 @@ pub fn classify(f: &Facts<'_>) -> Classified {
             // seen again (data-path mode) is the client's business, not the return path's.
             (Detail::Retrans, true) => {}
             (Detail::Data(_), _) => {}
+            (Detail::Reset(_), _) => fl.resets.push(i),
             (Detail::Packet, true) => {
                 if e.is_syn() {
                     fl.isn.get_or_insert(e.seq);

@@ -52,6 +52,7 @@ fn run(events: &[KernelEvent], probes: &[ProbeFacts]) -> Verdict {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: None,
     })
 }
@@ -221,7 +222,8 @@ fn firewall_drop_on_the_lb_fails_step_one_with_the_reason() {
         ClientFinding::Dropped {
             connections: 1,
             of: 1,
-            reasons: counts(&[("NETFILTER_DROP", 3)])
+            reasons: counts(&[("NETFILTER_DROP", 3)]),
+            rst_made_by: None,
         }
     );
     assert_eq!(v.steps[0].status, Status::Fail);
@@ -246,7 +248,8 @@ fn kernel_rst_means_nothing_serves_the_vip() {
         *handling(&v),
         HandlingFinding::NothingServes {
             vip: VIP.parse().unwrap(),
-            kernel_refused: true
+            kernel_refused: true,
+            rst_made_by: None,
         }
     );
     assert_eq!(v.steps[1].status, Status::Fail);
@@ -542,6 +545,7 @@ fn client_filter_ignores_other_clients() {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: None,
     });
     assert_eq!(
@@ -690,6 +694,7 @@ fn a_full_accept_queue_fails_step_one_with_its_counters() {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: Some(&host),
     });
     assert_eq!(v.first_failed_step, Some(Step::ClientToLb), "{v:#?}");
@@ -830,6 +835,7 @@ fn the_lb_serving_errors_is_step_two_failing_only_when_its_backends_are_fine() {
             vip_probe: Some(&vip_probe),
             window_secs: 10.0,
             reasons: &r,
+            resets: None,
             host: None,
         })
     };
