@@ -17,7 +17,7 @@ use lbtrace_common::{
 
 use crate::{
     header::{Hdr, IP4_LEN, IP6_LEN, IPPROTO_TCP, Ip4, Ip6, TCP_LEN, Tcp},
-    lookup::{ports, stats, watched},
+    lookup::{Tuple, stats},
     maps::{DATA_DROP_REASONS, NETNS_INUM, NOISE_REASONS, OFFSETS, count},
     ring::{emit_priority, now_ns},
 };
@@ -61,11 +61,7 @@ pub(crate) fn skb_net(skb: u64) -> Option<(u64, u64)> {
 
 /// A TCP segment's addresses and header, copied out of an skb's network header.
 pub(crate) struct SkbTcp {
-    pub(crate) fam: u8,
-    pub(crate) saddr: [u8; 16],
-    pub(crate) daddr: [u8; 16],
-    pub(crate) sport: u16,
-    pub(crate) dport: u16,
+    pub(crate) tuple: Tuple,
     /// The TCP header's first `TCP_LEN` bytes.
     pub(crate) t: [u8; TCP_LEN],
     /// Bytes from the TCP header on, as the IP header tells.
@@ -117,11 +113,13 @@ pub(crate) fn skb_tcp(skb: u64) -> Option<SkbTcp> {
     let tcp = read_buf::<TCP_LEN>(tcp_at)?;
     let t = Tcp(Hdr::of(&tcp));
     Some(SkbTcp {
-        fam,
-        saddr,
-        daddr,
-        sport: t.sport(),
-        dport: t.dport(),
+        tuple: Tuple {
+            fam,
+            saddr,
+            daddr,
+            sport: t.sport(),
+            dport: t.dport(),
+        },
         t: tcp,
         l4_len,
     })
@@ -160,19 +158,9 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
         return None;
     }
 
-    let SkbTcp {
-        fam,
-        saddr,
-        daddr,
-        sport,
-        dport,
-        t,
-        l4_len,
-        ..
-    } = skb_tcp(skb)?;
+    let SkbTcp { tuple, t, l4_len } = skb_tcp(skb)?;
     let t = Tcp(Hdr::of(&t));
-    let p = ports(sport, dport)?;
-    let id = watched(fam, saddr, daddr, &p)?;
+    let id = tuple.watched()?;
     stats(id, |s| s.drops += 1);
     let flags = t.flags();
     if flags & tcp_flag::CONTROL == 0 {
@@ -194,12 +182,12 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
         ifindex,
         kind: kind::DROP,
         hook: hook::KFREE_SKB,
-        family: fam,
+        family: tuple.fam,
         tcp_flags: flags,
-        saddr,
-        daddr,
-        sport,
-        dport,
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+        sport: tuple.sport,
+        dport: tuple.dport,
         seq: t.seq(),
         ack: t.ack(),
         reason,

@@ -9,17 +9,17 @@ use aya_ebpf::programs::RawTracePointContext;
 use lbtrace_common::{Event, hook, kind, reset, tcp_flag};
 
 use crate::{
-    drop::{SkbTcp, read, skb_net, skb_tcp},
-    lookup::{ports, watched},
+    drop::{read, skb_net, skb_tcp},
+    lookup::Tuple,
     maps::{NETNS_INUM, OFFSETS, SOCK_OFFSETS},
-    retrans::{SockTuple, sock_tuple},
+    retrans::sock_tuple,
     ring::{emit_priority, now_ns},
 };
 
 /// The reset as it leaves this host: from the socket when there is one, else from the answered
 /// segment (`skb`), reversed; `None` for tuples not watched or another namespace.
 #[inline(always)]
-fn sent_tuple(sk: u64, skb: u64) -> Option<SockTuple> {
+fn sent_tuple(sk: u64, skb: u64) -> Option<Tuple> {
     if sk != 0 {
         return sock_tuple(sk);
     }
@@ -30,25 +30,11 @@ fn sent_tuple(sk: u64, skb: u64) -> Option<SockTuple> {
     if read::<u32>(net, OFFSETS.load().net_inum)? != NETNS_INUM.load() {
         return None;
     }
-    let SkbTcp {
-        fam,
-        saddr,
-        daddr,
-        sport,
-        dport,
-        ..
-    } = skb_tcp(skb)?;
-    Some(SockTuple {
-        fam,
-        saddr: daddr,
-        daddr: saddr,
-        sport: dport,
-        dport: sport,
-    })
+    Some(skb_tcp(skb)?.tuple.reversed())
 }
 
 #[inline(always)]
-fn emit(hook: u8, t: &SockTuple, state: u8, bits: u8, reason: u32) {
+fn emit(hook: u8, t: &Tuple, state: u8, bits: u8, reason: u32) {
     emit_priority(|| Event {
         ts_ns: now_ns(),
         ifindex: 0,
@@ -81,7 +67,7 @@ pub(crate) fn tcp_send_reset<const WITH_REASON: bool>(ctx: &RawTracePointContext
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
     let t = sent_tuple(sk, skb)?;
-    watched(t.fam, t.saddr, t.daddr, &ports(t.sport, t.dport)?)?;
+    t.watched()?;
     let state: u8 = if sk != 0 {
         read(sk, SOCK_OFFSETS.load().state).unwrap_or(0)
     } else {
@@ -106,16 +92,9 @@ pub(crate) fn tcp_receive_reset(ctx: &RawTracePointContext) -> Option<()> {
     if sk == 0 {
         return None;
     }
-    let s = sock_tuple(sk)?;
-    watched(s.fam, s.saddr, s.daddr, &ports(s.sport, s.dport)?)?;
+    let t = sock_tuple(sk)?.reversed();
+    t.watched()?;
     let state: u8 = read(sk, SOCK_OFFSETS.load().state).unwrap_or(0);
-    let t = SockTuple {
-        fam: s.fam,
-        saddr: s.daddr,
-        daddr: s.saddr,
-        sport: s.dport,
-        dport: s.sport,
-    };
     emit(hook::TCP_RECEIVE_RESET, &t, state, 0, 0);
     Some(())
 }

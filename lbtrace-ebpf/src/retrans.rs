@@ -9,7 +9,7 @@ use lbtrace_common::{Event, family, hook, kind};
 
 use crate::{
     drop::{read, read_buf},
-    lookup::{ports, watched},
+    lookup::Tuple,
     maps::{NETNS_INUM, OFFSETS, SOCK_OFFSETS},
     ring::{emit_priority, now_ns},
 };
@@ -17,20 +17,10 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// A socket's tuple, local end as source: addresses in network order (IPv4 in the first 4
-/// bytes), ports in host order.
-pub(crate) struct SockTuple {
-    pub(crate) fam: u8,
-    pub(crate) saddr: [u8; 16],
-    pub(crate) daddr: [u8; 16],
-    pub(crate) sport: u16,
-    pub(crate) dport: u16,
-}
-
-/// The tuple of socket `sk` (any `sock_common`: full, request or TIME_WAIT socket) when it
+/// The tuple of socket `sk`, local end as source (any `sock_common`: full, request or TIME_WAIT socket) when it
 /// lives in the traced network namespace; `None` elsewhere or when a read faults.
 #[inline(always)]
-pub(crate) fn sock_tuple(sk: u64) -> Option<SockTuple> {
+pub(crate) fn sock_tuple(sk: u64) -> Option<Tuple> {
     let so = SOCK_OFFSETS.load();
     let net: u64 = read(sk, OFFSETS.load().sk_net)?;
     if net == 0 || read::<u32>(net, OFFSETS.load().net_inum)? != NETNS_INUM.load() {
@@ -70,7 +60,7 @@ pub(crate) fn sock_tuple(sk: u64) -> Option<SockTuple> {
         }
         _ => return None,
     };
-    Some(SockTuple {
+    Some(Tuple {
         fam,
         saddr,
         daddr,
@@ -87,14 +77,8 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let so = SOCK_OFFSETS.load();
-    let SockTuple {
-        fam,
-        saddr,
-        daddr,
-        sport,
-        dport,
-    } = sock_tuple(sk)?;
-    watched(fam, saddr, daddr, &ports(sport, dport)?)?;
+    let t = sock_tuple(sk)?;
+    t.watched()?;
     let len: u32 = read(skb, so.skb_len).unwrap_or(0);
     let seq: u32 = read(skb, so.skb_cb).unwrap_or(0);
     let flags: u8 = read(skb, so.skb_cb + so.cb_tcp_flags).unwrap_or(0);
@@ -104,12 +88,12 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
         ifindex: 0,
         kind: kind::RETRANS,
         hook: hook::TCP_RETRANSMIT,
-        family: fam,
+        family: t.fam,
         tcp_flags: flags,
-        saddr,
-        daddr,
-        sport,
-        dport,
+        saddr: t.saddr,
+        daddr: t.daddr,
+        sport: t.sport,
+        dport: t.dport,
         seq,
         ack: 0,
         reason: 0,
