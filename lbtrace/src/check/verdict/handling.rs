@@ -212,9 +212,15 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
     let local = LocalService::of(f);
     if served == 0 {
         let first: Vec<&Flow> = live.iter().take(3).copied().collect();
+        // Before 6.10 the stack's answer for no socket fires no reset event; the kernel's
+        // NO_SOCKET drop of the SYN says it all the same.
         let rst_made_by = live
             .iter()
-            .find_map(|fl| first_made_by(ev, fl.lb_rsts.iter().copied(), &fl.resets, f.resets));
+            .find_map(|fl| first_made_by(ev, fl.lb_rsts.iter().copied(), &fl.resets, f.resets))
+            .map(|m| match m {
+                RstMaker::NoSocketOrFirewall if kernel_refused > 0 => RstMaker::NoSocket,
+                m => m,
+            });
         return (
             HandlingFinding::NothingServes {
                 vip: f.vip,

@@ -307,6 +307,21 @@ fn the_reset_tracepoints_say_who_made_the_rsts() {
         v.steps[1].evidence.contains(&1),
         "the reset event is evidence"
     );
+    // Before 6.10 no reset event comes, the NO_SOCKET drop tells.
+    let mut old = refused.clone();
+    old.remove(1);
+    let v = judged(&old, Some(ResetMode::Sockets));
+    assert!(
+        matches!(
+            handling(&v),
+            HandlingFinding::NothingServes {
+                rst_made_by: Some(resets::RstMaker::NoSocket),
+                ..
+            }
+        ),
+        "{:?}",
+        handling(&v)
+    );
     // The LB process resets after the request (SO_LINGER 0).
     let aborted = vec![
         pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
