@@ -21,6 +21,18 @@ pub mod kind {
     /// A data segment of a watched tuple that the data-path mode (`--data`) marks: `reason`
     /// says what ([`data_event`]).
     pub const DATA: u8 = 5;
+    /// A TCP reset of a watched tuple made or accepted by this host's TCP stack
+    /// (`tcp:tcp_send_reset`, `tcp:tcp_receive_reset`): see [`super::Event`] and [`super::reset`].
+    pub const RESET: u8 = 6;
+}
+
+/// `RESET` events: the bits of `Event::icmp_code`.
+pub mod reset {
+    /// Sent with no segment to answer (`tcp_send_active_reset`): a socket of this host aborted
+    /// (closed with unread data, SO_LINGER 0, out of memory).
+    pub const ACTIVE: u8 = 1;
+    /// `Event::reason` holds the kernel's `enum sk_rst_reason` value (6.10 and later).
+    pub const HAS_REASON: u8 = 2;
 }
 
 /// What a `DATA` event marks (`Event::reason`).
@@ -45,6 +57,11 @@ pub mod hook {
     pub const KFREE_SKB: u8 = 4;
     /// The `tcp:tcp_retransmit_skb` tracepoint: sent by this host, no interface (0).
     pub const TCP_RETRANSMIT: u8 = 5;
+    /// The `tcp:tcp_send_reset` tracepoint: a reset this host's TCP stack sent, no interface (0).
+    pub const TCP_SEND_RESET: u8 = 6;
+    /// The `tcp:tcp_receive_reset` tracepoint: a reset a socket of this host accepted, no
+    /// interface (0).
+    pub const TCP_RECEIVE_RESET: u8 = 7;
 }
 
 /// TCP header flag bits as they appear in byte 13 of the TCP header (`Event::tcp_flags`).
@@ -84,6 +101,14 @@ pub mod family {
 ///   and port as source), the segment's flags and first sequence number, `payload_len` its
 ///   bytes of data (`skb->len`, saturated), `mss` the socket's current MSS (`mss_cache`);
 ///   `ifindex` 0.
+/// * `RESET`: a reset this host's TCP stack sent (hook `TCP_SEND_RESET`) or one of its sockets
+///   accepted (hook `TCP_RECEIVE_RESET`). The tuple is the RST's on the wire: local -> peer for
+///   a sent one, peer -> local for a received one; `tcp_flags` is RST. `icmp_type` is the
+///   socket's `skc_state` (`TCP_ESTABLISHED` 1, `TCP_SYN_SENT` 2, ..., `TCP_TIME_WAIT` 6), 0
+///   when no socket was found for the segment answered (6.10 and later only: the tuple then
+///   comes from the segment's headers, reversed); `icmp_code` holds [`reset`] bits: `ACTIVE`
+///   (sent with no segment to answer: the socket aborted) and `HAS_REASON` (`reason` is the
+///   kernel's `enum sk_rst_reason` value, names from its BTF); `ifindex` 0.
 ///
 /// * `DATA` (`--data` only): a data segment at a TC or XDP hook; `reason` is a [`data_event`]
 ///   value, `payload_len` its length, `mss` the MSS its receiver advertised in its SYN or
@@ -359,6 +384,11 @@ pub struct SockOffsets {
     pub cb_tcp_flags: u32,
     /// `tcp_sock.mss_cache`.
     pub mss_cache: u32,
+    /// `sock_common.skc_state` (u8), for the reset tracer.
+    pub state: u32,
+    /// `inet_sock.inet_sport` (network order): the local port of a full socket, still set
+    /// after `skc_num` was cleared by unhashing (an aborted socket's reset).
+    pub inet_sport: u32,
 }
 
 /// One CPU's cursors of its packet-event ring (the `RING_CURSORS` array, one entry per possible
@@ -431,6 +461,15 @@ pub mod names {
     pub const PROG_TCP_RETRANSMIT: &str = "tp_tcp_retransmit";
     /// The tracepoint it attaches to.
     pub const TP_TCP_RETRANSMIT: &str = "tcp_retransmit_skb";
+    /// The sent-reset tracer for 6.10 and later: raw tracepoint
+    /// `tcp:tcp_send_reset(sk, skb, reason)`, `sk` may be NULL.
+    pub const PROG_TCP_SEND_RESET: &str = "tp_tcp_send_reset";
+    /// The sent-reset tracer before 6.10: `tcp:tcp_send_reset(sk, skb)`, full sockets only.
+    pub const PROG_TCP_SEND_RESET_SK: &str = "tp_tcp_send_reset_sk";
+    pub const TP_TCP_SEND_RESET: &str = "tcp_send_reset";
+    /// The received-reset tracer: raw tracepoint `tcp:tcp_receive_reset(sk)`.
+    pub const PROG_TCP_RECEIVE_RESET: &str = "tp_tcp_receive_reset";
+    pub const TP_TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
 
     /// LRU hash of `FlowKey` -> `FlowState`: the data-path mode's per-flow state.
     pub const FLOWS: &str = "FLOWS";

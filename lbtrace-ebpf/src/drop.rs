@@ -17,7 +17,7 @@ use lbtrace_common::{
 
 use crate::{
     header::{Hdr, IP4_LEN, IP6_LEN, IPPROTO_TCP, Ip4, Ip6, TCP_LEN, Tcp},
-    lookup::{ports, stats, watched},
+    lookup::{Tuple, stats},
     maps::{DATA_DROP_REASONS, NETNS_INUM, NOISE_REASONS, OFFSETS, count},
     ring::{emit_priority, now_ns},
 };
@@ -38,24 +38,11 @@ pub(crate) fn read_buf<const N: usize>(at: u64) -> Option<[u8; N]> {
     Some(buf)
 }
 
-/// `WITH_REASON`: read the tracepoint's third argument, `reason` (5.17 and later). Without it
-/// the program never touches `args[2]`: kernels before 5.17 refuse to attach a raw tracepoint
-/// program that reads past the tracepoint's arguments, so this is a separate program
-/// (`tp_kfree_skb_loc`), not a run-time flag. Both report `location` (`args[1]`).
+/// The skb's device (0 if none) and its network namespace: the device's, or the socket's when
+/// the skb has no device; `None` when neither is known.
 #[inline(always)]
-pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> Option<()> {
-    let skb: u64 = ctx.arg(0);
-    let location: u64 = ctx.arg(1);
-    let reason = if WITH_REASON {
-        let reason: u64 = ctx.arg(2);
-        reason as u32
-    } else {
-        0
-    };
+pub(crate) fn skb_net(skb: u64) -> Option<(u64, u64)> {
     let off = OFFSETS.load();
-
-    // The tracepoint fires for every namespace: keep only drops in the traced one, told by the
-    // device's namespace, or the socket's when the skb has no device.
     let dev: u64 = read(skb, off.skb_dev)?;
     let net: u64 = if dev != 0 {
         read(dev, off.dev_nd_net)?
@@ -69,21 +56,23 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
     if net == 0 {
         return None;
     }
-    let inum: u32 = read(net, off.net_inum)?;
-    if inum != NETNS_INUM.load() {
-        count(counter::DROPS_OTHER_NETNS);
-        return None;
-    }
-    let ridx = if reason < MAX_DROP_REASONS {
-        reason
-    } else {
-        MAX_DROP_REASONS - 1
-    };
-    if WITH_REASON && NOISE_REASONS.get(ridx).is_some_and(|noise| *noise != 0) {
-        count(counter::DROPS_NOISE);
-        return None;
-    }
+    Some((dev, net))
+}
 
+/// A TCP segment's addresses and header, copied out of an skb's network header.
+pub(crate) struct SkbTcp {
+    pub(crate) tuple: Tuple,
+    /// The TCP header's first `TCP_LEN` bytes.
+    pub(crate) t: [u8; TCP_LEN],
+    /// Bytes from the TCP header on, as the IP header tells.
+    pub(crate) l4_len: u16,
+}
+
+/// The IPv4 / IPv6 and TCP headers of `skb`, read from kernel memory; `None` when it is not TCP
+/// or a read faults.
+#[inline(always)]
+pub(crate) fn skb_tcp(skb: u64) -> Option<SkbTcp> {
+    let off = OFFSETS.load();
     let head: u64 = read(skb, off.skb_head)?;
     let nh: u16 = read(skb, off.skb_network_header)?;
     if nh == 0xffff {
@@ -123,9 +112,55 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
     };
     let tcp = read_buf::<TCP_LEN>(tcp_at)?;
     let t = Tcp(Hdr::of(&tcp));
-    let (sport, dport) = (t.sport(), t.dport());
-    let p = ports(sport, dport)?;
-    let id = watched(fam, saddr, daddr, &p)?;
+    Some(SkbTcp {
+        tuple: Tuple {
+            fam,
+            saddr,
+            daddr,
+            sport: t.sport(),
+            dport: t.dport(),
+        },
+        t: tcp,
+        l4_len,
+    })
+}
+
+/// `WITH_REASON`: read the tracepoint's third argument, `reason` (5.17 and later). Without it
+/// the program never touches `args[2]`: kernels before 5.17 refuse to attach a raw tracepoint
+/// program that reads past the tracepoint's arguments, so this is a separate program
+/// (`tp_kfree_skb_loc`), not a run-time flag. Both report `location` (`args[1]`).
+#[inline(always)]
+pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> Option<()> {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason = if WITH_REASON {
+        let reason: u64 = ctx.arg(2);
+        reason as u32
+    } else {
+        0
+    };
+    let off = OFFSETS.load();
+
+    // The tracepoint fires for every namespace: keep only drops in the traced one.
+    let (dev, net) = skb_net(skb)?;
+    let inum: u32 = read(net, off.net_inum)?;
+    if inum != NETNS_INUM.load() {
+        count(counter::DROPS_OTHER_NETNS);
+        return None;
+    }
+    let ridx = if reason < MAX_DROP_REASONS {
+        reason
+    } else {
+        MAX_DROP_REASONS - 1
+    };
+    if WITH_REASON && NOISE_REASONS.get(ridx).is_some_and(|noise| *noise != 0) {
+        count(counter::DROPS_NOISE);
+        return None;
+    }
+
+    let SkbTcp { tuple, t, l4_len } = skb_tcp(skb)?;
+    let t = Tcp(Hdr::of(&t));
+    let id = tuple.watched()?;
     stats(id, |s| s.drops += 1);
     let flags = t.flags();
     if flags & tcp_flag::CONTROL == 0 {
@@ -147,12 +182,12 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
         ifindex,
         kind: kind::DROP,
         hook: hook::KFREE_SKB,
-        family: fam,
+        family: tuple.fam,
         tcp_flags: flags,
-        saddr,
-        daddr,
-        sport,
-        dport,
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+        sport: tuple.sport,
+        dport: tuple.dport,
         seq: t.seq(),
         ack: t.ack(),
         reason,

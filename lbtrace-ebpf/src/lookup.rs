@@ -105,6 +105,40 @@ pub(crate) fn watched(fam: u8, saddr: [u8; 16], daddr: [u8; 16], p: &Ports) -> O
     endpoint(fam, daddr, p.dport, p.dslot).or_else(|| endpoint(fam, saddr, p.sport, p.sslot))
 }
 
+/// A TCP tuple: addresses in network order (IPv4 in the first 4 bytes), ports in host order.
+pub(crate) struct Tuple {
+    pub(crate) fam: u8,
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+}
+
+impl Tuple {
+    /// The other direction's tuple.
+    #[inline(always)]
+    pub(crate) fn reversed(&self) -> Self {
+        Self {
+            fam: self.fam,
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+
+    /// Its watched endpoint ([`watched`]), the ports looked at first.
+    #[inline(always)]
+    pub(crate) fn watched(&self) -> Option<u32> {
+        watched(
+            self.fam,
+            self.saddr,
+            self.daddr,
+            &ports(self.sport, self.dport)?,
+        )
+    }
+}
+
 /// Updates this CPU's `ENDPOINT_STATS` of endpoint `id`, if it has an entry.
 #[inline(always)]
 pub(crate) fn stats(id: u32, f: impl FnOnce(&mut EndpointStats)) {

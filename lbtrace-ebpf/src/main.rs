@@ -13,6 +13,9 @@
 //!   `tp_kfree_skb_loc` is the same for kernels before 5.17 (no `reason` argument).
 //! * `retrans`: `tp_tcp_retransmit` (raw tracepoint `tcp:tcp_retransmit_skb`): segments of
 //!   watched tuples this host's TCP stack retransmits, with their length and the socket's MSS.
+//! * `reset`: `tp_tcp_send_reset` / `tp_tcp_send_reset_sk` (raw tracepoint `tcp:tcp_send_reset`,
+//!   with and without the 6.10 `reason` argument) and `tp_tcp_receive_reset`
+//!   (`tcp:tcp_receive_reset`): resets of watched tuples this host's TCP stack sends or accepts.
 //! * `lookup`: is a tuple watched (the `PORTS` / `PORT_SLOTS` / `ENDPOINTS` tables).
 //! * `ring`: writing events, every one counted as emitted or lost.
 //! * `maps`: the maps and load-time globals, shared with userspace through `lbtrace_common`.
@@ -31,6 +34,7 @@ mod header;
 mod lookup;
 mod maps;
 mod packet;
+mod reset;
 mod retrans;
 mod ring;
 
@@ -145,6 +149,27 @@ pub fn tp_kfree_skb_loc(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tp_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
     let _ = retrans::tcp_retransmit_skb(&ctx);
+    0
+}
+
+/// `tcp:tcp_send_reset(sk, skb, reason)` (6.10 and later): fires for every reset sent.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tp_tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    let _ = reset::tcp_send_reset::<true>(&ctx);
+    0
+}
+
+/// `tcp:tcp_send_reset(sk, skb)` (before 6.10): resets of full sockets only.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tp_tcp_send_reset_sk(ctx: RawTracePointContext) -> i32 {
+    let _ = reset::tcp_send_reset::<false>(&ctx);
+    0
+}
+
+/// `tcp:tcp_receive_reset(sk)`: a socket of this host accepted a reset.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tp_tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    let _ = reset::tcp_receive_reset(&ctx);
     0
 }
 

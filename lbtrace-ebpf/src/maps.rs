@@ -98,6 +98,8 @@ pub(crate) static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
     skb_cb: 0,
     cb_tcp_flags: 0,
     mss_cache: 0,
+    state: 0,
+    inet_sport: 0,
 });
 /// The traced network namespace's inode number: drops elsewhere are ignored.
 #[unsafe(no_mangle)]

@@ -9,7 +9,7 @@ use lbtrace_common::{Event, family, hook, kind};
 
 use crate::{
     drop::{read, read_buf},
-    lookup::{ports, watched},
+    lookup::Tuple,
     maps::{NETNS_INUM, OFFSETS, SOCK_OFFSETS},
     ring::{emit_priority, now_ns},
 };
@@ -17,21 +17,23 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+/// The tuple of socket `sk`, local end as source (any `sock_common`: full, request or TIME_WAIT socket) when it
+/// lives in the traced network namespace; `None` elsewhere or when a read faults.
 #[inline(always)]
-pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
-    let sk: u64 = ctx.arg(0);
-    let skb: u64 = ctx.arg(1);
-    if sk == 0 || skb == 0 {
-        return None;
-    }
+pub(crate) fn sock_tuple(sk: u64) -> Option<Tuple> {
     let so = SOCK_OFFSETS.load();
     let net: u64 = read(sk, OFFSETS.load().sk_net)?;
     if net == 0 || read::<u32>(net, OFFSETS.load().net_inum)? != NETNS_INUM.load() {
         return None;
     }
-    let sport: u16 = read(sk, so.num)?;
+    let mut sport: u16 = read(sk, so.num)?;
+    if sport == 0 {
+        // A full socket closing has left its port's hash (`skc_num` 0, e.g. aborted with
+        // SO_LINGER 0); its `inet_sport` still holds the port. Request and TIME_WAIT sockets,
+        // which are not `inet_sock`s, always have `skc_num`.
+        sport = u16::from_be(read(sk, so.inet_sport)?);
+    }
     let dport = u16::from_be(read(sk, so.dport)?);
-    let p = ports(sport, dport)?;
     let v4 = || -> Option<(u8, [u8; 16], [u8; 16])> {
         let (s, d): (u32, u32) = (read(sk, so.rcv_saddr)?, read(sk, so.daddr)?);
         let addr = |a: u32| {
@@ -58,7 +60,25 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
         }
         _ => return None,
     };
-    watched(fam, saddr, daddr, &p)?;
+    Some(Tuple {
+        fam,
+        saddr,
+        daddr,
+        sport,
+        dport,
+    })
+}
+
+#[inline(always)]
+pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    if sk == 0 || skb == 0 {
+        return None;
+    }
+    let so = SOCK_OFFSETS.load();
+    let t = sock_tuple(sk)?;
+    t.watched()?;
     let len: u32 = read(skb, so.skb_len).unwrap_or(0);
     let seq: u32 = read(skb, so.skb_cb).unwrap_or(0);
     let flags: u8 = read(skb, so.skb_cb + so.cb_tcp_flags).unwrap_or(0);
@@ -68,12 +88,12 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
         ifindex: 0,
         kind: kind::RETRANS,
         hook: hook::TCP_RETRANSMIT,
-        family: fam,
+        family: t.fam,
         tcp_flags: flags,
-        saddr,
-        daddr,
-        sport,
-        dport,
+        saddr: t.saddr,
+        daddr: t.daddr,
+        sport: t.sport,
+        dport: t.dport,
         seq,
         ack: 0,
         reason: 0,

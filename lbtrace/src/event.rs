@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lbtrace_common::{EVENT_SIZE, Event, data_event, family, hook, kind, tcp_flag};
+use lbtrace_common::{EVENT_SIZE, Event, data_event, family, hook, kind, reset, tcp_flag};
 
 /// Where a packet was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -16,6 +16,10 @@ pub enum Hook {
     KfreeSkb,
     /// `tcp:tcp_retransmit_skb`: a segment this host's TCP stack sent again.
     TcpRetransmit,
+    /// `tcp:tcp_send_reset`: a reset this host's TCP stack sent.
+    TcpSendReset,
+    /// `tcp:tcp_receive_reset`: a reset a socket of this host accepted.
+    TcpReceiveReset,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -47,6 +51,55 @@ pub enum Detail {
     Retrans,
     /// A data segment the data-path mode (`--data`) marks.
     Data(DataMark),
+    /// A reset this host's TCP stack sent (`Hook::TcpSendReset`, dir out) or one of its sockets
+    /// accepted (`Hook::TcpReceiveReset`, dir in); the tuple is the RST's on the wire.
+    Reset(ResetInfo),
+}
+
+/// What the reset tracepoints tell about a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetInfo {
+    /// The socket's state (`skc_state`, [`tcp_state_name`]); `None`: the kernel found no socket
+    /// for the segment it answered (seen on 6.10 and later only).
+    pub state: Option<u8>,
+    /// Sent with no segment to answer: the socket aborted (closed with unread data, SO_LINGER 0,
+    /// out of memory).
+    pub active: bool,
+    /// The kernel's `enum sk_rst_reason` value (6.10 and later).
+    pub reason: Option<u32>,
+}
+
+/// `TCP_SYN_SENT`, the state of a connecting socket.
+pub const TCP_SYN_SENT: u8 = 2;
+/// `TCP_TIME_WAIT`.
+pub const TCP_TIME_WAIT: u8 = 6;
+
+/// The kernel's name of a TCP state (`include/net/tcp_states.h`), without `TCP_`.
+pub fn tcp_state_name(state: u8) -> String {
+    const NAMES: [&str; 13] = [
+        "",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    match NAMES.get(usize::from(state)) {
+        Some(n) if !n.is_empty() => (*n).to_owned(),
+        _ => format!("STATE_{state}"),
+    }
+}
+
+/// The value of a TCP state's name ([`tcp_state_name`] back).
+pub fn tcp_state_value(name: &str) -> Option<u8> {
+    (1..=12).find(|&s| tcp_state_name(s) == name)
 }
 
 /// What a data-path event marks.
@@ -161,6 +214,8 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         hook::XDP_INGRESS => (Hook::Xdp, Some(Dir::In)),
         hook::KFREE_SKB => (Hook::KfreeSkb, None),
         hook::TCP_RETRANSMIT => (Hook::TcpRetransmit, Some(Dir::Out)),
+        hook::TCP_SEND_RESET => (Hook::TcpSendReset, Some(Dir::Out)),
+        hook::TCP_RECEIVE_RESET => (Hook::TcpReceiveReset, Some(Dir::In)),
         h => return Err(DecodeError::UnknownHook(h)),
     };
     let detail = match ev.kind {
@@ -181,6 +236,11 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             data_event::AFTER_FIN => Detail::Data(DataMark::AfterFin),
             r => return Err(DecodeError::UnknownDataMark(r)),
         },
+        kind::RESET => Detail::Reset(ResetInfo {
+            state: (ev.icmp_type != 0).then_some(ev.icmp_type),
+            active: ev.icmp_code & reset::ACTIVE != 0,
+            reason: (ev.icmp_code & reset::HAS_REASON != 0).then_some(ev.reason),
+        }),
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok(KernelEvent {
@@ -407,6 +467,53 @@ mod tests {
                 .unwrap()
                 .full_size()
         );
+    }
+
+    #[test]
+    fn decodes_resets() {
+        let rst = |hook: u8, state: u8, bits: u8, reason: u32| {
+            decode(&record(|ev| {
+                ev.kind = kind::RESET;
+                ev.hook = hook;
+                ev.ifindex = 0;
+                ev.tcp_flags = tcp_flag::RST;
+                ev.icmp_type = state;
+                ev.icmp_code = bits;
+                ev.reason = reason;
+            }))
+            .unwrap()
+        };
+        // 6.10+: no socket for the segment answered, reason NO_SOCKET (1).
+        let e = rst(hook::TCP_SEND_RESET, 0, reset::HAS_REASON, 1);
+        assert_eq!(
+            (e.hook, e.dir, e.detail),
+            (
+                Hook::TcpSendReset,
+                Some(Dir::Out),
+                Detail::Reset(ResetInfo {
+                    state: None,
+                    active: false,
+                    reason: Some(1)
+                })
+            )
+        );
+        // Before 6.10: an aborting socket, no reason whatever the field holds.
+        let e = rst(hook::TCP_SEND_RESET, 7, reset::ACTIVE, 5);
+        assert_eq!(
+            e.detail,
+            Detail::Reset(ResetInfo {
+                state: Some(7),
+                active: true,
+                reason: None
+            })
+        );
+        let e = rst(hook::TCP_RECEIVE_RESET, TCP_SYN_SENT, 0, 0);
+        assert_eq!((e.hook, e.dir), (Hook::TcpReceiveReset, Some(Dir::In)));
+        assert_eq!(tcp_state_name(TCP_SYN_SENT), "SYN_SENT");
+        assert_eq!(tcp_state_name(0), "STATE_0");
+        assert_eq!(tcp_state_name(200), "STATE_200");
+        assert_eq!(tcp_state_value("TIME_WAIT"), Some(TCP_TIME_WAIT));
+        assert_eq!(tcp_state_value("STATE_0"), None);
     }
 
     #[test]

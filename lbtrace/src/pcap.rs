@@ -102,7 +102,11 @@ fn tcp_header(ev: &KernelEvent, with_csum_field: bool) -> Vec<u8> {
 /// The bytes of the packet an event describes.
 pub fn packet_bytes(ev: &KernelEvent) -> Vec<u8> {
     match &ev.detail {
-        Detail::Packet | Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) => {
+        Detail::Packet
+        | Detail::Drop { .. }
+        | Detail::Retrans
+        | Detail::Data(_)
+        | Detail::Reset(_) => {
             ip_packet(ev.src.ip(), ev.dst.ip(), 6, tcp_header(ev, true), Some(16))
         }
         Detail::Icmp {

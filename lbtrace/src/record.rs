@@ -7,7 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     checklist::Step,
-    event::{DataMark, Detail, Dir, Hook, KernelEvent, flags_from_str, flags_str, icmp_what},
+    event::{
+        DataMark, Detail, Dir, Hook, KernelEvent, ResetInfo, flags_from_str, flags_str, icmp_what,
+        tcp_state_name, tcp_state_value,
+    },
     kernel::btf::DropReasons,
     render::{Clock, IfNames},
     watch::recorder::{Accounting, Finding, Join},
@@ -128,6 +131,29 @@ impl DataRecord {
     }
 }
 
+/// A reset this host's TCP stack sent (hook `tcp_send_reset`, `dir` out) or one of its sockets
+/// accepted (hook `tcp_receive_reset`, `dir` in) (`"type": "reset"`). The tuple is the RST's on
+/// the wire.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResetRecord {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub dir: Option<Dir>,
+    /// The socket's TCP state (`ESTABLISHED`, `SYN_SENT`, `CLOSE`, `TIME_WAIT`, ...); absent when
+    /// the kernel found no socket for the segment it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Sent with no segment to answer: the socket aborted (closed with unread data, SO_LINGER 0).
+    pub active: bool,
+    /// The kernel's `enum sk_rst_reason` name (6.10 and later), e.g. `NO_SOCKET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<u32>,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
 /// One kernel event as printed: the event object of docs/output.md.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -137,6 +163,7 @@ pub enum EventRecord {
     Drop(DropRecord),
     Retrans(RetransRecord),
     Data(DataRecord),
+    Reset(ResetRecord),
 }
 
 impl EventRecord {
@@ -200,6 +227,16 @@ impl EventRecord {
                 full_size: ev.full_size(),
                 tcp: tcp(),
             }),
+            Detail::Reset(r) => Self::Reset(ResetRecord {
+                seen,
+                dir: ev.dir,
+                state: r.state.map(tcp_state_name),
+                active: r.active,
+                reason: r.reason.map(|v| reasons.rst_name(v)),
+                reason_code: r.reason,
+                src: ev.src,
+                dst: ev.dst,
+            }),
             Detail::Data(mark) => {
                 let (mark, since_peer_ns) = match *mark {
                     DataMark::FirstByte { since_ns } => (DataRecord::FIRST_BYTE, since_ns),
@@ -224,6 +261,7 @@ impl EventRecord {
             Self::Drop(d) => &d.seen,
             Self::Retrans(r) => &r.seen,
             Self::Data(d) => &d.seen,
+            Self::Reset(r) => &r.seen,
         }
     }
 
@@ -266,6 +304,28 @@ impl EventRecord {
             ),
             Self::Retrans(r) => from_tcp(r.dir.or(Some(Dir::Out)), &r.tcp, Detail::Retrans),
             Self::Data(d) => from_tcp(d.dir, &d.tcp, Detail::Data(d.mark_of()?)),
+            Self::Reset(r) => Some(KernelEvent {
+                ts_ns: seen.ts_ns,
+                ifindex: seen.ifindex,
+                hook: seen.hook,
+                dir: r.dir,
+                src: r.src,
+                dst: r.dst,
+                flags: lbtrace_common::tcp_flag::RST,
+                seq: 0,
+                ack: 0,
+                payload_len: 0,
+                mss: 0,
+                detail: Detail::Reset(ResetInfo {
+                    state: match &r.state {
+                        Some(s) => Some(tcp_state_value(s)?),
+                        None => None,
+                    },
+                    active: r.active,
+                    reason: r.reason_code,
+                }),
+                location: 0,
+            }),
             Self::Icmp(i) => Some(KernelEvent {
                 ts_ns: seen.ts_ns,
                 ifindex: seen.ifindex,

@@ -155,10 +155,12 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         EventRecord::Drop(_) => None,
         EventRecord::Retrans(r) => r.dir.or(Some(Dir::Out)),
         EventRecord::Data(d) => d.dir,
+        EventRecord::Reset(r) => r.dir,
     };
     let dir = match (rec.seen().hook, dir) {
         (Hook::Xdp, _) => "in(xdp)",
         (Hook::TcpRetransmit, _) => "RETRANS",
+        (Hook::TcpSendReset | Hook::TcpReceiveReset, _) => "RESET",
         (_, Some(Dir::In)) => "in",
         (_, Some(Dir::Out)) => "out",
         (_, None) => "drop",
@@ -212,6 +214,29 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
                 (other, _) => other.to_owned(),
             };
             format!("{time} {iface:<10} {dir:<7} {}, {mark}", tcp(&d.tcp))
+        }
+        EventRecord::Reset(r) => {
+            let mut s = format!(
+                "{time} {iface:<10} {dir:<7} {} > {}: Flags [R], {}",
+                r.src,
+                r.dst,
+                if r.dir == Some(Dir::In) {
+                    "received"
+                } else {
+                    "sent"
+                }
+            );
+            match &r.state {
+                Some(st) => s.push_str(&format!(", socket {st}")),
+                None => s.push_str(", no socket"),
+            }
+            if r.active {
+                s.push_str(", aborted");
+            }
+            if let Some(reason) = &r.reason {
+                s.push_str(&format!(", reason {reason}"));
+            }
+            s
         }
         EventRecord::Icmp(i) => format!(
             "{time} {iface:<10} {dir:<7} ICMP {} > {}: {} (type {} code {}) for {} > {} seq {}",
@@ -278,6 +303,82 @@ mod tests {
             "{}",
             line(&retrans)
         );
+    }
+
+    #[test]
+    fn reset_lines_and_records() {
+        use crate::event::{Detail, ResetInfo, TCP_SYN_SENT};
+        let clock = Clock::new();
+        let reasons = DropReasons::default()
+            .with_rst_reasons([(1, "NO_SOCKET".to_owned())].into_iter().collect());
+        let reset = |hook, dir, src, dst, info| KernelEvent {
+            ifindex: 0,
+            hook,
+            detail: Detail::Reset(info),
+            ..pkt(5, dir, src, dst, lbtrace_common::tcp_flag::RST, 0, 0)
+        };
+        let line =
+            |ev: &KernelEvent| event_text(ev, &clock, &mut IfNames::default(), &reasons, Some(0));
+        let no_socket = reset(
+            Hook::TcpSendReset,
+            Dir::Out,
+            "10.0.0.10:81",
+            "10.0.0.5:4000",
+            ResetInfo {
+                state: None,
+                active: false,
+                reason: Some(1),
+            },
+        );
+        assert!(
+            line(&no_socket).ends_with(
+                " -          RESET   10.0.0.10:81 > 10.0.0.5:4000: Flags [R], sent, no socket, reason NO_SOCKET"
+            ),
+            "{}",
+            line(&no_socket)
+        );
+        let refused = reset(
+            Hook::TcpReceiveReset,
+            Dir::In,
+            "10.0.1.11:8080",
+            "10.0.1.1:40000",
+            ResetInfo {
+                state: Some(TCP_SYN_SENT),
+                active: false,
+                reason: None,
+            },
+        );
+        assert!(
+            line(&refused).ends_with(
+                " -          RESET   10.0.1.11:8080 > 10.0.1.1:40000: Flags [R], received, socket SYN_SENT"
+            ),
+            "{}",
+            line(&refused)
+        );
+        let aborted = reset(
+            Hook::TcpSendReset,
+            Dir::Out,
+            "10.0.0.10:82",
+            "10.0.0.5:4000",
+            ResetInfo {
+                state: Some(7),
+                active: true,
+                reason: Some(9),
+            },
+        );
+        assert!(
+            line(&aborted).ends_with("sent, socket CLOSE, aborted, reason RST_REASON_9"),
+            "{}",
+            line(&aborted)
+        );
+        // The JSON record reads back into the same event.
+        for ev in [&no_socket, &refused, &aborted] {
+            let rec = EventRecord::of(ev, &clock, &mut IfNames::default(), &reasons);
+            let json = serde_json::to_value(&rec).unwrap();
+            assert_eq!(json["type"], "reset", "{json}");
+            let back: EventRecord = serde_json::from_value(json).unwrap();
+            assert_eq!(back.to_event().as_ref(), Some(ev));
+        }
     }
 
     #[test]

@@ -101,6 +101,19 @@ pub fn announce(tracer: &Tracer) {
             ""
         }
     );
+    if tracer.resets.is_some() || tracer.received_resets {
+        eprintln!(
+            "lbtrace: resets of this host's TCP stack via {}",
+            [
+                tracer.resets.map(|_| "tcp:tcp_send_reset"),
+                tracer.received_resets.then_some("tcp:tcp_receive_reset"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
+        );
+    }
     for note in &tracer.notes {
         eprintln!("lbtrace: note: {note}");
     }
@@ -124,6 +137,10 @@ pub struct Capabilities {
     /// `tracepoint` (the LB host's own retransmissions, `tcp:tcp_retransmit_skb`) or `off` (the
     /// kernel has no such tracepoint, or no BTF offsets for it).
     pub retransmissions: &'static str,
+    /// Resets this host's TCP stack sent (`tcp:tcp_send_reset`): `all` (6.10 and later: every
+    /// reset, with the kernel's reason), `sockets` (before 6.10: full sockets only, the answers
+    /// for no socket and TIME_WAIT are not seen) or `off`.
+    pub resets: &'static str,
 }
 
 impl Capabilities {
@@ -135,6 +152,7 @@ impl Capabilities {
             } else {
                 "off"
             },
+            resets: kernel::loader::ResetMode::name(tracer.resets),
             ..Self::new(
                 tracer.tc_mode,
                 tracer.layout.mode,
@@ -175,6 +193,7 @@ impl Capabilities {
                 DropMode::Location => "location",
             },
             retransmissions: "off",
+            resets: "off",
         }
     }
 }
@@ -399,7 +418,7 @@ mod tests {
         let caps = Capabilities::new(TcMode::Tcx, RingMode::PerCpu, DropMode::Reason, false, &tcx);
         assert_eq!(
             serde_json::to_value(caps).unwrap(),
-            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "off"})
+            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "off", "resets": "off"})
         );
         // 5.10: legacy TC, the ring buffer, drops by location; --xdp refused by the kernel.
         let legacy = [at("eth0", "tc-ingress"), at("eth0", "tc-egress")];
@@ -412,7 +431,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(caps).unwrap(),
-            serde_json::json!({"attach": "legacy_tc", "xdp": "tc_fallback", "packet_rings": "ringbuf", "drops": "location", "retransmissions": "off"})
+            serde_json::json!({"attach": "legacy_tc", "xdp": "tc_fallback", "packet_rings": "ringbuf", "drops": "location", "retransmissions": "off", "resets": "off"})
         );
         // --xdp on two interfaces: on while XDP has every ingress, tc_fallback once one has TC.
         let mut both = vec![

@@ -142,7 +142,7 @@ has_event() {
 # The lbtrace programs still loaded in the kernel (bpftool prog show), one name per line.
 lbtrace_progs() {
     bpftool prog show 2>/dev/null | sed -n 's/^[0-9]*: [a-z_]*  *name \([a-z_0-9]*\) .*/\1/p' |
-        grep -E '^(tc_ingress|tc_egress|xdp_ingress|tp_kfree_skb)' 
+        grep -E '^(tc_ingress|tc_egress|xdp_ingress|tp_kfree_skb|tp_tcp_)' 
 }
 
 # lbtrace's tc filters (cls_bpf in direct-action mode) on DEV's ingress and egress hooks.

@@ -151,6 +151,7 @@ pub fn facts<'a>(
     events: &'a [KernelEvent],
     window: Duration,
     reasons: &'a DropReasons,
+    resets: Option<crate::kernel::loader::ResetMode>,
     host: Option<&'a verdict::HostFacts>,
 ) -> Facts<'a> {
     Facts {
@@ -162,6 +163,7 @@ pub fn facts<'a>(
         vip_probe: probes.vip.as_ref(),
         window_secs: window.as_secs_f64(),
         reasons,
+        resets,
         host,
     }
 }
@@ -309,6 +311,7 @@ pub async fn run(args: CheckArgs, shutdown: impl Future<Output = ()>) -> Result<
         &collected.events,
         collected.window,
         &reasons,
+        tracer.resets,
         Some(&collected.host),
     ));
     let mut ifnames = crate::render::IfNames::default();

@@ -260,6 +260,8 @@ pub async fn observe(
                 log.events(),
                 started.elapsed(),
                 reasons,
+                // Who made a reset changes no status: not needed to end early.
+                None,
                 None,
             );
             let all_pass = verdict::judge(&f)

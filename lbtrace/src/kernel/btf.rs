@@ -150,7 +150,28 @@ impl KernelBtf {
             skb_cb: self.offset_of("sk_buff", &["cb"])?,
             cb_tcp_flags: self.offset_of("tcp_skb_cb", &["tcp_flags"])?,
             mss_cache: self.offset_of("tcp_sock", &["mss_cache"])?,
+            state: common("skc_state")?,
+            inet_sport: self.offset_of("inet_sock", &["inet_sport"])?,
         })
+    }
+
+    /// `enum sk_rst_reason` (6.10 and later, with the `reason` argument of `tcp:tcp_send_reset`):
+    /// value -> name without the `SK_RST_REASON_` prefix; `None` on older kernels.
+    pub fn rst_reasons(&self) -> Option<HashMap<u32, String>> {
+        let types = self.btf.resolve_types_by_name("sk_rst_reason").ok()?;
+        let mut names = HashMap::new();
+        for t in types {
+            if let Type::Enum(e) = t {
+                for m in &e.members {
+                    let Ok(name) = self.btf.resolve_name(m) else {
+                        continue;
+                    };
+                    let name = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
+                    names.insert(m.val(), name.to_owned());
+                }
+            }
+        }
+        (!names.is_empty()).then_some(names)
     }
 
     /// `enum skb_drop_reason`: value -> name without the `SKB_DROP_REASON_` prefix.
@@ -178,6 +199,7 @@ impl KernelBtf {
         Ok(DropReasons {
             names,
             locations: None,
+            rst: Arc::default(),
         })
     }
 }
@@ -189,6 +211,8 @@ pub struct DropReasons {
     /// Set on kernels without drop reasons (before 5.17): the values are then lbtrace's own
     /// ([`super::kallsyms::code`]), mapped from the drop's location, which this names.
     locations: Option<Arc<DropLocations>>,
+    /// `enum sk_rst_reason` (6.10 and later): the reasons of resets this host sent.
+    rst: Arc<HashMap<u32, String>>,
 }
 
 /// Reasons that are normal teardown rather than a lost packet: a closing socket purging its
@@ -215,7 +239,24 @@ impl DropReasons {
             .map(|(v, n)| (v, n.to_owned()))
             .collect(),
             locations: Some(locations),
+            rst: Arc::default(),
         }
+    }
+
+    /// With the kernel's reset reasons ([`KernelBtf::rst_reasons`]).
+    pub fn with_rst_reasons(self, rst: HashMap<u32, String>) -> Self {
+        Self {
+            rst: Arc::new(rst),
+            ..self
+        }
+    }
+
+    /// The name of an `enum sk_rst_reason` value.
+    pub fn rst_name(&self, value: u32) -> String {
+        self.rst
+            .get(&value)
+            .cloned()
+            .unwrap_or_else(|| format!("RST_REASON_{value}"))
     }
 
     /// The location table, on a kernel without drop reasons.
@@ -262,6 +303,7 @@ impl DropReasons {
         Self {
             names: pairs.iter().map(|(v, n)| (*v, (*n).to_owned())).collect(),
             locations: None,
+            rst: Arc::default(),
         }
     }
 }

@@ -45,6 +45,35 @@ pub enum DropMode {
     Location,
 }
 
+/// Which sent-reset tracer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetMode {
+    /// `tp_tcp_send_reset`: `tcp:tcp_send_reset(sk, skb, reason)` (6.10 and later) fires for
+    /// every reset this host's TCP stack sends, with the kernel's `sk_rst_reason`.
+    All,
+    /// `tp_tcp_send_reset_sk`: `tcp:tcp_send_reset(sk, skb)` (before 6.10) fires for resets of
+    /// full sockets only: the answers for no socket (no listener) and TIME_WAIT are not seen.
+    Sockets,
+}
+
+impl ResetMode {
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::All => names::PROG_TCP_SEND_RESET,
+            Self::Sockets => names::PROG_TCP_SEND_RESET_SK,
+        }
+    }
+
+    /// `capabilities.resets`.
+    pub fn name(mode: Option<Self>) -> &'static str {
+        match mode {
+            Some(Self::All) => "all",
+            Some(Self::Sockets) => "sockets",
+            None => "off",
+        }
+    }
+}
+
 impl DropMode {
     pub fn program(self) -> &'static str {
         match self {
@@ -92,8 +121,9 @@ pub struct Options<'a> {
     /// Also load the drop tracer (`tp_kfree_skb`), with these parameters.
     pub drops: Option<DropParams>,
     /// Offsets for the retransmission tracer (`tp_tcp_retransmit`), which the caller loads and
-    /// attaches itself when it wants it ([`load_retransmit`]): a kernel that refuses it only
-    /// loses retransmissions. It reads the namespace through the drop tracer's offsets.
+    /// attaches itself when it wants it ([`load_tracepoint`]): a kernel that refuses it only
+    /// loses retransmissions. It reads the namespace through the drop tracer's offsets. The
+    /// reset tracers read the same offsets.
     pub retrans: Option<SockOffsets>,
     /// The data-path mode (`--data`): the packet programs follow data segments of watched
     /// tuples in the `FLOWS` map. Off: the verifier removes that code and `FLOWS` has 1 entry.
@@ -252,10 +282,9 @@ pub fn load(opts: &Options<'_>) -> Result<Loaded> {
     })
 }
 
-/// Puts the retransmission tracer of an object loaded with [`Options::retrans`] (and
-/// [`Options::drops`], for the namespace) through the verifier.
-pub fn load_retransmit(ebpf: &mut Ebpf) -> Result<&mut RawTracePoint> {
-    let prog = names::PROG_TCP_RETRANSMIT;
+/// Puts a socket tracer (`prog`: the retransmission or a reset tracer) of an object loaded with
+/// [`Options::retrans`] (and [`Options::drops`], for the namespace) through the verifier.
+pub fn load_tracepoint<'e>(ebpf: &'e mut Ebpf, prog: &str) -> Result<&'e mut RawTracePoint> {
     let p: &mut RawTracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the eBPF object"))?

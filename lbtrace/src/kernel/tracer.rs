@@ -22,7 +22,7 @@ use super::{
     counters::{self, Counters},
     kallsyms::DropLocations,
     legacy_tc::{self, LegacyTc},
-    loader::{self, DropMode, DropParams, Loaded, Programs},
+    loader::{self, DropMode, DropParams, Loaded, Programs, ResetMode},
     rings::{RingLayout, Rings},
 };
 use crate::{endpoint::Watched, netif::Link};
@@ -91,6 +91,10 @@ pub struct Tracer {
     pub drop_mode: DropMode,
     /// Whether the retransmission tracer (`tcp:tcp_retransmit_skb`) is attached.
     pub retransmits: bool,
+    /// Which sent-reset tracer (`tcp:tcp_send_reset`) is attached, if any.
+    pub resets: Option<ResetMode>,
+    /// Whether the received-reset tracer (`tcp:tcp_receive_reset`) is attached.
+    pub received_resets: bool,
     pub endpoints: Vec<Watched>,
     pub netns_inum: u64,
     pub layout: RingLayout,
@@ -142,8 +146,16 @@ impl Tracer {
                 "this kernel has no drop reasons (before 5.17)",
             ),
         };
-        let reasons =
-            reasons.unwrap_or_else(|| DropReasons::without_reasons(DropLocations::load()));
+        // 6.10 gave `tcp:tcp_send_reset` its `reason` argument and `enum sk_rst_reason`.
+        let rst_reasons = kbtf.rst_reasons();
+        let reset_mode = if rst_reasons.is_some() {
+            ResetMode::All
+        } else {
+            ResetMode::Sockets
+        };
+        let reasons = reasons
+            .unwrap_or_else(|| DropReasons::without_reasons(DropLocations::load()))
+            .with_rst_reasons(rst_reasons.unwrap_or_default());
         let inum = netns_inum()?;
         let tc_mode = TcMode::select()?;
         let keys: Vec<(EndpointKey, u32)> = cfg
@@ -188,6 +200,8 @@ impl Tracer {
             reasons,
             drop_mode,
             retransmits: false,
+            resets: None,
+            received_resets: false,
             endpoints: cfg.endpoints.clone(),
             netns_inum: inum,
             layout,
@@ -197,10 +211,33 @@ impl Tracer {
         }
         tracer.attach_drops()?;
         match retrans_offsets {
-            Ok(_) => tracer.attach_retransmits(),
-            Err(e) => tracer
-                .notes
-                .push(format!("retransmissions are not traced: {e}")),
+            Ok(_) => {
+                tracer.retransmits = tracer.attach_socket_tracer(
+                    names::PROG_TCP_RETRANSMIT,
+                    names::TP_TCP_RETRANSMIT,
+                    "retransmissions are not traced",
+                );
+                tracer.resets = tracer
+                    .attach_socket_tracer(
+                        reset_mode.program(),
+                        names::TP_TCP_SEND_RESET,
+                        "resets this host sends are not traced",
+                    )
+                    .then_some(reset_mode);
+                tracer.received_resets = tracer.attach_socket_tracer(
+                    names::PROG_TCP_RECEIVE_RESET,
+                    names::TP_TCP_RECEIVE_RESET,
+                    "resets this host's sockets receive are not traced",
+                );
+            }
+            Err(e) => tracer.notes.push(format!(
+                "retransmissions and resets of this host's sockets are not traced: {e}"
+            )),
+        }
+        if tracer.resets == Some(ResetMode::Sockets) {
+            tracer.notes.push(
+                "this kernel's tcp:tcp_send_reset (before 6.10) fires for full sockets only: resets answering segments with no socket (no listener) or a TIME_WAIT one are not attributed".to_owned(),
+            );
         }
         if tc_mode == TcMode::Legacy && !cfg.ifaces.is_empty() {
             // Whatever a killed lbtrace left here goes first.
@@ -260,25 +297,26 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches the retransmission tracer; a kernel without the tracepoint, or whose verifier
-    /// refuses it, only loses retransmissions, and a note says so.
-    fn attach_retransmits(&mut self) {
+    /// Attaches a socket tracer (`prog` on the raw tracepoint `tcp:{tp}`); a kernel without the
+    /// tracepoint, or whose verifier refuses it, only loses what it traces, and a note (`lost`)
+    /// says so. Whether it is attached.
+    fn attach_socket_tracer(&mut self, prog: &str, tp: &str, lost: &str) -> bool {
         let mut attach = || -> Result<FdLink> {
-            let p = loader::load_retransmit(&mut self.ebpf)?;
+            let p = loader::load_tracepoint(&mut self.ebpf, prog)?;
             let id = p
-                .attach(names::TP_TCP_RETRANSMIT)
-                .context("attaching to the raw tracepoint tcp:tcp_retransmit_skb")?;
+                .attach(tp)
+                .with_context(|| format!("attaching to the raw tracepoint tcp:{tp}"))?;
             Ok(FdLink::from(p.take_link(id)?))
         };
         match attach() {
             Ok(link) => {
                 self.links.push(link);
-                self.retransmits = true;
+                true
             }
-            Err(e) => self.notes.push(format!(
-                "retransmissions are not traced: {}",
-                crate::one_line(&e)
-            )),
+            Err(e) => {
+                self.notes.push(format!("{lost}: {}", crate::one_line(&e)));
+                false
+            }
         }
     }
 

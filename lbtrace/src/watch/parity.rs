@@ -129,6 +129,7 @@ fn batch(events: &[KernelEvent], probes: &[Probe]) -> Found {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: None,
     });
     let mut found = Found::new();

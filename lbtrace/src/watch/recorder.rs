@@ -248,7 +248,7 @@ fn backend_event(
                 ),
             })
         }
-        Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) => None,
+        Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) | Detail::Reset(_) => None,
         Detail::Icmp {
             outer_src,
             icmp_type,
@@ -707,7 +707,8 @@ impl Recorder {
                         out.extend(c.find(f).map(|f| (id, f)));
                     }
                 }
-                (Detail::Drop { .. } | Detail::Retrans | Detail::Data(_), _) => {}
+                (Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) | Detail::Reset(_), _) => {
+                }
                 (Detail::Icmp { .. }, _) => {}
             }
             let b1 = c.bytes();

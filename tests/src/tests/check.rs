@@ -312,10 +312,10 @@ fn check_haproxy_http_healthy() {
     assert_backends_serve(&o, &[0, 1, 2]);
     assert_eq!(o.json["vip_probe"]["http_status"], 200, "{}", o.dump());
     // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons, the retransmission
-    // tracepoint), no --xdp.
+    // tracepoint, 6.10+: every reset sent), no --xdp.
     assert_eq!(
         o.json["capabilities"],
-        serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "tracepoint"}),
+        serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "tracepoint", "resets": "all"}),
         "{}",
         o.dump()
     );
@@ -814,6 +814,16 @@ fn check_haproxy_http_all_backends_down() {
     assert_contains(&o, 3, "3 of 3");
     assert_eq!(o.json["vip_probe"]["http_status"], 503, "{}", o.dump());
     assert_clients(&o, |c| c.code == "503", "HAProxy's 503");
+    // HAProxy's own connections to the backends were refused: its sockets received the
+    // backends' resets in SYN_SENT (tcp:tcp_receive_reset), one per try at least.
+    let refused = o.step(3)["unserved"]["refused"].as_u64().unwrap_or(0);
+    assert!(
+        refused >= 1,
+        "refused connects of the LB
+{}",
+        o.dump()
+    );
+    assert_contains(&o, 3, "refused (a reset received in SYN_SENT)");
 }
 
 #[test]
@@ -831,6 +841,14 @@ fn check_nft_dnat_all_backends_down() {
     );
     assert_contains(&o, 2, "reset before any data");
     assert_contains(&o, 3, "3 of 3");
+    // The backends' RSTs, forwarded by NAT: no reset of this host's TCP stack.
+    assert_eq!(
+        o.step(2)["rst_made_by"]["by"],
+        "not_this_stack",
+        "{}",
+        o.dump()
+    );
+    assert_contains(&o, 2, "not this host's TCP stack");
 }
 
 #[test]

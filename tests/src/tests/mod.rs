@@ -8,6 +8,7 @@ mod data_path;
 mod hardening;
 mod lab_smoke;
 mod pressure;
+mod resets;
 mod trace;
 mod watch;
 mod watch_parity;

@@ -167,6 +167,7 @@ fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool, env
             &caps["drops"],
             caps["xdp"] == "off",
             &caps["retransmissions"],
+            &caps["resets"],
         ),
         (
             &Value::from(if legacy { "legacy_tc" } else { "tcx" }),
@@ -174,6 +175,7 @@ fn matches_tcpdump_on(kind: LbKind, family: Family, xdp: bool, legacy: bool, env
             &Value::from("reason"),
             !xdp,
             &Value::from("tracepoint"),
+            &Value::from("all"),
         ),
         "capabilities in {}",
         trace.summary

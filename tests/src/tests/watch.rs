@@ -235,11 +235,11 @@ fn watch_alerts_backend_down_and_recovers() {
         watch.dump()
     );
     // This kernel's capabilities (6.6+: TCX, per-CPU rings, drop reasons, the retransmission
-    // tracepoint), no --xdp.
+    // tracepoint, 6.10+: every reset sent), no --xdp.
     assert_eq!(
         health.map(|h| h["capabilities"].clone()),
         Some(
-            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "tracepoint"})
+            serde_json::json!({"attach": "tcx", "xdp": "off", "packet_rings": "percpu", "drops": "reason", "retransmissions": "tracepoint", "resets": "all"})
         ),
         "lbtrace watch {}",
         watch.dump()

@@ -18,7 +18,7 @@ use super::{
     verdict::{
         BackendFinding, BackendsFinding, ClientFinding, HandlingFinding, HostFinding, LbToBackend,
         LocalService, Mode, Outcomes, ReturnFinding, Side, Status, StepFinding, StepVerdict,
-        Unserved, Verdict, flow::ReasonCounts,
+        Unserved, Verdict, flow::ReasonCounts, resets::RstMaker,
     },
 };
 use crate::{
@@ -105,7 +105,10 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
             }
             o["host"] = s.host.iter().map(host_finding_json).collect::<Vec<_>>().into();
             if let Some(u) = &s.unserved {
-                o["unserved"] = json!({"connections": u.connections, "of": u.of});
+                o["unserved"] = json!({"connections": u.connections, "of": u.of, "refused": u.refused});
+            }
+            if let Some(m) = rst_made_by(&s.finding) {
+                o["rst_made_by"] = json!({"by": rst_maker_key(m), "words": rst_maker_words(m)});
             }
             if s.step == Step::ReturnPath {
                 o["tcp_info"] = tcp_info_json(&ctx).into();
@@ -503,12 +506,67 @@ fn finding_summary(s: &StepVerdict) -> String {
 
 /// The LB answering clients without any working backend connection, in words.
 pub fn unserved_words(u: &Unserved) -> String {
+    let refused = if u.refused > 0 {
+        format!(
+            "; this host's TCP stack saw {} connection(s) of the LB to backends refused (a reset received in SYN_SENT)",
+            u.refused
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "the LB answers without any backend connection: {} of {} client connection(s) it answered were closed with no backend answering (within {} ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view",
+        "the LB answers without any backend connection: {} of {} client connection(s) it answered were closed with no backend answering (within {} ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view{refused}",
         u.connections,
         u.of,
         super::verdict::unserved::QUICK_CLOSE_NS / 1_000_000
     )
+}
+
+/// Who made the RSTs a step-1 or step-2 finding talks about.
+fn rst_made_by(f: &StepFinding) -> Option<RstMaker> {
+    match f {
+        StepFinding::ClientToLb(ClientFinding::Dropped { rst_made_by, .. }) => *rst_made_by,
+        StepFinding::LbHandling(HandlingFinding::NothingServes { rst_made_by, .. }) => *rst_made_by,
+        StepFinding::LbHandling(
+            HandlingFinding::Served { outcomes, .. } | HandlingFinding::Hang { outcomes, .. },
+        ) => outcomes.rst_made_by,
+        _ => None,
+    }
+}
+
+/// `rst_made_by.by` in the JSON report.
+fn rst_maker_key(m: RstMaker) -> &'static str {
+    match m {
+        RstMaker::NoSocket => "no_socket",
+        RstMaker::TimeWait => "time_wait",
+        RstMaker::SocketAbort => "socket_abort",
+        RstMaker::SocketAnswer { .. } => "socket_answer",
+        RstMaker::NotThisStack => "not_this_stack",
+        RstMaker::NoSocketOrFirewall => "no_socket_or_firewall",
+    }
+}
+
+/// Who made a RST, in words.
+pub fn rst_maker_words(m: RstMaker) -> String {
+    match m {
+        RstMaker::NoSocket => {
+            "this host's TCP stack: no socket for the segment (no listener on the VIP's port)"
+                .to_owned()
+        }
+        RstMaker::TimeWait => {
+            "this host's TCP stack: the segment hit a socket in TIME_WAIT".to_owned()
+        }
+        RstMaker::SocketAbort => "a socket of this host aborted (closed with unread data / SO_LINGER 0: the LB process reset it)".to_owned(),
+        RstMaker::SocketAnswer { state } => format!(
+            "this host's TCP stack, for a segment its socket in {} did not accept",
+            crate::event::tcp_state_name(state)
+        ),
+        RstMaker::NotThisStack => {
+            "not this host's TCP stack (a firewall reject rule, or forwarded from a backend)"
+                .to_owned()
+        }
+        RstMaker::NoSocketOrFirewall => "not a socket of this host: no socket for the segment, or a firewall reject rule (this kernel's tcp:tcp_send_reset, before 6.10, does not tell which)".to_owned(),
+    }
 }
 
 /// The next thing to check, when the finding calls for one.
@@ -609,8 +667,12 @@ fn client_summary(f: &ClientFinding) -> String {
             connections,
             of,
             reasons,
+            rst_made_by,
         } => format!(
-            "clients' SYNs reach the LB but the LB host drops them: {connections} connection(s) of {of} dropped ({reasons})"
+            "clients' SYNs reach the LB but the LB host drops them: {connections} connection(s) of {of} dropped ({reasons}){}",
+            rst_made_by
+                .map(|m| format!("; the clients got RSTs made by {}", rst_maker_words(m)))
+                .unwrap_or_default()
         ),
         ClientFinding::Reached {
             syns,
@@ -703,6 +765,11 @@ fn outcome_words(mode: Mode, o: &Outcomes) -> Vec<String> {
     .into_iter()
     .filter(|(n, _)| *n > 0)
     .map(|(n, words)| format!("{n} {words}"))
+    .chain(
+        o.rst_made_by
+            .filter(|_| o.rst_after_request + o.rst_immediate > 0)
+            .map(|m| format!("the LB's RST made by {}", rst_maker_words(m))),
+    )
     .collect()
 }
 
@@ -723,6 +790,7 @@ fn handling_summary(f: &HandlingFinding) -> String {
         HandlingFinding::NothingServes {
             vip,
             kernel_refused,
+            rst_made_by,
         } => {
             let what = if *kernel_refused {
                 format!(
@@ -731,7 +799,10 @@ fn handling_summary(f: &HandlingFinding) -> String {
             } else {
                 format!("SYNs to {vip} get no answer and are not forwarded to any backend")
             };
-            format!("nothing serves the VIP: {what}")
+            let by = rst_made_by
+                .map(|m| format!("; the RSTs were made by {}", rst_maker_words(m)))
+                .unwrap_or_default();
+            format!("nothing serves the VIP: {what}{by}")
         }
         HandlingFinding::Served {
             mode,
@@ -1019,12 +1090,28 @@ mod tests {
             connections: 1,
             of: 2,
             reasons: ReasonCounts(vec![("NETFILTER_DROP".into(), 3), ("X".into(), 1)]),
+            rst_made_by: None,
         }));
         assert_eq!(
             summary(&s),
             "clients' SYNs reach the LB but the LB host drops them: 1 connection(s) of 2 dropped (NETFILTER_DROP x3, X x1)"
         );
         assert!(next(&s).unwrap().contains("firewall"));
+        // A reject rule: the SYN is dropped and answered, not by the TCP stack.
+        let s = step(StepFinding::ClientToLb(ClientFinding::Dropped {
+            connections: 1,
+            of: 1,
+            reasons: ReasonCounts(vec![("NETFILTER_DROP".into(), 1)]),
+            rst_made_by: Some(RstMaker::NotThisStack),
+        }));
+        assert_eq!(
+            summary(&s),
+            "clients' SYNs reach the LB but the LB host drops them: 1 connection(s) of 1 dropped (NETFILTER_DROP x1); the clients got RSTs made by not this host's TCP stack (a firewall reject rule, or forwarded from a backend)"
+        );
+        assert_eq!(
+            rst_made_by(&s.finding).map(rst_maker_key),
+            Some("not_this_stack")
+        );
         let s = step(StepFinding::ClientToLb(ClientFinding::NoSyn {
             vip: "10.0.0.1:80".parse().unwrap(),
             client: Some("10.9.9.9".parse().unwrap()),
@@ -1099,6 +1186,20 @@ mod tests {
         s.unserved = Some(Unserved {
             connections: 3,
             of: 4,
+            refused: 0,
+        });
+        let words = "the LB answers without any backend connection: 3 of 4 client connection(s) it answered were closed with no backend answering (within 500 ms, or after every backend connection it tried failed) and no backend answered the LB: all backends down in the LB's view";
+        assert!(summary(&s).starts_with(&format!("{words}; 1 of 1")));
+        s.unserved = Some(Unserved {
+            connections: 3,
+            of: 4,
+            refused: 2,
+        });
+        assert!(summary(&s).starts_with(&format!("{words}; this host's TCP stack saw 2 connection(s) of the LB to backends refused (a reset received in SYN_SENT); 1 of 1")), "{}", summary(&s));
+        s.unserved = Some(Unserved {
+            connections: 3,
+            of: 4,
+            refused: 0,
         });
         assert_eq!(
             summary(&s),

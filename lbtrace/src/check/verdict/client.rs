@@ -3,6 +3,7 @@
 use super::{
     Facts, Status, StepFinding, StepVerdict,
     flow::{Flow, ReasonCounts, evidence_of},
+    resets::{RstMaker, first_made_by},
 };
 use crate::{checklist::Step, endpoint::Endpoint};
 
@@ -15,11 +16,14 @@ pub enum ClientFinding {
         client: Option<Endpoint>,
         window_secs: f64,
     },
-    /// SYNs arrived and the LB host dropped them, for `reasons`.
+    /// SYNs arrived and the LB host dropped them, for `reasons`. `rst_made_by`: who made the
+    /// RSTs the clients got for them (a firewall's `reject with tcp reset` drops the SYN and
+    /// answers it; [`super::resets`]), `None` when none was sent or resets are not traced.
     Dropped {
         connections: usize,
         of: usize,
         reasons: ReasonCounts,
+        rst_made_by: Option<RstMaker>,
     },
     /// SYNs arrived and the LB host's stack took them in; `nat_dropped` connections' SYNs were
     /// NATed and then dropped by the LB host on their way to a backend (steps 2 and 3 judge that).
@@ -66,6 +70,9 @@ pub fn judge(f: &Facts<'_>, syn_flows: &[&Flow]) -> StepVerdict {
                 connections: dropped.len(),
                 of: syn_flows.len(),
                 reasons: ReasonCounts::of(ev, &idx, f.reasons),
+                rst_made_by: dropped.iter().find_map(|fl| {
+                    first_made_by(ev, fl.lb_rsts.iter().copied(), &fl.resets, f.resets)
+                }),
             },
             evidence_of(&dropped, Flow::evidence),
         )

@@ -43,6 +43,9 @@ pub struct Flow {
     pub icmp: Vec<usize>,
     /// Segments the LB host retransmitted to the client (Layer 7: the LB is the client's peer).
     pub retrans: Vec<usize>,
+    /// Resets of the flow's tuple this host's TCP stack sent or accepted (the reset
+    /// tracepoints): who made the RSTs ([`super::resets`]).
+    pub resets: Vec<usize>,
 }
 
 impl Flow {
@@ -209,6 +212,7 @@ impl Flow {
             &self.client_closes,
             &self.drops,
             &self.icmp,
+            &self.resets,
         ]
         .into_iter()
         .flatten()
@@ -351,6 +355,7 @@ pub fn classify(f: &Facts<'_>) -> Classified {
             // seen again (data-path mode) is the client's business, not the return path's.
             (Detail::Retrans, true) => {}
             (Detail::Data(_), _) => {}
+            (Detail::Reset(_), _) => fl.resets.push(i),
             // The client's packet leaving the LB host still addressed to the VIP: forwarded
             // without NAT (an ECMP / direct-routing LB, IPVS DR). Its SYN is the backend leg;
             // the rest is the client's packet seen a second time.

@@ -14,6 +14,7 @@
 use super::{
     Facts, Mode, Status, StepFinding, StepVerdict,
     flow::{Flow, evidence_of},
+    resets::{RstMaker, first_made_by},
 };
 use crate::{checklist::Step, endpoint::Endpoint, probe::series::Health};
 
@@ -35,6 +36,9 @@ pub struct Outcomes {
     /// NATed (Layer 4), then dropped by the LB host before leaving toward a backend: step 3
     /// names the drop reasons (a host setting such as `ip_forward` is a host finding here).
     pub nat_dropped: usize,
+    /// Who made the first of the LB's RSTs counted in `rst_after_request` / `rst_immediate`
+    /// ([`super::resets`]); `None` when resets are not traced or there was none.
+    pub rst_made_by: Option<RstMaker>,
 }
 
 /// The LB host's own requests to the VIP, when they did not all get a fine answer.
@@ -110,7 +114,12 @@ pub enum HandlingFinding {
     /// No client connection got past the LB host's stack.
     NoConnection,
     /// Nothing serves the VIP: the kernel refuses (`kernel_refused`), or nothing answers.
-    NothingServes { vip: Endpoint, kernel_refused: bool },
+    /// `rst_made_by`: who made the RSTs the clients got ([`super::resets`]).
+    NothingServes {
+        vip: Endpoint,
+        kernel_refused: bool,
+        rst_made_by: Option<RstMaker>,
+    },
     /// The LB served the connections (`outcomes` says how each ended).
     Served {
         mode: Mode,
@@ -206,10 +215,20 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
     let local = LocalService::of(f);
     if served == 0 {
         let first: Vec<&Flow> = live.iter().take(3).copied().collect();
+        // Before 6.10 the stack's answer for no socket fires no reset event; the kernel's
+        // NO_SOCKET drop of the SYN says it all the same.
+        let rst_made_by = live
+            .iter()
+            .find_map(|fl| first_made_by(ev, fl.lb_rsts.iter().copied(), &fl.resets, f.resets))
+            .map(|m| match m {
+                RstMaker::NoSocketOrFirewall if kernel_refused > 0 => RstMaker::NoSocket,
+                m => m,
+            });
         return (
             HandlingFinding::NothingServes {
                 vip: f.vip,
                 kernel_refused: kernel_refused > 0,
+                rst_made_by,
             },
             evidence_of(&first, Flow::evidence),
         );
@@ -251,6 +270,10 @@ fn find(f: &Facts<'_>, live: &[&Flow], mode: Mode) -> (HandlingFinding, Vec<usiz
         kernel_refused,
         unanswered,
         nat_dropped,
+        rst_made_by: rst_after_req
+            .iter()
+            .chain(&rst_immediate)
+            .find_map(|fl| first_made_by(ev, fl.lb_rsts.iter().copied(), &fl.resets, f.resets)),
     };
     let forwarded: Vec<&&Flow> = live.iter().filter(|fl| !fl.forwarded.is_empty()).collect();
     let unchanged = mode == Mode::L4

@@ -17,6 +17,7 @@ pub mod client;
 pub mod flow;
 pub mod handling;
 pub mod host;
+pub mod resets;
 pub mod return_path;
 pub mod unserved;
 
@@ -110,6 +111,9 @@ pub struct Facts<'a> {
     pub vip_probe: Option<&'a ProbeFacts>,
     pub window_secs: f64,
     pub reasons: &'a DropReasons,
+    /// Which resets of this host's TCP stack the kernel traces (`capabilities.resets`); `None`
+    /// when not traced: no RST is attributed ([`resets`]).
+    pub resets: Option<crate::kernel::loader::ResetMode>,
     /// The LB host's limits before and after the window; `None` while the window is open.
     pub host: Option<&'a HostFacts>,
 }

@@ -52,6 +52,7 @@ fn run(events: &[KernelEvent], probes: &[ProbeFacts]) -> Verdict {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: None,
     })
 }
@@ -296,7 +297,8 @@ fn firewall_drop_on_the_lb_fails_step_one_with_the_reason() {
         ClientFinding::Dropped {
             connections: 1,
             of: 1,
-            reasons: counts(&[("NETFILTER_DROP", 3)])
+            reasons: counts(&[("NETFILTER_DROP", 3)]),
+            rst_made_by: None,
         }
     );
     assert_eq!(v.steps[0].status, Status::Fail);
@@ -321,11 +323,111 @@ fn kernel_rst_means_nothing_serves_the_vip() {
         *handling(&v),
         HandlingFinding::NothingServes {
             vip: VIP.parse().unwrap(),
-            kernel_refused: true
+            kernel_refused: true,
+            rst_made_by: None,
         }
     );
     assert_eq!(v.steps[1].status, Status::Fail);
     assert_eq!(v.first_failed_step, Some(Step::LbHandling));
+}
+
+#[test]
+fn the_reset_tracepoints_say_who_made_the_rsts() {
+    use crate::{
+        event::{Detail, Hook, ResetInfo},
+        kernel::loader::ResetMode,
+    };
+    let judged = |ev: &[KernelEvent], mode| {
+        let (backends, probes, r) = (Vec::new(), healthy_probes(), reasons());
+        judge(&Facts {
+            vip: VIP.parse().unwrap(),
+            backends: &backends,
+            client: None,
+            events: ev,
+            probes: &probes,
+            vip_probe: None,
+            window_secs: 10.0,
+            reasons: &r,
+            resets: mode,
+            host: None,
+        })
+    };
+    let sent = |ms, state, active| KernelEvent {
+        ifindex: 0,
+        hook: Hook::TcpSendReset,
+        detail: Detail::Reset(ResetInfo {
+            state,
+            active,
+            reason: None,
+        }),
+        ..pkt(ms, Dir::Out, VIP, CLIENT, RST, 0, 0)
+    };
+    // No listener: the stack's reset event comes with the RST.
+    let refused = vec![
+        pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+        sent(10, None, false),
+        pkt(10, Dir::Out, VIP, CLIENT, RST | ACK, 0, 1001),
+        drop(10, CLIENT, VIP, SYN, 1000, 2),
+    ];
+    let v = judged(&refused, Some(ResetMode::All));
+    assert_eq!(
+        *handling(&v),
+        HandlingFinding::NothingServes {
+            vip: VIP.parse().unwrap(),
+            kernel_refused: true,
+            rst_made_by: Some(resets::RstMaker::NoSocket),
+        }
+    );
+    assert!(
+        v.steps[1].evidence.contains(&1),
+        "the reset event is evidence"
+    );
+    // Before 6.10 no reset event comes, the NO_SOCKET drop tells.
+    let mut old = refused.clone();
+    old.remove(1);
+    let v = judged(&old, Some(ResetMode::Sockets));
+    assert!(
+        matches!(
+            handling(&v),
+            HandlingFinding::NothingServes {
+                rst_made_by: Some(resets::RstMaker::NoSocket),
+                ..
+            }
+        ),
+        "{:?}",
+        handling(&v)
+    );
+    // The LB process resets after the request (SO_LINGER 0).
+    let aborted = vec![
+        pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+        pkt(10, Dir::Out, VIP, CLIENT, SYN | ACK, 5000, 1001),
+        // It acknowledges the client's request: reset after the request.
+        pkt(21, Dir::Out, VIP, CLIENT, RST | ACK, 5001, 1101),
+        sent(21, Some(7), true),
+    ];
+    let outcomes = |v: &Verdict| match handling(v) {
+        HandlingFinding::Served { outcomes, .. } | HandlingFinding::Hang { outcomes, .. } => {
+            outcomes.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    let o = outcomes(&judged(&aborted, Some(ResetMode::All)));
+    assert_eq!(
+        (o.rst_after_request, o.rst_made_by),
+        (1, Some(resets::RstMaker::SocketAbort))
+    );
+    // Without the reset event: not the stack on 6.10+, unknown before, nothing untraced.
+    let forwarded: Vec<KernelEvent> = aborted[..3].to_vec();
+    let by = |mode| outcomes(&judged(&forwarded, mode)).rst_made_by;
+    assert_eq!(
+        by(Some(ResetMode::All)),
+        Some(resets::RstMaker::NotThisStack)
+    );
+    assert_eq!(
+        by(Some(ResetMode::Sockets)),
+        Some(resets::RstMaker::NoSocketOrFirewall)
+    );
+    assert_eq!(by(None), None);
 }
 
 #[test]
@@ -617,6 +719,7 @@ fn client_filter_ignores_other_clients() {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: None,
     });
     assert_eq!(
@@ -765,6 +868,7 @@ fn a_full_accept_queue_fails_step_one_with_its_counters() {
         vip_probe: None,
         window_secs: 10.0,
         reasons: &r,
+        resets: None,
         host: Some(&host),
     });
     assert_eq!(v.first_failed_step, Some(Step::ClientToLb), "{v:#?}");
@@ -905,6 +1009,7 @@ fn the_lb_serving_errors_is_step_two_failing_only_when_its_backends_are_fine() {
             vip_probe: Some(&vip_probe),
             window_secs: 10.0,
             reasons: &r,
+            resets: None,
             host: None,
         })
     };

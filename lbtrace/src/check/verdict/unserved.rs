@@ -54,6 +54,9 @@ pub fn all_down(unserved: usize, last_alive_ns: Option<u64>, now_ns: u64) -> boo
 pub struct Unserved {
     pub connections: usize,
     pub of: usize,
+    /// Connections of the LB's to backends that its TCP stack saw refused: a reset accepted
+    /// in `SYN_SENT` ([`super::resets::refused_connect`]; 0 when resets are not traced).
+    pub refused: usize,
 }
 
 /// The rule over a whole window: `live` are the client connections the LB host's stack kept.
@@ -119,6 +122,11 @@ pub fn judge(f: &Facts<'_>, live: &[&Flow]) -> Option<(Unserved, Vec<usize>)> {
         Unserved {
             connections: unserved.len(),
             of: l7.len(),
+            refused: ev
+                .iter()
+                .filter(|e| super::resets::refused_connect(e) && is_backend(&e.src))
+                .filter(|e| !f.probes.iter().any(|p| p.ports.contains(&e.dst.port())))
+                .count(),
         },
         super::flow::evidence_of(&first, Flow::evidence),
     ))
