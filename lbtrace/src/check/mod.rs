@@ -161,6 +161,7 @@ pub fn facts<'a>(
         probes: &probes.backends,
         vip_probe: probes.vip.as_ref(),
         window_secs: window.as_secs_f64(),
+        slow: args.probe.slow,
         reasons,
         host,
     }

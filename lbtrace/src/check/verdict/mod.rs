@@ -109,6 +109,8 @@ pub struct Facts<'a> {
     /// The LB host's own probe of the VIP, when it ran.
     pub vip_probe: Option<&'a ProbeFacts>,
     pub window_secs: f64,
+    /// `--slow`: the time to first byte past which a backend's replies are slow.
+    pub slow: std::time::Duration,
     pub reasons: &'a DropReasons,
     /// The LB host's limits before and after the window; `None` while the window is open.
     pub host: Option<&'a HostFacts>,
