@@ -308,19 +308,20 @@ const TRAFFIC_EVIDENCE: usize = 8;
 /// `--data`: each backend's replies and the clients' at the VIP (the probes' connections left
 /// out), and the reply events of the backends whose replies are not fine.
 fn traffic(f: &Facts<'_>) -> (Vec<(SocketAddr, Replies)>, Option<Replies>, Vec<usize>) {
-    let probe_ports: Vec<u16> = f
-        .probes
-        .iter()
-        .chain(f.vip_probe)
-        .flat_map(|p| p.ports.iter().copied())
-        .collect();
+    // A probe's reply: from its target to one of the series' local ports.
+    let probe_reply = |r: &Reply| {
+        f.probes
+            .iter()
+            .chain(f.vip_probe)
+            .any(|p| p.target == r.from && p.ports.contains(&r.to.port()))
+    };
     let mut seen = std::collections::HashSet::new();
     let all: Vec<(usize, Reply)> = f
         .events
         .iter()
         .enumerate()
         .filter_map(|(i, e)| Some((i, Reply::of(e)?)))
-        .filter(|(_, r)| !probe_ports.contains(&r.to.port()))
+        .filter(|(_, r)| !probe_reply(r))
         .filter(|(_, r)| seen.insert((r.from, r.to)))
         .collect();
     let mut evidence = Vec::new();
