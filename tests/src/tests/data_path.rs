@@ -118,6 +118,12 @@ fn check_haproxy_http_backend_slow_waited() {
         "{}",
         o.dump()
     );
+    // The clients sent to be2 waited as long as it took: the time is the backend's.
+    assert!(
+        summary.contains("backends answer in 1.") && summary.ends_with("the time is the backends'"),
+        "{}",
+        o.dump()
+    );
     assert_eq!(o.step(3)["status"], "warn", "{}", o.dump());
     // The evidence holds be2's replies: first-byte marks with their status.
     let evidence = o.step(3)["evidence"]

@@ -1091,7 +1091,7 @@ mod tests {
         assert_eq!(s.status, Status::Warn);
         assert_eq!(
             summary(&s),
-            "the LB reaches all 2 backend(s); 10.0.0.2:8080 slow from the traffic: time to first byte median 2 s (min 1.9 s, max 2.1 s) over 3 replies past --slow 1 s; clients wait 2.1 s (median) at the VIP; backends answer in 2 s: the time is the backends'"
+            "the LB reaches all 2 backend(s); 10.0.0.2:8080 slow from the traffic: time to first byte median 2 s (min 1.9 s, max 2.1 s) over 3 replies past --slow 1 s; clients wait 2.1 s (median, max 2.2 s) at the VIP; backends answer in 2 s: the time is the backends'"
         );
         assert!(next(&s).is_some_and(|n| n.contains("serve errors or late")));
         // Backends fast, clients slow: the LB adds the time.
@@ -1100,7 +1100,16 @@ mod tests {
         let s = step(StepFinding::LbToBackend(f));
         assert!(
             summary(&s).ends_with(
-                "clients wait 3 s (median) at the VIP; backends answer in 3.0 ms: the LB adds 3 s"
+                "clients wait 3 s (median, max 3 s) at the VIP; backends answer in 3.0 ms: the LB adds 3 s"
+            ),
+            "{}",
+            summary(&s)
+        );
+        // Only the requests a slow backend got waited: the clients' longest wait is compared.
+        let s = step(StepFinding::LbToBackend(finding(&[2.0, 3.0, 2100.0])));
+        assert!(
+            summary(&s).ends_with(
+                "clients wait 3.0 ms (median, max 2.1 s) at the VIP; backends answer in 2 s: the time is the backends'"
             ),
             "{}",
             summary(&s)
