@@ -96,6 +96,14 @@ pub enum ReplyHealth {
 }
 
 impl ReplyHealth {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Fine => "fine",
+            Self::Erroring { .. } => "erroring",
+            Self::Slow { .. } => "slow",
+        }
+    }
+
     pub fn status(&self) -> Status {
         match self {
             Self::Fine => Status::Pass,

@@ -33,7 +33,9 @@ pub enum Judged {
 pub struct ReplyWatch {
     backends: Vec<Endpoint>,
     slow: Duration,
-    windows: BTreeMap<SocketAddr, Window>,
+    /// Each backend address's window and its last judgement (`fine` / `erroring` / `slow`, or
+    /// `None` before 3 replies).
+    windows: BTreeMap<SocketAddr, (Window, Option<&'static str>)>,
 }
 
 impl ReplyWatch {
@@ -54,19 +56,31 @@ impl ReplyWatch {
         if !self.windows.contains_key(&backend) && self.windows.len() >= MAX_BACKEND_WINDOWS {
             return None;
         }
-        let w = self.windows.entry(backend).or_default();
+        let (w, last) = self.windows.entry(backend).or_default();
         w.push(r);
-        let judged = w.judge(r.ts_ns, self.slow)?;
+        let judged = w.judge(r.ts_ns, self.slow);
+        *last = judged.as_ref().map(|j| j.health.name());
+        let judged = judged?;
         let health = match judged.health {
             ReplyHealth::Fine => return Some(Judged::Fine(backend)),
-            ReplyHealth::Erroring { .. } => "erroring",
-            ReplyHealth::Slow { .. } => "slow",
+            ReplyHealth::Erroring { .. } | ReplyHealth::Slow { .. } => judged.health.name(),
         };
         Some(Judged::Degraded(Finding::RepliesDegraded {
             backend,
             health: health.to_owned(),
             what: replies_words(&judged)?,
         }))
+    }
+}
+
+impl ReplyWatch {
+    /// Each backend's last judgement, for the health line and the metrics: `fine`, `erroring`
+    /// or `slow` (backends with fewer than 3 replies in their window left out).
+    pub fn state(&self) -> BTreeMap<SocketAddr, &'static str> {
+        self.windows
+            .iter()
+            .filter_map(|(b, (_, last))| Some((*b, (*last)?)))
+            .collect()
     }
 }
 
@@ -102,6 +116,8 @@ mod tests {
             panic!("three 500s are erroring");
         };
         assert_eq!(f.alert_key(), "replies_erroring:10.0.3.12:8080");
+        let be = "10.0.3.12:8080".parse().unwrap();
+        assert_eq!(w.state(), BTreeMap::from([(be, "erroring")]));
         assert!(
             matches!(&f, Finding::RepliesDegraded { what, .. } if what.contains("HTTP 500") && what.contains("3 of 3")),
             "{f:?}"

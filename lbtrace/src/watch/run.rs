@@ -342,10 +342,12 @@ impl Loop {
                 })
                 .collect();
             let probes = self.prober.as_ref().map(|p| &p.state);
+            let replies = self.replies.as_ref().map(ReplyWatch::state);
             let line = match self.format {
                 Format::Json => json!({
                     "type": "health", "time": self.clock.rfc3339(Clock::monotonic_ns()), "vip": w.endpoint.to_string(),
                     "probes": probes.map(|s| s.iter().map(|(t, st)| (t.to_string(), st.result)).collect::<BTreeMap<_, _>>()),
+                    "replies": replies.as_ref().map(|s| s.iter().map(|(b, h)| (b.to_string(), *h)).collect::<BTreeMap<_, _>>()),
                     "connections": opened,
                     "failures": {"client-to-lb": fails[0], "lb-handling": fails[1], "lb-to-backend": fails[2], "return-path": fails[3]},
                     "lost": c.lost(), "active_alerts": self.alerts.active().len(), "recorder": acct,
@@ -372,6 +374,9 @@ impl Loop {
                         .map(|(t, st)| format!("{t}{} {}", if st.vip { " (vip)" } else { "" }, st.result))
                         .collect();
                     format!(", probes: {}", each.join(", "))
+                }) + &replies.as_ref().map_or_else(String::new, |s| {
+                    let each: Vec<String> = s.iter().map(|(b, h)| format!("{b} {h}")).collect();
+                    format!(", replies: {}", each.join(", "))
                 }),
             };
             self.print(&line);
@@ -438,6 +443,12 @@ impl Loop {
                     .iter()
                     .filter(|(_, st)| !st.vip)
                     .map(|(b, st)| (b.to_string(), (st.result, st.up)))
+                    .collect()
+            }),
+            replies: self.replies.as_ref().map_or_else(BTreeMap::new, |w| {
+                w.state()
+                    .into_iter()
+                    .map(|(b, h)| (b.to_string(), h))
                     .collect()
             }),
         }

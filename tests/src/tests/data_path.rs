@@ -224,6 +224,14 @@ fn watch_nft_dnat_replies_erroring() {
         "{}",
         watch.dump()
     );
+    // The health line says how each backend's replies are judged.
+    let health = |h: &'static str| {
+        let be2 = be2.clone();
+        move |o: &Value| o["replies"][be2.as_str()] == h
+    };
+    watch
+        .wait_for("health", Duration::from_secs(5), health("erroring"))
+        .unwrap_or_else(|| panic!("no health line with be2 erroring\n{}", watch.dump()));
     // dump keeps the DATA events: be2's first bytes with their status.
     let (conns, _) = dump_json(&lab.lb, &sock, &[]);
     let marks: Vec<Value> = conns
@@ -251,6 +259,12 @@ fn watch_nft_dnat_replies_erroring() {
         codes.push(lab.curl(&vip_url(), 2).0);
     }
     expect_recovered(&watch, &key, Duration::from_secs(10));
+    let fine = watch
+        .wait_for("health", Duration::from_secs(5), health("fine"))
+        .unwrap_or_else(|| panic!("no health line with be2 fine\n{}", watch.dump()));
+    for i in [0, 2] {
+        assert_eq!(fine["replies"][backend(i).as_str()], "fine", "{fine}");
+    }
     let (objects, stderr) = watch.stop();
     assert_eq!(last_health(&objects)["lost"], 0, "{stderr}");
 }
