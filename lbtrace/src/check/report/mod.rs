@@ -115,10 +115,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         })
         .collect();
     let slow = ctx.collected.slow;
-    let step3 = v.steps.iter().find_map(|s| match &s.finding {
-        StepFinding::LbToBackend(f) => Some(f),
-        _ => None,
-    });
+    let step3 = lb_to_backend(v);
     let traffic_of =
         |addr| step3.and_then(|f| f.traffic.iter().find(|(a, _)| *a == addr).map(|(_, r)| r));
     let backends: Vec<Value> = v
@@ -164,6 +161,14 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         },
         "host": host_json(&ctx.collected.host, v),
         "capabilities": ctx.collected.capabilities,
+    })
+}
+
+/// Step 3's finding (`--data`'s traffic is in it).
+fn lb_to_backend(v: &Verdict) -> Option<&LbToBackend> {
+    v.steps.iter().find_map(|s| match &s.finding {
+        StepFinding::LbToBackend(f) => Some(f),
+        _ => None,
     })
 }
 
@@ -372,6 +377,7 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
         }
     }
     out.push_str("\nbackends (probed from the LB host):\n");
+    let step3 = lb_to_backend(v);
     let slow = ctx.collected.slow;
     // The representative probe (the first that failed), then the series' numbers.
     let lines = |all: &[ProbeReport]| -> Vec<String> {
@@ -388,7 +394,10 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             backend_finding(&b.finding)
         ));
         let all = ctx.collected.probes.get(i).map_or(&[][..], Vec::as_slice);
-        for line in lines(all) {
+        let traffic = step3
+            .and_then(|f| f.traffic.iter().find(|(a, _)| *a == b.addr))
+            .map(|(_, r)| series::replies_line("in the traffic", r));
+        for line in lines(all).into_iter().chain(traffic) {
             out.push_str(&format!("  {:<24} {line}\n", ""));
         }
     }
@@ -399,7 +408,10 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             "  {:<24} (the VIP, from the LB host itself)\n",
             p.target.to_string(),
         ));
-        for line in lines(all) {
+        let clients = step3
+            .and_then(|f| f.clients.as_ref())
+            .map(|r| series::replies_line("to clients", r));
+        for line in lines(all).into_iter().chain(clients) {
             out.push_str(&format!("  {:<24} {line}\n", ""));
         }
     }
@@ -1113,6 +1125,11 @@ mod tests {
             ),
             "{}",
             summary(&s)
+        );
+        // The backend list's line.
+        assert_eq!(
+            series::replies_line("in the traffic", &be1),
+            "3 replies in the traffic, first byte median 2 s (min 1.9 s, max 2.1 s), HTTP 5xx 0 of 3: slow"
         );
         // 5xx replies: in words, with the share.
         let err = judge(&replies("10.0.0.3:8080", &[2.0, 3.0, 4.0], 503), slow);

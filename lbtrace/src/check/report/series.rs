@@ -71,6 +71,23 @@ pub fn replies_words(r: &Replies) -> Option<String> {
     })
 }
 
+/// A set of replies (`--data`) as the text report's backend list shows it: `3 replies in the
+/// traffic, first byte median 1.5 s (min 1.5 s, max 1.5 s), HTTP 5xx 0 of 3: slow`.
+pub fn replies_line(whose: &str, r: &Replies) -> String {
+    let mut parts = vec![format!(
+        "{} repl{} {whose}",
+        r.replies,
+        if r.replies == 1 { "y" } else { "ies" }
+    )];
+    if let Some(t) = &r.ttfb_ms {
+        parts.push(format!("first byte {}", median_min_max(t)));
+    }
+    if r.http > 0 {
+        parts.push(format!("HTTP 5xx {} of {}", r.errors_5xx, r.http));
+    }
+    format!("{}: {}", parts.join(", "), r.health.name())
+}
+
 /// Where the clients' time goes (`--data`), when they wait past `--slow` or a backend is slow:
 /// `clients wait 2.1 s (median, max 2.3 s) at the VIP; backends answer in 2 s: the time is the
 /// backends'`. The clients' wait compared is their median when it is past `--slow`, else their
