@@ -41,6 +41,10 @@ fn first_byte_of_reply(h: &mut Harness, prog: Prog, port: u16, reply: &[u8]) -> 
 fn a_replys_status_line_gives_its_code_and_nothing_else_does() {
     for prog in [Prog::TcEgress, Prog::Xdp] {
         let mut h = Harness::standard_data();
+        // XDP only where the loader loads it (5.18+; the harness says so once otherwise).
+        if !h.progs.contains(&prog) {
+            continue;
+        }
         let status = |h: &mut Harness, port, reply: &[u8]| {
             first_byte_of_reply(h, prog, port, reply).http_status()
         };
