@@ -1,8 +1,10 @@
 //! The data-path mode (`--data`, off by default): for watched tuples only, per-flow state in the
 //! `FLOWS` LRU map marks the first data byte each way, data seen again with a sequence number
 //! already passed (a retransmission by whichever host sent it: on a NAT LB, the backend's or the
-//! client's), and data after the other side's FIN. Called by the packet programs after the
-//! tuple matched; with `DATA_MODE` 0 they never call it and the verifier drops the code.
+//! client's), and data after the other side's FIN. A first byte that starts with an HTTP/1.x
+//! status line carries its code (the 3 digits only; read on that mark alone, through the
+//! program's [`crate::header::Payload`] reader). Called by the packet programs after the tuple
+//! matched; with `DATA_MODE` 0 they never call it and the verifier drops the code.
 //!
 //! Flows are per interface (`FlowKey::ifindex`): a forwarded segment is seen once where it comes
 //! in and once where it leaves, and each place keeps its own marks, so one crossing is never
