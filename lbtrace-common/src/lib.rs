@@ -39,7 +39,9 @@ pub mod reset {
 pub mod data_event {
     /// The first byte of data in this direction of the flow at this interface. The first 8
     /// bytes of `outer_src` hold the nanoseconds since the other direction's first byte
-    /// ([`super::Event::location`]), 0 when this direction sent first.
+    /// ([`super::Event::location`]), 0 when this direction sent first; when the segment starts
+    /// with an HTTP/1.x status line, the first 2 bytes of `outer_dst` hold its status code
+    /// ([`super::Event::http_status`]).
     pub const FIRST_BYTE: u32 = 1;
     /// Data seen again at this interface: a segment that starts before the highest sequence
     /// number already seen in its direction (a retransmission, by whichever host sent it).
@@ -114,7 +116,10 @@ pub mod family {
 ///   value, `payload_len` its length, `mss` the MSS its receiver advertised in its SYN or
 ///   SYN-ACK minus the option bytes of this segment (so `payload_len >= mss` is a full-size
 ///   segment; 0 when the flow's handshake was not seen). For `FIRST_BYTE` the first 8 bytes of
-///   `outer_src` hold the nanoseconds since the other direction's first byte (0 if none).
+///   `outer_src` hold the nanoseconds since the other direction's first byte (0 if none), and
+///   the first 2 bytes of `outer_dst` the status code when the segment's data starts with an
+///   HTTP/1.x status line (`HTTP/1.` digit, space, 3 digits), native-endian, 0 otherwise
+///   ([`Event::http_status`]); no other payload byte is ever copied.
 ///
 /// `mss` is read from SYN and SYN-ACK packet events only (the option walk runs on nothing else).
 #[repr(C)]
@@ -166,6 +171,12 @@ impl Event {
     pub const fn location(&self) -> u64 {
         let s = &self.outer_src;
         u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+    }
+
+    /// The HTTP status code of a `DATA` `FIRST_BYTE` event whose segment starts with a status
+    /// line; 0 when it does not, meaningless for other events.
+    pub const fn http_status(&self) -> u16 {
+        u16::from_ne_bytes([self.outer_dst[0], self.outer_dst[1]])
     }
 
     pub const fn zeroed() -> Self {

@@ -1,8 +1,10 @@
 //! The data-path mode (`--data`, off by default): for watched tuples only, per-flow state in the
 //! `FLOWS` LRU map marks the first data byte each way, data seen again with a sequence number
 //! already passed (a retransmission by whichever host sent it: on a NAT LB, the backend's or the
-//! client's), and data after the other side's FIN. Called by the packet programs after the
-//! tuple matched; with `DATA_MODE` 0 they never call it and the verifier drops the code.
+//! client's), and data after the other side's FIN. A first byte that starts with an HTTP/1.x
+//! status line carries its code (the 3 digits only; read on that mark alone, through the
+//! program's [`crate::header::Payload`] reader). Called by the packet programs after the tuple
+//! matched; with `DATA_MODE` 0 they never call it and the verifier drops the code.
 //!
 //! Flows are per interface (`FlowKey::ifindex`): a forwarded segment is seen once where it comes
 //! in and once where it leaves, and each place keeps its own marks, so one crossing is never
@@ -15,6 +17,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use lbtrace_common::{FlowKey, FlowState, addr_words, data_event, flow_flag, kind, tcp_flag};
 
 use crate::{
+    header::STATUS_LINE,
     maps::FLOWS,
     ring::{PacketSink, now_ns},
 };
@@ -35,6 +38,25 @@ pub(crate) struct Seg {
     pub(crate) opt_len: u16,
     /// The MSS option of a SYN / SYN-ACK, 0 otherwise.
     pub(crate) syn_mss: u16,
+    /// Offset of the data in the packet.
+    pub(crate) data_at: usize,
+}
+
+/// The status code of an HTTP/1.x status line (`HTTP/1.` digit, space, 3 digits), 0 for
+/// anything else. Compared byte by byte: no `memcmp` in a BPF program.
+#[inline(always)]
+fn http_status(l: &[u8; STATUS_LINE]) -> u16 {
+    for (have, want) in l.iter().zip(b"HTTP/1.") {
+        if have != want {
+            return 0;
+        }
+    }
+    let digit = |c: u8| c.wrapping_sub(b'0');
+    let (v, a, b, c) = (digit(l[7]), digit(l[9]), digit(l[10]), digit(l[11]));
+    if v > 9 || l[8] != b' ' || a > 9 || b > 9 || c > 9 {
+        return 0;
+    }
+    u16::from(a) * 100 + u16::from(b) * 10 + u16::from(c)
 }
 
 /// `a` comes before `b` in sequence space (RFC 1982 arithmetic).
@@ -65,9 +87,15 @@ fn flow(key: &FlowKey) -> Option<*mut FlowState> {
 }
 
 /// Follows one segment of a watched tuple seen at `ifindex` / `hook`; writes a `DATA` event when
-/// it marks something.
+/// it marks something. `status_line` reads the segment's first data bytes; called only for a
+/// first-byte mark, so other segments never pay for it.
 #[inline(always)]
-pub(crate) fn track<S: PacketSink>(s: &Seg, ifindex: u32, hook: u8) {
+pub(crate) fn track<S: PacketSink, L: FnOnce() -> Option<[u8; STATUS_LINE]>>(
+    s: &Seg,
+    status_line: L,
+    ifindex: u32,
+    hook: u8,
+) {
     if s.flags & tcp_flag::RST != 0 {
         return;
     }
@@ -115,6 +143,7 @@ pub(crate) fn track<S: PacketSink>(s: &Seg, ifindex: u32, hook: u8) {
         // A keep-alive or zero-window probe: one byte (or none) at `nxt - 1`.
         let probe = s.payload == 1 && s.seq.wrapping_add(1) == me.nxt;
         let mut since = 0;
+        let mut status = 0;
         let what = if known && before(s.seq, me.nxt) && !probe {
             data_event::RETRANS
         } else if me.first_ns == 0 {
@@ -122,6 +151,9 @@ pub(crate) fn track<S: PacketSink>(s: &Seg, ifindex: u32, hook: u8) {
             me.first_ns = now;
             if peer.first_ns != 0 {
                 since = now.saturating_sub(peer.first_ns);
+            }
+            if usize::from(s.payload) >= STATUS_LINE {
+                status = status_line().map_or(0, |l| http_status(&l));
             }
             data_event::FIRST_BYTE
         } else if peer.flags & flow_flag::FIN != 0 && me.flags & flow_flag::AFTER_FIN_REPORTED == 0
@@ -153,6 +185,10 @@ pub(crate) fn track<S: PacketSink>(s: &Seg, ifindex: u32, hook: u8) {
                 // SAFETY: `outer_src` sits at offset 64 of the 8-aligned Event, so its first
                 // 8 bytes are an aligned u64 inside the record; its last 8 are already zero.
                 unsafe { addr_of_mut!(e.outer_src).cast::<u64>().write(since) };
+                // The status code only (`Event::http_status`): no other payload byte.
+                let [s0, s1] = status.to_ne_bytes();
+                e.outer_dst[0] = s0;
+                e.outer_dst[1] = s1;
             });
         }
     }

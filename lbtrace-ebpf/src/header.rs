@@ -67,6 +67,39 @@ impl Bounds {
     }
 }
 
+/// Bytes of an HTTP/1.x status line up to its code: `HTTP/1.1 503`.
+pub(crate) const STATUS_LINE: usize = 12;
+
+/// Reads the first [`STATUS_LINE`] bytes of a segment's data, for the data-path mode's
+/// first-byte marks only (once per direction of a flow): every other packet is read through
+/// [`Bounds`] alone.
+pub(crate) trait Payload {
+    /// The bytes at `off` (the segment's data), `None` when the packet has fewer.
+    fn status_line(&self, b: &Bounds, off: usize) -> Option<[u8; STATUS_LINE]>;
+}
+
+/// An skb's data through `bpf_skb_load_bytes`: TCP data sent by a local socket or forwarded
+/// by a veth is mostly in the skb's paged part, out of [`Bounds`]' reach.
+pub(crate) struct Skb<'a>(pub(crate) &'a TcContext);
+
+impl Payload for Skb<'_> {
+    #[inline(always)]
+    fn status_line(&self, _b: &Bounds, off: usize) -> Option<[u8; STATUS_LINE]> {
+        self.0.load::<[u8; STATUS_LINE]>(off).ok()
+    }
+}
+
+/// XDP's first buffer, read directly; data in later buffers of a multi-buffer packet is not
+/// read (unknown).
+pub(crate) struct FirstBuffer;
+
+impl Payload for FirstBuffer {
+    #[inline(always)]
+    fn status_line(&self, b: &Bounds, off: usize) -> Option<[u8; STATUS_LINE]> {
+        Some(b.at::<STATUS_LINE>(off)?.read::<[u8; STATUS_LINE], 0>())
+    }
+}
+
 /// `N` readable bytes: a bounds-checked part of a packet, or an array.
 #[derive(Clone, Copy)]
 pub(crate) struct Hdr<'a, const N: usize> {

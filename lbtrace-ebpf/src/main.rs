@@ -46,7 +46,7 @@ use aya_ebpf::{
 use lbtrace_common::{counter, hook};
 
 use crate::{
-    header::Bounds,
+    header::{Bounds, FirstBuffer, Skb},
     maps::count,
     ring::{PacketSink, PerCpuRings, SharedRing},
 };
@@ -55,7 +55,7 @@ use crate::{
 fn tc<S: PacketSink>(ctx: &TcContext, hook: u8) -> i32 {
     // SAFETY: `skb` is the program's `__sk_buff` context, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if packet::handle::<S>(&Bounds::tc(ctx), ifindex, hook).is_err() {
+    if packet::handle::<S, _>(&Bounds::tc(ctx), &Skb(ctx), ifindex, hook).is_err() {
         count(counter::PARSE_ERRORS);
     }
     // TCX_NEXT: never end the chain, whatever happened.
@@ -96,7 +96,8 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn xdp<S: PacketSink>(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    if packet::handle::<S>(&Bounds::xdp(ctx), ifindex, hook::XDP_INGRESS).is_err() {
+    if packet::handle::<S, _>(&Bounds::xdp(ctx), &FirstBuffer, ifindex, hook::XDP_INGRESS).is_err()
+    {
         count(counter::PARSE_ERRORS);
     }
     xdp_action::XDP_PASS

@@ -10,7 +10,7 @@ use crate::{
     data::{self, Seg},
     header::{
         Bounds, ETH_P_IP, ETH_P_IPV6, IP4_LEN, IP6_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-        Ip4, Ip6, TCP_LEN, TCPOPT_EOL, TCPOPT_MSS, TCPOPT_NOP, Tcp, l2,
+        Ip4, Ip6, Payload, TCP_LEN, TCPOPT_EOL, TCPOPT_MSS, TCPOPT_NOP, Tcp, l2,
     },
     lookup::{count_flags, ports, stats, watched},
     maps::{DATA_MODE, count},
@@ -83,9 +83,15 @@ fn ipv6(b: &Bounds, off: usize) -> Result<Option<L3<'_>>, ()> {
     }))
 }
 
-/// The shared body of the TC and XDP programs.
+/// The shared body of the TC and XDP programs; `payload` reads a reply's status line for the
+/// data-path mode's first-byte marks (`payload`).
 #[inline(always)]
-pub(crate) fn handle<S: PacketSink>(b: &Bounds, ifindex: u32, hook: u8) -> Result<(), ()> {
+pub(crate) fn handle<S: PacketSink, P: Payload>(
+    b: &Bounds,
+    payload: &P,
+    ifindex: u32,
+    hook: u8,
+) -> Result<(), ()> {
     count(counter::PACKETS);
     let (l3off, ethertype) = l2(b).ok_or(())?;
     let l3 = match ethertype {
@@ -95,7 +101,7 @@ pub(crate) fn handle<S: PacketSink>(b: &Bounds, ifindex: u32, hook: u8) -> Resul
     };
     let Some(l3) = l3 else { return Ok(()) };
     match l3.proto {
-        IPPROTO_TCP => tcp::<S>(b, &l3, ifindex, hook),
+        IPPROTO_TCP => tcp::<S, P>(b, payload, &l3, ifindex, hook),
         IPPROTO_ICMP if l3.fam == family::V4 => icmp(b, &l3, ifindex, hook),
         IPPROTO_ICMPV6 if l3.fam == family::V6 => icmp(b, &l3, ifindex, hook),
         _ => Ok(()),
@@ -103,7 +109,13 @@ pub(crate) fn handle<S: PacketSink>(b: &Bounds, ifindex: u32, hook: u8) -> Resul
 }
 
 #[inline(always)]
-fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
+fn tcp<S: PacketSink, P: Payload>(
+    b: &Bounds,
+    payload: &P,
+    l3: &L3<'_>,
+    ifindex: u32,
+    hook: u8,
+) -> Result<(), ()> {
     let t = Tcp(b.at::<TCP_LEN>(l3.l4).ok_or(())?);
     let flags = t.flags();
     // The fast path: data and pure ACKs stop here, before any map lookup; in the data-path
@@ -158,8 +170,9 @@ fn tcp<S: PacketSink>(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result
             payload: payload_len,
             opt_len: doff.saturating_sub(TCP_LEN as u16),
             syn_mss: mss,
+            data_at: l3.l4 + usize::from(doff),
         };
-        data::track::<S>(&seg, ifindex, hook);
+        data::track::<S, _>(&seg, || payload.status_line(b, seg.data_at), ifindex, hook);
     }
     Ok(())
 }

@@ -145,8 +145,10 @@ pub struct FilterArgs {
     /// interface's offloads: see README). Never replaces an XDP program already attached.
     #[arg(long)]
     pub xdp: bool,
-    /// Data-path mode: also follow data segments of watched tuples (first byte each way,
-    /// retransmissions, data after FIN), with per-flow state in the kernel (docs/output.md).
+    /// Data-path mode: also follow data segments of watched tuples (first byte each way with
+    /// the time to first byte and a reply's HTTP status code, retransmissions, data after FIN),
+    /// with per-flow state in the kernel (docs/output.md). `watch` alerts on backends whose
+    /// replies on the wire are slow or 5xx (replies_slow / replies_erroring).
     #[arg(long)]
     pub data: bool,
     /// Packet-event records in MiB, split evenly over the online CPUs, one ring each (at least 256
@@ -199,7 +201,8 @@ pub struct CheckArgs {
     /// Trace ingress with XDP instead of TCX.
     #[arg(long)]
     pub xdp: bool,
-    /// Data-path mode: follow data segments too (forwarded retransmissions for step 4).
+    /// Data-path mode: follow data segments too (step 3: each backend's replies on the wire,
+    /// slow or 5xx; step 4: forwarded retransmissions).
     #[arg(long)]
     pub data: bool,
     #[command(flatten)]

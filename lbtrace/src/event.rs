@@ -107,8 +107,12 @@ pub fn tcp_state_value(name: &str) -> Option<u8> {
 pub enum DataMark {
     /// The first data byte of this direction seen at this interface; `since_ns` the time since
     /// the other direction's first byte (for a reply: time to first byte), `None` when this
-    /// direction sent first.
-    FirstByte { since_ns: Option<u64> },
+    /// direction sent first; `http_status` the code of the HTTP/1.x status line the segment
+    /// starts with, `None` when it starts with anything else.
+    FirstByte {
+        since_ns: Option<u64>,
+        http_status: Option<u16>,
+    },
     /// New data after the other side's FIN (once per direction).
     AfterFin,
 }
@@ -232,6 +236,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             data_event::RETRANS => Detail::Retrans,
             data_event::FIRST_BYTE => Detail::Data(DataMark::FirstByte {
                 since_ns: Some(ev.location()).filter(|&n| n != 0),
+                http_status: Some(ev.http_status()).filter(|&s| s != 0),
             }),
             data_event::AFTER_FIN => Detail::Data(DataMark::AfterFin),
             r => return Err(DecodeError::UnknownDataMark(r)),
@@ -539,12 +544,16 @@ mod tests {
         assert_eq!(
             data(data_event::FIRST_BYTE, 2_500_000).unwrap().detail,
             Detail::Data(DataMark::FirstByte {
-                since_ns: Some(2_500_000)
+                since_ns: Some(2_500_000),
+                http_status: None,
             })
         );
         assert_eq!(
             data(data_event::FIRST_BYTE, 0).unwrap().detail,
-            Detail::Data(DataMark::FirstByte { since_ns: None })
+            Detail::Data(DataMark::FirstByte {
+                since_ns: None,
+                http_status: None,
+            })
         );
         assert_eq!(
             data(data_event::AFTER_FIN, 0).unwrap().detail,

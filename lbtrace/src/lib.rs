@@ -33,6 +33,7 @@ pub mod pcap;
 pub mod probe;
 pub mod record;
 pub mod render;
+pub mod replies;
 pub mod session;
 pub mod trace;
 pub mod watch;

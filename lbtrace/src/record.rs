@@ -112,6 +112,9 @@ pub struct DataRecord {
     /// time to first byte); absent when this direction sent first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_peer_ns: Option<u64>,
+    /// `first_byte` only: the status code of the HTTP/1.x status line the segment starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
     #[serde(flatten)]
     pub tcp: Tcp,
 }
@@ -124,6 +127,7 @@ impl DataRecord {
         match self.mark.as_str() {
             Self::FIRST_BYTE => Some(DataMark::FirstByte {
                 since_ns: self.since_peer_ns,
+                http_status: self.http_status,
             }),
             Self::AFTER_FIN => Some(DataMark::AfterFin),
             _ => None,
@@ -238,15 +242,19 @@ impl EventRecord {
                 dst: ev.dst,
             }),
             Detail::Data(mark) => {
-                let (mark, since_peer_ns) = match *mark {
-                    DataMark::FirstByte { since_ns } => (DataRecord::FIRST_BYTE, since_ns),
-                    DataMark::AfterFin => (DataRecord::AFTER_FIN, None),
+                let (mark, since_peer_ns, http_status) = match *mark {
+                    DataMark::FirstByte {
+                        since_ns,
+                        http_status,
+                    } => (DataRecord::FIRST_BYTE, since_ns, http_status),
+                    DataMark::AfterFin => (DataRecord::AFTER_FIN, None, None),
                 };
                 Self::Data(DataRecord {
                     seen,
                     dir: ev.dir,
                     mark: mark.to_owned(),
                     since_peer_ns,
+                    http_status,
                     tcp: tcp(),
                 })
             }

@@ -204,7 +204,7 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
             if r.full_size { ", full-size" } else { "" }
         ),
         EventRecord::Data(d) => {
-            let mark = match (d.mark.as_str(), d.since_peer_ns) {
+            let mut mark = match (d.mark.as_str(), d.since_peer_ns) {
                 (DataRecord::FIRST_BYTE, Some(ns)) => format!(
                     "first data, {:.3} ms after the other side's first data",
                     ns as f64 / 1e6
@@ -213,6 +213,9 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
                 (DataRecord::AFTER_FIN, _) => "data after the other side's FIN".to_owned(),
                 (other, _) => other.to_owned(),
             };
+            if let Some(code) = d.http_status {
+                mark.push_str(&format!(", HTTP {code}"));
+            }
             format!("{time} {iface:<10} {dir:<7} {}, {mark}", tcp(&d.tcp))
         }
         EventRecord::Reset(r) => {
@@ -405,12 +408,14 @@ mod tests {
         let first = seg(
             Detail::Data(DataMark::FirstByte {
                 since_ns: Some(1_843_210),
+                http_status: Some(503),
             }),
             100,
         );
         assert!(
-            line(&first)
-                .ends_with("length 100, first data, 1.843 ms after the other side's first data"),
+            line(&first).ends_with(
+                "length 100, first data, 1.843 ms after the other side's first data, HTTP 503"
+            ),
             "{}",
             line(&first)
         );
@@ -447,6 +452,7 @@ mod tests {
                 &serde_json::json!("out")
             )
         );
+        assert_eq!(j["http_status"], serde_json::json!(503));
         let j = json(&again);
         assert_eq!(
             (&j["type"], &j["hook"], &j["dir"], &j["full_size"]),

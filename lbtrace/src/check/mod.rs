@@ -162,6 +162,7 @@ pub fn facts<'a>(
         probes: &probes.backends,
         vip_probe: probes.vip.as_ref(),
         window_secs: window.as_secs_f64(),
+        slow: args.probe.slow,
         reasons,
         resets,
         host,

@@ -48,7 +48,8 @@ pub struct Alert {
     /// What the finding that raised it was seen on: `client` (a client connection and its
     /// backend leg), `lb-connection` (the LB's own backend connection with no client connection
     /// behind it: a health check, a pool), `probe` (lbtrace's own probe from the LB host,
-    /// `--probe-interval`), `host` (the LB host's counters), `tracer`.
+    /// `--probe-interval`), `traffic` (the backend's latest replies on the wire, `--data`),
+    /// `host` (the LB host's counters), `tracer`.
     pub evidence: &'static str,
 }
 
@@ -114,7 +115,8 @@ fn describe(f: &Finding) -> String {
         Finding::BackendUnreachable { backend, what } => {
             format!("backend {backend} unreachable: {what}")
         }
-        Finding::BackendDegraded { backend, what, .. } => format!("backend {backend} {what}"),
+        Finding::BackendDegraded { backend, what, .. }
+        | Finding::RepliesDegraded { backend, what, .. } => format!("backend {backend} {what}"),
         Finding::LbServesErrors { what, .. } => what.clone(),
         Finding::Unserved => "the LB answers without any backend connection: it closes clients at once and no backend answers the LB: all backends down in the LB's view".to_owned(),
         Finding::SynAckLost => {
@@ -229,6 +231,10 @@ impl Alerts {
                 "{} (seen by lbtrace's own probe from the LB host, not client traffic)",
                 describe(f)
             ),
+            None if o.evidence == Evidence::Traffic => format!(
+                "{} (seen in its latest replies on the wire, --data)",
+                describe(f)
+            ),
             None => format!(
                 "{} (seen on the LB's own connections from {}, e.g. health checks)",
                 describe(f),
@@ -254,6 +260,7 @@ impl Alerts {
                 (Some(_), _) => "client",
                 (None, Evidence::Probe) => "probe",
                 (None, Evidence::Wire) => "lb-connection",
+                (None, Evidence::Traffic) => "traffic",
             },
         }))
     }
@@ -375,6 +382,20 @@ impl Alerts {
             .alert_key()
         });
         self.probed_fine(started_ns, keys)
+    }
+
+    /// The latest replies of `backend` on the wire, the last seen at `ts_ns`, are fine: its
+    /// reply alerts recover at once (and count afresh).
+    pub fn replies_fine(&mut self, ts_ns: u64, backend: SocketAddr) -> Vec<Notice> {
+        let keys = ["erroring", "slow"].map(|health| {
+            Finding::RepliesDegraded {
+                backend,
+                health: health.to_owned(),
+                what: String::new(),
+            }
+            .alert_key()
+        });
+        self.probed_fine(ts_ns, keys)
     }
 
     /// The VIP's last probes, the latest started at `started_ns`, are fine (or cannot connect

@@ -181,6 +181,8 @@ pub struct Snapshot {
     /// Each probed backend's last probe result (`fine`, `erroring`, `refused`, ...) and
     /// whether it connected.
     pub probes: BTreeMap<String, (&'static str, bool)>,
+    /// `--data`: each backend's replies on the wire as last judged (`fine`, `erroring`, `slow`).
+    pub replies: BTreeMap<String, &'static str>,
 }
 
 fn esc(s: &str) -> String {
@@ -330,6 +332,20 @@ pub fn render(s: &Snapshot) -> String {
             u8::from(*up)
         );
     }
+    if !s.replies.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP lbtrace_backend_replies_fine 1 when the backend's latest replies on the wire (--data) are fine; their health as a label.\n# TYPE lbtrace_backend_replies_fine gauge"
+        );
+    }
+    for (b, h) in &s.replies {
+        let _ = writeln!(
+            o,
+            "lbtrace_backend_replies_fine{{backend=\"{}\",health=\"{h}\"}} {}",
+            esc(b),
+            u8::from(*h == "fine")
+        );
+    }
     o
 }
 
@@ -418,6 +434,26 @@ fn ports_by(b: host::PortsBy) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_health_per_backend_with_data() {
+        let s = Snapshot {
+            replies: BTreeMap::from([
+                ("10.0.3.11:8080".to_owned(), "fine"),
+                ("10.0.3.12:8080".to_owned(), "erroring"),
+            ]),
+            ..Snapshot::default()
+        };
+        let o = render(&s);
+        assert!(o.contains(
+            "lbtrace_backend_replies_fine{backend=\"10.0.3.11:8080\",health=\"fine\"} 1\n"
+        ));
+        assert!(o.contains(
+            "lbtrace_backend_replies_fine{backend=\"10.0.3.12:8080\",health=\"erroring\"} 0\n"
+        ));
+        // Without --data: no series at all.
+        assert!(!render(&Snapshot::default()).contains("lbtrace_backend_replies_fine"));
+    }
 
     #[test]
     fn host_gauges_per_listener_and_port_use_by_what_holds_it() {

@@ -128,6 +128,7 @@ fn batch(events: &[KernelEvent], probes: &[Probe]) -> Found {
         probes: &probe_facts,
         vip_probe: None,
         window_secs: 10.0,
+        slow: std::time::Duration::from_secs(1),
         reasons: &r,
         resets: None,
         host: None,

@@ -88,6 +88,13 @@ pub enum Finding {
         health: String,
         what: String,
     },
+    /// Step 3 (`--data`): the backend's latest replies on the wire answer HTTP 5xx or late
+    /// (`health`: erroring / slow, [`crate::replies`]' rule over [`super::replies`]' window).
+    RepliesDegraded {
+        backend: SocketAddr,
+        health: String,
+        what: String,
+    },
     /// Step 3: the LB (Layer 7) answered and closed the client at once while no backend answered
     /// any connection of the LB's: all backends down in the LB's view.
     Unserved,
@@ -109,6 +116,7 @@ impl Finding {
             | Self::BackendTimeout { backend }
             | Self::BackendUnreachable { backend, .. }
             | Self::BackendDegraded { backend, .. }
+            | Self::RepliesDegraded { backend, .. }
             | Self::AsymmetricReturn { backend } => Some(*backend),
             _ => None,
         }
@@ -125,6 +133,7 @@ impl Finding {
             | Self::BackendTimeout { .. }
             | Self::BackendUnreachable { .. }
             | Self::BackendDegraded { .. }
+            | Self::RepliesDegraded { .. }
             | Self::Unserved => Step::LbToBackend,
             Self::SynAckLost
             | Self::AsymmetricReturn { .. }
@@ -156,6 +165,9 @@ impl Finding {
             Self::BackendDegraded {
                 backend, health, ..
             } => format!("backend_{health}:{backend}"),
+            Self::RepliesDegraded {
+                backend, health, ..
+            } => format!("replies_{health}:{backend}"),
             Self::Unserved => "unserved".to_owned(),
             Self::SynAckLost => "synack_lost".to_owned(),
             Self::AsymmetricReturn { backend } => format!("asymmetric_return:{backend}"),
@@ -281,6 +293,8 @@ pub enum Evidence {
     Wire,
     /// lbtrace's own probe from the LB host (`--probe-interval`).
     Probe,
+    /// The backends' replies on the wire (`--data`), client traffic and the LB's own alike.
+    Traffic,
 }
 
 /// A finding on a backend connection of the LB's own, with no client connection behind it.
@@ -940,6 +954,18 @@ impl Recorder {
                 .get_or_insert_with(|| self.reasons.name(*reason));
         }
         ours
+    }
+
+    /// `lb`'s connection to `target` is (or was, within [`PROBE_PORT_TTL_NS`]) one of the LB
+    /// host's own probes.
+    pub fn is_probe(&self, lb: SocketAddr, target: SocketAddr, ts_ns: u64) -> bool {
+        self.probe_ports
+            .get(&(lb.port(), target))
+            .is_some_and(|&until| ts_ns <= until)
+            || self
+                .probing
+                .get(&target)
+                .is_some_and(|p| p.port == Some(lb.port()))
     }
 
     /// The last time a backend answered a connection of the LB's.

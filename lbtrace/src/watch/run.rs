@@ -26,6 +26,7 @@ use super::{
     on_alert::OnAlert,
     probes::{self, Prober},
     recorder::{self, Evidence, Finding, OwnFinding, Recorder},
+    replies::{Judged, ReplyWatch},
     socket::{self, DumpRequest},
 };
 use crate::{
@@ -36,6 +37,7 @@ use crate::{
     kernel::{self, Tracer},
     probe::series::Health,
     render::{self, Clock, Format, IfNames},
+    replies::Reply,
     session::{self, Output},
 };
 
@@ -75,6 +77,8 @@ struct Loop {
     show_events: bool,
     /// The background probes; `None` with `--probe-interval 0` or no backend port.
     prober: Option<Prober>,
+    /// The backends' replies on the wire; `None` without `--data`.
+    replies: Option<ReplyWatch>,
 }
 
 impl Loop {
@@ -177,6 +181,36 @@ impl Loop {
             let found = self.rec.ingest(&ev);
             self.findings(ev.ts_ns, found);
             self.own_findings(ev.ts_ns);
+            self.reply(&ev);
+        }
+    }
+
+    /// `--data`: a backend's reply on the wire (not a probe's), judged with its latest ones.
+    fn reply(&mut self, ev: &KernelEvent) {
+        let Some(r) = Reply::of(ev) else { return };
+        if self.rec.is_probe(r.to, r.from, r.ts_ns) {
+            return;
+        }
+        let Some(judged) = self.replies.as_mut().and_then(|w| w.reply(r)) else {
+            return;
+        };
+        match judged {
+            Judged::Degraded(finding) => {
+                *self.tally.findings.entry(finding.alert_key()).or_default() += 1;
+                let o = OwnFinding {
+                    lb: r.to,
+                    finding,
+                    evidence: Evidence::Traffic,
+                };
+                if let Some(n) = self.alerts.own(r.ts_ns, &o) {
+                    self.notice(n);
+                }
+            }
+            Judged::Fine(backend) => {
+                for n in self.alerts.replies_fine(r.ts_ns, backend) {
+                    self.notice(n);
+                }
+            }
         }
     }
 
@@ -311,10 +345,12 @@ impl Loop {
                 })
                 .collect();
             let probes = self.prober.as_ref().map(|p| &p.state);
+            let replies = self.replies.as_ref().map(ReplyWatch::state);
             let line = match self.format {
                 Format::Json => json!({
                     "type": "health", "time": self.clock.rfc3339(Clock::monotonic_ns()), "vip": w.endpoint.to_string(),
                     "probes": probes.map(|s| s.iter().map(|(t, st)| (t.to_string(), st.result)).collect::<BTreeMap<_, _>>()),
+                    "replies": replies.as_ref().map(|s| s.iter().map(|(b, h)| (b.to_string(), *h)).collect::<BTreeMap<_, _>>()),
                     "connections": opened,
                     "failures": {"client-to-lb": fails[0], "lb-handling": fails[1], "lb-to-backend": fails[2], "return-path": fails[3]},
                     "lost": c.lost(), "active_alerts": self.alerts.active().len(), "recorder": acct,
@@ -341,6 +377,9 @@ impl Loop {
                         .map(|(t, st)| format!("{t}{} {}", if st.vip { " (vip)" } else { "" }, st.result))
                         .collect();
                     format!(", probes: {}", each.join(", "))
+                }) + &replies.as_ref().map_or_else(String::new, |s| {
+                    let each: Vec<String> = s.iter().map(|(b, h)| format!("{b} {h}")).collect();
+                    format!(", replies: {}", each.join(", "))
                 }),
             };
             self.print(&line);
@@ -407,6 +446,12 @@ impl Loop {
                     .iter()
                     .filter(|(_, st)| !st.vip)
                     .map(|(b, st)| (b.to_string(), (st.result, st.up)))
+                    .collect()
+            }),
+            replies: self.replies.as_ref().map_or_else(BTreeMap::new, |w| {
+                w.state()
+                    .into_iter()
+                    .map(|(b, h)| (b.to_string(), h))
                     .collect()
             }),
         }
@@ -510,6 +555,10 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         ifnames.insert(l.ifindex, l.name.clone());
     }
     let reasons = tracer.reasons.clone();
+    let replies = targs
+        .filter
+        .data
+        .then(|| ReplyWatch::new(backends.clone(), probe_args.slow));
     let (prober, mut probe_rx) = match Prober::new(&vips, &backends, probe_args) {
         Some((p, rx)) if !probe_interval.is_zero() => (Some(p), Some(rx)),
         _ => (None, None),
@@ -560,6 +609,7 @@ pub async fn run(args: WatchArgs, shutdown: impl Future<Output = ()>) -> Result<
         capabilities: session::Capabilities::of(&tracer, &cfg),
         tracer,
         prober,
+        replies,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut health = tokio::time::interval(health_interval);

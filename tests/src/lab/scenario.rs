@@ -88,6 +88,9 @@ pub enum FaultKind {
     /// The backend's HTTP server answers after [`SLOW_BACKEND_DELAY`], past the LB's
     /// [`SLOW_SERVER_TIMEOUT`] (HAProxy's `timeout server`): clients get a 504.
     BackendSlow(usize),
+    /// The backend's HTTP server answers after [`SLOW_BACKEND_DELAY`], within the LB's
+    /// `timeout server` (HAProxy's default in the lab, 10 s): clients sent there wait for it.
+    BackendSlowWaited(usize),
     /// The backend's HTTP server accepts and answers only after [`HANGING_BACKEND_DELAY`],
     /// longer than the check's probe timeout and HAProxy's `timeout server` (10 s).
     BackendHangs(usize),
@@ -209,6 +212,8 @@ pub const SCENARIOS: &[Scenario] = &[
         "be2 answers every request with HTTP 500, behind nginx"),
     sc("haproxy-http-backend-slow", L::HaproxyHttp, F::BackendSlow(1), Family::V4,
         "be2 answers after 1.5 s, past HAProxy's timeout server (1 s): clients get 504"),
+    sc("haproxy-http-backend-slow-waited", L::HaproxyHttp, F::BackendSlowWaited(1), Family::V4,
+        "be2 answers after 1.5 s, within HAProxy's timeout server (10 s): step 3 names it slow from the traffic (check --data)").with_data(),
     sc("nginx-backend-slow", L::Nginx, F::BackendSlow(1), Family::V4,
         "be2 answers after 1.5 s behind nginx (proxy_read_timeout 10 s): clients sent there wait"),
     sc("haproxy-http-backend-hangs", L::HaproxyHttp, F::BackendHangs(1), Family::V4,
@@ -333,7 +338,7 @@ impl Scenario {
                 };
                 Some(lab.fault_backend_answers(i, errors))
             }
-            F::BackendSlow(i) => {
+            F::BackendSlow(i) | F::BackendSlowWaited(i) => {
                 let late = Answer {
                     delay: SLOW_BACKEND_DELAY,
                     ..Answer::OK

@@ -34,6 +34,7 @@ mod harness;
 
 mod data;
 mod headers;
+mod http_status;
 mod icmp;
 mod malformed;
 mod no_record;

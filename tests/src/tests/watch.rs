@@ -33,16 +33,16 @@ fn vip() -> String {
     Family::V4.tuple(VIP.v4, VIP_PORT)
 }
 
-fn vip_url() -> String {
+pub(super) fn vip_url() -> String {
     Family::V4.url(VIP.v4, VIP_PORT)
 }
 
-fn backend(i: usize) -> String {
+pub(super) fn backend(i: usize) -> String {
     Family::V4.tuple(BACKENDS[i].addr.v4, BACKEND_PORT)
 }
 
 /// `--vip VIP:80 --backend beN:8080...` (IPv4) and the tripwire's short test thresholds.
-fn watch_args(lab: &Lab, socket: Option<&Path>, extra: &[&str]) -> Vec<String> {
+pub(super) fn watch_args(lab: &Lab, socket: Option<&Path>, extra: &[&str]) -> Vec<String> {
     let (vip, backends) = lab.endpoints(Family::V4);
     let mut args = vec!["--vip".to_owned(), vip];
     for b in backends {
@@ -91,7 +91,7 @@ fn dump_ok(ns: &Netns, args: &[&str]) -> String {
 }
 
 /// `lbtrace dump --format json <args>`: the connections and the final `recorder` object.
-fn dump_json(ns: &Netns, socket: &Path, args: &[&str]) -> (Vec<Value>, Value) {
+pub(super) fn dump_json(ns: &Netns, socket: &Path, args: &[&str]) -> (Vec<Value>, Value) {
     let (_, conns, recorder) = dump_parts(ns, socket, args);
     (conns, recorder)
 }
@@ -146,7 +146,7 @@ fn stop_backend_server(ns: &Netns) {
 }
 
 /// The alerts' keys, for messages.
-fn keys(objects: &[Value], kind: &str) -> Vec<String> {
+pub(super) fn keys(objects: &[Value], kind: &str) -> Vec<String> {
     objects
         .iter()
         .filter(|o| o["type"] == kind)
@@ -155,7 +155,7 @@ fn keys(objects: &[Value], kind: &str) -> Vec<String> {
 }
 
 /// Waits for an `alert` with `key`; panics with everything the tripwire printed otherwise.
-fn expect_alert(watch: &Watch, key: &str, timeout: Duration) -> Value {
+pub(super) fn expect_alert(watch: &Watch, key: &str, timeout: Duration) -> Value {
     watch
         .wait_for("alert", timeout, |o| o["alert"]["key"] == key)
         .unwrap_or_else(|| {
@@ -167,7 +167,7 @@ fn expect_alert(watch: &Watch, key: &str, timeout: Duration) -> Value {
 }
 
 /// Waits for a `recovered` with `key`; panics with everything the tripwire printed otherwise.
-fn expect_recovered(watch: &Watch, key: &str, timeout: Duration) -> Value {
+pub(super) fn expect_recovered(watch: &Watch, key: &str, timeout: Duration) -> Value {
     watch
         .wait_for("recovered", timeout, |o| o["recovered"]["key"] == key)
         .unwrap_or_else(|| {
@@ -191,7 +191,7 @@ fn client_events(c: &Value) -> Vec<Value> {
 }
 
 /// The last `health` object.
-fn last_health(objects: &[Value]) -> Value {
+pub(super) fn last_health(objects: &[Value]) -> Value {
     objects
         .iter()
         .rev()

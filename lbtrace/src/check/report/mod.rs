@@ -27,6 +27,7 @@ use crate::{
     kernel::btf::DropReasons,
     probe::{HttpOutcome, ProbeReport},
     render::{self, Clock, Format, IfNames},
+    replies::Replies,
 };
 
 pub struct Ctx<'a> {
@@ -124,6 +125,9 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         })
         .collect();
     let slow = ctx.collected.slow;
+    let step3 = lb_to_backend(v);
+    let traffic_of =
+        |addr| step3.and_then(|f| f.traffic.iter().find(|(a, _)| *a == addr).map(|(_, r)| r));
     let backends: Vec<Value> = v
         .backends
         .iter()
@@ -139,6 +143,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
                 "finding": backend_finding(&b.finding),
                 "probe": p,
                 "series": summary_of(all, slow),
+                "traffic": traffic_of(b.addr),
                 "evidence": ev_json(&b.evidence, &mut ctx.ifnames),
             })
         })
@@ -172,6 +177,7 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         "steps": steps,
         "backends": backends,
         "vip_probe": vip_probe,
+        "vip_traffic": step3.and_then(|f| f.clients.as_ref()),
         "kernel": {
             "events": events.len(),
             "lost": c.lost(),
@@ -182,6 +188,14 @@ pub fn json(mut ctx: Ctx<'_>) -> Value {
         },
         "host": host_json(&ctx.collected.host, v),
         "capabilities": ctx.collected.capabilities,
+    })
+}
+
+/// Step 3's finding (`--data`'s traffic is in it).
+fn lb_to_backend(v: &Verdict) -> Option<&LbToBackend> {
+    v.steps.iter().find_map(|s| match &s.finding {
+        StepFinding::LbToBackend(f) => Some(f),
+        _ => None,
     })
 }
 
@@ -390,6 +404,7 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
         }
     }
     out.push_str("\nbackends (probed from the LB host):\n");
+    let step3 = lb_to_backend(v);
     let slow = ctx.collected.slow;
     // The representative probe (the first that failed), then the series' numbers.
     let lines = |all: &[ProbeReport]| -> Vec<String> {
@@ -406,7 +421,10 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             backend_finding(&b.finding)
         ));
         let all = ctx.collected.probes.get(i).map_or(&[][..], Vec::as_slice);
-        for line in lines(all) {
+        let traffic = step3
+            .and_then(|f| f.traffic.iter().find(|(a, _)| *a == b.addr))
+            .map(|(_, r)| series::replies_line("in the traffic", r));
+        for line in lines(all).into_iter().chain(traffic) {
             out.push_str(&format!("  {:<24} {line}\n", ""));
         }
     }
@@ -417,7 +435,10 @@ pub fn text(mut ctx: Ctx<'_>) -> String {
             "  {:<24} (the VIP, from the LB host itself)\n",
             p.target.to_string(),
         ));
-        for line in lines(all) {
+        let clients = step3
+            .and_then(|f| f.clients.as_ref())
+            .map(|r| series::replies_line("to clients", r));
+        for line in lines(all).into_iter().chain(clients) {
             out.push_str(&format!("  {:<24} {line}\n", ""));
         }
     }
@@ -621,9 +642,13 @@ fn finding_next(s: &StepVerdict) -> Option<String> {
                 BackendsFinding::NoBackends => {
                     Some("pass the backends with --backend ADDR:PORT".to_owned())
                 }
-                BackendsFinding::AllReachable { .. } if !f.degraded.is_empty() => Some(
+                BackendsFinding::AllReachable { .. }
+                    if !f.degraded.is_empty() || f.traffic_degraded() =>
+                {
+                    Some(
                     "the backends listed connect but serve errors or late: their own logs say why (the LB passes their errors and delays on to the clients)".to_owned(),
-                ),
+                    )
+                }
                 BackendsFinding::AllReachable { .. } => None,
                 BackendsFinding::Unreachable { .. } => Some(
                     "bring the evidence to the server or firewall team of each backend listed"
@@ -891,6 +916,7 @@ fn backends_summary(f: &LbToBackend) -> String {
             )
         }
     };
+    let base = format!("{base}{}", traffic_words(f));
     let Some(reasons) = &f.forward_drops else {
         return base;
     };
@@ -901,6 +927,23 @@ fn backends_summary(f: &LbToBackend) -> String {
     } else {
         why
     }
+}
+
+/// `--data`: `; 10.0.0.3:8080 slow from the traffic: ...; clients wait ...`, empty when the
+/// traffic shows nothing wrong.
+fn traffic_words(f: &LbToBackend) -> String {
+    let mut parts: Vec<String> = f
+        .traffic
+        .iter()
+        .filter_map(|(addr, r)| Some(format!("{addr} {}", series::replies_words(r)?)))
+        .collect();
+    let backends: Vec<&Replies> = f.traffic.iter().map(|(_, r)| r).collect();
+    parts.extend(
+        f.clients
+            .as_ref()
+            .and_then(|c| series::where_time_goes(c, &backends)),
+    );
+    parts.iter().map(|p| format!("; {p}")).collect()
 }
 
 /// `10.0.0.2:8080 answers HTTP 500 (...); 10.0.0.3:8080 slow: ...`.
@@ -1137,6 +1180,8 @@ mod tests {
             backends: down,
             forward_drops: Some(ReasonCounts(vec![("NEIGH_FAILED".into(), 2)])),
             degraded: Vec::new(),
+            traffic: Vec::new(),
+            clients: None,
         }));
         assert_eq!(
             summary(&s),
@@ -1146,11 +1191,86 @@ mod tests {
             backends: BackendsFinding::NoBackends,
             forward_drops: Some(ReasonCounts(vec![("NEIGH_FAILED".into(), 1)])),
             degraded: Vec::new(),
+            traffic: Vec::new(),
+            clients: None,
         }));
         assert_eq!(s.status, Status::Fail);
         assert_eq!(
             next(&s).as_deref(),
             Some("pass the backends with --backend ADDR:PORT")
+        );
+    }
+
+    #[test]
+    fn replies_in_the_traffic_say_where_the_time_goes() {
+        use crate::replies::{Reply, judge};
+        let slow = std::time::Duration::from_secs(1);
+        let replies = |from: &str, ttfb: &[f64], status: u16| -> Vec<Reply> {
+            ttfb.iter()
+                .enumerate()
+                .map(|(i, &ttfb_ms)| Reply {
+                    ts_ns: 0,
+                    from: from.parse().unwrap(),
+                    to: format!("10.0.0.1:{}", 40000 + i).parse().unwrap(),
+                    ttfb_ms,
+                    status: Some(status),
+                })
+                .collect()
+        };
+        let be1 = judge(
+            &replies("10.0.0.2:8080", &[1900.0, 2000.0, 2100.0], 200),
+            slow,
+        );
+        let be2 = judge(&replies("10.0.0.3:8080", &[2.0, 3.0, 4.0], 200), slow);
+        let finding = |clients: &[f64]| LbToBackend {
+            backends: BackendsFinding::AllReachable { backends: 2 },
+            forward_drops: None,
+            degraded: Vec::new(),
+            traffic: vec![
+                ("10.0.0.2:8080".parse().unwrap(), be1.clone()),
+                ("10.0.0.3:8080".parse().unwrap(), be2.clone()),
+            ],
+            clients: Some(judge(&replies("10.0.0.10:80", clients, 200), slow)),
+        };
+        let s = step(StepFinding::LbToBackend(finding(&[2100.0, 2100.0, 2200.0])));
+        assert_eq!(s.status, Status::Warn);
+        assert_eq!(
+            summary(&s),
+            "the LB reaches all 2 backend(s); 10.0.0.2:8080 slow from the traffic: time to first byte median 2 s (min 1.9 s, max 2.1 s) over 3 replies past --slow 1 s; clients wait 2.1 s (median, max 2.2 s) at the VIP; backends answer in 2 s: the time is the backends'"
+        );
+        assert!(next(&s).is_some_and(|n| n.contains("serve errors or late")));
+        // Backends fast, clients slow: the LB adds the time.
+        let mut f = finding(&[3000.0, 3000.0, 3000.0]);
+        f.traffic = vec![("10.0.0.3:8080".parse().unwrap(), be2.clone())];
+        let s = step(StepFinding::LbToBackend(f));
+        assert!(
+            summary(&s).ends_with(
+                "clients wait 3 s (median, max 3 s) at the VIP; backends answer in 3.0 ms: the LB adds 3 s"
+            ),
+            "{}",
+            summary(&s)
+        );
+        // Only the requests a slow backend got waited: the clients' longest wait is compared.
+        let s = step(StepFinding::LbToBackend(finding(&[2.0, 3.0, 2100.0])));
+        assert!(
+            summary(&s).ends_with(
+                "clients wait 3.0 ms (median, max 2.1 s) at the VIP; backends answer in 2 s: the time is the backends'"
+            ),
+            "{}",
+            summary(&s)
+        );
+        // The backend list's line.
+        assert_eq!(
+            series::replies_line("in the traffic", &be1),
+            "3 replies in the traffic, first byte median 2 s (min 1.9 s, max 2.1 s), HTTP 5xx 0 of 3: slow"
+        );
+        // 5xx replies: in words, with the share.
+        let err = judge(&replies("10.0.0.3:8080", &[2.0, 3.0, 4.0], 503), slow);
+        assert_eq!(
+            series::replies_words(&err).as_deref(),
+            Some(
+                "answers HTTP 503 in the traffic (3 of 3 HTTP replies are 5xx; time to first byte median 3.0 ms (min 2.0 ms, max 4.0 ms))"
+            )
         );
     }
 
@@ -1182,6 +1302,8 @@ mod tests {
             },
             forward_drops: None,
             degraded: Vec::new(),
+            traffic: Vec::new(),
+            clients: None,
         }));
         s.unserved = Some(Unserved {
             connections: 3,

@@ -4,6 +4,7 @@
 use crate::{
     check::verdict::{BackendFinding, LocalService},
     probe::series::{Health, Stats, Summary},
+    replies::{Replies, ReplyHealth},
 };
 
 /// Milliseconds as people read them: `0.8 ms`, `12.3 ms`, `1.8 s`, `2 s`.
@@ -43,6 +44,86 @@ fn drop_words(how: &str) -> &'static str {
 /// `3 of 3 probes`.
 fn share(n: usize, of: usize) -> String {
     format!("{n} of {of} probe{}", if of == 1 { "" } else { "s" })
+}
+
+/// A backend's replies in the traffic (`--data`) that are not fine, in words: `slow from the
+/// traffic: time to first byte median 2 s (min 1.9 s, max 2.1 s) over 5 replies past --slow
+/// 1 s`; `None` when they are fine.
+pub fn replies_words(r: &Replies) -> Option<String> {
+    let over = format!(
+        "{} repl{}",
+        r.replies,
+        if r.replies == 1 { "y" } else { "ies" }
+    );
+    Some(match &r.health {
+        ReplyHealth::Fine => return None,
+        ReplyHealth::Erroring { status, errors, of } => format!(
+            "answers HTTP {status} in the traffic ({errors} of {of} HTTP replies are 5xx{})",
+            r.ttfb_ms
+                .map(|t| format!("; time to first byte {}", median_min_max(&t)))
+                .unwrap_or_default()
+        ),
+        ReplyHealth::Slow { threshold_ms, .. } => format!(
+            "slow from the traffic: time to first byte {} over {over} past --slow {}",
+            r.ttfb_ms.as_ref().map(median_min_max).unwrap_or_default(),
+            duration(*threshold_ms)
+        ),
+    })
+}
+
+/// A set of replies (`--data`) as the text report's backend list shows it: `3 replies in the
+/// traffic, first byte median 1.5 s (min 1.5 s, max 1.5 s), HTTP 5xx 0 of 3: slow`.
+pub fn replies_line(whose: &str, r: &Replies) -> String {
+    let mut parts = vec![format!(
+        "{} repl{} {whose}",
+        r.replies,
+        if r.replies == 1 { "y" } else { "ies" }
+    )];
+    if let Some(t) = &r.ttfb_ms {
+        parts.push(format!("first byte {}", median_min_max(t)));
+    }
+    if r.http > 0 {
+        parts.push(format!("HTTP 5xx {} of {}", r.errors_5xx, r.http));
+    }
+    format!("{}: {}", parts.join(", "), r.health.name())
+}
+
+/// Where the clients' time goes (`--data`), when they wait past `--slow` or a backend is slow:
+/// `clients wait 2.1 s (median, max 2.3 s) at the VIP; backends answer in 2 s: the time is the
+/// backends'`. The clients' wait compared is their median when it is past `--slow`, else their
+/// longest (only the requests a slow backend got waited).
+pub fn where_time_goes(clients: &Replies, backends: &[&Replies]) -> Option<String> {
+    let c = clients.ttfb_ms?;
+    let wait = if matches!(clients.health, ReplyHealth::Slow { .. }) {
+        c.median
+    } else {
+        c.max
+    };
+    let mut answer: Vec<f64> = backends
+        .iter()
+        .filter_map(|b| b.ttfb_ms.map(|t| t.median))
+        .collect();
+    answer.sort_by(f64::total_cmp);
+    let slowest = *answer.last()?;
+    let slow = matches!(clients.health, ReplyHealth::Slow { .. })
+        || backends
+            .iter()
+            .any(|b| matches!(b.health, ReplyHealth::Slow { .. }));
+    if !slow {
+        return None;
+    }
+    // The backends account for the wait when the slowest of them takes at least half of it.
+    let whose = if slowest * 2.0 >= wait {
+        "the time is the backends'".to_owned()
+    } else {
+        format!("the LB adds {}", duration(wait - slowest))
+    };
+    Some(format!(
+        "clients wait {} (median, max {}) at the VIP; backends answer in {}: {whose}",
+        duration(c.median),
+        duration(c.max),
+        duration(slowest)
+    ))
 }
 
 /// A backend that connects but serves badly, in words; `None` for other findings.

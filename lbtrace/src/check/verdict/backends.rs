@@ -9,6 +9,11 @@
 //! - the same in some of the probes: `warn` (it fails intermittently);
 //! - answers, with a median connect time or time to first byte past `--slow`: `warn`;
 //! - otherwise `pass`. The step takes the worst of its backends.
+//!
+//! With `--data`, each backend's replies in the traffic (the LB's forwarded legs or its own
+//! connections, the probes' left out) are judged too, by the rule of [`crate::replies`]
+//! (5xx: `fail` / `warn`; slow: `warn`), with the clients' time to first byte at the VIP beside
+//! them so the report can say whether the time is the backends' or the LB's.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -17,6 +22,7 @@ use super::{
     flow::{Flow, ReasonCounts},
 };
 use crate::probe::series::{Health, Stats};
+use crate::replies::{self, Replies, Reply};
 use crate::{
     checklist::{DropClass, Step},
     endpoint::Endpoint,
@@ -159,13 +165,26 @@ pub struct LbToBackend {
     pub forward_drops: Option<ReasonCounts>,
     /// Backends that connect but serve badly (erroring, hanging, slow), with how.
     pub degraded: Vec<(SocketAddr, BackendFinding)>,
+    /// `--data`: each backend's replies seen in the traffic, in `--backend` order (backends
+    /// with none left out).
+    pub traffic: Vec<(SocketAddr, Replies)>,
+    /// `--data`: the LB's replies to clients at the VIP.
+    pub clients: Option<Replies>,
 }
 
 impl LbToBackend {
+    /// `--data`: some backend's replies in the traffic are erroring or slow.
+    pub fn traffic_degraded(&self) -> bool {
+        self.traffic
+            .iter()
+            .any(|(_, r)| r.health != replies::ReplyHealth::Fine)
+    }
+
     pub fn status(&self) -> Status {
         if self.forward_drops.is_some() {
             return Status::Fail;
         }
+        let traffic = self.traffic.iter().map(|(_, r)| r.health.status());
         match self.backends {
             BackendsFinding::NoBackends => Status::Unknown,
             BackendsFinding::Unreachable { .. } => Status::Fail,
@@ -174,6 +193,7 @@ impl LbToBackend {
                     .degraded
                     .iter()
                     .filter_map(|(_, b)| b.status())
+                    .chain(traffic)
                     .collect();
                 if st.contains(&Status::Fail) {
                     Status::Fail
@@ -258,6 +278,10 @@ pub fn judge(
         evidence.dedup();
         ReasonCounts::of(f.events, &forward_dropped, f.reasons)
     });
+    let (traffic, clients, traffic_evidence) = traffic(f);
+    evidence.extend(traffic_evidence);
+    evidence.sort_unstable();
+    evidence.dedup();
     let finding = LbToBackend {
         backends: all,
         forward_drops,
@@ -265,6 +289,8 @@ pub fn judge(
             .iter()
             .map(|b| (b.addr, b.finding.clone()))
             .collect(),
+        traffic,
+        clients,
     };
     (
         StepVerdict::new(
@@ -274,6 +300,54 @@ pub fn judge(
         ),
         backends,
     )
+}
+
+/// The most reply events of one backend that back a traffic finding.
+const TRAFFIC_EVIDENCE: usize = 8;
+
+/// `--data`: each backend's replies and the clients' at the VIP (the probes' connections left
+/// out), and the reply events of the backends whose replies are not fine.
+fn traffic(f: &Facts<'_>) -> (Vec<(SocketAddr, Replies)>, Option<Replies>, Vec<usize>) {
+    // A probe's reply: from its target to one of the series' local ports.
+    let probe_reply = |r: &Reply| {
+        f.probes
+            .iter()
+            .chain(f.vip_probe)
+            .any(|p| p.target == r.from && p.ports.contains(&r.to.port()))
+    };
+    let mut seen = std::collections::HashSet::new();
+    let all: Vec<(usize, Reply)> = f
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((i, Reply::of(e)?)))
+        .filter(|(_, r)| !probe_reply(r))
+        .filter(|(_, r)| seen.insert((r.from, r.to)))
+        .collect();
+    let mut evidence = Vec::new();
+    let traffic = f
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let mine: Vec<&(usize, Reply)> =
+                all.iter().filter(|(_, r)| b.matches(&r.from)).collect();
+            if mine.is_empty() {
+                return None;
+            }
+            let judged = replies::judge(mine.iter().map(|(_, r)| r), f.slow);
+            if judged.health != replies::ReplyHealth::Fine {
+                evidence.extend(mine.iter().take(TRAFFIC_EVIDENCE).map(|(i, _)| *i));
+            }
+            Some((SocketAddr::new(b.addr, b.port.unwrap_or(0)), judged))
+        })
+        .collect();
+    let to_clients: Vec<&Reply> = all
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| f.vip.matches(&r.from))
+        .collect();
+    let clients = (!to_clients.is_empty()).then(|| replies::judge(to_clients, f.slow));
+    (traffic, clients, evidence)
 }
 
 fn probe_finding(f: &Facts<'_>, b: &Endpoint, p: &ProbeFacts, evid: &[usize]) -> BackendFinding {
@@ -475,6 +549,8 @@ mod tests {
                     .into_iter()
                     .map(|b| ("10.0.0.2:8080".parse().unwrap(), b))
                     .collect(),
+                traffic: Vec::new(),
+                clients: None,
             }
             .status()
         };

@@ -110,6 +110,8 @@ pub struct Facts<'a> {
     /// The LB host's own probe of the VIP, when it ran.
     pub vip_probe: Option<&'a ProbeFacts>,
     pub window_secs: f64,
+    /// `--slow`: the time to first byte past which a backend's replies are slow.
+    pub slow: std::time::Duration,
     pub reasons: &'a DropReasons,
     /// Which resets of this host's TCP stack the kernel traces (`capabilities.resets`); `None`
     /// when not traced: no RST is attributed ([`resets`]).

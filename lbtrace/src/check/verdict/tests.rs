@@ -51,6 +51,7 @@ fn run(events: &[KernelEvent], probes: &[ProbeFacts]) -> Verdict {
         probes,
         vip_probe: None,
         window_secs: 10.0,
+        slow: std::time::Duration::from_secs(1),
         reasons: &r,
         resets: None,
         host: None,
@@ -349,6 +350,7 @@ fn the_reset_tracepoints_say_who_made_the_rsts() {
             window_secs: 10.0,
             reasons: &r,
             resets: mode,
+            slow: std::time::Duration::from_secs(1),
             host: None,
         })
     };
@@ -718,6 +720,7 @@ fn client_filter_ignores_other_clients() {
         probes: &[probe(BE1, 50001, TcpResult::Connected)],
         vip_probe: None,
         window_secs: 10.0,
+        slow: std::time::Duration::from_secs(1),
         reasons: &r,
         resets: None,
         host: None,
@@ -867,6 +870,7 @@ fn a_full_accept_queue_fails_step_one_with_its_counters() {
         probes: &probes,
         vip_probe: None,
         window_secs: 10.0,
+        slow: std::time::Duration::from_secs(1),
         reasons: &r,
         resets: None,
         host: Some(&host),
@@ -1008,6 +1012,7 @@ fn the_lb_serving_errors_is_step_two_failing_only_when_its_backends_are_fine() {
             probes: &probes,
             vip_probe: Some(&vip_probe),
             window_secs: 10.0,
+            slow: std::time::Duration::from_secs(1),
             reasons: &r,
             resets: None,
             host: None,
@@ -1261,5 +1266,75 @@ fn own_retransmissions_seen_again_at_the_interface_count_once() {
             }
         ),
         "{v:#?}"
+    );
+}
+
+/// A reply's first byte (`--data`) from `from` to `to`, `ttfb_ms` after the request's.
+fn first_byte(t: u64, from: &str, to: &str, ttfb_ms: u64, status: u16) -> KernelEvent {
+    KernelEvent {
+        detail: crate::event::Detail::Data(crate::event::DataMark::FirstByte {
+            since_ns: Some(ttfb_ms * 1_000_000),
+            http_status: Some(status),
+        }),
+        payload_len: 200,
+        ..pkt(t, Dir::In, from, to, ACK, 9000, 100)
+    }
+}
+
+#[test]
+fn backends_replies_in_the_traffic_are_judged_beside_the_probes() {
+    let mut events = l7_conn(10, CLIENT, 1000);
+    // BE1 answers in about 2 s, BE2 at once with 500s, the clients wait 2.1 s at the VIP.
+    for (i, port) in (41000..41003).enumerate() {
+        let t = 100 + i as u64 * 10;
+        let lb = format!("10.10.3.1:{port}");
+        events.push(first_byte(t, BE1, &lb, 2_000 + i as u64 * 50, 200));
+        events.push(first_byte(
+            t + 1,
+            BE2,
+            &format!("10.10.3.1:{}", port + 10),
+            3,
+            500,
+        ));
+        events.push(first_byte(t + 2, VIP, CLIENT, 2_100, 200));
+        // The same reply seen again at another interface counts once.
+        events.push(first_byte(t + 3, BE1, &lb, 2_000, 200));
+    }
+    // The probes' own replies are not traffic.
+    events.push(first_byte(200, BE2, "10.10.3.1:50002", 1, 200));
+    events.sort_by_key(|e| e.ts_ns);
+    let v = run(&events, &healthy_probes());
+    let f = lb_to_backend(&v);
+    let traffic: Vec<(String, usize, &str)> = f
+        .traffic
+        .iter()
+        .map(|(a, r)| {
+            let h = match r.health {
+                crate::replies::ReplyHealth::Fine => "fine",
+                crate::replies::ReplyHealth::Slow { .. } => "slow",
+                crate::replies::ReplyHealth::Erroring { .. } => "erroring",
+            };
+            (a.to_string(), r.replies, h)
+        })
+        .collect();
+    assert_eq!(
+        traffic,
+        vec![(BE1.into(), 3, "slow"), (BE2.into(), 3, "erroring")]
+    );
+    assert_eq!(f.traffic[0].1.ttfb_ms.map(|s| s.median), Some(2_050.0));
+    // Every HTTP reply of BE2 is a 5xx: the step fails, though the probes were fine.
+    assert_eq!(v.steps[2].status, Status::Fail);
+    let clients = f.clients.as_ref().unwrap();
+    assert_eq!(
+        (clients.replies, clients.ttfb_ms.map(|s| s.median)),
+        (1, Some(2_100.0))
+    );
+    // The reply events of both backends back the finding.
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.src == sa(BE2) && e.dst.port() != 50002)
+            .all(|(i, _)| v.steps[2].evidence.contains(&i))
     );
 }
