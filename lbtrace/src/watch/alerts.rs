@@ -126,6 +126,7 @@ fn describe(f: &Finding) -> String {
         Finding::AsymmetricReturn { backend } => format!(
             "SYNs forwarded to {backend} get no reply through the LB (its replies bypass the LB, or it is down)"
         ),
+        Finding::DirectReturnLost => "SYNs forwarded without NAT (direct server return) get no reply through the LB, and the clients never go on: the backends' replies, which go around the LB, do not reach them (does each backend hold the VIP and route to the client?)".to_owned(),
         Finding::RepliesRetransmitted { full_size, of } => format!(
             "the LB's replies to clients are not acknowledged: retransmitted {of} times on one connection ({full_size} of them full-size; only full-size segments repeating while small ones pass is a path-MTU black hole between the LB and the client)"
         ),

@@ -9,7 +9,8 @@ use lbtrace_common::tcp_flag::{ACK, FIN, RST, SYN};
 use super::recorder::Recorder;
 use crate::{
     check::verdict::{
-        self, BackendFinding, Facts, HandlingFinding, ProbeFacts, Status, StepFinding, TcpResult,
+        self, BackendFinding, Facts, HandlingFinding, ProbeFacts, ReturnFinding, Status,
+        StepFinding, TcpResult,
     },
     endpoint::Endpoint,
     event::{Dir, KernelEvent},
@@ -162,6 +163,9 @@ fn batch(events: &[KernelEvent], probes: &[Probe]) -> Found {
                     };
                     found.insert((n, kind.to_owned(), Some(b.addr)));
                 }
+            }
+            StepFinding::ReturnPath(ReturnFinding::DirectReturn { .. }) => {
+                found.insert((n, "direct_return_lost".to_owned(), None));
             }
             _ => {
                 found.insert((n, "other".to_owned(), None));
@@ -350,5 +354,72 @@ fn unserved() {
         &ev,
         &probes,
         &[(3, "backend_refused", Some(BE2))],
+    );
+}
+
+/// A client connection forwarded without NAT (its SYN leaves the LB still to the VIP): the
+/// backend's SYN-ACK and FIN come back through the LB when `through`, else (direct server
+/// return) nothing does; the client closes when `finishes`, else it only retransmits its SYN.
+fn routed_client(t: u64, port: u16, through: bool, finishes: bool) -> Vec<KernelEvent> {
+    let client = format!("10.10.1.2:{port}");
+    let (c, isn, sisn) = (client.as_str(), u32::from(port) * 1000, 7_000);
+    let mut v = vec![
+        pkt(t, Dir::In, c, VIP, SYN, isn, 0),
+        pkt(t + 1, Dir::Out, c, VIP, SYN, isn, 0),
+    ];
+    if through {
+        v.extend([
+            pkt(t + 2, Dir::In, VIP, c, SYN | ACK, sisn, isn + 1),
+            pkt(t + 3, Dir::Out, VIP, c, SYN | ACK, sisn, isn + 1),
+            pkt(t + 8, Dir::In, VIP, c, FIN | ACK, sisn + 300, isn + 80),
+            pkt(t + 9, Dir::Out, VIP, c, FIN | ACK, sisn + 300, isn + 80),
+        ]);
+    }
+    if finishes {
+        v.extend([
+            pkt(t + 10, Dir::In, c, VIP, FIN | ACK, isn + 80, sisn + 301),
+            pkt(t + 11, Dir::Out, c, VIP, FIN | ACK, isn + 80, sisn + 301),
+        ]);
+    } else {
+        v.push(pkt(t + 1000, Dir::In, c, VIP, SYN, isn, 0));
+        v.push(pkt(t + 1001, Dir::Out, c, VIP, SYN, isn, 0));
+    }
+    v
+}
+
+#[test]
+fn forwarded_without_nat() {
+    let probes = [
+        probe(1, BE1, 50001, TcpResult::Connected),
+        probe(1, BE2, 50002, TcpResult::Connected),
+    ];
+    // Replies back through the LB, closed in 10 ms: forwarding, not a proxy closing at once.
+    let ev = routed_client(100, 40000, true, true);
+    assert_parity("routed", &ev, &probes, &[]);
+    // Even while the backends refuse the LB's own probes (they serve only the VIP), such a
+    // client is not "unserved": the LB forwarded it.
+    let refused = [
+        probe(1, BE1, 50001, TcpResult::Refused),
+        probe(1, BE2, 50002, TcpResult::Refused),
+    ];
+    assert_parity(
+        "routed, probes refused",
+        &ev,
+        &refused,
+        &[
+            (3, "backend_refused", Some(BE1)),
+            (3, "backend_refused", Some(BE2)),
+        ],
+    );
+    // Direct server return: nothing through the LB, the client went on.
+    let ev = routed_client(100, 40001, false, true);
+    assert_parity("direct return", &ev, &probes, &[]);
+    // Direct server return whose replies never reached the client.
+    let ev = routed_client(100, 40002, false, false);
+    assert_parity(
+        "direct return lost",
+        &ev,
+        &probes,
+        &[(4, "direct_return_lost", None)],
     );
 }

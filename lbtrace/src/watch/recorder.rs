@@ -102,6 +102,10 @@ pub enum Finding {
     SynAckLost,
     /// Step 4: a forwarded SYN whose backend reply never came back through the LB.
     AsymmetricReturn { backend: SocketAddr },
+    /// Step 4: a SYN forwarded without NAT (still to the VIP) got no reply through the LB and
+    /// the client never went on: with direct server return the backend's replies go around the
+    /// LB, and these did not reach the client.
+    DirectReturnLost,
     /// Step 4: the LB host (Layer 7) retransmitted its reply to a client
     /// [`STALL_RETRANSMISSIONS`] times: the client does not acknowledge it. `full_size` of them
     /// were full-size segments (only full-size ones repeating is a path-MTU black hole's shape).
@@ -137,6 +141,7 @@ impl Finding {
             | Self::Unserved => Step::LbToBackend,
             Self::SynAckLost
             | Self::AsymmetricReturn { .. }
+            | Self::DirectReturnLost
             | Self::RepliesRetransmitted { .. } => Step::ReturnPath,
         }
     }
@@ -171,6 +176,7 @@ impl Finding {
             Self::Unserved => "unserved".to_owned(),
             Self::SynAckLost => "synack_lost".to_owned(),
             Self::AsymmetricReturn { backend } => format!("asymmetric_return:{backend}"),
+            Self::DirectReturnLost => "direct_return_lost".to_owned(),
             Self::RepliesRetransmitted { .. } => "replies_retransmitted".to_owned(),
         }
     }
@@ -366,6 +372,10 @@ pub struct Conn {
     pub server_isn: Option<u32>,
     pub events: Vec<KernelEvent>,
     pub backend: Option<BackendLeg>,
+    /// The client's SYN left the LB host still addressed to the VIP: forwarded without NAT
+    /// (routed to a backend that holds the VIP: ECMP, IPVS direct routing). Its packets are seen
+    /// twice (arriving and leaving) and judged where they leave.
+    pub forwarded_unchanged: bool,
     /// Events not kept (beyond `MAX_LEG_EVENTS` per leg).
     pub truncated: u32,
     pub findings: Vec<Finding>,
@@ -423,7 +433,9 @@ impl Conn {
             }
             _ => false,
         });
-        self.backend.is_none() && kernel_refused(rst, self.server_isn.is_some(), no_socket)
+        self.backend.is_none()
+            && !self.forwarded_unchanged
+            && kernel_refused(rst, self.server_isn.is_some(), no_socket)
     }
 
     fn find(&mut self, f: Finding) -> Option<Finding> {
@@ -548,6 +560,7 @@ impl Recorder {
             server_isn: None,
             events: Vec::new(),
             backend: None,
+            forwarded_unchanged: false,
             truncated: 0,
             findings: Vec::new(),
             closed: false,
@@ -633,6 +646,20 @@ impl Recorder {
             let b0 = before(c);
             c.push(ev);
             match (&ev.detail, to_vip) {
+                // The client's packet leaving the LB host still to the VIP: forwarded without
+                // NAT; the rest of it was judged when it arrived.
+                (Detail::Packet, true) if ev.dir == Some(Dir::Out) => {
+                    if syn && c.isn == Some(ev.seq) {
+                        c.forwarded_unchanged = true;
+                    }
+                }
+                // A packet from the VIP arriving at the LB host: a backend's, on its way back
+                // through the LB (forwarded without NAT); judged when it leaves.
+                (Detail::Packet, false) if ev.dir == Some(Dir::In) => {
+                    if ev.is_syn_ack() {
+                        c.server_isn.get_or_insert(ev.seq);
+                    }
+                }
                 (Detail::Packet, true) if syn => {
                     if c.isn.is_none() {
                         c.isn = Some(ev.seq);
@@ -1033,7 +1060,13 @@ impl Recorder {
                 Detail::Drop { reason } if e.has_syn() => Some(reason),
                 _ => None,
             });
-            let found = if c.server_isn.is_none() && c.backend.is_none() {
+            let found = if c.forwarded_unchanged {
+                // Direct server return: nothing comes back through the LB by design; a client
+                // that went on closed the connection, one still open past the backend timeout
+                // with no reply through the LB never got one.
+                (c.server_isn.is_none() && now_ns.saturating_sub(c.first_ns) >= BACKEND_TIMEOUT_NS)
+                    .then_some(Finding::DirectReturnLost)
+            } else if c.server_isn.is_none() && c.backend.is_none() {
                 if let Some(r) = dropped {
                     Some(Finding::SynDropped {
                         reason: reasons.name(r),
@@ -1112,7 +1145,7 @@ impl Recorder {
 /// closed unserved while no backend answered the LB ([`unserved`]'s rule) is
 /// [`Finding::Unserved`].
 fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> Option<Finding> {
-    let l7 = c.backend.as_ref().is_none_or(|b| b.join == Join::Inferred);
+    let l7 = !c.forwarded_unchanged && c.backend.as_ref().is_none_or(|b| b.join == Join::Inferred);
     let answered = Answered {
         syn_ns: c.first_ns,
         lb_close_ns: fin.ts_ns,
