@@ -149,7 +149,22 @@ pub struct Event {
     /// The MSS option of a SYN or SYN-ACK (`PACKET` events), 0 for other packets and for a SYN
     /// without one.
     pub mss: u16,
-    pub _pad: [u8; 2],
+    /// `PACKET` events of a TCP packet found inside a tunnel (an LB forwarding to its backends
+    /// in IPIP or GRE, as IPVS tunnel mode and Katran-style LBs do): `encap[0]` the outer
+    /// header's protocol ([`encap`]), `encap[1]` its family; `outer_src` / `outer_dst` are the
+    /// outer addresses. Zero for anything else.
+    pub encap: [u8; 2],
+}
+
+/// The tunnels whose inner TCP the packet programs read (`Event::encap[0]`): the outer IP
+/// header's protocol number.
+pub mod encap {
+    /// IPv4 in IP (IPIP, `ipip` / IPVS `--ipip` / Katran).
+    pub const IPIP: u8 = 4;
+    /// IPv6 in IP (`sit`, `ip6tnl`).
+    pub const IPV6: u8 = 41;
+    /// GRE (version 0; checksum, key and sequence fields skipped) carrying IPv4 or IPv6.
+    pub const GRE: u8 = 47;
 }
 
 pub const EVENT_SIZE: usize = 104;
@@ -200,7 +215,7 @@ impl Event {
             icmp_code: 0,
             payload_len: 0,
             mss: 0,
-            _pad: [0; 2],
+            encap: [0; 2],
         }
     }
 }

@@ -197,7 +197,7 @@ pub(crate) fn kfree_skb<const WITH_REASON: bool>(ctx: &RawTracePointContext) -> 
         icmp_code: 0,
         payload_len: l4_len.saturating_sub(t.doff()),
         mss: 0,
-        _pad: [0; 2],
+        encap: [0; 2],
     });
     Some(())
 }

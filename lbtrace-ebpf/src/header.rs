@@ -19,6 +19,11 @@ pub(crate) const ETH_P_8021AD: u16 = 0x88a8;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+/// GRE flag bits (first byte) and the version (low 3 bits of the second).
+pub(crate) const GRE_CSUM: u8 = 0x80;
+pub(crate) const GRE_ROUTING: u8 = 0x40;
+pub(crate) const GRE_KEY: u8 = 0x20;
+pub(crate) const GRE_SEQ: u8 = 0x10;
 /// Fixed IPv4 header (without options), IPv6 header and TCP header (without options) lengths.
 pub(crate) const IP4_LEN: usize = 20;
 pub(crate) const IP6_LEN: usize = 40;

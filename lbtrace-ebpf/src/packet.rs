@@ -1,16 +1,18 @@
 //! The body of the TC and XDP programs: parse Ethernet (up to two VLAN tags), IPv4 (with
-//! options) / IPv6, then TCP or an ICMP / ICMPv6 error, and turn the control packets (SYN,
+//! options) / IPv6, one level of IPIP / IPv6-in-IP / GRE tunnel (TCP inside: how tunnel-mode LBs
+//! forward the client's SYN), then TCP or an ICMP / ICMPv6 error, and turn the control packets (SYN,
 //! SYN-ACK, RST, FIN) of watched tuples and ICMP errors quoting a watched TCP tuple into events.
 //! Any other packet costs a few header loads and one counter. Generic over where packet events
 //! go ([`PacketSink`]): each program has a variant per sink.
 
-use lbtrace_common::{Event, counter, family, kind, tcp_flag};
+use lbtrace_common::{Event, counter, encap, family, kind, tcp_flag};
 
 use crate::{
     data::{self, Seg},
     header::{
-        Bounds, ETH_P_IP, ETH_P_IPV6, IP4_LEN, IP6_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-        Ip4, Ip6, Payload, TCP_LEN, TCPOPT_EOL, TCPOPT_MSS, TCPOPT_NOP, Tcp, l2,
+        Bounds, ETH_P_IP, ETH_P_IPV6, GRE_CSUM, GRE_KEY, GRE_ROUTING, GRE_SEQ, IP4_LEN, IP6_LEN,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Ip4, Ip6, Payload, TCP_LEN, TCPOPT_EOL,
+        TCPOPT_MSS, TCPOPT_NOP, Tcp, l2,
     },
     lookup::{count_flags, ports, stats, watched},
     maps::{DATA_MODE, count},
@@ -100,12 +102,62 @@ pub(crate) fn handle<S: PacketSink, P: Payload>(
         _ => return Ok(()),
     };
     let Some(l3) = l3 else { return Ok(()) };
-    match l3.proto {
-        IPPROTO_TCP => tcp::<S, P>(b, payload, &l3, ifindex, hook),
-        IPPROTO_ICMP if l3.fam == family::V4 => icmp(b, &l3, ifindex, hook),
-        IPPROTO_ICMPV6 if l3.fam == family::V6 => icmp(b, &l3, ifindex, hook),
-        _ => Ok(()),
-    }
+    // One TCP path for plain and tunnelled packets: the verifier sees its code once.
+    let (l3, outer) = match l3.proto {
+        IPPROTO_TCP => (l3, None),
+        IPPROTO_ICMP if l3.fam == family::V4 => return icmp(b, &l3, ifindex, hook),
+        IPPROTO_ICMPV6 if l3.fam == family::V6 => return icmp(b, &l3, ifindex, hook),
+        encap::IPIP | encap::IPV6 | encap::GRE => match tunnelled(b, &l3)? {
+            Some(inner) => inner,
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    tcp::<S, P>(b, payload, &l3, outer.as_ref(), ifindex, hook)
+}
+
+/// The outer IP header of a tunnelled packet.
+struct Outer {
+    proto: u8,
+    fam: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// The inner IP header of an IPIP / IPv6-in-IP / GRE packet when it carries TCP, with the outer
+/// header; `None` for other payloads, GRE with routing or another version, an inner fragment.
+#[inline(always)]
+fn tunnelled<'a>(b: &'a Bounds, l3: &L3<'a>) -> Result<Option<(L3<'a>, Option<Outer>)>, ()> {
+    let (off, v6) = match l3.proto {
+        encap::IPIP => (l3.l4, false),
+        encap::IPV6 => (l3.l4, true),
+        _ => {
+            let g = b.at::<4>(l3.l4).ok_or(())?;
+            let flags = g.u8::<0>();
+            if flags & GRE_ROUTING != 0 || g.u8::<1>() & 7 != 0 {
+                return Ok(None);
+            }
+            let words = 1
+                + usize::from(flags & GRE_CSUM != 0)
+                + usize::from(flags & GRE_KEY != 0)
+                + usize::from(flags & GRE_SEQ != 0);
+            match g.be16::<2>() {
+                ETH_P_IP => (l3.l4 + 4 * words, false),
+                ETH_P_IPV6 => (l3.l4 + 4 * words, true),
+                _ => return Ok(None),
+            }
+        }
+    };
+    let inner = if v6 { ipv6(b, off)? } else { ipv4(b, off)? };
+    Ok(inner.filter(|i| i.proto == IPPROTO_TCP).map(|i| {
+        let outer = Outer {
+            proto: l3.proto,
+            fam: l3.fam,
+            saddr: l3.ip.saddr(),
+            daddr: l3.ip.daddr(),
+        };
+        (i, Some(outer))
+    }))
 }
 
 #[inline(always)]
@@ -113,6 +165,7 @@ fn tcp<S: PacketSink, P: Payload>(
     b: &Bounds,
     payload: &P,
     l3: &L3<'_>,
+    outer: Option<&Outer>,
     ifindex: u32,
     hook: u8,
 ) -> Result<(), ()> {
@@ -155,9 +208,15 @@ fn tcp<S: PacketSink, P: Payload>(
             e.ack = t.ack();
             e.payload_len = payload_len;
             e.mss = mss;
+            if let Some(o) = outer {
+                e.outer_src = o.saddr;
+                e.outer_dst = o.daddr;
+                e.encap = [o.proto, o.fam];
+            }
         });
     }
-    if DATA_MODE.load() != 0 {
+    // The data-path mode follows plain packets only (a DATA event's outer fields are its own).
+    if DATA_MODE.load() != 0 && outer.is_none() {
         let seg = Seg {
             fam: l3.fam,
             saddr,
@@ -264,7 +323,7 @@ fn icmp(b: &Bounds, l3: &L3<'_>, ifindex: u32, hook: u8) -> Result<(), ()> {
         icmp_code,
         payload_len: 0,
         mss: 0,
-        _pad: [0; 2],
+        encap: [0; 2],
     });
     Ok(())
 }

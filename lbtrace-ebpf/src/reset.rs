@@ -55,7 +55,7 @@ fn emit(hook: u8, t: &Tuple, state: u8, bits: u8, reason: u32) {
         icmp_code: bits,
         payload_len: 0,
         mss: 0,
-        _pad: [0; 2],
+        encap: [0; 2],
     });
 }
 

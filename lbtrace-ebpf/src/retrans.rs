@@ -103,7 +103,7 @@ pub(crate) fn tcp_retransmit_skb(ctx: &RawTracePointContext) -> Option<()> {
         icmp_code: 0,
         payload_len: u16::try_from(len).unwrap_or(u16::MAX),
         mss: u16::try_from(mss).unwrap_or(u16::MAX),
-        _pad: [0; 2],
+        encap: [0; 2],
     });
     Some(())
 }

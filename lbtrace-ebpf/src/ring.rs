@@ -139,7 +139,7 @@ fn emit_packet(fill_in: impl FnOnce(&mut Event)) {
             write_volatile(outer.add(i), 0);
         }
         write_volatile(addr_of_mut!((*slot).icmp_type).cast::<u16>(), 0);
-        write_volatile(addr_of_mut!((*slot)._pad).cast::<u16>(), 0);
+        write_volatile(addr_of_mut!((*slot).encap).cast::<u16>(), 0);
         fill_in(&mut *slot);
     }
     // SAFETY: see above; the cursors are 8-byte aligned (`RingCursor` is repr(C) of u64s).

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lbtrace_common::{EVENT_SIZE, Event, data_event, family, hook, kind, reset, tcp_flag};
+use lbtrace_common::{EVENT_SIZE, Event, data_event, encap, family, hook, kind, reset, tcp_flag};
 
 /// Where a packet was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -54,6 +54,42 @@ pub enum Detail {
     /// A reset this host's TCP stack sent (`Hook::TcpSendReset`, dir out) or one of its sockets
     /// accepted (`Hook::TcpReceiveReset`, dir in); the tuple is the RST's on the wire.
     Reset(ResetInfo),
+    /// A TCP control packet found inside a tunnel (IPIP, IPv6-in-IP, GRE): the tuple, flags and
+    /// numbers are the inner packet's. An LB forwarding to its backends in a tunnel (IPVS
+    /// tunnel mode, Katran-style LBs) sends the client's SYN so, unchanged inside.
+    Tunnel(Tunnel),
+}
+
+/// The outer header of a tunnelled packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The outer header's protocol: [`lbtrace_common::encap`] `IPIP`, `IPV6` or `GRE`.
+    pub proto: u8,
+    pub outer_src: IpAddr,
+    pub outer_dst: IpAddr,
+}
+
+impl Tunnel {
+    /// The tunnel's name as `ip link` calls the kind: `ipip`, `sit` (IPv6 in IPv4) / `ip6tnl`
+    /// (anything in IPv6), `gre`.
+    pub fn name(&self) -> &'static str {
+        match (self.proto, self.outer_src.is_ipv6()) {
+            (encap::GRE, _) => "gre",
+            (_, true) => "ip6tnl",
+            (encap::IPV6, false) => "sit",
+            _ => "ipip",
+        }
+    }
+
+    /// [`Self::name`] back to the protocol, for records read back.
+    pub fn proto_of(name: &str) -> Option<u8> {
+        match name {
+            "gre" => Some(encap::GRE),
+            "sit" => Some(encap::IPV6),
+            "ipip" | "ip6tnl" => Some(encap::IPIP),
+            _ => None,
+        }
+    }
 }
 
 /// What the reset tracepoints tell about a reset.
@@ -223,6 +259,11 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         h => return Err(DecodeError::UnknownHook(h)),
     };
     let detail = match ev.kind {
+        kind::PACKET if ev.encap[0] != 0 => Detail::Tunnel(Tunnel {
+            proto: ev.encap[0],
+            outer_src: ip(ev.encap[1], &ev.outer_src)?,
+            outer_dst: ip(ev.encap[1], &ev.outer_dst)?,
+        }),
         kind::PACKET => Detail::Packet,
         kind::ICMP => Detail::Icmp {
             outer_src: ip(ev.family, &ev.outer_src)?,
@@ -444,6 +485,46 @@ mod tests {
                 0xffff_ffff_81a0_005c
             )
         );
+    }
+
+    #[test]
+    fn decodes_tunnelled_packets() {
+        let e = decode(&record(|ev| {
+            ev.hook = hook::TC_EGRESS;
+            ev.outer_src = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+            ev.outer_dst = "fd00::20".parse::<Ipv6Addr>().unwrap().octets();
+            ev.encap = [encap::GRE, family::V6];
+        }))
+        .unwrap();
+        // The inner packet is IPv4, the outer IPv6: the outer family reads the outer addresses.
+        assert_eq!(e.src.to_string(), "10.0.0.5:43210");
+        let Detail::Tunnel(t) = e.detail else {
+            panic!("not a tunnel: {e:?}")
+        };
+        assert_eq!(t.outer_dst.to_string(), "fd00::20");
+        assert_eq!((t.proto, t.name()), (encap::GRE, "gre"));
+        let ipip = decode(&record(|ev| {
+            ev.outer_src = [10, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            ev.outer_dst = [10, 0, 1, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            ev.encap = [encap::IPIP, family::V4];
+        }))
+        .unwrap();
+        assert!(
+            matches!(ipip.detail, Detail::Tunnel(t) if t.name() == "ipip"
+                && t.outer_dst.to_string() == "10.0.1.20"),
+            "{ipip:?}"
+        );
+        // A bad outer family is a decode error, not a guess.
+        let bad = decode(&record(|ev| ev.encap = [encap::IPIP, 9]));
+        assert_eq!(bad, Err(DecodeError::UnknownFamily(9)));
+        for name in ["ipip", "sit", "gre"] {
+            let t = Tunnel {
+                proto: Tunnel::proto_of(name).unwrap(),
+                outer_src: "10.0.0.1".parse().unwrap(),
+                outer_dst: "10.0.0.2".parse().unwrap(),
+            };
+            assert_eq!(t.name(), name);
+        }
     }
 
     #[test]

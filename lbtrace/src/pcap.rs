@@ -109,6 +109,20 @@ pub fn packet_bytes(ev: &KernelEvent) -> Vec<u8> {
         | Detail::Reset(_) => {
             ip_packet(ev.src.ip(), ev.dst.ip(), 6, tcp_header(ev, true), Some(16))
         }
+        Detail::Tunnel(t) => {
+            let inner = ip_packet(ev.src.ip(), ev.dst.ip(), 6, tcp_header(ev, true), Some(16));
+            let payload = if t.proto == lbtrace_common::encap::GRE {
+                // GRE version 0 without options: flags, version, the inner ethertype.
+                let ethertype: u16 = if ev.src.is_ipv4() { 0x0800 } else { 0x86dd };
+                let mut g = vec![0, 0];
+                g.extend_from_slice(&ethertype.to_be_bytes());
+                g.extend_from_slice(&inner);
+                g
+            } else {
+                inner
+            };
+            ip_packet(t.outer_src, t.outer_dst, t.proto, payload, None)
+        }
         Detail::Icmp {
             outer_src,
             outer_dst,

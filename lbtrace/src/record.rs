@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::{
     checklist::Step,
     event::{
-        DataMark, Detail, Dir, Hook, KernelEvent, ResetInfo, flags_from_str, flags_str, icmp_what,
-        tcp_state_name, tcp_state_value,
+        DataMark, Detail, Dir, Hook, KernelEvent, ResetInfo, Tunnel, flags_from_str, flags_str,
+        icmp_what, tcp_state_name, tcp_state_value,
     },
     kernel::btf::DropReasons,
     render::{Clock, IfNames},
@@ -48,6 +48,17 @@ pub struct PacketRecord {
     pub dir: Option<Dir>,
     #[serde(flatten)]
     pub tcp: Tcp,
+    /// The tunnel the packet was found in (absent for a plain packet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelRecord>,
+}
+
+/// The outer header of a tunnelled packet: `ipip`, `sit`, `ip6tnl` or `gre`, and its addresses.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelRecord {
+    pub kind: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
 }
 
 /// An ICMP error quoting a watched tuple (`"type": "icmp"`).
@@ -200,6 +211,17 @@ impl EventRecord {
                 seen,
                 dir: ev.dir,
                 tcp: tcp(),
+                tunnel: None,
+            }),
+            Detail::Tunnel(t) => Self::Packet(PacketRecord {
+                seen,
+                dir: ev.dir,
+                tcp: tcp(),
+                tunnel: Some(TunnelRecord {
+                    kind: t.name().to_owned(),
+                    src: t.outer_src,
+                    dst: t.outer_dst,
+                }),
             }),
             Detail::Icmp {
                 outer_src,
@@ -302,7 +324,17 @@ impl EventRecord {
             })
         };
         match self {
-            Self::Packet(p) => from_tcp(p.dir, &p.tcp, Detail::Packet),
+            Self::Packet(p) => {
+                let detail = match &p.tunnel {
+                    Some(t) => Detail::Tunnel(Tunnel {
+                        proto: Tunnel::proto_of(&t.kind)?,
+                        outer_src: t.src,
+                        outer_dst: t.dst,
+                    }),
+                    None => Detail::Packet,
+                };
+                from_tcp(p.dir, &p.tcp, detail)
+            }
             Self::Drop(d) => from_tcp(
                 None,
                 &d.tcp,
@@ -472,6 +504,15 @@ mod tests {
             ),
             drop(8, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1000, 6),
             icmp,
+            KernelEvent {
+                mss: 1460,
+                detail: Detail::Tunnel(Tunnel {
+                    proto: lbtrace_common::encap::GRE,
+                    outer_src: "10.0.1.1".parse().unwrap(),
+                    outer_dst: "10.0.1.20".parse().unwrap(),
+                }),
+                ..pkt(10, Dir::Out, "10.0.0.5:4000", "10.0.0.10:80", SYN, 1000, 0)
+            },
             KernelEvent {
                 ifindex: 0,
                 hook: Hook::TcpRetransmit,

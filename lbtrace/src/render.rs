@@ -179,7 +179,16 @@ pub fn record_text(rec: &EventRecord, time: &str) -> String {
         s
     };
     match rec {
-        EventRecord::Packet(p) => format!("{time} {iface:<10} {dir:<7} {}", tcp(&p.tcp)),
+        EventRecord::Packet(p) => match &p.tunnel {
+            Some(t) => format!(
+                "{time} {iface:<10} {dir:<7} {}, in {} {} > {}",
+                tcp(&p.tcp),
+                t.kind,
+                t.src,
+                t.dst
+            ),
+            None => format!("{time} {iface:<10} {dir:<7} {}", tcp(&p.tcp)),
+        },
         EventRecord::Drop(d) => match &d.location {
             Some(at) => format!(
                 "{time} {iface:<10} {dir:<7} {}, drop {} at {at}",

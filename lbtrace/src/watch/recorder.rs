@@ -266,7 +266,11 @@ fn backend_event(
                 ),
             })
         }
-        Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) | Detail::Reset(_) => None,
+        Detail::Drop { .. }
+        | Detail::Retrans
+        | Detail::Data(_)
+        | Detail::Reset(_)
+        | Detail::Tunnel(_) => None,
         Detail::Icmp {
             outer_src,
             icmp_type,
@@ -647,8 +651,9 @@ impl Recorder {
             c.push(ev);
             match (&ev.detail, to_vip) {
                 // The client's packet leaving the LB host still to the VIP: forwarded without
-                // NAT; the rest of it was judged when it arrived.
-                (Detail::Packet, true) if ev.dir == Some(Dir::Out) => {
+                // NAT, routed or inside a tunnel to a backend; the rest of it was judged when it
+                // arrived.
+                (Detail::Packet | Detail::Tunnel(_), true) if ev.dir == Some(Dir::Out) => {
                     if syn && c.isn == Some(ev.seq) {
                         c.forwarded_unchanged = true;
                     }
@@ -751,6 +756,9 @@ impl Recorder {
                 (Detail::Drop { .. } | Detail::Retrans | Detail::Data(_) | Detail::Reset(_), _) => {
                 }
                 (Detail::Icmp { .. }, _) => {}
+                // Tunnelled toward the LB (from an L4 tier in front of it): the decapsulated
+                // packet is the one judged, where lbtrace sees it.
+                (Detail::Tunnel(_), _) => {}
             }
             let b1 = c.bytes();
             self.bytes = self.bytes + b1 - b0.min(b1);

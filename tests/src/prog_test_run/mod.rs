@@ -42,6 +42,7 @@ mod port_slots;
 mod ringbuf_variant;
 mod rings;
 mod tcp;
+mod tunnel;
 mod wildcard;
 
 use std::{

@@ -725,3 +725,73 @@ fn legacy_tc_sigkill_then_cleanup_or_next_start_leaves_nothing() {
         );
     }
 }
+
+/// The client's SYN inside a tunnel (how IPVS tunnel mode and Katran-style LBs forward to their
+/// backends, and how an L4 tier in front hands it on): IPIP and GRE frames with a SYN to the VIP
+/// inside, written onto the router's link to the lb with a packet socket (this kernel has no
+/// tunnel devices to make them), are reported as packets of the inner tuple with the outer
+/// header's kind and addresses.
+#[test]
+fn tunnelled_syns_are_reported() {
+    let lab = Lab::new();
+    let lbtrace = Lbtrace::start(&lab.lb, lab.dir(), &v4_args(&lab));
+    let mac = lab
+        .lb
+        .exec(&["cat", &format!("/sys/class/net/{}/address", lab.lb_ext)]);
+    let router_if = format!("{}rl", lab.prefix);
+    let code = format!(
+        "import socket, struct\n\
+         def csum(b):\n\
+         \x20   s = sum(struct.unpack('!10H', b))\n\
+         \x20   s = (s >> 16) + (s & 0xffff); s += s >> 16\n\
+         \x20   return (~s) & 0xffff\n\
+         def ip4(src, dst, proto, payload):\n\
+         \x20   h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,\n\
+         \x20                   socket.inet_aton(src), socket.inet_aton(dst))\n\
+         \x20   return h[:10] + struct.pack('!H', csum(h)) + h[12:] + payload\n\
+         def syn(sport, seq):\n\
+         \x20   tcp = struct.pack('!HHIIBBHHH', sport, {VIP_PORT}, seq, 0, 5 << 4, 0x02, 64240, 0, 0)\n\
+         \x20   return ip4('10.10.1.2', '{vip}', 6, tcp)\n\
+         mac = bytes.fromhex('{mac}'.replace(':', ''))\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('{router_if}', 0))\n\
+         eth = mac + s.getsockname()[4] + b'\\x08\\x00'\n\
+         s.send(eth + ip4('{outer_src}', '{outer_dst}', 4, syn(40123, 1111)))\n\
+         s.send(eth + ip4('{outer_src}', '{outer_dst}', 47, b'\\x00\\x00\\x08\\x00' + syn(40124, 2222)))\n\
+         print('sent', flush=True)\n",
+        vip = VIP.v4,
+        mac = mac.trim(),
+        outer_src = crate::lab::ROUTER_LB_SIDE.v4,
+        outer_dst = crate::lab::LB_EXTERNAL.v4,
+    );
+    let out = lab.router.output(&["python3", "-c", &code]);
+    assert!(
+        out.status.success(),
+        "sending the tunnelled frames: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    thread::sleep(Duration::from_millis(300));
+    let trace = lbtrace.stop();
+    let vip = Family::V4.tuple(VIP.v4, VIP_PORT);
+    for (kind, sport, seq) in [("ipip", 40123, 1111), ("gre", 40124, 2222)] {
+        let ev = find(&trace, "packet", &format!("inside {kind}"), |ev| {
+            ev["tunnel"]["kind"] == kind
+        });
+        assert_eq!(ev["src"], format!("10.10.1.2:{sport}"), "{ev}");
+        assert_eq!(ev["dst"], vip.as_str(), "{ev}");
+        assert_eq!(
+            (&ev["flags"], &ev["seq"]),
+            (&Value::from("S"), &Value::from(seq)),
+            "{ev}"
+        );
+        assert_eq!(ev["tunnel"]["src"], crate::lab::ROUTER_LB_SIDE.v4, "{ev}");
+        assert_eq!(ev["tunnel"]["dst"], crate::lab::LB_EXTERNAL.v4, "{ev}");
+        assert_eq!(
+            (&ev["dir"], &ev["iface"]),
+            (&Value::from("in"), &Value::from(lab.lb_ext.as_str())),
+            "{ev}"
+        );
+        check_common_fields(ev, &lab.lb);
+    }
+    assert_eq!(trace.lost(), 0);
+}

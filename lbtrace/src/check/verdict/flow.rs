@@ -359,12 +359,15 @@ pub fn classify(f: &Facts<'_>) -> Classified {
             // The client's packet leaving the LB host still addressed to the VIP: forwarded
             // without NAT (an ECMP / direct-routing LB, IPVS DR). Its SYN is the backend leg;
             // the rest is the client's packet seen a second time.
-            (Detail::Packet, true) if e.dir == Some(Dir::Out) => {
+            (Detail::Packet | Detail::Tunnel(_), true) if e.dir == Some(Dir::Out) => {
                 if e.is_syn() {
                     fl.forwarded.push(i);
                     fl.forwarded_unchanged = true;
                 }
             }
+            // Tunnelled toward the LB host (an L4 tier in front of it): the decapsulated packet
+            // is the one judged, where lbtrace sees it.
+            (Detail::Tunnel(_), _) => {}
             (Detail::Packet, true) => {
                 if e.is_syn() {
                     fl.isn.get_or_insert(e.seq);

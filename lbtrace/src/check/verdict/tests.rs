@@ -223,6 +223,43 @@ fn l4_without_nat_is_forwarding_not_a_proxy() {
     ));
 }
 
+/// Forwarded inside a tunnel (IPVS tunnel mode, Katran-style): the client's SYN leaves in IPIP
+/// to a backend, unchanged inside: Layer 4 without NAT, and with direct server return.
+#[test]
+fn a_syn_forwarded_in_a_tunnel_is_layer_4() {
+    let mut ev = probe_packets();
+    let tunnelled = |e: KernelEvent| KernelEvent {
+        detail: crate::event::Detail::Tunnel(crate::event::Tunnel {
+            proto: lbtrace_common::encap::IPIP,
+            outer_src: "10.10.3.1".parse().unwrap(),
+            outer_dst: "10.10.3.12".parse().unwrap(),
+        }),
+        ..e
+    };
+    ev.extend([
+        pkt(10, Dir::In, CLIENT, VIP, SYN, 1000, 0),
+        tunnelled(pkt(11, Dir::Out, CLIENT, VIP, SYN, 1000, 0)),
+        pkt(30, Dir::In, CLIENT, VIP, FIN | ACK, 1080, 7),
+    ]);
+    let v = run(&ev, &healthy_probes());
+    assert_eq!(v.mode, Mode::L4);
+    assert!(matches!(
+        handling(&v),
+        HandlingFinding::Served {
+            unchanged: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        return_path(&v).clone(),
+        ReturnFinding::DirectReturn {
+            connections: 1,
+            finished: 1
+        }
+    );
+    assert_eq!(statuses(&v), vec![Status::Pass; 4], "{v:#?}");
+}
+
 /// Forwarded without NAT and nothing back through the LB: direct server return. Clients that
 /// went on (FIN) pass step 4; one that only retransmitted its SYN makes it a warning, all of
 /// them a failure.
