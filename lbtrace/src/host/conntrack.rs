@@ -117,19 +117,7 @@ pub fn each_tcp(cap: usize, mut each: impl FnMut(&CtEntry)) -> io::Result<bool> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        b.extend_from_slice(&kind.to_ne_bytes());
-        b.extend_from_slice(payload);
-        b.resize((b.len() + 3) & !3, 0);
-        b
-    }
-
-    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        nla(kind | 0x8000, &parts.concat())
-    }
+    use crate::host::nl_test::{nested, nla};
 
     fn tuple_attr(kind: u16, src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
         let ip = match (src.ip(), dst.ip()) {

@@ -12,6 +12,25 @@ pub mod nat;
 pub mod procfs;
 pub mod words;
 
+/// Netlink attributes built by hand, for the parsers' tests.
+#[cfg(test)]
+mod nl_test {
+    /// An attribute: length, type, payload, padded to 4 bytes.
+    pub fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(payload);
+        b.resize((b.len() + 3) & !3, 0);
+        b
+    }
+
+    /// A nested attribute (NLA_F_NESTED) holding `parts`.
+    pub fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+        nla(kind | 0x8000, &parts.concat())
+    }
+}
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},

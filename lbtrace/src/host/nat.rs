@@ -363,20 +363,7 @@ pub fn read(vips: &[Endpoint]) -> Nat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An attribute (with the nested flag when `nested`).
-    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        b.extend_from_slice(&kind.to_ne_bytes());
-        b.extend_from_slice(payload);
-        b.resize((b.len() + 3) & !3, 0);
-        b
-    }
-
-    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        nla(kind | 0x8000, &parts.concat())
-    }
+    use crate::host::nl_test::{nested, nla};
 
     fn elem(name: &str, data: &[Vec<u8>]) -> Vec<u8> {
         let mut n = name.as_bytes().to_vec();
