@@ -240,7 +240,40 @@ pub fn drain(rings: &mut kernel::rings::Rings, decode_errors: &mut u64) -> Vec<K
     });
     // The rings are drained one after the other: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
+    reset_before_its_rst(&mut batch);
     batch
+}
+
+/// How long after the RST it made a `tcp_send_reset` event may be stamped: the tracepoint fires
+/// once the RST has been handed to the device.
+const RESET_AFTER_RST_NS: u64 = 1_000_000;
+
+/// Puts each `tcp_send_reset` event of `batch` (in time order) right before the RST packet it
+/// made (same tuple, leaving the host, at most [`RESET_AFTER_RST_NS`] earlier): the tracepoint
+/// fires after the packet passed the egress hook, and a reader going event by event (the
+/// tripwire) must know who made a RST when it sees it.
+fn reset_before_its_rst(batch: &mut [KernelEvent]) {
+    for i in 0..batch.len() {
+        let e = &batch[i];
+        if e.hook != event::Hook::TcpSendReset {
+            continue;
+        }
+        let (src, dst, ts) = (e.src, e.dst, e.ts_ns);
+        let rst = (0..i)
+            .rev()
+            .take_while(|&j| ts.saturating_sub(batch[j].ts_ns) <= RESET_AFTER_RST_NS)
+            .find(|&j| {
+                let p = &batch[j];
+                matches!(p.detail, event::Detail::Packet)
+                    && p.is_rst()
+                    && p.dir == Some(event::Dir::Out)
+                    && p.src == src
+                    && p.dst == dst
+            });
+        if let Some(j) = rst {
+            batch[j..=i].rotate_right(1);
+        }
+    }
 }
 
 /// The signals that end a run: SIGINT, SIGTERM and SIGHUP (a daemon that does not reload treats
@@ -492,5 +525,55 @@ mod tests {
         let text = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 100);
         assert_eq!(text.lines().last(), Some("99"));
+    }
+}
+
+#[cfg(test)]
+mod reset_order_tests {
+    use lbtrace_common::tcp_flag::{ACK, RST, SYN};
+
+    use super::*;
+    use crate::{
+        event::{Detail, Dir, Hook, KernelEvent, ResetInfo},
+        testutil::pkt,
+    };
+
+    fn sent_reset(ms: u64, us: u64, src: &str, dst: &str) -> KernelEvent {
+        KernelEvent {
+            ts_ns: ms * 1_000_000 + us * 1000,
+            hook: Hook::TcpSendReset,
+            ifindex: 0,
+            detail: Detail::Reset(ResetInfo {
+                state: Some(7),
+                active: true,
+                reason: None,
+            }),
+            ..pkt(ms, Dir::Out, src, dst, RST | ACK, 0, 0)
+        }
+    }
+
+    #[test]
+    fn a_reset_event_goes_right_before_the_rst_it_made() {
+        let (vip, c) = ("10.0.0.10:80", "10.0.0.5:4000");
+        let mut batch = vec![
+            pkt(1, Dir::In, c, vip, SYN, 1, 0),
+            pkt(5, Dir::Out, vip, c, RST | ACK, 9, 2),
+            pkt(5, Dir::In, "10.0.0.6:4001", vip, SYN, 1, 0),
+            sent_reset(5, 20, vip, c),
+        ];
+        reset_before_its_rst(&mut batch);
+        let hooks: Vec<Hook> = batch.iter().map(|e| e.hook).collect();
+        assert_eq!(hooks, [Hook::Tc, Hook::TcpSendReset, Hook::Tc, Hook::Tc]);
+        assert!(batch[2].is_rst() && batch[3].is_syn());
+        // Another tuple's RST, or one too long before, is not it.
+        let mut other = vec![
+            pkt(5, Dir::Out, vip, "10.0.0.7:4002", RST | ACK, 9, 2),
+            sent_reset(5, 20, vip, c),
+            pkt(1, Dir::Out, vip, c, RST | ACK, 9, 2),
+        ];
+        other.sort_by_key(|e| e.ts_ns);
+        let before = other.clone();
+        reset_before_its_rst(&mut other);
+        assert_eq!(other, before);
     }
 }

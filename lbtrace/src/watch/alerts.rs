@@ -97,12 +97,23 @@ fn describe(f: &Finding) -> String {
         Finding::SynDropped { reason } => {
             format!("the LB host drops clients' SYNs to the VIP ({reason})")
         }
-        Finding::LbReset {
-            after_request: true,
-        } => "the LB resets clients after their request".to_owned(),
-        Finding::LbReset {
-            after_request: false,
-        } => "the LB resets clients right after the handshake".to_owned(),
+        Finding::LbReset { after_request, by } => {
+            let when = if *after_request {
+                "after their request"
+            } else {
+                "right after the handshake"
+            };
+            let who = match by.as_deref() {
+                Some("socket_abort") => {
+                    ": a socket of this host aborted (closed with unread data / SO_LINGER 0: the LB process reset them)"
+                }
+                Some("no_socket") => ": this host's TCP stack, no socket for the segment",
+                Some("time_wait") => ": this host's TCP stack, for a socket in TIME_WAIT",
+                Some(_) => ": this host's TCP stack, for a segment its socket did not accept",
+                None => "",
+            };
+            format!("the LB resets clients {when}{who}")
+        }
         Finding::NoListener => {
             "the kernel refuses connections to the VIP: nothing listens (NO_SOCKET)".to_owned()
         }

@@ -19,13 +19,14 @@ use std::{
 use crate::{
     check::verdict::{
         ProbeFacts, TcpResult,
+        resets::{self, RstMaker},
         return_path::STALL_RETRANSMISSIONS,
         unserved::{self, Answered},
     },
     checklist::{DropClass, Step, kernel_refused, seq_past},
     endpoint::Endpoint,
     event::{Detail, Dir, KernelEvent},
-    kernel::btf::DropReasons,
+    kernel::{btf::DropReasons, loader::ResetMode},
 };
 
 /// Events kept per leg; later ones are counted in `truncated`.
@@ -66,7 +67,15 @@ pub enum Finding {
     /// Step 1: the LB host dropped the client's SYN.
     SynDropped { reason: String },
     /// Step 2: the LB reset the client (after the request, or right after the handshake).
-    LbReset { after_request: bool },
+    LbReset {
+        after_request: bool,
+        /// Who made the RST, when the reset tracepoints tied it to this host's TCP stack
+        /// (`check`'s `rst_made_by.by`: `socket_abort`, `no_socket`, ...); absent otherwise
+        /// (never a claim that the stack did not make it: the two events may arrive in either
+        /// order).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// Step 2: the kernel answered the client's SYN with RST and freed it as `NO_SOCKET`:
     /// nothing listens on the VIP.
     NoListener,
@@ -158,9 +167,11 @@ impl Finding {
             Self::SynDropped { reason } => format!("syn_dropped:{reason}"),
             Self::LbReset {
                 after_request: true,
+                ..
             } => "lb_reset_after_request".to_owned(),
             Self::LbReset {
                 after_request: false,
+                ..
             } => "lb_reset".to_owned(),
             Self::NoListener => "no_listener".to_owned(),
             Self::LbServesErrors { .. } => "lb_serves_errors".to_owned(),
@@ -698,7 +709,10 @@ impl Recorder {
                         });
                         if answered || c.backend.is_some() {
                             if !lb_closed_first {
-                                let f = Finding::LbReset { after_request };
+                                let f = Finding::LbReset {
+                                    after_request,
+                                    by: rst_by_stack(&c.events, ev),
+                                };
                                 out.extend(c.find(f).map(|f| (id, f)));
                             }
                         } else if c.refused_by_kernel(reasons) {
@@ -1168,6 +1182,22 @@ fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> O
         c.find(Finding::Unserved)
     } else {
         None
+    }
+}
+
+/// Who made the RST `rst` the LB host sent, when a `tcp_send_reset` event among `events` ties it
+/// to this host's TCP stack ([`resets::made_by`]'s rule); `None` without one.
+fn rst_by_stack(events: &[KernelEvent], rst: &KernelEvent) -> Option<String> {
+    let mut evs: Vec<KernelEvent> = events
+        .iter()
+        .filter(|e| matches!(e.detail, Detail::Reset(_)))
+        .cloned()
+        .collect();
+    let resets: Vec<usize> = (0..evs.len()).collect();
+    evs.push(rst.clone());
+    match resets::made_by(&evs, evs.len() - 1, &resets, Some(ResetMode::Sockets))? {
+        RstMaker::NoSocketOrFirewall | RstMaker::NotThisStack => None,
+        m => Some(crate::check::report::rst_maker_key(m).to_owned()),
     }
 }
 

@@ -148,7 +148,31 @@ fn a_reset_without_no_socket_is_not_no_listener() {
     assert_eq!(
         f.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
         vec![Finding::LbReset {
-            after_request: false
+            after_request: false,
+            by: None
+        }]
+    );
+    // The same with the reset tracepoint's event of that RST: a socket of the LB aborted.
+    let c = client(3);
+    r.ingest(&pkt(4, Dir::In, &c, VIP, SYN, 1000, 0));
+    r.ingest(&pkt(4, Dir::Out, VIP, &c, SYN | ACK, 5000, 1001));
+    let abort = crate::event::KernelEvent {
+        hook: crate::event::Hook::TcpSendReset,
+        ifindex: 0,
+        detail: crate::event::Detail::Reset(crate::event::ResetInfo {
+            state: Some(7),
+            active: true,
+            reason: None,
+        }),
+        ..pkt(5, Dir::Out, VIP, &c, RST | ACK, 5001, 1001)
+    };
+    r.ingest(&abort);
+    let f = r.ingest(&pkt(5, Dir::Out, VIP, &c, RST | ACK, 5001, 1001));
+    assert_eq!(
+        f.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+        vec![Finding::LbReset {
+            after_request: false,
+            by: Some("socket_abort".to_owned())
         }]
     );
 }
@@ -700,7 +724,8 @@ fn an_rst_after_the_lbs_own_fin_is_not_a_reset() {
             .map(|(_, f)| f)
             .collect::<Vec<_>>(),
         vec![Finding::LbReset {
-            after_request: true
+            after_request: true,
+            by: None
         }]
     );
 }

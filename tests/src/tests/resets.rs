@@ -262,3 +262,41 @@ fn check_says_who_made_the_resets() {
         "{j:#}"
     );
 }
+
+/// The tripwire's reset alert says who made the RSTs when the reset tracepoints tie them to a
+/// socket of the LB host: a server closing its connections with SO_LINGER 0 after the request.
+#[test]
+fn watch_reset_alert_names_the_socket_abort() {
+    let lab = Lab::new();
+    let _server = lab_with_resets(&lab);
+    let args: Vec<String> = [
+        "--vip",
+        &vip(LINGER),
+        "--alert-count",
+        "2",
+        "--probe-interval",
+        "0",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let watch = crate::runner::Watch::start("watch-linger", &lab.lb, lab.dir(), &args);
+    for _ in 0..3 {
+        let (code, _) = lab.curl(&format!("http://{}/", vip(LINGER)), 2);
+        assert_eq!(code, "000", "the server resets every request");
+    }
+    let alert =
+        super::watch::expect_alert(&watch, "lb_reset_after_request", Duration::from_secs(10));
+    let message = alert["alert"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("a socket of this host aborted"),
+        "{alert}\nlbtrace watch {}",
+        watch.dump()
+    );
+    let (objects, _) = watch.stop();
+    let health = objects.iter().rfind(|o| o["type"] == "health");
+    assert!(
+        health.is_some_and(|h| h["capabilities"]["resets"] == "all"),
+        "{health:?}"
+    );
+}

@@ -556,7 +556,7 @@ fn rst_made_by(f: &StepFinding) -> Option<RstMaker> {
 }
 
 /// `rst_made_by.by` in the JSON report.
-fn rst_maker_key(m: RstMaker) -> &'static str {
+pub fn rst_maker_key(m: RstMaker) -> &'static str {
     match m {
         RstMaker::NoSocket => "no_socket",
         RstMaker::TimeWait => "time_wait",
