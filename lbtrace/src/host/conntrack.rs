@@ -34,30 +34,23 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const IPPROTO_TCP: u8 = 6;
 
-fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
-    diag::attributes(b)
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, v)| v)
-}
-
 fn port(b: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?))
 }
 
 /// A tuple's (source, destination) of a TCP entry; None for other protocols.
 fn tuple(b: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
-    let proto = attr(b, CTA_TUPLE_PROTO)?;
-    if attr(proto, CTA_PROTO_NUM)?.first() != Some(&IPPROTO_TCP) {
+    let proto = diag::attribute(b, CTA_TUPLE_PROTO)?;
+    if diag::attribute(proto, CTA_PROTO_NUM)?.first() != Some(&IPPROTO_TCP) {
         return None;
     }
-    let ip = attr(b, CTA_TUPLE_IP)?;
+    let ip = diag::attribute(b, CTA_TUPLE_IP)?;
     let v4 = |k| -> Option<IpAddr> {
-        let o: [u8; 4] = attr(ip, k)?.get(..4)?.try_into().ok()?;
+        let o: [u8; 4] = diag::attribute(ip, k)?.get(..4)?.try_into().ok()?;
         Some(Ipv4Addr::from(o).into())
     };
     let v6 = |k| -> Option<IpAddr> {
-        let o: [u8; 16] = attr(ip, k)?.get(..16)?.try_into().ok()?;
+        let o: [u8; 16] = diag::attribute(ip, k)?.get(..16)?.try_into().ok()?;
         Some(Ipv6Addr::from(o).into())
     };
     let (src, dst) = match (v4(CTA_IP_V4_SRC), v4(CTA_IP_V4_DST)) {
@@ -65,16 +58,16 @@ fn tuple(b: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
         _ => (v6(CTA_IP_V6_SRC)?, v6(CTA_IP_V6_DST)?),
     };
     Some((
-        SocketAddr::new(src, port(attr(proto, CTA_PROTO_SRC_PORT)?)?),
-        SocketAddr::new(dst, port(attr(proto, CTA_PROTO_DST_PORT)?)?),
+        SocketAddr::new(src, port(diag::attribute(proto, CTA_PROTO_SRC_PORT)?)?),
+        SocketAddr::new(dst, port(diag::attribute(proto, CTA_PROTO_DST_PORT)?)?),
     ))
 }
 
 /// One IPCTNL_MSG_CT_NEW body (nfgenmsg, then the entry's attributes); None unless TCP.
 pub(super) fn parse_entry(body: &[u8]) -> Option<CtEntry> {
     let a = body.get(NFGENMSG_LEN..)?;
-    let (orig_src, _) = tuple(attr(a, CTA_TUPLE_ORIG)?)?;
-    let (reply_src, reply_dst) = tuple(attr(a, CTA_TUPLE_REPLY)?)?;
+    let (orig_src, _) = tuple(diag::attribute(a, CTA_TUPLE_ORIG)?)?;
+    let (reply_src, reply_dst) = tuple(diag::attribute(a, CTA_TUPLE_REPLY)?)?;
     Some(CtEntry {
         orig_src,
         reply_src,

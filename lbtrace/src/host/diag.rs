@@ -152,6 +152,14 @@ impl TcpInfo {
     }
 }
 
+/// The payload of the first attribute of type `kind` among [`attributes`]`(b)`.
+pub(super) fn attribute(b: &[u8], kind: u16) -> Option<&[u8]> {
+    attributes(b)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v)
+}
+
 /// The netlink attributes (type without the nested / byte-order flags, payload) that follow a
 /// message's fixed part, as far as their headers are sound.
 pub(super) fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {

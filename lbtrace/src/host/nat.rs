@@ -110,13 +110,6 @@ struct Rule {
     exprs: Vec<Expr>,
 }
 
-fn attr(b: &[u8], kind: u16) -> Option<&[u8]> {
-    diag::attributes(b)
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, v)| v)
-}
-
 fn be32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
@@ -146,9 +139,13 @@ fn xt_ports(rev: u32, family: u8, info: &[u8]) -> Option<(u16, u16)> {
 }
 
 fn xt_target(data: &[u8], family: u8) -> Expr {
-    let name = attr(data, NFTA_TARGET_NAME).map(string).unwrap_or_default();
-    let rev = attr(data, NFTA_TARGET_REV).and_then(be32).unwrap_or(0);
-    let info = attr(data, NFTA_TARGET_INFO).unwrap_or_default();
+    let name = diag::attribute(data, NFTA_TARGET_NAME)
+        .map(string)
+        .unwrap_or_default();
+    let rev = diag::attribute(data, NFTA_TARGET_REV)
+        .and_then(be32)
+        .unwrap_or(0);
+    let info = diag::attribute(data, NFTA_TARGET_INFO).unwrap_or_default();
     match name.as_str() {
         "DNAT" => Expr::XtNat {
             dnat: true,
@@ -163,27 +160,32 @@ fn xt_target(data: &[u8], family: u8) -> Expr {
 }
 
 fn expr(elem: &[u8], family: u8) -> Expr {
-    let name = attr(elem, NFTA_EXPR_NAME).map(string).unwrap_or_default();
-    let data = attr(elem, NFTA_EXPR_DATA).unwrap_or_default();
-    let value = |a: Option<&[u8]>| a.and_then(|d| attr(d, NFTA_DATA_VALUE)).map(<[u8]>::to_vec);
+    let name = diag::attribute(elem, NFTA_EXPR_NAME)
+        .map(string)
+        .unwrap_or_default();
+    let data = diag::attribute(elem, NFTA_EXPR_DATA).unwrap_or_default();
+    let value = |a: Option<&[u8]>| {
+        a.and_then(|d| diag::attribute(d, NFTA_DATA_VALUE))
+            .map(<[u8]>::to_vec)
+    };
     match name.as_str() {
-        "cmp" => value(attr(data, NFTA_CMP_DATA)).map_or(Expr::Other, Expr::Cmp),
+        "cmp" => value(diag::attribute(data, NFTA_CMP_DATA)).map_or(Expr::Other, Expr::Cmp),
         "immediate" => match (
-            attr(data, NFTA_IMMEDIATE_DREG).and_then(be32),
-            value(attr(data, NFTA_IMMEDIATE_DATA)),
+            diag::attribute(data, NFTA_IMMEDIATE_DREG).and_then(be32),
+            value(diag::attribute(data, NFTA_IMMEDIATE_DATA)),
         ) {
             (Some(reg), Some(data)) => Expr::Imm { reg, data },
             _ => Expr::Other,
         },
         "nat" => Expr::Nat {
-            dnat: attr(data, NFTA_NAT_TYPE).and_then(be32) == Some(NFT_NAT_DNAT),
-            proto_min: attr(data, NFTA_NAT_REG_PROTO_MIN).and_then(be32),
-            proto_max: attr(data, NFTA_NAT_REG_PROTO_MAX).and_then(be32),
+            dnat: diag::attribute(data, NFTA_NAT_TYPE).and_then(be32) == Some(NFT_NAT_DNAT),
+            proto_min: diag::attribute(data, NFTA_NAT_REG_PROTO_MIN).and_then(be32),
+            proto_max: diag::attribute(data, NFTA_NAT_REG_PROTO_MAX).and_then(be32),
         },
         "masq" => Expr::Nat {
             dnat: false,
-            proto_min: attr(data, NFTA_MASQ_REG_PROTO_MIN).and_then(be32),
-            proto_max: attr(data, NFTA_MASQ_REG_PROTO_MAX).and_then(be32),
+            proto_min: diag::attribute(data, NFTA_MASQ_REG_PROTO_MIN).and_then(be32),
+            proto_max: diag::attribute(data, NFTA_MASQ_REG_PROTO_MAX).and_then(be32),
         },
         "target" => xt_target(data, family),
         _ => Expr::Other,
@@ -194,10 +196,14 @@ fn expr(elem: &[u8], family: u8) -> Expr {
 fn parse_rule(body: &[u8]) -> Option<Rule> {
     let family = *body.first()?;
     let a = body.get(NFGENMSG_LEN..)?;
-    let exprs = attr(a, NFTA_RULE_EXPRESSIONS)?;
+    let exprs = diag::attribute(a, NFTA_RULE_EXPRESSIONS)?;
     Some(Rule {
-        table: attr(a, NFTA_RULE_TABLE).map(string).unwrap_or_default(),
-        chain: attr(a, NFTA_RULE_CHAIN).map(string).unwrap_or_default(),
+        table: diag::attribute(a, NFTA_RULE_TABLE)
+            .map(string)
+            .unwrap_or_default(),
+        chain: diag::attribute(a, NFTA_RULE_CHAIN)
+            .map(string)
+            .unwrap_or_default(),
         exprs: diag::attributes(exprs)
             .into_iter()
             .filter(|(k, _)| *k == NFTA_LIST_ELEM)

@@ -411,6 +411,19 @@ fn hold_vip_connections(lab: &Lab, n: usize, name: &str) -> Proc {
     p
 }
 
+/// Step 3's finding of SNAT ports (held by conntrack entries) toward backend `be`.
+fn snat_finding(j: &Value, be: &str) -> Option<Value> {
+    j["steps"][2]["host"].as_array().and_then(|a| {
+        a.iter()
+            .find(|h| {
+                h["kind"] == "source_ports"
+                    && h["ports"]["backend"] == be
+                    && h["ports"]["by"] == "conntrack"
+            })
+            .cloned()
+    })
+}
+
 #[test]
 fn pressure_snat_ports_warn_then_fail() {
     let lab = Lab::new();
@@ -423,17 +436,7 @@ fn pressure_snat_ports_warn_then_fail() {
         curls(&lab, 1);
     });
     let be = format!("{}:{BACKEND_PORT}", BACKENDS[0].addr.v4);
-    let snat = |j: &Value| -> Option<Value> {
-        j["steps"][2]["host"].as_array().and_then(|a| {
-            a.iter()
-                .find(|h| {
-                    h["kind"] == "source_ports"
-                        && h["ports"]["backend"] == be
-                        && h["ports"]["by"] == "conntrack"
-                })
-                .cloned()
-        })
-    };
+    let snat = |j: &Value| snat_finding(j, &be);
     let f = snat(&j).unwrap_or_else(|| panic!("no SNAT source_ports finding\n{shown}"));
     assert_eq!(
         (&f["status"], &f["exhausted"], &f["ports"]["usable"]),
@@ -502,16 +505,8 @@ fn pressure_iptables_nft_snat_ports_used_up_fail_step_three() {
     );
     assert_eq!(j["host"]["nat"]["iptables_legacy_nat"], false, "{shown}");
     assert_eq!(j["host"]["conntrack_read"], "netlink", "{shown}");
-    let f = j["steps"][2]["host"]
-        .as_array()
-        .and_then(|a| {
-            a.iter().find(|h| {
-                h["kind"] == "source_ports"
-                    && h["ports"]["backend"] == be
-                    && h["ports"]["by"] == "conntrack"
-            })
-        })
-        .unwrap_or_else(|| panic!("no SNAT source_ports finding\n{shown}"));
+    let f =
+        snat_finding(&j, &be).unwrap_or_else(|| panic!("no SNAT source_ports finding\n{shown}"));
     assert_eq!(
         (&f["status"], &f["exhausted"], &f["ports"]["usable"]),
         (&Value::from("fail"), &Value::from(true), &Value::from(20)),
