@@ -1186,16 +1186,9 @@ fn unserved_at(c: &mut Conn, fin: &KernelEvent, last_alive_ns: Option<u64>) -> O
 }
 
 /// Who made the RST `rst` the LB host sent, when a `tcp_send_reset` event among `events` ties it
-/// to this host's TCP stack ([`resets::made_by`]'s rule); `None` without one.
+/// to this host's TCP stack ([`resets::maker_of`]'s rule); `None` without one.
 fn rst_by_stack(events: &[KernelEvent], rst: &KernelEvent) -> Option<String> {
-    let mut evs: Vec<KernelEvent> = events
-        .iter()
-        .filter(|e| matches!(e.detail, Detail::Reset(_)))
-        .cloned()
-        .collect();
-    let resets: Vec<usize> = (0..evs.len()).collect();
-    evs.push(rst.clone());
-    match resets::made_by(&evs, evs.len() - 1, &resets, Some(ResetMode::Sockets))? {
+    match resets::maker_of(rst, events, Some(ResetMode::Sockets))? {
         RstMaker::NoSocketOrFirewall | RstMaker::NotThisStack => None,
         m => Some(crate::check::report::rst_maker_key(m).to_owned()),
     }

@@ -46,21 +46,32 @@ pub fn made_by(
     resets: &[usize],
     mode: Option<ResetMode>,
 ) -> Option<RstMaker> {
-    let p = events.get(rst)?;
+    maker_of(
+        events.get(rst)?,
+        resets.iter().filter_map(|&i| events.get(i)),
+        mode,
+    )
+}
+
+/// Who made the RST packet `p`, from the events among `candidates` that are `tcp_send_reset`
+/// events of its tuple close in time (others are passed over), and what the reset tracer covers
+/// (`mode`, `None`: not traced, nothing to say).
+pub fn maker_of<'a>(
+    p: &KernelEvent,
+    candidates: impl IntoIterator<Item = &'a KernelEvent>,
+    mode: Option<ResetMode>,
+) -> Option<RstMaker> {
     let mode = mode?;
-    let sent = resets.iter().filter_map(|&i| {
-        let e = events.get(i)?;
-        match e.detail {
-            Detail::Reset(r)
-                if e.hook == Hook::TcpSendReset
-                    && e.src == p.src
-                    && e.dst == p.dst
-                    && e.ts_ns.abs_diff(p.ts_ns) <= MATCH_NS =>
-            {
-                Some((e.ts_ns.abs_diff(p.ts_ns), r))
-            }
-            _ => None,
+    let sent = candidates.into_iter().filter_map(|e| match e.detail {
+        Detail::Reset(r)
+            if e.hook == Hook::TcpSendReset
+                && e.src == p.src
+                && e.dst == p.dst
+                && e.ts_ns.abs_diff(p.ts_ns) <= MATCH_NS =>
+        {
+            Some((e.ts_ns.abs_diff(p.ts_ns), r))
         }
+        _ => None,
     });
     // The closest in time, should the tuple have reset more than once.
     let by = sent.min_by_key(|(d, _)| *d).map(|(_, r)| r);
