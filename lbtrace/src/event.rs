@@ -81,11 +81,13 @@ impl Tunnel {
         }
     }
 
-    /// [`Self::name`] back to the protocol, for records read back.
-    pub fn proto_of(name: &str) -> Option<u8> {
+    /// [`Self::name`] back to the protocol, for records read back; `inner_v6`: the inner
+    /// packet's family (`ip6tnl` carries either).
+    pub fn proto_of(name: &str, inner_v6: bool) -> Option<u8> {
         match name {
             "gre" => Some(encap::GRE),
             "sit" => Some(encap::IPV6),
+            "ip6tnl" if inner_v6 => Some(encap::IPV6),
             "ipip" | "ip6tnl" => Some(encap::IPIP),
             _ => None,
         }
@@ -517,13 +519,19 @@ mod tests {
         // A bad outer family is a decode error, not a guess.
         let bad = decode(&record(|ev| ev.encap = [encap::IPIP, 9]));
         assert_eq!(bad, Err(DecodeError::UnknownFamily(9)));
-        for name in ["ipip", "sit", "gre"] {
+        for (name, outer, inner_v6, proto) in [
+            ("ipip", "10.0.0.1", false, encap::IPIP),
+            ("sit", "10.0.0.1", true, encap::IPV6),
+            ("gre", "10.0.0.1", false, encap::GRE),
+            ("ip6tnl", "fd00::1", false, encap::IPIP),
+            ("ip6tnl", "fd00::1", true, encap::IPV6),
+        ] {
             let t = Tunnel {
-                proto: Tunnel::proto_of(name).unwrap(),
-                outer_src: "10.0.0.1".parse().unwrap(),
-                outer_dst: "10.0.0.2".parse().unwrap(),
+                proto: Tunnel::proto_of(name, inner_v6).unwrap(),
+                outer_src: outer.parse().unwrap(),
+                outer_dst: outer.parse().unwrap(),
             };
-            assert_eq!(t.name(), name);
+            assert_eq!((t.name(), t.proto), (name, proto));
         }
     }
 

@@ -327,7 +327,7 @@ impl EventRecord {
             Self::Packet(p) => {
                 let detail = match &p.tunnel {
                     Some(t) => Detail::Tunnel(Tunnel {
-                        proto: Tunnel::proto_of(&t.kind)?,
+                        proto: Tunnel::proto_of(&t.kind, p.tcp.src.is_ipv6())?,
                         outer_src: t.src,
                         outer_dst: t.dst,
                     }),
